@@ -1,0 +1,112 @@
+"""The ``avssl`` command line: one verb per stage of the pipeline.
+
+Data verbs take flags (``avssl synth --num-videos 100 --out data/synth``); training and
+evaluation verbs take a recipe and ``key=value`` overrides
+(``avssl pretrain recipes/synth/avc_small.yaml trainer.max_epochs=2``).
+Heavy imports happen inside each verb so that ``avssl --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from avssl.data.synth import generate_dataset
+
+    generate_dataset(
+        out_dir=args.out,
+        num_videos=args.num_videos,
+        seconds=args.seconds,
+        size=args.size,
+        fps=args.fps,
+        sample_rate=args.sample_rate,
+        num_categories=args.num_categories,
+        split_fractions=tuple(args.split),
+        seed=args.seed,
+        workers=args.workers,
+    )
+    return 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from avssl.data.shards import ShardSettings, write_shards
+
+    settings = ShardSettings(
+        shard_size=args.shard_size,
+        short_side=args.short_side,
+        fps=args.fps,
+        sample_rate=args.sample_rate,
+        gop_seconds=args.gop_seconds,
+        val_fraction=args.val_fraction,
+        missing_audio=args.missing_audio,
+        min_seconds=args.min_seconds,
+        seed=args.seed,
+    )
+    report = write_shards(args.videos, args.out, labels_csv=args.labels, settings=settings, workers=args.workers)
+    return 0 if report.num_packed > 0 else 1
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write the synthetic audio-visual set (mp4 + ground truth)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--num-videos", type=int, default=400)
+    p.add_argument("--seconds", type=float, default=4.0, help="length of each video")
+    p.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--num-categories", type=int, default=8)
+    p.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.set_defaults(run=_synth)
+
+
+def _add_shards(sub: argparse._SubParsersAction) -> None:
+    from avssl.data.shards import ShardSettings
+
+    d = ShardSettings()
+    p = sub.add_parser(
+        "shards",
+        help="re-encode a folder of videos into WebDataset tar shards",
+        description="One sample per video: the re-encoded mp4, a json of metadata and any sidecar "
+        "files with the same stem. Bad files are skipped and reported, never fatal.",
+    )
+    p.add_argument("--videos", type=Path, required=True, help="folder of videos (searched recursively)")
+    p.add_argument("--labels", type=Path, default=None, help="csv with columns id,label[,split]")
+    p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
+    p.add_argument("--short-side", type=int, default=d.short_side, help="resize so the short side is S pixels")
+    p.add_argument("--fps", type=float, default=d.fps, help="constant output frame rate")
+    p.add_argument("--sample-rate", type=int, default=d.sample_rate, help="output audio rate (mono)")
+    p.add_argument("--gop-seconds", type=float, default=d.gop_seconds, help="keyframe interval")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="fraction of videos held out as 'val' when labels.csv has no split column")
+    p.add_argument("--missing-audio", choices=("skip", "silence"), default=d.missing_audio,
+                   help="what to do with videos that have no audio stream")
+    p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="skip videos shorter than this")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.set_defaults(run=_shards)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_shards]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avssl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Streaming shards into batches: the AVDataModule.
+
+Splitting across ranks and workers (the part webdataset leaves to the user): every epoch
+the shard list is shuffled with a seed shared by all ranks and changed every epoch; the
+resulting sample sequence is cut into ``world_size × num_workers`` contiguous slices of
+near-equal length (a slice may start or end inside a shard; the few samples before it are
+read and dropped without decoding). Every sample lands in exactly one slice, and each
+slice is padded with repeats of its own samples up to the same whole number of batches,
+so every rank runs the same number of steps and nothing is dropped. Padding is at most
+``batch_size`` samples per worker and is counted.
+
+webdataset does the tar reading and the shuffle buffer (raw bytes, before decoding);
+batching happens inside each worker.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data.dataloader import default_collate
+from torch.utils.data.sampler import _InfiniteConstantSampler
+
+from avssl.data.sampling import ViewSampler
+from avssl.data.transforms import AugmentSettings
+from avssl.data.views import SKIPPED, ViewSpec
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardList:
+    """The shards of one split and how many samples each holds (from manifest.json)."""
+
+    files: tuple[str, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+    @classmethod
+    def from_manifest(cls, shards_dir: str | Path, split: str) -> "ShardList":
+        shards_dir = Path(shards_dir)
+        path = shards_dir / MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: point data.shards at a folder written by `avssl shards`")
+        manifest = json.loads(path.read_text())
+        splits = manifest.get("splits", {})
+        if split not in splits:
+            raise KeyError(f"split {split!r} not in {path} (it has {sorted(splits)})")
+        entries = splits[split]["shards"]
+        return cls(
+            files=tuple(str(shards_dir / e["file"]) for e in entries),
+            counts=tuple(int(e["num_samples"]) for e in entries),
+        )
+
+
+def slice_bounds(num_samples: int, num_slices: int, slice_id: int) -> tuple[int, int]:
+    """Contiguous near-equal slices of ``range(num_samples)``."""
+    return num_samples * slice_id // num_slices, num_samples * (slice_id + 1) // num_slices
+
+
+class SharedEpoch:
+    """An epoch counter shared with (persistent) worker processes."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self._value = mp.Value("i", epoch)
+
+    def set(self, epoch: int) -> None:
+        self._value.value = epoch
+
+    def get(self) -> int:
+        return int(self._value.value)
+
+
+class _EpochSampler(_InfiniteConstantSampler):
+    """Lightning calls ``set_epoch`` on a loader's sampler before each epoch: this one
+    forwards the epoch to the dataset's workers (an IterableDataset has no sampler)."""
+
+    def __init__(self, shared_epoch: SharedEpoch) -> None:
+        super().__init__()
+        self.shared_epoch = shared_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shared_epoch.set(epoch)
+
+
+class ShardStream(IterableDataset):
+    """Batches of decoded views from one split's shards, split over ranks and workers.
+
+    ``pad=True`` (training) makes every worker of every rank yield the same number of
+    full batches. ``pad=False`` (evaluation) yields each sample exactly once, with a
+    partial last batch.
+    """
+
+    def __init__(
+        self,
+        shards: ShardList,
+        sampler: ViewSampler,
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        pad: bool = True,
+        seed: int = 0,
+        max_skip_fraction: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if shards.num_samples == 0:
+            raise ValueError("the shard list is empty")
+        self.shards = shards
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.num_workers = max(num_workers, 1)
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.pad = pad
+        self.seed = seed
+        self.max_skip_fraction = max_skip_fraction
+        self.epoch = SharedEpoch()
+        num_slices = self.world_size * self.num_workers
+        if shards.num_samples < num_slices:
+            raise ValueError(
+                f"{shards.num_samples} samples cannot feed {world_size} ranks × {self.num_workers} workers"
+            )
+
+    # -- planning ---------------------------------------------------------------------
+    @property
+    def samples_per_worker(self) -> int:
+        """Samples each worker yields per epoch when padding (a whole number of batches)."""
+        per_slice = math.ceil(self.shards.num_samples / (self.world_size * self.num_workers))
+        return math.ceil(per_slice / self.batch_size) * self.batch_size
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (exact with ``pad=True``)."""
+        if self.pad:
+            return self.num_workers * self.samples_per_worker // self.batch_size
+        total = 0
+        for worker in range(self.num_workers):
+            lo, hi = slice_bounds(self.shards.num_samples, self.world_size * self.num_workers,
+                                  self.rank * self.num_workers + worker)
+            total += math.ceil((hi - lo) * self.sampler.spec.clips_per_video / self.batch_size)
+        return total
+
+    def shard_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.shards.files)))
+        if self.shuffle:
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)  # same on every rank
+        return order
+
+    def worker_plan(self, epoch: int, worker: int) -> list[tuple[str, int, int]]:
+        """(shard file, first sample, end sample) to read, in order, for one worker."""
+        slice_id = self.rank * self.num_workers + worker
+        lo, hi = slice_bounds(self.shards.num_samples, self.world_size * self.num_workers, slice_id)
+        plan, offset = [], 0
+        for shard in self.shard_order(epoch):
+            count = self.shards.counts[shard]
+            first, end = max(lo - offset, 0), min(hi - offset, count)
+            if first < end:
+                plan.append((self.shards.files[shard], first, end))
+            offset += count
+        return plan
+
+    # -- iteration ----------------------------------------------------------------------
+    def _raw_samples(self, plan: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+        for url, first, end in plan:
+            stream = wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url}])
+            for position, sample in enumerate(stream):
+                if position >= end:
+                    break
+                if position >= first:
+                    yield sample
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.num_workers:
+            raise RuntimeError(f"dataset planned for {self.num_workers} workers, loader has {info.num_workers}")
+        epoch = self.epoch.get()
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
+        worker_seed = int(rng.integers(2**31))
+        torch.manual_seed(worker_seed)
+        random.seed(worker_seed)
+        samples: Iterator[dict[str, Any]] = self._raw_samples(self.worker_plan(epoch, worker))
+        if self.shuffle and self.shuffle_buffer > 1:
+            samples = wds.filters.shuffle(
+                bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(worker_seed)
+            )(samples)
+        target = self.samples_per_worker if self.pad else None
+        yield from self._batches(samples, rng, target)
+
+    def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
+        meta = json.loads(sample["json"])
+        video_key = next((k for k in ("mp4", "webm", "mkv", "mov") if k in sample), None)
+        if video_key is None:
+            raise ValueError(f"sample {sample.get('__key__')} has no video entry")
+        return self.sampler(sample[video_key], meta, rng)
+
+    def _batches(
+        self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, target: int | None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        pending: list[dict[str, torch.Tensor]] = []
+        kept: list[dict[str, torch.Tensor]] = []  # for padding
+        produced = seen = skipped = skipped_since_batch = 0
+
+        def emit(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            nonlocal skipped_since_batch
+            batch = default_collate(items)
+            batch[SKIPPED] = torch.tensor([skipped_since_batch], dtype=torch.int64)
+            skipped_since_batch = 0
+            return batch
+
+        for sample in samples:
+            seen += 1
+            try:
+                clips = self._decode(sample, rng)
+            except Exception as error:  # corrupt sample: count, never fatal below the limit
+                skipped += 1
+                skipped_since_batch += 1
+                if seen >= 20 and skipped / seen > self.max_skip_fraction:
+                    raise RuntimeError(
+                        f"{skipped} of {seen} samples failed to decode (limit {self.max_skip_fraction:.0%}); "
+                        f"last: {sample.get('__url__')}:{sample.get('__key__')}: {error}"
+                    ) from error
+                continue
+            for clip in clips:
+                if target is not None and produced >= target:
+                    break
+                pending.append(clip)
+                produced += 1
+                if len(kept) < self.batch_size:
+                    kept.append(clip)
+                if len(pending) == self.batch_size:
+                    yield emit(pending)
+                    pending = []
+        if target is not None:
+            if produced < target and not kept:
+                raise RuntimeError("no sample of this worker's slice could be decoded")
+            i = 0
+            while produced < target:  # pad with repeats of this worker's own samples
+                pending.append(kept[i % len(kept)])
+                i += 1
+                produced += 1
+                if len(pending) == self.batch_size:
+                    yield emit(pending)
+                    pending = []
+        if pending:
+            yield emit(pending)
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section of a recipe."""
+
+    shards: str = "data/shards"
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    shuffle_buffer: int = 256
+    seed: int = 0
+    train_split: str = "train"
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+    max_skip_fraction: float = 0.05
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+class AVDataModule(pl.LightningDataModule):
+    """Shards → batches for a task's :class:`ViewSpec`; ranks come from the trainer."""
+
+    def __init__(self, config: DataConfig, views: ViewSpec, eval_views: ViewSpec | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.views = views
+        self.eval_views = eval_views or views
+        augment = dict(config.augment)
+        if "crop_scale" in augment:
+            augment["crop_scale"] = tuple(augment["crop_scale"])
+        self.augment = AugmentSettings(**augment)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def stream(self, split: str, train: bool, views: ViewSpec | None = None, distributed: bool = True) -> ShardStream:
+        rank, world = self._rank_world() if distributed else (0, 1)
+        views = views or (self.views if train else self.eval_views)
+        return ShardStream(
+            ShardList.from_manifest(self.config.shards, split),
+            ViewSampler(views, train=train, augment=self.augment),
+            self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size),
+            num_workers=self.config.num_workers,
+            rank=rank,
+            world_size=world,
+            shuffle=train,
+            shuffle_buffer=self.config.shuffle_buffer,
+            pad=train or world > 1,
+            seed=self.config.seed,
+            max_skip_fraction=self.config.max_skip_fraction,
+        )
+
+    def loader(self, dataset: ShardStream) -> DataLoader:
+        return make_loader(dataset, self.config.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.stream(self.config.train_split, train=True))
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.config.val_split:
+            return []
+        return self.loader(self.stream(self.config.val_split, train=False))
+
+    def test_dataloader(self) -> DataLoader | list:
+        if not self.config.test_split:
+            return []
+        return self.loader(self.stream(self.config.test_split, train=False))
+
+
+def make_loader(dataset: ShardStream, num_workers: int) -> DataLoader:
+    """A DataLoader over a ShardStream whose sampler forwards Lightning's ``set_epoch``."""
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    # DataLoader refuses a sampler for an IterableDataset, but Lightning looks for
+    # `loader.sampler.set_epoch`: install one that only forwards the epoch.
+    object.__setattr__(loader, "sampler", _EpochSampler(dataset.epoch))
+    return loader

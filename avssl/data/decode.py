@@ -1,0 +1,236 @@
+"""Decoding windows from the bytes of one video with PyAV.
+
+The recipe follows DECODING.md §6: open the in-memory file once, seek the video stream to
+the keyframe before the window, skip non-reference frames until the window starts, keep
+frames by presentation time, and cut the audio at the time of the first frame actually
+returned (never at the requested time: a seek lands on a keyframe, METHODS.md §2.6).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+# AAC frames overlap (MDCT): the first frame decoded after a seek is wrong, so audio seeks
+# land this far before the window and the extra samples are trimmed by timestamp.
+AUDIO_PREROLL_SECONDS = 0.25
+
+
+class MonoResampler:
+    """Decoded audio frames → mono float32 at one rate; the one downmix path of avssl.
+
+    The downmix is the plain mean of the channels (it never clips, and 5.1 or stereo give
+    the same level as mono); the rate change is swresample's. The shard writer and the
+    reader both use this class, so written and read audio share one gain (DECODING.md §7.7).
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+
+    def __call__(self, frame: av.AudioFrame | None) -> np.ndarray:
+        """Samples out for one frame in (``None`` flushes); the output may lag the input."""
+        if frame is not None and frame.layout.nb_channels > 1:
+            samples = frame.to_ndarray()
+            if not frame.format.is_planar:
+                samples = samples.reshape(-1, frame.layout.nb_channels).T
+            mono = av.AudioFrame.from_ndarray(
+                samples.astype(np.float32).mean(axis=0, keepdims=True), format="flt", layout="mono"
+            )
+            mono.sample_rate, mono.pts, mono.time_base = frame.sample_rate, frame.pts, frame.time_base
+            frame = mono
+        chunks = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+class DecodeError(RuntimeError):
+    """A sample that cannot give the asked window (corrupt, missing stream, too short)."""
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a reader needs to place windows, in seconds from the container's zero."""
+
+    has_video: bool
+    has_audio: bool
+    video_start: float
+    video_end: float
+    audio_start: float
+    audio_end: float
+    fps: float
+    width: int
+    height: int
+    sample_rate: int
+
+    @property
+    def start(self) -> float:
+        """Start of the range where both streams (or the only one) have data."""
+        starts = [s for s, ok in ((self.video_start, self.has_video), (self.audio_start, self.has_audio)) if ok]
+        return max(starts)
+
+    @property
+    def end(self) -> float:
+        ends = [e for e, ok in ((self.video_end, self.has_video), (self.audio_end, self.has_audio)) if ok]
+        return min(ends)
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
+
+
+class MediaReader:
+    """One opened in-memory video; decode any number of windows from it."""
+
+    def __init__(self, data: bytes) -> None:
+        try:
+            self.container = av.open(io.BytesIO(data), mode="r")
+        except av.FFmpegError as error:
+            raise DecodeError(f"cannot open: {error}") from error
+        self.video = self.container.streams.video[0] if self.container.streams.video else None
+        self.audio = self.container.streams.audio[0] if self.container.streams.audio else None
+        if self.video is not None:
+            ctx = self.video.codec_context
+            ctx.thread_type = "SLICE"
+            ctx.thread_count = 1
+        self.info = self._probe()
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> "MediaReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _probe(self) -> StreamInfo:
+        container_duration = (self.container.duration or 0) / av.time_base
+        v0 = v1 = a0 = a1 = 0.0
+        fps, width, height, sample_rate = 0.0, 0, 0, 0
+        if self.video is not None:
+            tb = self.video.time_base
+            v0 = _seconds(self.video.start_time, tb) or 0.0
+            duration = _seconds(self.video.duration, tb) or container_duration
+            v1 = v0 + duration
+            rate = self.video.average_rate or self.video.guessed_rate or self.video.base_rate
+            fps = float(rate) if rate else 25.0
+            width, height = self.video.codec_context.width, self.video.codec_context.height
+        if self.audio is not None:
+            tb = self.audio.time_base
+            a0 = _seconds(self.audio.start_time, tb) or 0.0
+            duration = _seconds(self.audio.duration, tb) or container_duration
+            a1 = a0 + duration
+            sample_rate = self.audio.codec_context.sample_rate
+        return StreamInfo(
+            has_video=self.video is not None,
+            has_audio=self.audio is not None,
+            video_start=v0,
+            video_end=v1,
+            audio_start=a0,
+            audio_end=a1,
+            fps=fps,
+            width=width,
+            height=height,
+            sample_rate=sample_rate,
+        )
+
+    def read_frames(self, start_seconds: float, num_frames: int, fps: float) -> tuple[np.ndarray, float]:
+        """``num_frames`` RGB frames (T×H×W×3 uint8) at ``fps`` from ``start_seconds``.
+
+        Returns the frames and the time of the first frame returned (the first frame whose
+        presentation time is at or after ``start_seconds``). Each later frame is the one on
+        screen at ``t_first + k / fps``. Past the end of the stream the last frame repeats.
+        """
+        if self.video is None:
+            raise DecodeError("no video stream")
+        stream = self.video
+        tb = stream.time_base
+        target_pts = int(np.floor(start_seconds / tb))
+        # Half a source frame of tolerance: which frame is "on screen" at a time.
+        tolerance = 0.5 / (self.info.fps or fps)
+        self.container.seek(max(target_pts, 0), stream=stream, backward=True, any_frame=False)
+        ctx = stream.codec_context
+        ctx.skip_frame = "NONREF"
+        times: list[float] = []
+        frames: list[av.VideoFrame] = []
+        last_needed: float | None = None
+        try:
+            for packet in self.container.demux(stream):
+                if packet.pts is not None and ctx.skip_frame != "DEFAULT" and packet.pts >= target_pts:
+                    ctx.skip_frame = "DEFAULT"
+                for frame in packet.decode():
+                    if frame.pts is None or frame.pts < target_pts:
+                        continue
+                    t = float(frame.pts * tb)
+                    times.append(t)
+                    frames.append(frame)
+                    if last_needed is None:
+                        last_needed = t + (num_frames - 1) / fps
+                if last_needed is not None and times and max(times) >= last_needed + tolerance:
+                    break
+        except av.FFmpegError as error:
+            if not frames:
+                raise DecodeError(f"video decode failed: {error}") from error
+        finally:
+            ctx.skip_frame = "DEFAULT"
+        if not frames:
+            raise DecodeError(f"no video frame at or after {start_seconds:.3f}s")
+        order = np.argsort(times, kind="stable")
+        times_sorted = np.asarray(times)[order]
+        t_first = float(times_sorted[0])
+        wanted = t_first + np.arange(num_frames) / fps
+        # The frame on screen at each wanted time: the last one that started by then.
+        picks = np.searchsorted(times_sorted, wanted + tolerance, side="right") - 1
+        picks = np.clip(picks, 0, len(times_sorted) - 1)
+        out = np.stack([frames[order[i]].to_ndarray(format="rgb24") for i in picks])
+        return out, t_first
+
+    def read_audio(self, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
+        """Mono float32 waveform of ``seconds`` from ``start_seconds``, at ``sample_rate``.
+
+        Downmix and resampling go through :class:`MonoResampler`, the path the shard
+        writer uses too.
+        Samples past the end of the stream are zeros.
+        """
+        if self.audio is None:
+            raise DecodeError("no audio stream")
+        stream = self.audio
+        num_samples = int(round(seconds * sample_rate))
+        seek_seconds = max(start_seconds - AUDIO_PREROLL_SECONDS, 0.0)
+        self.container.seek(int(seek_seconds / stream.time_base), stream=stream, backward=True, any_frame=False)
+        resampler = MonoResampler(sample_rate)
+        chunks: list[np.ndarray] = []
+        first_time: float | None = None
+        collected = 0
+        end_seconds = start_seconds + seconds
+        try:
+            for packet in self.container.demux(stream):
+                for frame in packet.decode():
+                    if first_time is None:
+                        if frame.pts is None:
+                            continue
+                        first_time = float(frame.pts * stream.time_base)
+                    chunk = resampler(frame)
+                    chunks.append(chunk)
+                    collected += chunk.size
+                if first_time is not None and first_time + collected / sample_rate >= end_seconds + 0.05:
+                    break
+            else:
+                chunks.append(resampler(None))
+        except av.FFmpegError as error:
+            if not chunks:
+                raise DecodeError(f"audio decode failed: {error}") from error
+        if first_time is None:
+            raise DecodeError(f"no audio at {start_seconds:.3f}s")
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        offset = int(round((start_seconds - first_time) * sample_rate))
+        out = np.zeros(num_samples, np.float32)
+        src_lo, dst_lo = max(offset, 0), max(-offset, 0)
+        n = max(min(num_samples - dst_lo, samples.size - src_lo), 0)
+        out[dst_lo : dst_lo + n] = samples[src_lo : src_lo + n]
+        return out

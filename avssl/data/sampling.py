@@ -1,0 +1,138 @@
+"""ViewSampler: turn one shard sample (mp4 bytes + json) into the windows a task declared.
+
+Window placement follows DESIGN.md: the video window comes first; every audio window is
+placed relative to the first frame actually returned, inside the range where both streams
+have data, and never padded differently from the positive.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from avssl.data.decode import DecodeError, MediaReader, StreamInfo
+from avssl.data.transforms import AudioTransform, AugmentSettings, VideoTransform
+from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_AUDIO, T_VIDEO, VIDEO, AudioView, ViewSpec
+
+
+def _valid_range(info: StreamInfo, meta: dict[str, Any]) -> tuple[float, float]:
+    lo, hi = info.start, info.end
+    if meta.get("duration"):
+        # Decoded AAC runs past the nominal end (padding): trust the writer's duration.
+        hi = min(hi, lo + float(meta["duration"]))
+    return lo, hi
+
+
+def _uniform_in_union(rng: np.random.Generator, intervals: list[tuple[float, float]]) -> float | None:
+    """A uniform draw over a union of disjoint closed intervals, None when all are empty."""
+    spans = [(a, b) for a, b in intervals if b >= a]
+    if not spans:
+        return None
+    lengths = np.array([b - a for a, b in spans])
+    if lengths.sum() <= 0:
+        return spans[0][0]
+    u = rng.uniform(0, lengths.sum())
+    for (a, _), length in zip(spans, lengths):
+        if u <= length:
+            return a + u
+        u -= length
+    return spans[-1][1]
+
+
+def shifted_window_start(
+    rng: np.random.Generator, view: AudioView, aligned_start: float, lo: float, hi: float
+) -> float | None:
+    """Start of a same-video audio window at the shift ``view.offset`` asks for."""
+    length = view.seconds
+    last = hi - length
+    if view.offset == "shifted":
+        gap = max(length, view.min_shift_seconds)
+        intervals = [(lo, min(aligned_start - gap, last)), (max(aligned_start + gap, lo), last)]
+    else:  # overlapping: shift in [min_shift, length) either way
+        eps = 1e-3
+        intervals = [
+            (max(aligned_start - length + eps, lo), min(aligned_start - view.min_shift_seconds, last)),
+            (max(aligned_start + view.min_shift_seconds, lo), min(aligned_start + length - eps, last)),
+        ]
+    return _uniform_in_union(rng, intervals)
+
+
+class ViewSampler:
+    """Decode the views of ``spec`` from one sample; training draws random windows and
+    augments, evaluation takes ``clips_per_video`` evenly spaced windows and does not."""
+
+    def __init__(self, spec: ViewSpec, train: bool, augment: AugmentSettings = AugmentSettings()) -> None:
+        self.spec = spec
+        self.train = train
+        self.video_transform = VideoTransform(spec.video.size, train, augment) if spec.video else None
+        self.audio_transforms = {
+            name: AudioTransform(spec.mel, train, augment, view.representation) for name, view in spec.audio.items()
+        }
+
+    def _anchor_extent(self) -> tuple[float, float]:
+        """Extent of the video window and its aligned audio relative to the video start."""
+        video_seconds = self.spec.video.seconds if self.spec.video else 0.0
+        aligned = self.spec.audio.get(AUDIO)
+        if aligned is None:
+            return 0.0, video_seconds
+        audio_offset = (video_seconds - aligned.seconds) / 2
+        return min(0.0, audio_offset), max(video_seconds, audio_offset + aligned.seconds)
+
+    def _anchor_starts(self, lo: float, hi: float, rng: np.random.Generator) -> list[float]:
+        left, right = self._anchor_extent()
+        first, last = lo - left, hi - right
+        if last < first:  # clip shorter than the window: start at the beginning, pad the end
+            return [first] * (1 if self.train else self.spec.clips_per_video)
+        if self.train:
+            return [float(rng.uniform(first, last))]
+        n = self.spec.clips_per_video
+        return [first + (last - first) * (k + 0.5) / n for k in range(n)]
+
+    def __call__(self, data: bytes, meta: dict[str, Any], rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
+        with MediaReader(data) as reader:
+            info = reader.info
+            if self.spec.video and not info.has_video:
+                raise DecodeError("no video stream")
+            if self.spec.audio and not info.has_audio:
+                raise DecodeError("no audio stream")
+            lo, hi = _valid_range(info, meta)
+            clips = []
+            for clip_number, start in enumerate(self._anchor_starts(lo, hi, rng)):
+                clips.append(self._decode_clip(reader, start, lo, hi, rng, meta, clip_number))
+            return clips
+
+    def _decode_clip(
+        self, reader: MediaReader, start: float, lo: float, hi: float, rng: np.random.Generator,
+        meta: dict[str, Any], clip_number: int,
+    ) -> dict[str, torch.Tensor]:
+        sample: dict[str, torch.Tensor] = {
+            INDEX: torch.tensor(int(meta.get("index", -1)), dtype=torch.int64),
+            LABEL: torch.tensor(int(meta.get("label", -1) if meta.get("label") is not None else -1), dtype=torch.int64),
+            CLIP: torch.tensor(clip_number, dtype=torch.int64),
+        }
+        t_video = start
+        if self.spec.video is not None:
+            view = self.spec.video
+            frames, t_video = reader.read_frames(start, view.num_frames, view.fps)
+            sample[VIDEO] = self.video_transform(torch.from_numpy(frames))
+        sample[T_VIDEO] = torch.tensor(t_video, dtype=torch.float32)
+        video_seconds = self.spec.video.seconds if self.spec.video else 0.0
+        aligned_start: float | None = None
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        for name, view in self.spec.audio.items():
+            if view.offset == "aligned":
+                audio_start = t_video + (video_seconds - view.seconds) / 2
+                aligned_start = audio_start
+            else:
+                reference = aligned_start if aligned_start is not None else t_video + (video_seconds - view.seconds) / 2
+                audio_start = shifted_window_start(rng, view, reference, lo, hi)
+                if audio_start is None:
+                    raise DecodeError(f"too short for a {view.offset} window of {view.seconds}s")
+            waveform = reader.read_audio(audio_start, view.seconds, self.spec.mel.sample_rate)
+            sample[name] = self.audio_transforms[name](torch.from_numpy(waveform), generator)
+            sample["t_" + name] = torch.tensor(audio_start, dtype=torch.float32)
+        return sample
+
+
+__all__ = ["ViewSampler", "shifted_window_start", "T_AUDIO", "T_VIDEO"]

@@ -1,0 +1,109 @@
+"""The batch contract, documented in one place, and the view specs tasks declare.
+
+A batch is a dict of tensors with these names:
+
+=================  ==========================  ===========================================
+key                shape / dtype               meaning
+=================  ==========================  ===========================================
+``video``          B×C×T×H×W float32           normalised frames (C=3)
+``audio``          B×1×F×Ta float32            log-mel of the aligned audio window, or
+                   B×1×N float32               the waveform (``representation="waveform"``)
+``<name>``         as ``audio``                each extra audio view a task declares
+                                               (e.g. ``audio_hard`` for AVTS negatives)
+``index``          B int64                     dataset-wide instance id (shard json ``index``)
+``label``          B int64                     class id, −1 when unknown
+``clip``           B int64                     clip number within its video (evaluation)
+``t_video``        B float32                   start of the first returned frame (seconds)
+``t_audio``        B float32                   start of the aligned audio window (seconds)
+``t_<name>``       B float32                   start of each extra audio view
+``skipped``        1 int64                     corrupt samples skipped by the worker since
+                                               its previous batch (for per-epoch logging)
+=================  ==========================  ===========================================
+
+A task declares a :class:`ViewSpec`; the data module decodes exactly those windows, so no
+task decodes video itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+VIDEO = "video"
+AUDIO = "audio"
+INDEX = "index"
+LABEL = "label"
+CLIP = "clip"
+T_VIDEO = "t_video"
+T_AUDIO = "t_audio"
+SKIPPED = "skipped"
+
+AudioOffset = Literal["aligned", "shifted", "overlapping"]
+
+
+@dataclass(frozen=True)
+class VideoView:
+    """``num_frames`` frames at ``fps``, cropped to ``size``×``size``."""
+
+    num_frames: int = 16
+    fps: float = 25.0
+    size: int = 112
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
+
+@dataclass(frozen=True)
+class AudioView:
+    """An audio window placed relative to the video window.
+
+    ``aligned``: centred on the video window (a positive).
+    ``shifted``: same video, not overlapping the aligned window, at least
+    ``min_shift_seconds`` away from it (AVTS hard negative).
+    ``overlapping``: same video, shifted by between ``min_shift_seconds`` and the window
+    length, so it partly overlaps the aligned window (AVTS super-hard negative).
+    """
+
+    seconds: float = 1.0
+    offset: AudioOffset = "aligned"
+    min_shift_seconds: float = 0.5
+    representation: Literal["logmel", "waveform"] = "logmel"
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    """Log-mel front end (torchaudio ``MelSpectrogram`` + log)."""
+
+    sample_rate: int = 16000
+    n_mels: int = 64
+    window_seconds: float = 0.025
+    hop_seconds: float = 0.010
+    n_fft: int = 512
+    log_offset: float = 1e-6
+
+    def num_frames(self, seconds: float) -> int:
+        return int(round(seconds * self.sample_rate)) // int(round(self.hop_seconds * self.sample_rate)) + 1
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The windows a task needs from each video.
+
+    ``audio`` maps a batch key to its window; the key ``"audio"`` is the aligned positive.
+    ``clips_per_video`` applies at evaluation: that many windows spread evenly over each
+    video, each a sample of its own (``clip`` tells them apart).
+    """
+
+    video: VideoView | None = VideoView()
+    audio: dict[str, AudioView] = field(default_factory=lambda: {AUDIO: AudioView()})
+    mel: MelSettings = MelSettings()
+    clips_per_video: int = 1
+
+    def __post_init__(self) -> None:
+        if self.video is None and not self.audio:
+            raise ValueError("a ViewSpec needs a video view, an audio view or both")
+        for name, view in self.audio.items():
+            if name != AUDIO and not name.startswith(AUDIO + "_"):
+                raise ValueError(f"audio view names must be 'audio' or start with 'audio_', got {name!r}")
+            if view.offset == "overlapping" and view.min_shift_seconds >= view.seconds:
+                raise ValueError(f"{name}: an overlapping window needs min_shift_seconds < seconds")

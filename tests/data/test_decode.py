@@ -1,0 +1,132 @@
+"""Decoding windows: alignment, odd real-world inputs, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avssl.data.decode import DecodeError, MediaReader
+from tests.conftest import FLASH_VALUE, flash_click_clip
+
+FPS = 25.0
+SR = 16000
+FLASHES = (13, 37, 61, 88)
+
+
+def _flash_frames(frames: np.ndarray) -> list[int]:
+    return [i for i in range(len(frames)) if frames[i].mean() > (FLASH_VALUE + 30) / 2]
+
+
+def _click_times(audio: np.ndarray, sample_rate: int) -> list[float]:
+    above = np.flatnonzero(np.abs(audio) > 0.3)
+    if above.size == 0:
+        return []
+    starts = above[np.concatenate([[True], np.diff(above) > sample_rate // 100])]
+    return [s / sample_rate for s in starts]
+
+
+@pytest.mark.parametrize("start", [0.0, 0.43, 1.03, 1.9, 2.21])
+def test_audio_is_cut_at_first_returned_frame(flash_clip: bytes, start: float) -> None:
+    with MediaReader(flash_clip) as reader:
+        frames, t_first = reader.read_frames(start, 16, FPS)
+        audio = reader.read_audio(t_first, 16 / FPS, SR)
+    assert frames.shape == (16, 48, 64, 3)
+    # The first frame returned is the first at or after the requested time.
+    assert start <= t_first < start + 1 / FPS + 1e-6
+    flash_positions = _flash_frames(frames)
+    assert flash_positions, "each window of 16 frames in this clip holds a flash"
+    clicks = _click_times(audio, SR)
+    assert len(clicks) == len(flash_positions)
+    for frame_index, click in zip(flash_positions, clicks):
+        assert abs(click - frame_index / FPS) <= 1 / FPS, "audio and video must agree within one frame"
+
+
+def test_frames_are_the_ones_on_screen(flash_clip: bytes) -> None:
+    with MediaReader(flash_clip) as reader:
+        frames, t_first = reader.read_frames(FLASHES[1] / FPS - 0.2, 10, FPS)
+    expected = round(FLASHES[1] - t_first * FPS)
+    assert _flash_frames(frames) == [expected]
+
+
+def test_frame_rate_conversion_keeps_time(flash_clip: bytes) -> None:
+    """Read at 12.5 fps from a 25 fps clip: frame k is the one on screen at t0 + k/12.5."""
+    with MediaReader(flash_clip) as reader:
+        frames, t_first = reader.read_frames(FLASHES[0] / FPS, 8, 12.5)
+    assert t_first == pytest.approx(FLASHES[0] / FPS, abs=1e-6)
+    assert _flash_frames(frames) == [0]
+
+
+def test_window_past_the_end_repeats_last_frame_and_pads_audio_with_zeros() -> None:
+    clip = flash_click_clip(seconds=1.0, flashes=(20,))
+    with MediaReader(clip) as reader:
+        frames, t_first = reader.read_frames(0.6, 16, FPS)
+        audio = reader.read_audio(t_first, 1.0, SR)
+    assert frames.shape[0] == 16
+    np.testing.assert_array_equal(frames[-1], frames[-2])
+    assert np.all(audio[int(0.45 * SR):] == 0)
+
+
+@pytest.mark.parametrize(
+    "channels, sample_rate", [(1, 8000), (2, 44100), (6, 48000), (1, 22050), (2, 32000)]
+)
+def test_channel_layouts_and_rates_come_out_mono_at_target_rate(channels: int, sample_rate: int) -> None:
+    seconds = 2.0
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    audio = np.stack([tone] * channels)
+    frames = np.zeros((int(seconds * FPS), 32, 32, 3), np.uint8)
+    from avssl.data.encode import write_media
+
+    clip = write_media(None, frames, FPS, audio, sample_rate)
+    with MediaReader(clip) as reader:
+        assert reader.info.sample_rate == sample_rate
+        out = reader.read_audio(0.5, 1.0, SR)
+    assert out.shape == (SR,)
+    spectrum = np.abs(np.fft.rfft(out))
+    assert np.argmax(spectrum) == pytest.approx(440, abs=2)  # 1 Hz bins
+    assert 0.05 < np.abs(out).max() < 1.5
+
+
+@pytest.mark.parametrize("codec, container", [("libx264", "mp4"), ("mpeg4", "mp4"), ("libvpx-vp9", "webm")])
+def test_video_codecs(codec: str, container: str) -> None:
+    audio_codec = "libopus" if container == "webm" else "aac"
+    sample_rate = 48000 if audio_codec == "libopus" else SR
+    clip = flash_click_clip(seconds=3.0, sample_rate=sample_rate, video_codec=codec, audio_codec=audio_codec,
+                            container_format=container)
+    with MediaReader(clip) as reader:
+        frames, t_first = reader.read_frames(1.2, 8, FPS)
+        audio = reader.read_audio(t_first, 8 / FPS, SR)
+    assert frames.shape == (8, 48, 64, 3)
+    assert _flash_frames(frames) == [round(37 - t_first * FPS)]
+    clicks = _click_times(audio, SR)
+    assert len(clicks) == 1 and abs(clicks[0] - (37 / FPS - t_first)) <= 1 / FPS
+
+
+def test_variable_frame_rate_selects_by_timestamp() -> None:
+    from avssl.data.encode import write_media
+
+    rng = np.random.default_rng(0)
+    times = np.cumsum(rng.uniform(0.02, 0.06, size=120))
+    times -= times[0]
+    frames = np.zeros((len(times), 32, 32, 3), np.uint8)
+    frames[:, :, :, 0] = (np.arange(len(times)) % 256)[:, None, None]  # frame id in red
+    clip = write_media(None, frames, FPS, None, None, frame_times=times, crf=0)
+    with MediaReader(clip) as reader:
+        out, t_first = reader.read_frames(1.0, 10, 10.0)
+    for k in range(10):
+        on_screen = np.searchsorted(times, t_first + k / 10.0 + 1e-6, side="right") - 1
+        assert abs(int(out[k, 16, 16, 0]) - on_screen % 256) <= 2
+
+
+def test_bad_bytes_raise_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        MediaReader(b"this is not a video")
+
+
+def test_missing_audio_stream_is_a_decode_error() -> None:
+    from avssl.data.encode import write_media
+
+    clip = write_media(None, np.zeros((25, 32, 32, 3), np.uint8), FPS)
+    with MediaReader(clip) as reader:
+        assert not reader.info.has_audio
+        with pytest.raises(DecodeError, match="no audio stream"):
+            reader.read_audio(0.0, 0.5, SR)
