@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import default_collate
-from torch.utils.data.sampler import _InfiniteConstantSampler
+from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import AugmentSettings

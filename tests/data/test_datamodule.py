@@ -1,0 +1,151 @@
+"""Streaming shards: split over ranks and workers, padding, determinism, skips."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avssl.data.datamodule import ShardList, ShardStream, make_loader, slice_bounds
+from avssl.data.sampling import ViewSampler, shifted_window_start
+from avssl.data.views import AudioView, VideoView, ViewSpec
+from tests.conftest import flash_click_clip, write_test_shards
+
+SPEC = ViewSpec(video=VideoView(num_frames=2, fps=25.0, size=32), audio={"audio": AudioView(seconds=0.5)})
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    clip = flash_click_clip(seconds=1.2, size=(32, 40))
+    # 22 samples in shards of 5: uneven shards, and 22 does not divide by 4 slices.
+    return write_test_shards(tmp_path_factory.mktemp("shards"), [clip] * 22, per_shard=5,
+                             labels=[i % 3 for i in range(22)])
+
+
+def _stream(shards: Path, rank: int, world: int, workers: int, **kw) -> ShardStream:
+    return ShardStream(ShardList.from_manifest(shards, "train"), ViewSampler(SPEC, train=kw.pop("train", False)),
+                       batch_size=kw.pop("batch_size", 3), num_workers=workers, rank=rank, world_size=world, **kw)
+
+
+def _epoch_indices(stream: ShardStream, workers: int, epoch: int = 0) -> list[int]:
+    loader = make_loader(stream, workers)
+    loader.sampler.set_epoch(epoch)
+    return [int(i) for batch in loader for i in batch["index"]]
+
+
+def test_slices_cover_every_sample_once() -> None:
+    for n, k in [(22, 4), (7, 7), (100, 3)]:
+        covered = [i for s in range(k) for i in range(*slice_bounds(n, k, s))]
+        assert covered == list(range(n))
+
+
+def test_two_ranks_two_workers_see_every_sample_exactly_once(shards: Path) -> None:
+    seen = []
+    for rank in range(2):
+        seen += _epoch_indices(_stream(shards, rank, 2, 2, pad=False, shuffle=True), workers=2)
+    assert sorted(seen) == list(range(22))
+
+
+def test_padding_gives_every_rank_the_same_number_of_full_batches(shards: Path) -> None:
+    per_rank = []
+    all_indices: Counter[int] = Counter()
+    for rank in range(2):
+        stream = _stream(shards, rank, 2, 2, pad=True, shuffle=True)
+        loader = make_loader(stream, 2)
+        batches = list(loader)
+        assert len(batches) == len(stream) == len(loader)
+        assert all(b["index"].numel() == 3 for b in batches)
+        per_rank.append(len(batches))
+        all_indices.update(int(i) for b in batches for i in b["index"])
+    assert per_rank[0] == per_rank[1]
+    assert set(all_indices) == set(range(22)), "padding repeats samples, it never drops any"
+    # 22 samples over 4 slices → 6 per slice → 2 batches of 3 each: 24 yielded, 2 repeats.
+    assert sum(all_indices.values()) == 24
+
+
+def test_shard_order_changes_with_epoch_and_is_shared_by_ranks(shards: Path) -> None:
+    a, b = _stream(shards, 0, 2, 1), _stream(shards, 1, 2, 1)
+    assert a.shard_order(0) == b.shard_order(0)
+    assert a.shard_order(0) != a.shard_order(1)
+    first = _epoch_indices(_stream(shards, 0, 1, 1, pad=False), 0, epoch=0)
+    again = _epoch_indices(_stream(shards, 0, 1, 1, pad=False), 0, epoch=0)
+    other = _epoch_indices(_stream(shards, 0, 1, 1, pad=False), 0, epoch=1)
+    assert first == again, "an epoch is reproducible from the seed"
+    assert first != other and sorted(first) == sorted(other) == list(range(22))
+
+
+def test_batch_contract(shards: Path) -> None:
+    batch = next(iter(make_loader(_stream(shards, 0, 1, 0, train=True), 0)))
+    assert batch["video"].shape == (3, 3, 2, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["audio"].shape == (3, 1, 64, 51)
+    assert batch["index"].dtype == torch.int64 and batch["label"].dtype == torch.int64
+    assert set(batch) >= {"t_video", "t_audio", "clip", "skipped"}
+    # the aligned audio window is centred on the video window
+    np.testing.assert_allclose(batch["t_audio"], batch["t_video"] + (2 / 25 - 0.5) / 2, atol=1e-5)
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path) -> None:
+    good = flash_click_clip(seconds=1.2, size=(32, 40))
+    clips = [good] * 10 + [b"garbage"] + [good] * 9
+    path = write_test_shards(tmp_path, clips, per_shard=20)
+    stream = ShardStream(ShardList.from_manifest(path, "train"), ViewSampler(SPEC, train=False), batch_size=4,
+                         shuffle=False, pad=True, max_skip_fraction=0.5)
+    batches = list(make_loader(stream, 0))
+    assert sum(int(b["skipped"].sum()) for b in batches) == 1
+    assert sum(b["index"].numel() for b in batches) == 20, "the skipped sample is replaced by padding"
+    assert 10 not in {int(i) for b in batches for i in b["index"]}
+
+
+def test_too_many_corrupt_samples_stop_with_a_clear_error(tmp_path: Path) -> None:
+    path = write_test_shards(tmp_path, [b"garbage"] * 25, per_shard=25)
+    stream = ShardStream(ShardList.from_manifest(path, "train"), ViewSampler(SPEC, train=False), batch_size=4,
+                         shuffle=False, max_skip_fraction=0.1)
+    with pytest.raises(RuntimeError, match="failed to decode"):
+        list(make_loader(stream, 0))
+
+
+def test_missing_manifest_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="avssl shards"):
+        ShardList.from_manifest(tmp_path, "train")
+
+
+@pytest.mark.parametrize("offset", ["shifted", "overlapping"])
+def test_shifted_windows_stay_inside_the_clip(offset: str) -> None:
+    rng = np.random.default_rng(0)
+    view = AudioView(seconds=1.0, offset=offset, min_shift_seconds=0.5)
+    for _ in range(200):
+        aligned = rng.uniform(0, 9)
+        start = shifted_window_start(rng, view, aligned, 0.0, 10.0)
+        assert start is not None and 0.0 <= start <= 9.0
+        shift = abs(start - aligned)
+        if offset == "shifted":
+            assert shift >= 1.0
+        else:
+            assert 0.5 <= shift < 1.0
+    assert shifted_window_start(rng, AudioView(seconds=1.0, offset="shifted"), 0.2, 0.0, 1.5) is None
+
+
+def test_eval_views_are_evenly_spread_and_deterministic(shards: Path) -> None:
+    spec = ViewSpec(video=VideoView(num_frames=2, size=32), audio={"audio": AudioView(seconds=0.5)}, clips_per_video=3)
+    stream = ShardStream(ShardList.from_manifest(shards, "train"), ViewSampler(spec, train=False), batch_size=6,
+                         shuffle=False, pad=False)
+    batch = next(iter(make_loader(stream, 0)))
+    assert batch["clip"].tolist() == [0, 1, 2, 0, 1, 2]
+    t = batch["t_video"][:3]
+    assert torch.all(t[1:] > t[:-1])
+    again = next(iter(make_loader(stream, 0)))
+    torch.testing.assert_close(batch["video"], again["video"])
+
+
+def test_persistent_workers_follow_set_epoch(shards: Path) -> None:
+    stream = _stream(shards, 0, 1, 2, pad=False, shuffle=True)
+    loader = make_loader(stream, 2)
+    assert loader.persistent_workers
+    loader.sampler.set_epoch(0)
+    epoch0 = [int(i) for b in loader for i in b["index"]]
+    loader.sampler.set_epoch(1)
+    epoch1 = [int(i) for b in loader for i in b["index"]]
+    assert epoch1 == _epoch_indices(_stream(shards, 0, 1, 2, pad=False, shuffle=True), 2, epoch=1)
+    assert epoch0 != epoch1
