@@ -49,6 +49,62 @@ def _shards(args: argparse.Namespace) -> int:
     return 0 if report.num_packed > 0 else 1
 
 
+def _recipe(args: argparse.Namespace):
+    from avssl.config import load_recipe
+
+    return load_recipe(args.recipe, args.overrides)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from avssl.pretrain import pretrain
+
+    result = pretrain(_recipe(args), resume=args.resume)
+    print(f"run folder: {result['run_dir']}\ncheckpoint: {result['checkpoint']}")
+    if "export" in result:
+        print(f"exported encoders: {result['export']}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from avssl.probe import probe_from_recipe
+
+    probe_from_recipe(_recipe(args))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from avssl.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported to {out}")
+    return 0
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key, e.g. trainer.max_epochs=2")
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pretraining from a recipe")
+    _add_recipe_args(p)
+    p.add_argument("--resume", default=None, help="Lightning checkpoint to resume from")
+    p.set_defaults(run=_pretrain)
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="linear probe of frozen encoders (probe.encoders=EXPORT_DIR|CKPT|random)")
+    _add_recipe_args(p)
+    p.set_defaults(run=_probe)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="Lightning checkpoint → encoder safetensors + model.json")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(run=_export)
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic audio-visual set (mp4 + ground truth)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -92,7 +148,9 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_shards)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_shards]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_synth, _add_shards, _add_pretrain, _add_probe, _add_export,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    from avssl.config import RecipeError
+
+    try:
+        return int(args.run(args) or 0)
+    except RecipeError as error:
+        print(f"avssl {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

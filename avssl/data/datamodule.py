@@ -32,7 +32,7 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import AugmentSettings
-from avssl.data.views import SKIPPED, ViewSpec
+from avssl.data.views import AUDIO, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
 
 MANIFEST = "manifest.json"
 
@@ -265,9 +265,14 @@ class ShardStream(IterableDataset):
 
 @dataclass
 class DataConfig:
-    """The ``data`` section of a recipe."""
+    """The ``data`` section of a recipe: where the shards are, the input windows
+    (``video``, ``audio``, ``mel``: the spec exported with the encoders), and loading."""
 
     shards: str = "data/shards"
+    video: VideoView | None = field(default_factory=VideoView)
+    audio: AudioView | None = field(default_factory=AudioView)
+    mel: MelSettings = field(default_factory=MelSettings)
+    eval_clips_per_video: int = 1
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 2
@@ -278,6 +283,14 @@ class DataConfig:
     test_split: str | None = "test"
     max_skip_fraction: float = 0.05
     augment: dict[str, Any] = field(default_factory=dict)
+
+
+def base_views(config: DataConfig, extra_audio: dict[str, AudioView] | None = None,
+               clips_per_video: int = 1) -> ViewSpec:
+    """The ViewSpec of the recipe's input windows, plus any extra views a task adds."""
+    audio = {AUDIO: config.audio} if config.audio is not None else {}
+    audio.update(extra_audio or {})
+    return ViewSpec(video=config.video, audio=audio, mel=config.mel, clips_per_video=clips_per_video)
 
 
 class AVDataModule(pl.LightningDataModule):

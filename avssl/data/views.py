@@ -26,8 +26,6 @@ task decodes video itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
 VIDEO = "video"
 AUDIO = "audio"
 INDEX = "index"
@@ -37,7 +35,8 @@ T_VIDEO = "t_video"
 T_AUDIO = "t_audio"
 SKIPPED = "skipped"
 
-AudioOffset = Literal["aligned", "shifted", "overlapping"]
+AUDIO_OFFSETS = ("aligned", "shifted", "overlapping")
+AUDIO_REPRESENTATIONS = ("logmel", "waveform")
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,17 @@ class AudioView:
     """
 
     seconds: float = 1.0
-    offset: AudioOffset = "aligned"
+    offset: str = "aligned"  # one of AUDIO_OFFSETS
     min_shift_seconds: float = 0.5
-    representation: Literal["logmel", "waveform"] = "logmel"
+    representation: str = "logmel"  # one of AUDIO_REPRESENTATIONS
+
+    def __post_init__(self) -> None:
+        if self.offset not in AUDIO_OFFSETS:
+            raise ValueError(f"audio offset must be one of {AUDIO_OFFSETS}, got {self.offset!r}")
+        if self.representation not in AUDIO_REPRESENTATIONS:
+            raise ValueError(f"audio representation must be one of {AUDIO_REPRESENTATIONS}, got {self.representation!r}")
+        if self.seconds <= 0:
+            raise ValueError(f"audio window seconds must be positive, got {self.seconds}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,131 @@
+"""Recipes: OmegaConf YAML with a schema, inheritance and command-line overrides.
+
+A recipe has the sections ``data``, ``model``, ``task``, ``trainer``, ``logger``,
+``export`` (DESIGN.md). ``base: other.yaml`` (relative to the recipe, or to recipes/)
+starts from another recipe. ``key=value`` overrides apply last. Every key is checked
+against the schema: an unknown key is an error that names it.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from avssl.data.datamodule import DataConfig
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used as written; the message names the key or file."""
+
+
+@dataclass
+class ModelConfig:
+    """Encoders by registry name, with keyword arguments beside ``name``."""
+
+    video_encoder: dict[str, Any] | None = field(default_factory=lambda: {"name": "small3d"})
+    audio_encoder: dict[str, Any] | None = field(default_factory=lambda: {"name": "small2d"})
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    wandb: bool = True  # offline unless WANDB_MODE says otherwise
+    project: str = "avssl"
+    name: str | None = None
+
+
+@dataclass
+class ExportConfig:
+    after_training: bool = True  # write <run_dir>/export when training ends
+
+
+@dataclass
+class Recipe:
+    """Sections every recipe has; ``task`` and ``trainer`` are checked separately."""
+
+    seed: int = 0
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    probe: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve_base(base: str, relative_to: Path) -> Path:
+    for candidate in (relative_to.parent / base, RECIPES_DIR / base, Path(base)):
+        if candidate.exists():
+            return candidate
+    raise RecipeError(f"{relative_to}: base recipe {base!r} not found (looked beside it and in {RECIPES_DIR})")
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    path = path.resolve()
+    if not path.exists():
+        raise RecipeError(f"recipe {path} not found")
+    if path in seen:
+        raise RecipeError(f"recipe {path} inherits from itself through 'base'")
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections")
+    base = node.pop("base", None)
+    if base is None:
+        return node
+    return OmegaConf.merge(_load_yaml_chain(_resolve_base(str(base), path), seen + (path,)), node)
+
+
+def _check_schema(node: DictConfig, schema: type, where: str, prefix: str = "") -> DictConfig:
+    structured = OmegaConf.structured(schema)
+    OmegaConf.set_readonly(structured, False)
+    try:
+        return OmegaConf.merge(structured, node)
+    except (ConfigKeyError, ConfigAttributeError) as error:
+        raise RecipeError(f"{where}: unknown key '{prefix}{error.full_key}'") from None
+    except ValidationError as error:
+        raise RecipeError(f"{where}: bad value for '{prefix}{error.full_key}': {error.msg}") from None
+
+
+def check_trainer_keys(trainer: dict[str, Any], where: str = "recipe") -> None:
+    import pytorch_lightning as pl
+
+    known = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    for key in trainer:
+        if key not in known:
+            raise RecipeError(f"{where}: unknown key 'trainer.{key}' (not a pytorch_lightning.Trainer argument)")
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a recipe with its bases, apply ``key=value`` overrides, check every key."""
+    path = Path(path)
+    node = _load_yaml_chain(path)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise RecipeError(f"overrides must look like key=value, got {bad}")
+    node = OmegaConf.merge(node, OmegaConf.from_dotlist(list(overrides)))
+    config = _check_schema(node, Recipe, str(path))
+    check_trainer_keys(OmegaConf.to_container(config.trainer), str(path))
+    return config
+
+
+def check_section(config: DictConfig, section: str, schema: type, where: str = "recipe") -> Any:
+    """Check one free-form section (``task``, ``probe``) against its dataclass; return it."""
+    node = config.get(section) or OmegaConf.create({})
+    checked = _check_schema(node, schema, where, prefix=f"{section}.")
+    return OmegaConf.to_object(checked)
+
+
+def to_plain(config: DictConfig) -> dict[str, Any]:
+    """The resolved recipe as plain Python types (saved beside runs and in checkpoints)."""
+    return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+
+
+def data_config(config: DictConfig) -> DataConfig:
+    return OmegaConf.to_object(config.data)  # type: ignore[return-value]

@@ -1,0 +1,79 @@
+"""`avssl probe`: pick the encoders a recipe names, run the linear probe, write metrics."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from avssl.config import check_section, data_config, to_plain
+from avssl.data.datamodule import DataConfig
+from avssl.data.views import AudioView, MelSettings, VideoView
+from avssl.tasks.downstream.linear_probe import ProbeConfig, run_linear_probe, write_metrics
+
+
+def _file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def data_for_encoders(data: DataConfig, spec: dict[str, Any]) -> DataConfig:
+    """The recipe's data section with the input windows the exported encoders expect."""
+    inputs = spec.get("inputs", {})
+    if inputs.get("video"):
+        v = inputs["video"]
+        data.video = VideoView(num_frames=v["num_frames"], fps=v["fps"], size=v["size"])
+    if inputs.get("audio"):
+        a = inputs["audio"]
+        data.audio = AudioView(seconds=a["seconds"])
+        data.mel = MelSettings(**a["mel"]) if "mel" in a else data.mel
+    return data
+
+
+def load_probe_encoders(config: DictConfig, probe: ProbeConfig, run_dir: Path) -> tuple[dict, DataConfig, str]:
+    """(encoders by modality, data config, an id for the feature cache)."""
+    from avssl.export import export_checkpoint, load_pretrained
+    from avssl.models.registry import build_encoders
+
+    data = data_config(config)
+    if probe.encoders == "random":
+        pl.seed_everything(config.seed)
+        video, audio = build_encoders(to_plain(config.model))
+        encoder_id = "random:" + json.dumps(to_plain(config.model), sort_keys=True) + f":seed={config.seed}"
+        return {"video": video, "audio": audio}, data, encoder_id
+    source = Path(probe.encoders)
+    if source.suffix == ".ckpt":
+        source = export_checkpoint(source, run_dir / "export")
+    if not source.is_dir():
+        raise FileNotFoundError(f"probe.encoders={probe.encoders}: not an export folder, a .ckpt or 'random'")
+    pretrained = load_pretrained(source)
+    encoder_id = "export:" + _file_digest(list(source.glob("*.safetensors")))
+    encoders = {"video": pretrained.video_encoder, "audio": pretrained.audio_encoder}
+    return encoders, data_for_encoders(data, pretrained.spec), encoder_id
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = [f"{'modality':<8} {'clip top-1':>10} {'video top-1':>11} {'weight decay':>12}"]
+    for modality, r in results.items():
+        if isinstance(r, dict) and "test_clip_top1" in r:
+            rows.append(f"{modality:<8} {r['test_clip_top1']:>10.1f} {r['test_video_top1']:>11.1f} "
+                        f"{r['weight_decay']:>12.0e}")
+    return "\n".join(rows)
+
+
+def probe_from_recipe(config: DictConfig) -> dict[str, Any]:
+    probe: ProbeConfig = check_section(config, "probe", ProbeConfig)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    encoders, data, encoder_id = load_probe_encoders(config, probe, run_dir)
+    results = run_linear_probe(encoders, data, probe, encoder_id)
+    results["encoders"] = probe.encoders
+    path = write_metrics(results, run_dir)
+    print(f"linear probe of {probe.encoders} (test split, top-1 %):\n{format_table(results)}\nwritten: {path}")
+    return results

@@ -1,0 +1,1 @@
+"""LightningModules: pretext methods (pretext/) and downstream evaluations (downstream/)."""

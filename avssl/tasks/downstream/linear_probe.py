@@ -1,0 +1,207 @@
+"""Linear probe: frozen encoders, pooled features extracted once (cached on disk), a
+linear classifier on top, top-1 on the test split (METHODS.md §3.3, §5).
+
+Protocol: features of ``clips_per_video`` evenly spaced clips per video, no augmentation;
+each modality's features standardised with train statistics; multinomial logistic
+regression trained full-batch with L-BFGS (no library in the stack offers it on tensors:
+this is the one hand-written piece here). The weight decay is chosen on the val split,
+never on test. Reported: clip-level top-1, and video-level top-1 (softmax scores averaged
+over the clips of a video) for the video encoder, the audio encoder and both concatenated.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
+from avssl.data.sampling import ViewSampler
+from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, VIDEO
+
+MODALITIES = ("video", "audio", "both")
+
+
+@dataclass
+class ProbeConfig:
+    """The ``probe`` section of an evaluation recipe."""
+
+    encoders: str = "random"  # an `avssl export` folder, a Lightning .ckpt, or "random"
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    train_clips_per_video: int = 1
+    eval_clips_per_video: int = 3
+    weight_decays: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+    max_iter: int = 300
+    batch_size: int = 64
+    cache_dir: str = "runs/.feature_cache"
+    device: str = "auto"
+
+
+@dataclass
+class Features:
+    """Pooled features of one split: per modality N×D, with labels, video index, clip."""
+
+    by_modality: dict[str, np.ndarray]
+    label: np.ndarray
+    index: np.ndarray
+    clip: np.ndarray
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _cache_key(encoder_id: str, shards: ShardList, split: str, views: Any) -> str:
+    h = hashlib.sha256()
+    h.update(encoder_id.encode())
+    for file, count in zip(shards.files, shards.counts):
+        stat = Path(file).stat()
+        h.update(f"{Path(file).name}:{count}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    h.update(split.encode())
+    h.update(repr(views).encode())
+    return h.hexdigest()[:24]
+
+
+@torch.inference_mode()
+def extract_features(
+    encoders: dict[str, torch.nn.Module], data: DataConfig, split: str, clips_per_video: int,
+    batch_size: int, device: torch.device, cache: Path | None = None, encoder_id: str = "",
+) -> Features:
+    """Pooled features of every clip of a split, from a cache when one exists."""
+    shards = ShardList.from_manifest(data.shards, split)
+    views = base_views(data, clips_per_video=clips_per_video)
+    path = None
+    if cache is not None:
+        path = cache / f"{_cache_key(encoder_id, shards, split, views)}.npz"
+        if path.exists():
+            stored = np.load(path)
+            return Features({m: stored[m] for m in encoders}, stored["label"], stored["index"], stored["clip"])
+    stream = ShardStream(shards, ViewSampler(views, train=False), batch_size, num_workers=data.num_workers,
+                         shuffle=False, pad=False, max_skip_fraction=data.max_skip_fraction)
+    outputs: dict[str, list[np.ndarray]] = {m: [] for m in encoders}
+    meta: dict[str, list[np.ndarray]] = {LABEL: [], INDEX: [], CLIP: []}
+    inputs = {"video": VIDEO, "audio": AUDIO}
+    for module in encoders.values():
+        module.eval().to(device)
+    for batch in tqdm(make_loader(stream, data.num_workers), desc=f"features {split}", unit="batch",
+                      total=len(stream), leave=False):
+        for modality, module in encoders.items():
+            outputs[modality].append(module(batch[inputs[modality]].to(device)).float().cpu().numpy())
+        for key in meta:
+            meta[key].append(batch[key].numpy())
+    features = Features({m: np.concatenate(v) for m, v in outputs.items()},
+                        *(np.concatenate(meta[k]) for k in (LABEL, INDEX, CLIP)))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, label=features.label, index=features.index, clip=features.clip, **features.by_modality)
+    return features
+
+
+def _stack(features: Features, modality: str, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+    names = ["video", "audio"] if modality == "both" else [modality]
+    parts = [(features.by_modality[n] - stats[n][0]) / stats[n][1] for n in names]
+    return torch.from_numpy(np.concatenate(parts, axis=1)).float()
+
+
+def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
+                            max_iter: int) -> torch.nn.Linear:
+    """Multinomial logistic regression, full batch, L-BFGS, L2 penalty on the weights."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y) + weight_decay * model.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return model
+
+
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float((scores.argmax(1) == labels).mean() * 100)
+
+
+def video_level(scores: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average softmax scores over the clips of each video."""
+    videos, inverse = np.unique(index, return_inverse=True)
+    summed = np.zeros((len(videos), scores.shape[1]))
+    np.add.at(summed, inverse, scores)
+    video_labels = np.zeros(len(videos), dtype=labels.dtype)
+    video_labels[inverse] = labels
+    return summed, video_labels
+
+
+def probe_modality(train: Features, val: Features, test: Features, modality: str, cfg: ProbeConfig
+                   ) -> dict[str, Any]:
+    """Choose the weight decay on val (video-level top-1), report test top-1."""
+    names = ["video", "audio"] if modality == "both" else [modality]
+    stats = {n: (train.by_modality[n].mean(0), train.by_modality[n].std(0) + 1e-6) for n in names}
+    x_train, y_train = _stack(train, modality, stats), torch.from_numpy(train.label).long()
+    num_classes = int(max(train.label.max(), val.label.max(), test.label.max())) + 1
+    x_val, x_test = _stack(val, modality, stats), _stack(test, modality, stats)
+
+    def evaluate(model: torch.nn.Linear, x: torch.Tensor, f: Features) -> tuple[float, float]:
+        with torch.no_grad():
+            scores = torch.softmax(model(x), 1).numpy()
+        return top1(scores, f.label), top1(*video_level(scores, f.label, f.index))
+
+    search = {}
+    best = None
+    for wd in cfg.weight_decays:
+        model = fit_logistic_regression(x_train, y_train, num_classes, wd, cfg.max_iter)
+        clip_acc, video_acc = evaluate(model, x_val, val)
+        search[str(wd)] = {"val_clip_top1": clip_acc, "val_video_top1": video_acc}
+        if best is None or video_acc > best[0]:
+            best = (video_acc, wd, model)
+    assert best is not None
+    clip_acc, video_acc = evaluate(best[2], x_test, test)
+    return {"test_clip_top1": clip_acc, "test_video_top1": video_acc, "weight_decay": best[1],
+            "val_video_top1": best[0], "search": search}
+
+
+def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg: ProbeConfig,
+                     encoder_id: str) -> dict[str, Any]:
+    """Features for train/val/test (cached), then one probe per requested modality."""
+    for modality in cfg.modalities:
+        if modality not in MODALITIES:
+            raise ValueError(f"probe.modalities: {modality!r} is not one of {MODALITIES}")
+    needed = sorted({m for mod in cfg.modalities for m in (["video", "audio"] if mod == "both" else [mod])})
+    missing = [m for m in needed if encoders.get(m) is None]
+    if missing:
+        raise ValueError(f"probe needs the {', '.join(missing)} encoder, which these encoders do not have")
+    used = {m: encoders[m] for m in needed}
+    device = _device(cfg.device)
+    cache = Path(cfg.cache_dir)
+    splits = {}
+    for name, split, clips in (("train", cfg.train_split, cfg.train_clips_per_video),
+                               ("val", cfg.val_split, cfg.eval_clips_per_video),
+                               ("test", cfg.test_split, cfg.eval_clips_per_video)):
+        splits[name] = extract_features(used, data, split, clips, cfg.batch_size, device, cache, encoder_id)
+    if (splits["train"].label < 0).any():
+        raise ValueError(f"split {cfg.train_split!r} has unlabelled samples (label -1): a probe needs labels")
+    results = {m: probe_modality(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
+    results["num_clips"] = {k: int(len(v.label)) for k, v in splits.items()}
+    return results
+
+
+def write_metrics(results: dict[str, Any], run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "metrics.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path

@@ -1,0 +1,16 @@
+"""Pretext methods by recipe name (``task.name``)."""
+from __future__ import annotations
+
+from typing import Any
+
+from avssl.tasks.pretext.avc import AVC
+from avssl.tasks.pretext.base import PretextTask
+
+PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC}
+
+
+def build_pretext_task(config: dict[str, Any]) -> PretextTask:
+    name = (config.get("task") or {}).get("name")
+    if name not in PRETEXT_TASKS:
+        raise ValueError(f"task.name must be one of {sorted(PRETEXT_TASKS)}, got {name!r}")
+    return PRETEXT_TASKS[name](config)

@@ -1,0 +1,138 @@
+"""AVC: audio-visual correspondence (L³-Net, METHODS.md §1).
+
+Does this frame go with this sound? Embeddings of both modalities are fused by the L³
+head (concatenate → FC → ReLU → FC) into one correspondence logit, trained with binary
+cross-entropy. Negatives (``task.negatives``):
+
+* ``paired``: the paper's sampling, one negative per positive: the clip's video with the
+  audio of another clip of the batch.
+* ``in_batch``: every (video i, audio j) pair of the batch is scored, i ≠ j negative,
+  positives weighted by B−1 so both classes weigh the same. Far more negatives per step
+  for the same decoding cost; on the synthetic set it is what makes AVC learn at all
+  (see docs/methods/avc.md).
+
+Pairs of two clips of the same video (same ``index``, e.g. padding repeats) are never
+used as negatives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.data.views import AUDIO, INDEX, VIDEO
+from avssl.tasks.pretext.base import PretextTask, TaskConfig
+
+
+@dataclass
+class AVCConfig(TaskConfig):
+    name: str = "avc"
+    negatives: str = "in_batch"  # paired | in_batch
+    fusion_hidden: int = 128
+
+
+class PairwiseFusion(nn.Module):
+    """The L³ fusion MLP on concatenated embeddings, evaluated for many pairs at once.
+
+    ``FC([v; a]) = W_v v + W_a a + b``, so scoring all B×B pairs costs two B×H products
+    and a broadcast sum instead of B² concatenations.
+    """
+
+    def __init__(self, video_dim: int, audio_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.video_proj = nn.Linear(video_dim, hidden)
+        self.audio_proj = nn.Linear(audio_dim, hidden, bias=False)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Logits for aligned rows: video[i] with audio[i] → (B,)."""
+        return self.out(F.relu(self.video_proj(video) + self.audio_proj(audio))).squeeze(-1)
+
+    def all_pairs(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Logits for every pair: entry (i, j) scores video[i] with audio[j] → (B, B)."""
+        hidden = self.video_proj(video)[:, None, :] + self.audio_proj(audio)[None, :, :]
+        return self.out(F.relu(hidden)).squeeze(-1)
+
+
+def balanced_pair_bce(logits: torch.Tensor, same_instance: torch.Tensor) -> torch.Tensor:
+    """BCE over a B×B logit matrix: the diagonal is positive, pairs of other instances
+    negative (pairs of the same instance off the diagonal are ignored); both classes
+    weigh the same in total."""
+    batch = logits.shape[0]
+    positive = torch.eye(batch, dtype=torch.bool, device=logits.device)
+    negative = ~same_instance
+    loss_pos = F.binary_cross_entropy_with_logits(logits[positive], torch.ones(batch, device=logits.device))
+    neg_logits = logits[negative]
+    if neg_logits.numel() == 0:  # every clip of the batch comes from one video
+        return loss_pos
+    loss_neg = F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+    return 0.5 * (loss_pos + loss_neg)
+
+
+def paired_negative_permutation(index: torch.Tensor) -> torch.Tensor:
+    """For each row, another row of a different instance (shift by one, then fix ties)."""
+    batch = index.shape[0]
+    partner = torch.roll(torch.arange(batch, device=index.device), 1)
+    for shift in range(2, batch):
+        clash = index[partner] == index
+        if not clash.any():
+            break
+        partner = torch.where(clash, torch.roll(torch.arange(batch, device=index.device), shift), partner)
+    return partner
+
+
+class AVC(PretextTask):
+    config_class = AVCConfig
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        if self.video_encoder is None or self.audio_encoder is None:
+            raise ValueError("AVC needs both a video and an audio encoder (model.video_encoder, model.audio_encoder)")
+        cfg: AVCConfig = self.task_config
+        if cfg.negatives not in ("paired", "in_batch"):
+            raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
+        self.fusion = PairwiseFusion(self.video_encoder.embedding_dim, self.audio_encoder.embedding_dim,
+                                     cfg.fusion_hidden)
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
+
+    def correspondence(self, video: torch.Tensor, audio: torch.Tensor, index: torch.Tensor, negatives: str
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, balanced accuracy) of one batch of embeddings."""
+        if negatives == "in_batch":
+            logits = self.fusion.all_pairs(video, audio)
+            same = index[:, None] == index[None, :]
+            loss = balanced_pair_bce(logits, same)
+            pos_acc = (logits.diagonal() > 0).float().mean()
+            neg_acc = (logits[~same] < 0).float().mean()
+        else:
+            partner = paired_negative_permutation(index)
+            pos_logits = self.fusion(video, audio)
+            neg_logits = self.fusion(video, audio[partner])
+            loss = 0.5 * (F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
+                          + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits)))
+            pos_acc = (pos_logits > 0).float().mean()
+            neg_acc = (neg_logits < 0).float().mean()
+        return loss, 0.5 * (pos_acc + neg_acc)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        video, audio = self.embed(batch)
+        loss, accuracy = self.correspondence(video, audio, batch[INDEX], self.task_config.negatives)
+        size = video.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/accuracy", accuracy, prog_bar=True, batch_size=size)
+        self.log_skipped(batch, "train")
+        return {"loss": loss, "terms": {"avc": loss.detach()},
+                "embeddings": {"video": video.detach(), "audio": audio.detach()}}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Held-out correspondence as the paper reports it: one negative per positive.
+        video, audio = self.embed(batch)
+        loss, accuracy = self.correspondence(video, audio, batch[INDEX], "paired")
+        size = video.shape[0]
+        self.log("val/loss", loss, sync_dist=True, batch_size=size)
+        self.log("val/accuracy", accuracy, prog_bar=True, sync_dist=True, batch_size=size)
+        self.log_skipped(batch, "val")

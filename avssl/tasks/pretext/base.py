@@ -1,0 +1,92 @@
+"""What every pretext method shares: encoders from the recipe, the optimiser and schedule,
+hyper-parameters saved in the checkpoint, and the per-epoch count of skipped samples.
+
+A method subclasses :class:`PretextTask`, declares its views, and writes ``training_step``
+returning ``{"loss", "terms", "embeddings"}`` so that monitors can be callbacks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from avssl.config import Recipe, check_section
+from avssl.data.datamodule import DataConfig, base_views
+from avssl.data.views import SKIPPED, AudioView, ViewSpec
+from avssl.models.registry import build_encoders
+
+
+@dataclass
+class TaskConfig:
+    """Fields every method's ``task`` section has."""
+
+    name: str = ""
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "cosine"  # cosine | none
+    warmup_epochs: int = 0
+
+
+class PretextTask(pl.LightningModule):
+    """Base class; ``config`` is the resolved recipe as a plain dict."""
+
+    config_class: type[TaskConfig] = TaskConfig
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        recipe = OmegaConf.merge(OmegaConf.structured(Recipe), config)
+        self.task_config = check_section(recipe, "task", self.config_class)
+        self.data_config: DataConfig = OmegaConf.to_object(recipe.data)
+        self.video_encoder, self.audio_encoder = build_encoders(config["model"])
+
+    # -- views ----------------------------------------------------------------------------
+    def extra_audio_views(self) -> dict[str, AudioView]:
+        """Further audio windows this method needs beyond the aligned one (AVTS)."""
+        return {}
+
+    def views(self) -> ViewSpec:
+        return base_views(self.data_config, self.extra_audio_views())
+
+    def eval_views(self) -> ViewSpec:
+        return base_views(self.data_config, self.extra_audio_views())
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.task_config
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"task.optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}")
+        if cfg.scheduler == "none":
+            return optimizer
+        if cfg.scheduler != "cosine":
+            raise ValueError(f"task.scheduler must be cosine or none, got {cfg.scheduler!r}")
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(cfg.warmup_epochs * max(total // max(self.trainer.max_epochs or 1, 1), 1), total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- data health --------------------------------------------------------------------------
+    def log_skipped(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        if SKIPPED in batch:
+            self.log(f"{stage}/skipped_samples", batch[SKIPPED].sum().float(), reduce_fx="sum",
+                     on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
