@@ -134,17 +134,20 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, default=None, help="csv with columns id,label[,split]")
     p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
-    p.add_argument("--short-side", type=int, default=d.short_side, help="resize so the short side is S pixels")
+    p.add_argument("--short-side", type=int, default=d.short_side,
+                   help="resize (up or down) so the short side is S pixels")
     p.add_argument("--fps", type=float, default=d.fps, help="constant output frame rate")
     p.add_argument("--sample-rate", type=int, default=d.sample_rate, help="output audio rate (mono)")
-    p.add_argument("--gop-seconds", type=float, default=d.gop_seconds, help="keyframe interval")
+    p.add_argument("--gop-seconds", type=float, default=d.gop_seconds, help="keyframe interval in seconds")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="fraction of videos held out as 'val' when labels.csv has no split column")
     p.add_argument("--missing-audio", choices=("skip", "silence"), default=d.missing_audio,
                    help="what to do with videos that have no audio stream")
-    p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="skip videos shorter than this")
+    p.add_argument("--min-seconds", type=float, default=d.min_seconds,
+                   help="skip videos whose audio and video overlap for less than this (seconds)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel processes (the output does not depend on it)")
     p.set_defaults(run=_shards)
 
 

@@ -33,6 +33,11 @@ class MonoResampler:
 
     def __call__(self, frame: av.AudioFrame | None) -> np.ndarray:
         """Samples out for one frame in (``None`` flushes); the output may lag the input."""
+        chunks = [out.to_ndarray().reshape(-1) for out in self.frames(frame)]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def frames(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+        """Mono frames out, with their timestamps, for one frame in (``None`` flushes)."""
         if frame is not None and frame.layout.nb_channels > 1:
             samples = frame.to_ndarray()
             if not frame.format.is_planar:
@@ -42,8 +47,7 @@ class MonoResampler:
             )
             mono.sample_rate, mono.pts, mono.time_base = frame.sample_rate, frame.pts, frame.time_base
             frame = mono
-        chunks = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        return self._resampler.resample(frame)
 
 
 class DecodeError(RuntimeError):

@@ -1,0 +1,139 @@
+"""Loader throughput: clips/s of 16×112×112 frames + 1 s of log-mel from shards, next to
+the ceiling that ffmpeg's single-thread decoder sets on the same videos.
+
+    python scripts/bench_loader.py [--shards DIR] [--clips 300]
+
+Without --shards it writes its own: synthetic 10-s videos at 320×240, packed with the
+default `avssl shards` settings (short side 128, 25 fps, keyframe every 1 s, 16 kHz mono).
+
+ceiling (clips/s) = ffmpeg frames/s (`ffmpeg -threads 1 -i x.mp4 -f null -`, video and
+audio) / frames each window must decode (from the keyframe before its start to its last
+frame, averaged over the windows the loader actually drew).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avssl.cli import main as avssl
+from avssl.data.datamodule import ShardList, ShardStream, make_loader
+from avssl.data.sampling import ViewSampler
+from avssl.data.views import AudioView, VideoView, ViewSpec
+
+SPEC = ViewSpec(video=VideoView(num_frames=16, fps=25.0, size=112), audio={"audio": AudioView(seconds=1.0)})
+
+
+def ensure_ffmpeg() -> str:
+    if shutil.which("ffmpeg") is None:
+        print("installing ffmpeg (apt-get) for the ceiling measurement…", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "ffmpeg"], check=True, stdout=subprocess.DEVNULL)
+    return shutil.which("ffmpeg") or "ffmpeg"
+
+
+def make_shards(work: Path, num_videos: int) -> Path:
+    synth, shards = work / "synth", work / "shards"
+    if not (synth / "labels.csv").exists():
+        avssl(["synth", "--out", str(synth), "--num-videos", str(num_videos), "--seconds", "10", "--size", "240",
+               "--split", "1", "0", "0", "--workers", "2"])
+    if not (shards / "manifest.json").exists():
+        avssl(["shards", "--videos", str(synth / "videos"), "--out", str(shards), "--workers", "2"])
+    return shards
+
+
+def ffmpeg_frames_per_second(ffmpeg: str, shards: ShardList, max_videos: int = 20) -> float:
+    """Single-thread decode speed (video + audio) over the shard videos, frames/s."""
+    frames = seconds = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        with tarfile.open(shards.files[0]) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".mp4") and len(paths) < max_videos:
+                    path = Path(tmp) / Path(member.name).name
+                    path.write_bytes(tar.extractfile(member).read())
+                    paths.append(path)
+        for path in paths:
+            out = subprocess.run([ffmpeg, "-hide_banner", "-benchmark", "-threads", "1", "-i", str(path),
+                                  "-f", "null", "-"], capture_output=True, text=True, check=True).stderr
+            frame_count = int(re.findall(r"frame=\s*(\d+)", out)[-1])
+            utime = float(re.search(r"utime=([\d.]+)s", out).group(1))
+            stime = float(re.search(r"stime=([\d.]+)s", out).group(1))
+            frames += frame_count
+            seconds += utime + stime
+    return frames / seconds
+
+
+def measure(shards: ShardList, workers: int, clips: int, pin_one_core: bool) -> tuple[float, list[float]]:
+    """clips/s over ``clips`` clips after a warm-up, and the window start times drawn."""
+    if pin_one_core:
+        os.sched_setaffinity(0, {0})
+    stream = ShardStream(shards, ViewSampler(SPEC, train=True), batch_size=16, num_workers=workers,
+                         shuffle=True, pad=False, seed=1)
+    loader = make_loader(stream, workers)
+    starts: list[float] = []
+    count, t0 = 0, None
+    for batch in loader:
+        if t0 is None:  # the first batch pays for worker start-up
+            t0 = time.perf_counter()
+            continue
+        count += batch["index"].numel()
+        starts += batch["t_video"].tolist()
+        if count >= clips:
+            break
+    elapsed = time.perf_counter() - t0
+    if pin_one_core:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    return count / elapsed, starts
+
+
+def frames_per_window(starts: list[float], fps: float = 25.0, gop: int = 25, num_frames: int = 16) -> float:
+    first = np.round(np.asarray(starts) * fps).astype(int)
+    keyframe = (first // gop) * gop
+    return float(np.mean(first + num_frames - keyframe))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_loader"))
+    parser.add_argument("--num-videos", type=int, default=120)
+    parser.add_argument("--clips", type=int, default=400)
+    args = parser.parse_args()
+    shard_dir = args.shards or make_shards(args.work, args.num_videos)
+    shards = ShardList.from_manifest(shard_dir, "train")
+    ffmpeg = ensure_ffmpeg()
+    ffmpeg_fps = ffmpeg_frames_per_second(ffmpeg, shards)
+    rows = []
+    all_starts: list[float] = []
+    for label, workers, pin in (("in-process, 1 core", 0, True), ("1 worker", 1, False), ("2 workers", 2, False)):
+        rate, starts = measure(shards, workers, args.clips, pin)
+        all_starts += starts
+        rows.append((label, rate))
+    window_frames = frames_per_window(all_starts)
+    ceiling = ffmpeg_fps / window_frames
+    print(f"\nshards: {shard_dir} ({shards.num_samples} videos)")
+    print(f"ffmpeg -threads 1 decode (video+audio): {ffmpeg_fps:.0f} frames/s; "
+          f"frames per window (keyframe → last frame): {window_frames:.1f}; ceiling {ceiling:.0f} clips/s per core")
+    print(f"{'loader':<20} {'clips/s':>8} {'ceiling':>8} {'ratio':>6}")
+    for label, rate in rows:
+        cores = 2 if label == "2 workers" else 1
+        print(f"{label:<20} {rate:>8.1f} {ceiling * cores:>8.0f} {rate / (ceiling * cores):>6.0%}")
+    result = {"ffmpeg_frames_per_second": ffmpeg_fps, "frames_per_window": window_frames,
+              "ceiling_clips_per_second_per_core": ceiling, "loader": dict(rows)}
+    (Path(args.work) / "bench_loader.json").parent.mkdir(parents=True, exist_ok=True)
+    (Path(args.work) / "bench_loader.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
