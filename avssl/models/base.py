@@ -1,0 +1,91 @@
+"""What every encoder shares: global pooling of its last feature map, input checks, and
+the frozen, unused ``fc`` of encoders that wrap a torchvision architecture.
+
+An encoder is a plain ``nn.Module`` with
+
+* ``embedding_dim: int``, the size of the pooled embedding;
+* ``feature_map(x)``, the last map before pooling (video B×C×T'×H'×W', audio B×C×F'×T');
+* ``forward(x) == pool(feature_map(x))``, a B×``embedding_dim`` embedding.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Pooling = Literal["avg", "max"]
+POOLINGS: tuple[str, ...] = ("avg", "max")
+
+
+def global_pool(feature_map: torch.Tensor, pooling: str) -> torch.Tensor:
+    """B×C×… → B×C by averaging (``"avg"``) or taking the maximum (``"max"``) over all
+    positions after the channel axis."""
+    flat = feature_map.flatten(2)
+    if pooling == "avg":
+        return flat.mean(dim=-1)
+    if pooling == "max":
+        return flat.amax(dim=-1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+class Encoder(nn.Module):
+    """Base class: subclasses implement :meth:`feature_map` and set ``embedding_dim``."""
+
+    embedding_dim: int
+    #: "video" (B×C×T×H×W input) or "audio" (B×1×F×T log-mel input).
+    modality: str
+    #: Input rank (5 for video, 4 for audio) and channel count, checked in ``forward``.
+    input_layout: str
+    in_channels: int
+
+    def __init__(self, pooling: str) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+
+    def check_input(self, x: torch.Tensor) -> None:
+        rank = len(self.input_layout.split("×"))
+        if x.dim() != rank or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects a {self.input_layout} tensor with "
+                f"{self.in_channels} channel(s), got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{type(self).__name__} expects a float tensor, got {x.dtype}")
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The embedding of a map returned by :meth:`feature_map`."""
+        return global_pool(feature_map, self.pooling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.feature_map(x))
+
+
+class TorchvisionBackbone(Encoder):
+    """An encoder whose weights live in ``self.backbone``, an unmodified torchvision model
+    (``torchvision_arch`` names its constructor), so that ``backbone.state_dict()`` loads
+    with ``strict=True`` into a fresh instance of that class.
+
+    The classifier ``backbone.fc`` is kept for that reason but never used; it stays frozen
+    (``requires_grad=False``) so that DDP does not see unused trainable parameters, even
+    after a caller runs ``requires_grad_(True)`` on the whole encoder.
+    """
+
+    #: Dotted path of the torchvision constructor whose state dict ``backbone`` matches.
+    torchvision_arch: str
+    #: What differs from the stock torchvision class, if anything ("" when nothing).
+    torchvision_changes: str = ""
+    backbone: nn.Module
+
+    def freeze_unused_classifier(self) -> None:
+        self.backbone.fc.requires_grad_(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "TorchvisionBackbone":
+        super().requires_grad_(requires_grad)
+        self.freeze_unused_classifier()
+        return self

@@ -1,0 +1,128 @@
+"""Video encoders: B×3×T×H×W float (normalised frames) → B×D.
+
+* ``r2plus1d_18``, ``r3d_18``, ``mc3_18``: torchvision's video ResNets (random init),
+  held unmodified as ``backbone`` so exported weights load into torchvision's classes.
+* ``small3d``: a small 3D CNN for CPU runs and tests; it also takes single frames (T=1).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models import video as tv_video
+
+from avssl.models.base import Encoder, TorchvisionBackbone
+
+TORCHVISION_VIDEO_ARCHS: tuple[str, ...] = ("r2plus1d_18", "r3d_18", "mc3_18")
+
+
+class TorchvisionVideoEncoder(TorchvisionBackbone):
+    """torchvision ``r2plus1d_18`` / ``r3d_18`` / ``mc3_18`` without its classifier.
+
+    The feature map is the output of ``layer4``: B×512×T'×H/16×W/16, with T' = T/8 for
+    ``r2plus1d_18`` and ``r3d_18`` (rounded up at each of their three temporal strides)
+    and T' = T for ``mc3_18`` (its later groups are spatial-only). torchvision pools by averaging;
+    ``pooling="max"`` gives the AVID variant's global max pool.
+    """
+
+    modality = "video"
+    input_layout = "B×3×T×H×W"
+    in_channels = 3
+
+    def __init__(self, arch: str, pooling: str = "avg") -> None:
+        super().__init__(pooling)
+        if arch not in TORCHVISION_VIDEO_ARCHS:
+            raise ValueError(f"unknown torchvision video architecture {arch!r}; known: {list(TORCHVISION_VIDEO_ARCHS)}")
+        self.arch = arch
+        self.torchvision_arch = f"torchvision.models.video.{arch}"
+        self.backbone = getattr(tv_video, arch)()  # random init: never `weights=`
+        self.embedding_dim = self.backbone.fc.in_features
+        self.freeze_unused_classifier()
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        b = self.backbone
+        x = b.stem(x)
+        x = b.layer1(x)
+        x = b.layer2(x)
+        x = b.layer3(x)
+        return b.layer4(x)
+
+
+class Small3D(Encoder):
+    """A small 3D CNN: one block per entry of ``widths``, each a 3×3×3 conv (stride
+    ``(temporal_stride, 2, 2)``, padding 1), BatchNorm and ReLU.
+
+    Spatial size halves in every block (112 → 7 with four blocks). A temporal stride of 2
+    with padding 1 maps T to ⌈T/2⌉, so T=1 stays 1: single frames need no special case.
+    """
+
+    modality = "video"
+    input_layout = "B×3×T×H×W"
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (16, 32, 64, 128),
+        temporal_strides: Sequence[int] | None = None,
+        pooling: str = "avg",
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__(pooling)
+        widths = tuple(int(w) for w in widths)
+        if not widths or min(widths) < 1:
+            raise ValueError(f"widths must be a non-empty list of positive ints, got {widths}")
+        if temporal_strides is None:  # downsample time in the second half of the net
+            temporal_strides = tuple(1 if i < len(widths) // 2 else 2 for i in range(len(widths)))
+        temporal_strides = tuple(int(s) for s in temporal_strides)
+        if len(temporal_strides) != len(widths) or any(s not in (1, 2) for s in temporal_strides):
+            raise ValueError(
+                f"temporal_strides must have one entry (1 or 2) per width ({len(widths)}), got {temporal_strides}"
+            )
+        self.widths = widths
+        self.temporal_strides = temporal_strides
+        self.in_channels = in_channels
+        layout = f"B×{in_channels}×T×H×W"
+        self.input_layout = layout
+        blocks = []
+        channels = in_channels
+        for width, t_stride in zip(widths, temporal_strides):
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv3d(channels, width, kernel_size=3, stride=(t_stride, 2, 2), padding=1, bias=False),
+                    nn.BatchNorm3d(width),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.embedding_dim = widths[-1]
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.blocks(x)
+
+
+def r2plus1d_18(*, pooling: str = "avg") -> TorchvisionVideoEncoder:
+    """torchvision R(2+1)D-18 (factorised stem), 512-d."""
+    return TorchvisionVideoEncoder("r2plus1d_18", pooling=pooling)
+
+
+def r3d_18(*, pooling: str = "avg") -> TorchvisionVideoEncoder:
+    """torchvision R3D-18, 512-d."""
+    return TorchvisionVideoEncoder("r3d_18", pooling=pooling)
+
+
+def mc3_18(*, pooling: str = "avg") -> TorchvisionVideoEncoder:
+    """torchvision MC3-18 (3D convs in the first group, 2D after; AVTS's encoder), 512-d."""
+    return TorchvisionVideoEncoder("mc3_18", pooling=pooling)
+
+
+def small3d(
+    *,
+    widths: Sequence[int] = (16, 32, 64, 128),
+    temporal_strides: Sequence[int] | None = None,
+    pooling: str = "avg",
+) -> Small3D:
+    """Small 3D CNN for CPU runs; ``embedding_dim = widths[-1]``."""
+    return Small3D(widths=widths, temporal_strides=temporal_strides, pooling=pooling)

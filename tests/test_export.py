@@ -1,0 +1,321 @@
+"""Checkpoint → safetensors + model.json → load_pretrained, and the errors on the way."""
+from __future__ import annotations
+
+import copy
+import json
+import struct
+import warnings
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from torch import nn
+
+import avssl
+from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
+from avssl.data.views import MelSettings, VideoView
+from avssl.export import ExportError, export_checkpoint, load_pretrained
+from avssl.models import MLP, build_encoders
+
+RECIPE = {
+    "seed": 0,
+    "run_dir": "runs/test",
+    "data": {
+        "shards": "data/shards",
+        "video": {"num_frames": 4, "fps": 8.0, "size": 32},
+        "audio": {"seconds": 0.5, "offset": "aligned", "representation": "logmel"},
+        "mel": {"sample_rate": 8000, "n_mels": 32, "window_seconds": 0.025, "hop_seconds": 0.01, "n_fft": 256},
+    },
+    "model": {
+        "video_encoder": {"name": "small3d", "widths": [4, 8]},
+        "audio_encoder": {"name": "small2d", "widths": [4, 8]},
+    },
+    "task": {"name": "toy", "lr": 0.1},
+    "trainer": {"max_steps": 1},
+    "logger": {"csv": False, "wandb": False},
+    "export": {"after_training": True},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_intra_op_thread():
+    """Tiny convolutions run far faster on one thread on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class ToyTask(pl.LightningModule):
+    """The conventions of avssl's pretext tasks, in miniature: encoders named
+    ``video_encoder`` / ``audio_encoder`` built from the recipe, the recipe saved as
+    ``hyper_parameters["config"]``, and a head that is not exported."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.video_encoder, self.audio_encoder = build_encoders(config["model"])
+        self.video_head = MLP([self.video_encoder.embedding_dim, 8])
+        self.audio_head = MLP([self.audio_encoder.embedding_dim, 8])
+
+    def training_step(self, batch, batch_idx):
+        video, audio = batch
+        v = self.video_head(self.video_encoder(video))
+        a = self.audio_head(self.audio_encoder(audio))
+        return (v - a).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
+def _inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(batch, 3, 4, 32, 32, generator=g), torch.randn(batch, 1, 32, 51, generator=g)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[ToyTask, Path]:
+    """A real Lightning checkpoint after one optimiser step (BN statistics moved)."""
+    root = tmp_path_factory.mktemp("lightning")
+    torch.manual_seed(0)
+    task = ToyTask(copy.deepcopy(RECIPE))
+    data = torch.utils.data.TensorDataset(*_inputs(4))
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice about dataloader workers
+        trainer.fit(task, torch.utils.data.DataLoader(data, batch_size=2))
+    path = root / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return task, path
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    _, ckpt = trained
+    out = tmp_path_factory.mktemp("export") / "encoders"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a real avssl checkpoint needs no pickle fallback
+        assert export_checkpoint(ckpt, out) == out
+    return out
+
+
+def _fake_checkpoint(path: Path, recipe: dict, **encoders: nn.Module) -> Path:
+    """A checkpoint dict shaped like Lightning's, saved with torch.save."""
+    state_dict = {f"{key}.{k}": v for key, enc in encoders.items() for k, v in enc.state_dict().items()}
+    state_dict["video_head.layers.0.weight"] = torch.zeros(2, 2)  # not an encoder: not exported
+    torch.save({"epoch": 0, "global_step": 5, "state_dict": state_dict,
+                "hyper_parameters": {"config": recipe}}, path)
+    return path
+
+
+def _recipe_with(**model) -> dict:
+    recipe = copy.deepcopy(RECIPE)
+    recipe["model"] = model
+    return recipe
+
+
+def _is_safetensors(path: Path) -> bool:
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    return isinstance(header, dict) and 8 + header_len <= len(raw)
+
+
+# -- the export folder ----------------------------------------------------------------------------
+def test_lightning_checkpoint_loads_without_pickle(trained):
+    _, ckpt = trained
+    loaded = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert loaded["hyper_parameters"]["config"] == RECIPE
+
+
+def test_export_writes_safetensors_and_model_json_only(exported):
+    names = sorted(p.name for p in exported.iterdir())
+    assert names == ["audio_encoder.safetensors", "model.json", "video_encoder.safetensors"]
+    for name in ("audio_encoder.safetensors", "video_encoder.safetensors"):
+        path = exported / name
+        assert path.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x04", b"PK")  # not a pickle, not torch's zip
+        assert _is_safetensors(path)
+        with pytest.raises(Exception):
+            torch.load(path, weights_only=True)
+
+
+def test_model_json(exported, trained):
+    task, ckpt = trained
+    spec = json.loads((exported / "model.json").read_text())
+    assert spec["format_version"] == 1
+    assert spec["recipe"] == RECIPE
+    assert spec["source_checkpoint"] == str(ckpt.resolve())
+    video, audio = spec["video_encoder"], spec["audio_encoder"]
+    assert video["name"] == "small3d" and video["kwargs"] == {"widths": [4, 8]}
+    assert audio["name"] == "small2d" and audio["kwargs"] == {"widths": [4, 8]}
+    assert video["embedding_dim"] == 8 and audio["embedding_dim"] == 8
+    assert video["file"] == "video_encoder.safetensors" and audio["file"] == "audio_encoder.safetensors"
+    assert video["torchvision_arch"] is False and video["weights_convention"] == "avssl"
+
+    vin, ain = spec["inputs"]["video"], spec["inputs"]["audio"]
+    assert (vin["num_frames"], vin["fps"], vin["size"]) == (4, 8.0, 32)
+    assert vin["mean"] == list(VIDEO_MEAN) and vin["std"] == list(VIDEO_STD)
+    assert vin["layout"] == "B×3×T×H×W"
+    assert ain["seconds"] == 0.5 and ain["sample_rate"] == 8000 and ain["layout"] == "B×1×F×T"
+    # mel settings: the recipe's values, defaults for what it leaves out (log_offset)
+    assert ain["mel"] == {**RECIPE["data"]["mel"], "log_offset": MelSettings().log_offset}
+    assert ain["num_mel_frames"] == MelSettings(**ain["mel"]).num_frames(0.5) == 51
+
+    # the safetensors hold exactly the encoders' state dicts (with the trained BN statistics)
+    tensors = load_file(str(exported / "video_encoder.safetensors"))
+    reference = task.video_encoder.state_dict()
+    assert tensors.keys() == reference.keys()
+    assert all(torch.equal(tensors[k], reference[k]) for k in tensors)
+    assert not torch.equal(tensors["blocks.0.1.running_mean"], torch.zeros(4))
+
+
+def test_load_pretrained_reproduces_the_trained_encoders(exported, trained):
+    task, _ = trained
+    pretrained = avssl.load_pretrained(exported)
+    assert avssl.load_pretrained is load_pretrained
+    assert not pretrained.video_encoder.training and not pretrained.audio_encoder.training
+    assert pretrained.spec["video_encoder"]["name"] == "small3d"
+    assert pretrained.video_view == VideoView(num_frames=4, fps=8.0, size=32)
+    assert pretrained.mel.n_mels == 32 and pretrained.audio_view.seconds == 0.5
+    video, audio = _inputs()
+    task.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pretrained.video_encoder(video), task.video_encoder(video), rtol=0, atol=0)
+        torch.testing.assert_close(pretrained.audio_encoder(audio), task.audio_encoder(audio), rtol=0, atol=0)
+        fresh = build_encoders(RECIPE["model"]).video_encoder.eval()
+        assert not torch.allclose(fresh(video), task.video_encoder(video))  # the weights did matter
+
+
+# -- torchvision architectures ---------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["r2plus1d_18", "r3d_18"])
+def test_torchvision_video_file_loads_into_torchvision(arch, tmp_path):
+    torch.manual_seed(0)
+    recipe = _recipe_with(video_encoder={"name": arch, "pooling": "avg"}, audio_encoder={"name": "resnet18"})
+    video_encoder, audio_encoder = build_encoders(recipe["model"])
+    with torch.no_grad():  # make BN statistics non-default so that buffers are checked too
+        for m in video_encoder.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    ckpt = _fake_checkpoint(tmp_path / "fake.ckpt", recipe, video_encoder=video_encoder, audio_encoder=audio_encoder)
+    out = export_checkpoint(ckpt, tmp_path / "export")
+
+    spec = json.loads((out / "model.json").read_text())
+    entry = spec["video_encoder"]
+    assert entry["torchvision_arch"] is True and entry["weights_convention"] == "torchvision"
+    assert entry["torchvision_class"] == f"torchvision.models.video.{arch}"
+    assert spec["global_step"] == 5
+
+    tensors = load_file(str(out / "video_encoder.safetensors"))
+    assert not any(k.startswith("backbone.") for k in tensors)
+    reference = getattr(torchvision.models.video, arch)()
+    reference.load_state_dict(tensors, strict=True)
+    reference.fc = nn.Identity()  # torchvision's own avg pool → the 512-d embedding
+
+    audio_tensors = load_file(str(out / "audio_encoder.safetensors"))
+    audio_reference = torchvision.models.resnet18()
+    audio_reference.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    audio_reference.load_state_dict(audio_tensors, strict=True)
+
+    pretrained = load_pretrained(out)
+    video = torch.randn(1, 3, 2, 32, 32)
+    with torch.no_grad():
+        expected = video_encoder.eval()(video)
+        torch.testing.assert_close(reference.eval()(video), expected)
+        torch.testing.assert_close(pretrained.video_encoder(video), expected, rtol=0, atol=0)
+    assert not pretrained.video_encoder.backbone.fc.weight.requires_grad
+
+
+def test_avid_conv2d_export_round_trip(tmp_path):
+    torch.manual_seed(0)
+    recipe = _recipe_with(video_encoder=None, audio_encoder={"name": "avid_conv2d"})
+    _, audio_encoder = build_encoders(recipe["model"])
+    ckpt = _fake_checkpoint(tmp_path / "a.ckpt", recipe, audio_encoder=audio_encoder)
+    out = export_checkpoint(ckpt, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["audio_encoder.safetensors", "model.json"]
+    pretrained = load_pretrained(out)
+    assert pretrained.video_encoder is None and pretrained.spec["inputs"]["video"] is None
+    assert pretrained.spec["audio_encoder"]["pooling"] == "max"
+    audio = torch.randn(2, 1, 32, 51)
+    with torch.no_grad():
+        torch.testing.assert_close(pretrained.audio_encoder(audio), audio_encoder.eval()(audio), rtol=0, atol=0)
+
+
+# -- errors --------------------------------------------------------------------------------------
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        export_checkpoint(tmp_path / "nope.ckpt", tmp_path / "out")
+
+
+def test_checkpoint_without_config(tmp_path):
+    video_encoder = build_encoders(RECIPE["model"]).video_encoder
+    path = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {f"video_encoder.{k}": v for k, v in video_encoder.state_dict().items()},
+                "hyper_parameters": {"lr": 0.1}}, path)
+    with pytest.raises(ExportError, match=r"hyper_parameters\['config'\]"):
+        export_checkpoint(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_architecture_not_in_registry(tmp_path):
+    video_encoder = build_encoders(RECIPE["model"]).video_encoder
+    recipe = _recipe_with(video_encoder={"name": "slowfast_r50"}, audio_encoder=None)
+    ckpt = _fake_checkpoint(tmp_path / "x.ckpt", recipe, video_encoder=video_encoder)
+    with pytest.raises(ExportError, match=r"slowfast_r50.*small3d"):
+        export_checkpoint(ckpt, tmp_path / "out")
+
+
+def test_weights_that_do_not_match_the_config(tmp_path):
+    video_encoder = build_encoders(RECIPE["model"]).video_encoder  # widths [4, 8]
+    recipe = _recipe_with(video_encoder={"name": "small3d", "widths": [4, 16]}, audio_encoder=None)
+    ckpt = _fake_checkpoint(tmp_path / "x.ckpt", recipe, video_encoder=video_encoder)
+    with pytest.raises(ExportError, match="do not match"):
+        export_checkpoint(ckpt, tmp_path / "out")
+    recipe = _recipe_with(video_encoder=RECIPE["model"]["video_encoder"], audio_encoder=RECIPE["model"]["audio_encoder"])
+    ckpt = _fake_checkpoint(tmp_path / "y.ckpt", recipe, video_encoder=video_encoder)  # no audio weights
+    with pytest.raises(ExportError, match="audio_encoder"):
+        export_checkpoint(ckpt, tmp_path / "out")
+
+
+def test_checkpoint_that_needs_pickle(tmp_path):
+    encoders = build_encoders(RECIPE["model"])
+    recipe = OmegaConf.create(RECIPE)  # a DictConfig instead of a plain dict: not weights_only-loadable
+    path = tmp_path / "omegaconf.ckpt"
+    _fake_checkpoint(path, recipe, video_encoder=encoders.video_encoder, audio_encoder=encoders.audio_encoder)
+    with pytest.raises(ExportError, match="allow_pickle"):
+        export_checkpoint(path, tmp_path / "refused", allow_pickle=False)
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        out = export_checkpoint(path, tmp_path / "out")
+    assert json.loads((out / "model.json").read_text())["recipe"] == RECIPE
+
+
+def test_load_pretrained_errors(exported, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pretrained(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        load_pretrained(tmp_path)
+
+    broken = tmp_path / "no_weights"
+    broken.mkdir()
+    (broken / "model.json").write_text((exported / "model.json").read_text())
+    with pytest.raises(FileNotFoundError, match="video_encoder.safetensors"):
+        load_pretrained(broken)
+
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    spec = json.loads((exported / "model.json").read_text())
+    spec["video_encoder"]["name"] = "vivit"
+    (unknown / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ExportError, match=r"vivit.*small3d"):
+        load_pretrained(unknown)
+
+    spec["video_encoder"]["name"] = "small3d"
+    spec["format_version"] = 2
+    (unknown / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ExportError, match="format_version"):
+        load_pretrained(unknown)
