@@ -59,3 +59,14 @@ def write_test_shards(out: Path, clips: list[bytes], per_shard: int, split: str 
 @pytest.fixture(scope="session")
 def flash_clip() -> bytes:
     return flash_click_clip()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Two cores, shared with DataLoader workers: one intra-op thread is fastest here."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

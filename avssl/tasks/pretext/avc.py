@@ -122,8 +122,8 @@ class AVC(PretextTask):
         video, audio = self.embed(batch)
         loss, accuracy = self.correspondence(video, audio, batch[INDEX], self.task_config.negatives)
         size = video.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("train/accuracy", accuracy, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        self.log("train/accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=size)
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": {"avc": loss.detach()},
                 "embeddings": {"video": video.detach(), "audio": audio.detach()}}

@@ -1,0 +1,62 @@
+"""The whole pipeline on a tiny synthetic set: synth → shards → pretrain → export → probe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import avssl
+from avssl.cli import main
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    assert main(["synth", "--out", str(root / "synth"), "--num-videos", "40", "--seconds", "2",
+                 "--size", "48", "--split", "0.6", "0.2", "0.2"]) == 0
+    assert main(["shards", "--videos", str(root / "synth" / "videos"), "--labels", str(root / "synth" / "labels.csv"),
+                 "--out", str(root / "shards"), "--short-side", "48", "--shard-size", "8"]) == 0
+    return root / "shards"
+
+
+@pytest.mark.slow
+def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "avc"
+    common = [f"data.shards={tiny_shards}", "data.num_workers=0", "data.batch_size=8",
+              "data.video.size=48", "model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8,8,16,16]"]
+    assert main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), *common, f"run_dir={run_dir}",
+                 "trainer.max_epochs=1", "logger.wandb=true"]) == 0
+    # the resolved recipe, the CSV log, an offline wandb run, a checkpoint and the export
+    saved = (run_dir / "config.yaml").read_text()
+    assert "negatives: in_batch" in saved and str(tiny_shards) in saved
+    metrics = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "val/accuracy" in metrics
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb runs offline by default"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    export = run_dir / "export"
+    spec = json.loads((export / "model.json").read_text())
+    assert spec["video_encoder"]["name"] == "small3d" and spec["inputs"]["video"]["size"] == 48
+
+    loaded = avssl.load_pretrained(export)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    prefix = "video_encoder."
+    for key, value in loaded.video_encoder.state_dict().items():
+        torch.testing.assert_close(value, ckpt["state_dict"][prefix + key])
+
+    probe_dir = tmp_path / "probe"
+    assert main(["probe", str(RECIPES / "eval" / "synth_probe.yaml"), *common, f"run_dir={probe_dir}",
+                 f"probe.encoders={export}", f"probe.cache_dir={tmp_path / 'cache'}", "probe.weight_decays=[1e-3]",
+                 "probe.max_iter=20"]) == 0
+    result = json.loads((probe_dir / "metrics.json").read_text())
+    for modality in ("video", "audio", "both"):
+        assert 0.0 <= result[modality]["test_clip_top1"] <= 100.0
+        assert result[modality]["weight_decay"] == 1e-3
+    videos = {k: v["num_samples"] for k, v in json.loads((tiny_shards / "manifest.json").read_text())["splits"].items()}
+    # one clip per training video, three per evaluation video
+    assert result["num_clips"] == {"train": videos["train"], "val": 3 * videos["val"], "test": 3 * videos["test"]}
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3, "features cached per split"
+    assert "linear probe of" in capsys.readouterr().out
