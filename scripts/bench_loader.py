@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avssl.cli import main as avssl
 from avssl.data.datamodule import ShardList, ShardStream, make_loader
@@ -78,6 +79,7 @@ def measure(shards: ShardList, workers: int, clips: int, pin_one_core: bool) -> 
     """clips/s over ``clips`` clips after a warm-up, and the window start times drawn."""
     if pin_one_core:
         os.sched_setaffinity(0, {0})
+        torch.set_num_threads(1)
     stream = ShardStream(shards, ViewSampler(SPEC, train=True), batch_size=16, num_workers=workers,
                          shuffle=True, pad=False, seed=1)
     loader = make_loader(stream, workers)

@@ -31,8 +31,8 @@ from torch.utils.data.dataloader import default_collate
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.sampling import ViewSampler
-from avssl.data.transforms import AugmentSettings
-from avssl.data.views import AUDIO, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
+from avssl.data.transforms import AugmentSettings, VideoBatchTransform
+from avssl.data.views import AUDIO, SKIPPED, VIDEO, AudioView, MelSettings, VideoView, ViewSpec
 
 MANIFEST = "manifest.json"
 
@@ -305,6 +305,14 @@ class AVDataModule(pl.LightningDataModule):
         if "crop_scale" in augment:
             augment["crop_scale"] = tuple(augment["crop_scale"])
         self.augment = AugmentSettings(**augment)
+        self.video_batch_transform = VideoBatchTransform(self.augment)
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
+        """Colour jitter and normalisation on the device (see VideoBatchTransform)."""
+        if VIDEO in batch:
+            training = self.trainer is not None and self.trainer.training
+            batch[VIDEO] = self.video_batch_transform(batch[VIDEO], train=training)
+        return batch
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

@@ -191,7 +191,7 @@ class MediaReader:
         # The frame on screen at each wanted time: the last one that started by then.
         picks = np.searchsorted(times_sorted, wanted + tolerance, side="right") - 1
         picks = np.clip(picks, 0, len(times_sorted) - 1)
-        out = np.stack([frames[order[i]].to_ndarray(format="rgb24") for i in picks])
+        out = np.stack([frames[order[i]].to_ndarray(format="rgb24", threads=1) for i in picks])
         return out, t_first
 
     def read_audio(self, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:

@@ -5,7 +5,10 @@ A batch is a dict of tensors with these names:
 =================  ==========================  ===========================================
 key                shape / dtype               meaning
 =================  ==========================  ===========================================
-``video``          B×C×T×H×W float32           normalised frames (C=3)
+``video``          B×C×T×H×W float32           normalised frames (C=3); the loader yields
+                                               uint8, finished on the device by
+                                               ``VideoBatchTransform`` (AVDataModule does it
+                                               in ``on_after_batch_transfer``)
 ``audio``          B×1×F×Ta float32            log-mel of the aligned audio window, or
                    B×1×N float32               the waveform (``representation="waveform"``)
 ``<name>``         as ``audio``                each extra audio view a task declares

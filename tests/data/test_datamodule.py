@@ -78,7 +78,7 @@ def test_shard_order_changes_with_epoch_and_is_shared_by_ranks(shards: Path) -> 
 
 def test_batch_contract(shards: Path) -> None:
     batch = next(iter(make_loader(_stream(shards, 0, 1, 0, train=True), 0)))
-    assert batch["video"].shape == (3, 3, 2, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["video"].shape == (3, 3, 2, 32, 32) and batch["video"].dtype == torch.uint8
     assert batch["audio"].shape == (3, 1, 64, 51)
     assert batch["index"].dtype == torch.int64 and batch["label"].dtype == torch.int64
     assert set(batch) >= {"t_video", "t_audio", "clip", "skipped"}

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
 from avssl.data.sampling import ViewSampler
+from avssl.data.transforms import VideoBatchTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, VIDEO
 
 MODALITIES = ("video", "audio", "both")
@@ -93,8 +94,11 @@ def extract_features(
     inputs = {"video": VIDEO, "audio": AUDIO}
     for module in encoders.values():
         module.eval().to(device)
+    finish_video = VideoBatchTransform().to(device)
     for batch in tqdm(make_loader(stream, data.num_workers), desc=f"features {split}", unit="batch",
                       total=len(stream), leave=False):
+        if VIDEO in batch:
+            batch[VIDEO] = finish_video(batch[VIDEO].to(device), train=False)
         for modality, module in encoders.items():
             outputs[modality].append(module(batch[inputs[modality]].to(device)).float().cpu().numpy())
         for key in meta:
