@@ -28,6 +28,11 @@ def run(*argv: str) -> None:
 
 
 def main() -> None:
+    import torch
+
+    # Two cores shared by the training process and the loader workers: one intra-op
+    # thread in the training process is fastest (OpenMP spinning starves the workers).
+    torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--num-videos", type=int, default=2400)

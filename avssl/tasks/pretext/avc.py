@@ -30,7 +30,34 @@ from avssl.tasks.pretext.base import PretextTask, TaskConfig
 class AVCConfig(TaskConfig):
     name: str = "avc"
     negatives: str = "in_batch"  # paired | in_batch
+    head: str = "l3"  # l3 (concatenate → MLP, L³-Net) | distance (AVE-Net, METHODS.md §1.5)
     fusion_hidden: int = 128
+    embedding_dim: int = 128  # the distance head's projection size
+
+
+class DistanceHead(nn.Module):
+    """AVE-Net's head ("Objects that Sound"): each modality → FC → ReLU → FC → L2
+    normalise; the logit is an affine function of the Euclidean distance between them,
+    so it learns a distance threshold and the embeddings become usable for retrieval."""
+
+    def __init__(self, video_dim: int, audio_dim: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.video_proj = nn.Sequential(nn.Linear(video_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
+        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
+        self.calibration = nn.Linear(1, 1)
+        nn.init.constant_(self.calibration.weight, -5.0)  # closer → more likely to correspond
+        nn.init.constant_(self.calibration.bias, 5.0)
+
+    def _embed(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.normalize(self.video_proj(video), dim=-1), F.normalize(self.audio_proj(audio), dim=-1)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        v, a = self._embed(video, audio)
+        return self.calibration((v - a).norm(dim=-1, keepdim=True)).squeeze(-1)
+
+    def all_pairs(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        v, a = self._embed(video, audio)
+        return self.calibration(torch.cdist(v, a).unsqueeze(-1)).squeeze(-1)
 
 
 class PairwiseFusion(nn.Module):
@@ -93,8 +120,13 @@ class AVC(PretextTask):
         cfg: AVCConfig = self.task_config
         if cfg.negatives not in ("paired", "in_batch"):
             raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
-        self.fusion = PairwiseFusion(self.video_encoder.embedding_dim, self.audio_encoder.embedding_dim,
-                                     cfg.fusion_hidden)
+        dims = (self.video_encoder.embedding_dim, self.audio_encoder.embedding_dim)
+        if cfg.head == "l3":
+            self.fusion: nn.Module = PairwiseFusion(*dims, cfg.fusion_hidden)
+        elif cfg.head == "distance":
+            self.fusion = DistanceHead(*dims, cfg.embedding_dim)
+        else:
+            raise ValueError(f"task.head must be l3 or distance, got {cfg.head!r}")
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
