@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ def save_resolved(config: DictConfig, run_dir: Path) -> Path:
 def pretrain(config: DictConfig, resume: str | None = None) -> dict[str, Any]:
     """Train the recipe's pretext task; returns the run folder, best/last checkpoints and
     the export folder."""
+    # ShardStream.__len__ is exact by construction (equal batches per worker and rank).
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
     from avssl.tasks.pretext import build_pretext_task
 
     run_dir = Path(config.run_dir)
