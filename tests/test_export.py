@@ -41,15 +41,6 @@ RECIPE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Tiny convolutions run far faster on one thread on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ToyTask(pl.LightningModule):
     """The conventions of avssl's pretext tasks, in miniature: encoders named
     ``video_encoder`` / ``audio_encoder`` built from the recipe, the recipe saved as

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from avssl.models.base import Encoder, TorchvisionBackbone
+from avssl.models.base import Encoder, TorchvisionBackbone, conv_bn_relu_stack
 
 
 def _basic_block(in_channels: int, out_channels: int, stride: int) -> tv_resnet.BasicBlock:
@@ -111,18 +111,7 @@ class Small2D(Encoder):
         if not widths or min(widths) < 1:
             raise ValueError(f"widths must be a non-empty list of positive ints, got {widths}")
         self.widths = widths
-        blocks = []
-        channels = 1
-        for width in widths:
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                )
-            )
-            channels = width
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = conv_bn_relu_stack(nn.Conv2d, nn.BatchNorm2d, 1, widths, [2] * len(widths))
         self.embedding_dim = widths[-1]
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:

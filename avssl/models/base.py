@@ -18,6 +18,17 @@ Pooling = Literal["avg", "max"]
 POOLINGS: tuple[str, ...] = ("avg", "max")
 
 
+def conv_bn_relu_stack(conv: type[nn.Module], norm: type[nn.Module], in_channels: int, widths: tuple[int, ...],
+                       strides: list[int | tuple[int, ...]]) -> nn.Sequential:
+    """The small CPU nets: one (3×3 conv, stride, no bias) → BN → ReLU block per width."""
+    blocks, channels = [], in_channels
+    for width, stride in zip(widths, strides):
+        blocks.append(nn.Sequential(conv(channels, width, kernel_size=3, stride=stride, padding=1, bias=False),
+                                    norm(width), nn.ReLU(inplace=True)))
+        channels = width
+    return nn.Sequential(*blocks)
+
+
 def global_pool(feature_map: torch.Tensor, pooling: str) -> torch.Tensor:
     """B×C×… → B×C by averaging (``"avg"``) or taking the maximum (``"max"``) over all
     positions after the channel axis."""

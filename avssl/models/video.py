@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import video as tv_video
 
-from avssl.models.base import Encoder, TorchvisionBackbone
+from avssl.models.base import Encoder, TorchvisionBackbone, conv_bn_relu_stack
 
 TORCHVISION_VIDEO_ARCHS: tuple[str, ...] = ("r2plus1d_18", "r3d_18", "mc3_18")
 
@@ -84,18 +84,8 @@ class Small3D(Encoder):
         self.in_channels = in_channels
         layout = f"B×{in_channels}×T×H×W"
         self.input_layout = layout
-        blocks = []
-        channels = in_channels
-        for width, t_stride in zip(widths, temporal_strides):
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv3d(channels, width, kernel_size=3, stride=(t_stride, 2, 2), padding=1, bias=False),
-                    nn.BatchNorm3d(width),
-                    nn.ReLU(inplace=True),
-                )
-            )
-            channels = width
-        self.blocks = nn.Sequential(*blocks)
+        strides = [(t_stride, 2, 2) for t_stride in temporal_strides]
+        self.blocks = conv_bn_relu_stack(nn.Conv3d, nn.BatchNorm3d, in_channels, widths, strides)
         self.embedding_dim = widths[-1]
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:

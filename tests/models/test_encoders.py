@@ -18,16 +18,6 @@ from avssl.models import (
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Tiny convolutions: with 2 OpenMP threads on a busy 2-core machine the ResNet-18s
-    take seconds per step (threads spin-wait on each other), with one thread ~0.2 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 VIDEO_INPUT = (2, 3, 4, 32, 32)
 TORCHVISION_VIDEO_INPUT = (2, 3, 2, 32, 32)  # the ResNet-18s are slow on a shared CPU
 AUDIO_INPUT = (2, 1, 64, 48)  # F×T log-mel
