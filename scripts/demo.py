@@ -80,9 +80,9 @@ def main() -> None:
         "pretext": {"val_accuracy": val_accuracy},
     }}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"data: {manifest.get('num_packed', '?')} videos packed, "
-          f"{sum(s['num_samples'] for s in manifest['splits'].values())} samples in "
-          f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards")
+    print(f"data: {manifest['num_samples']} videos ({manifest['hours']:.2f} h) in "
+          f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
+          f"{len(manifest['skipped'])} skipped")
     print(f"AVC held-out correspondence accuracy: {val_accuracy:.3f} (chance 0.5)")
     print("linear probe, synthetic test split, video-level top-1 % (chance "
           f"{100 / max(len(manifest.get('classes') or [1]), 1):.1f}%):")

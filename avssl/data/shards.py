@@ -782,3 +782,5 @@ def _print_summary(
         print(f"skipped {len(report.skipped)} files (also in {out_dir / 'skipped.json'}):")
         for entry in report.skipped:
             print(f"  {entry['file']}: {entry['reason']}")
+    else:
+        print("skipped 0 files")
