@@ -477,7 +477,7 @@ def _reencode(path: Path, settings: ShardSettings, threads: int) -> tuple[bytes,
 
         width, height = size if turns % 2 == 0 else (size[1], size[0])
         rgb = frame.reformat(
-            width=width, height=height, format="rgb24", interpolation="AREA", threads=threads
+            width=width, height=height, format="rgb24", interpolation="AREA", threads=1
         ).to_ndarray()
         return np.rot90(rgb, turns) if turns else rgb
 
@@ -658,14 +658,13 @@ def _remove_previous_output(out_dir: Path) -> None:
 
 
 def _results(jobs: list[VideoJob], settings: ShardSettings, workers: int) -> Iterator[tuple[str, Any, Any]]:
-    workers = min(workers, len(jobs))
-    if workers <= 1:
-        for job in jobs:
-            yield _encode_job((job, settings, 0))
-        return
+    workers = max(min(workers, len(jobs)), 1)
     import multiprocessing
 
-    # spawn: safe when the caller has torch (and its threads) loaded; workers only need PyAV
+    # Always in fresh spawned processes, one thread each, even for workers=1: the bytes
+    # written must not depend on --workers, and FFmpeg's float encoders gave different
+    # bytes inside a process that had loaded torch and friends (seen in the test of it).
+    # spawn is also safe when the caller has torch (and its threads) loaded.
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers) as pool:
         yield from pool.imap(_encode_job, [(job, settings, 1) for job in jobs], chunksize=1)
