@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from avssl.data.encode import write_media
+from avssl.data.encode import MediaWriter, write_media
 
 SHAPES = ("circle", "square", "triangle", "cross")
 TEXTURES = ("solid", "stripes", "checker", "dots")
@@ -137,6 +137,8 @@ class SynthConfig:
     nuisance_glide_semitones: float = 1.0  # nuisance: ± this over a note, all categories
     identity_glide_semitones: tuple[float, float] = (5.0, 12.0)  # the "glide" articulation
     spectral_tilt: tuple[float, float] = (-0.3, 0.4)  # partial amplitudes × ratio**-tilt
+    eq_bands: int = 3  # per-clip random "microphone/room" colouring of everything heard:
+    eq_gain_db: float = 9.0  # peaking filters of ± this gain, centre 150–5000 Hz, Q 0.7–2.5
     note_level_db: tuple[float, float] = (-8.0, 0.0)  # per-note velocity
     # --- levels and background audio
     clip_level_db: tuple[float, float] = (-30.0, -16.0)  # rms of the main stem, dBFS
@@ -241,7 +243,7 @@ def _triangle_wave(x: np.ndarray) -> np.ndarray:
 def _motion_path(rng: np.random.Generator, motion: str, radius: float, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     size = cfg.size
     t = np.arange(cfg.num_frames) / cfg.fps
-    lo, hi = 0.9 * radius, size - 0.9 * radius
+    lo, hi = 0.85 * radius, size - 0.85 * radius  # (a shape reaches 0.77–1.36 radii from its centre)
     speed = _uniform(rng, cfg.object_speed) * size
     if motion == "bounce":
         x0, y0 = rng.uniform(lo, hi, size=2)
@@ -353,21 +355,28 @@ def _make_object(
 
 
 def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Signed distance (in object radii, negative inside) of a unit-size shape."""
+    """Signed distance (in object radii, negative inside) of a shape of radius 1.
+
+    The four category shapes have the same area (2.4 r²), so size says nothing about the
+    category and the main object, the largest one, is the largest in pixels too. Every
+    shape lies within ``_SHAPE_EXTENT`` radii of its centre.
+    """
     if shape == "circle":
-        return np.sqrt(u * u + v * v) - 0.92
+        return np.sqrt(u * u + v * v) - 0.874
     au, av_ = np.abs(u), np.abs(v)
     if shape == "square":
-        return np.maximum(au, av_) - 0.8
-    if shape == "triangle":
-        h = 0.5 * 1.15
-        return np.maximum(-v, np.maximum(0.8660254 * u + 0.5 * v, -0.8660254 * u + 0.5 * v)) - h
+        return np.maximum(au, av_) - 0.775
+    if shape == "triangle":  # equilateral, circumradius 1.36, pointing up
+        return np.maximum(-v, np.maximum(0.8660254 * u + 0.5 * v, -0.8660254 * u + 0.5 * v)) - 0.68
     if shape == "cross":
-        arm, half_width = 0.97, 0.36
+        arm, half_width = 1.013, 0.36
         return np.minimum(np.maximum(au - arm, av_ - half_width), np.maximum(au - half_width, av_ - arm))
-    if shape == "bar":  # clutter only
+    if shape == "bar":  # clutter only; stretched by its aspect ratio
         return np.maximum(au - 1.0, av_ - 0.28)
     raise ValueError(shape)  # pragma: no cover
+
+
+_SHAPE_EXTENT = 1.4
 
 
 def _texture(texture: str, params: dict[str, float], x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -400,11 +409,17 @@ def _layer(
     angle: np.ndarray,
     size: int,
     aspect: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Alpha (K, H, W) and colour (K, H, W, 3) of a shape at K poses (vectorised)."""
-    grid = np.arange(size, dtype=np.float32) + 0.5
-    dx = grid[None, None, :] - cx[:, None, None]
-    dy = grid[None, :, None] - cy[:, None, None]
+    window: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A shape at K poses, vectorised: alpha (K, w, w), colour (K, w, w, 3) and the
+    window's top-left pixel per pose (x0, y0). ``window`` (pixels) computes only a square
+    around each centre, which must hold the whole shape; None renders the whole frame."""
+    w = size if window is None else min(size, window)
+    x0 = np.clip(np.floor(cx).astype(np.int64) - w // 2, 0, size - w)
+    y0 = np.clip(np.floor(cy).astype(np.int64) - w // 2, 0, size - w)
+    grid = np.arange(w, dtype=np.float32) + 0.5
+    dx = grid[None, None, :] + (x0 - cx)[:, None, None].astype(np.float32)
+    dy = grid[None, :, None] + (y0 - cy)[:, None, None].astype(np.float32)
     c, s = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
     x = c * dx + s * dy  # object frame, pixels
     y = -s * dx + c * dy
@@ -413,7 +428,7 @@ def _layer(
     alpha = np.clip(0.5 - distance, 0.0, 1.0)
     tex = _texture(texture, params, x, y)
     colour = colour_a + (colour_b - colour_a) * tex[..., None]
-    return alpha.astype(np.float32), colour.astype(np.float32)
+    return alpha.astype(np.float32), colour.astype(np.float32), x0, y0
 
 
 def _background(rng: np.random.Generator, cfg: SynthConfig, visual_clutter: list[tuple[str, str]]) -> np.ndarray:
@@ -445,12 +460,12 @@ def _background(rng: np.random.Generator, cfg: SynthConfig, visual_clutter: list
         colour_a = rng.uniform(0, 255, size=3).astype(np.float32)
         colour_b = _second_colour(rng, colour_a)
         params = _texture_params(rng, texture)
-        alpha, colour = _layer(shape, texture, params, colour_a, colour_b, np.array([radius], np.float32),
+        alpha, colour, _, _ = _layer(shape, texture, params, colour_a, colour_b, np.array([radius], np.float32),
                                np.array([cx], np.float32), np.array([cy], np.float32),
                                np.array([rng.uniform(0, 2 * np.pi)], np.float32), size, aspect)
         alpha = alpha[0, ..., None] * opacity
         image = image * (1 - alpha) + colour[0] * alpha
-    image += rng.normal(0.0, cfg.pixel_noise, size=image.shape).astype(np.float32)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(cfg.pixel_noise)
     return image
 
 
@@ -464,18 +479,19 @@ def _event_envelope(onset_frames: Sequence[int], cfg: SynthConfig) -> np.ndarray
     return envelope
 
 
-def _boxes(alpha: np.ndarray) -> list[list[float] | None]:
-    """Tight pixel box [x0, y0, x1, y1) of alpha > 0 in each frame (None if not visible)."""
+def _boxes(alpha: np.ndarray, x0: np.ndarray, y0: np.ndarray) -> list[list[float] | None]:
+    """Tight pixel box [x0, y0, x1, y1) of alpha > 0 in each frame (None if not visible);
+    ``alpha`` is a window whose top-left pixel in frame t is (x0[t], y0[t])."""
     inside = alpha > 0
-    cols, rows = inside.any(axis=1), inside.any(axis=2)  # (T, W), (T, H)
+    cols, rows = inside.any(axis=1), inside.any(axis=2)  # (T, w), (T, w)
     boxes: list[list[float] | None] = []
-    for col, row in zip(cols, rows):
+    for col, row, dx, dy in zip(cols, rows, x0.tolist(), y0.tolist()):
         if not col.any():
             boxes.append(None)
             continue
         x = np.flatnonzero(col)
         y = np.flatnonzero(row)
-        boxes.append([float(x[0]), float(y[0]), float(x[-1] + 1), float(y[-1] + 1)])
+        boxes.append([float(dx + x[0]), float(dy + y[0]), float(dx + x[-1] + 1), float(dy + y[-1] + 1)])
     return boxes
 
 
@@ -571,6 +587,31 @@ def _coloured_noise(rng: np.random.Generator, n: int, slope: float) -> np.ndarra
     return (noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)).astype(np.float32)
 
 
+def _random_equaliser(rng: np.random.Generator, cfg: SynthConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Causal peaking biquads (gain, centre, Q random): a smooth random spectral colouring.
+    Causal, so a source stays silent before its first onset."""
+    filters = []
+    for _ in range(cfg.eq_bands):
+        gain_db = rng.uniform(-cfg.eq_gain_db, cfg.eq_gain_db)
+        centre = math.exp(rng.uniform(math.log(150.0), math.log(min(5000.0, 0.4 * cfg.sample_rate))))
+        q = rng.uniform(0.7, 2.5)
+        amp = 10 ** (gain_db / 40)
+        w0 = 2 * math.pi * centre / cfg.sample_rate
+        alpha = math.sin(w0) / (2 * q)
+        b = np.array([1 + alpha * amp, -2 * math.cos(w0), 1 - alpha * amp])
+        a = np.array([1 + alpha / amp, -2 * math.cos(w0), 1 - alpha / amp])
+        filters.append((b / a[0], a / a[0]))
+    return filters
+
+
+def _equalise(x: np.ndarray, filters: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    from scipy.signal import lfilter
+
+    for b, a in filters:
+        x = lfilter(b, a, x, axis=-1)
+    return np.asarray(x, dtype=np.float32)
+
+
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
@@ -602,7 +643,7 @@ def render_clip(
     cast: list[tuple[Category, bool]] = [(main, True)]
     if scene_rng.random() < cfg.p_second_sounding:
         cast.append((others.pop(int(scene_rng.integers(len(others)))), True))
-    if scene_rng.random() < cfg.p_silent_distractor:
+    if scene_rng.random() < cfg.p_silent_distractor and others:  # (2 categories: maybe none left)
         cast.append((others.pop(int(scene_rng.integers(len(others)))), False))
 
     used_visual = {(c.shape, c.texture) for c in table}
@@ -625,27 +666,33 @@ def render_clip(
     # --- video
     frames = np.repeat(background[None], T, axis=0)
     boxes: list[list[list[float] | None]] = []
-    alphas, colours = [], []
+    layers = []
     for obj in scene:
         envelope = _event_envelope(obj.onset_frames, cfg)
         radius = np.full(T, obj.radius_px, dtype=np.float32) * (1 + cfg.event_pulse * envelope)
-        alpha, colour = _layer(obj.shape, obj.texture, obj.texture_params, obj.colour_a, obj.colour_b, radius,
-                               obj.cx, obj.cy, obj.angle, size)
+        # render only the window around the centre that holds the shape
+        window = int(math.ceil(2 * (_SHAPE_EXTENT * float(radius.max()) + 1))) + 1
+        alpha, colour, x0, y0 = _layer(obj.shape, obj.texture, obj.texture_params, obj.colour_a, obj.colour_b,
+                                       radius, obj.cx, obj.cy, obj.angle, size, window=window)
         colour += (255.0 - colour) * (cfg.event_flash * envelope)[:, None, None, None]
-        boxes.append(_boxes(alpha))
+        boxes.append(_boxes(alpha, x0, y0))
         if not events:
             radius = np.full(T, obj.radius_px, dtype=np.float32)
-            alpha, colour = _layer(obj.shape, obj.texture, obj.texture_params, obj.colour_a, obj.colour_b, radius,
-                                   obj.cx, obj.cy, obj.angle, size)
-        alphas.append(alpha)
-        colours.append(colour)
+            alpha, colour, x0, y0 = _layer(obj.shape, obj.texture, obj.texture_params, obj.colour_a, obj.colour_b,
+                                           radius, obj.cx, obj.cy, obj.angle, size, window=window)
+        layers.append((alpha, colour, x0, y0))
     visible = set(range(len(scene)) if objects is None else objects)
+    frame_index = np.arange(T)[:, None, None]
     for i in draw_order:
         if i in visible:
-            a = alphas[i][..., None]
-            frames = frames * (1 - a) + colours[i] * a
-    frames += noise_rng.normal(0.0, cfg.frame_noise, size=(T, size, size, 1)).astype(np.float32)
-    frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+            alpha, colour, x0, y0 = layers[i]
+            w = alpha.shape[1]
+            rows = (y0[:, None] + np.arange(w))[:, :, None]
+            cols = (x0[:, None] + np.arange(w))[:, None, :]
+            a = alpha[..., None]
+            frames[frame_index, rows, cols] = frames[frame_index, rows, cols] * (1 - a) + colour * a
+    frames += noise_rng.standard_normal((T, size, size, 1), dtype=np.float32) * np.float32(cfg.frame_noise)
+    frames = np.clip(np.rint(frames, out=frames), 0, 255, out=frames).astype(np.uint8)
 
     # --- audio
     notes: list[dict[str, Any]] = []
@@ -656,14 +703,18 @@ def render_clip(
             onsets = [int(round(f * samples_per_frame)) for f in obj.onset_frames]
             stem = _render_notes(audio_rng, obj.category.spectrum, obj.category.articulation, onsets, cfg, index, notes)
             stems.append(stem)
+    # one random "microphone/room" colouring for everything heard, applied before the levels
+    # are set so that the main object stays the loudest and the SNR is what was drawn
+    equaliser = _random_equaliser(audio_rng, cfg)
+    stems = [_equalise(stem, equaliser) for stem in stems]
     main_level = 10 ** (_uniform(audio_rng, cfg.clip_level_db) / 20)
     stems[0] *= main_level / max(_rms(stems[0]), 1e-9)
     for k in range(1, len(stems)):
         stems[k] *= main_level * 10 ** (_uniform(audio_rng, cfg.second_source_db) / 20) / max(_rms(stems[k]), 1e-9)
     stem_array = np.stack(stems).astype(np.float32)
-    sources = stem_array.sum(0)
-    noise = _coloured_noise(audio_rng, N, _uniform(audio_rng, cfg.noise_colour))
-    background_audio = noise * (_rms(sources) * 10 ** (-_uniform(audio_rng, cfg.noise_snr_db) / 20))
+    noise = _equalise(_coloured_noise(audio_rng, N, _uniform(audio_rng, cfg.noise_colour)), equaliser)
+    noise_level = _rms(stem_array.sum(0)) * 10 ** (-_uniform(audio_rng, cfg.noise_snr_db) / 20)
+    background_audio = noise * (noise_level / max(_rms(noise), 1e-12))
     if audio_rng.random() < cfg.p_offscreen:
         spectrum, articulation = audio_clutter[int(audio_rng.integers(len(audio_clutter)))]
         rate = _uniform(audio_rng, cfg.offscreen_notes_per_second)
@@ -671,11 +722,11 @@ def render_clip(
         while t < cfg.seconds - 0.1:
             starts.append(int(t * cfg.sample_rate))
             t += cfg.min_onset_gap_seconds + audio_rng.exponential(1 / rate)
-        offscreen = _render_notes(audio_rng, spectrum, articulation, starts, cfg, -1, notes)
+        offscreen = _equalise(_render_notes(audio_rng, spectrum, articulation, starts, cfg, -1, notes), equaliser)
         if _rms(offscreen) > 0:
             offscreen *= main_level * 10 ** (_uniform(audio_rng, cfg.offscreen_db) / 20) / _rms(offscreen)
             background_audio = background_audio + offscreen
-    mix = sources + background_audio
+    mix = stem_array.sum(0) + background_audio
     peak = max(float(np.abs(mix).max()), float(np.abs(stem_array).max()), 1e-9)
     if peak > cfg.peak:
         gain = cfg.peak / peak
@@ -715,8 +766,13 @@ def _write_clip(task: tuple[int, SynthConfig, str, str]) -> tuple[int, str, str]
     video_index, cfg, videos_dir, split = task
     clip = render_clip(video_index, cfg)
     stem_path = Path(videos_dir) / clip.id
-    write_media(f"{stem_path}.mp4", clip.frames, cfg.fps, clip.mix[None], cfg.sample_rate,
-                gop_frames=max(1, int(round(cfg.fps))), crf=20)
+    with MediaWriter(f"{stem_path}.mp4", width=cfg.size, height=cfg.size, fps=cfg.fps, sample_rate=cfg.sample_rate,
+                     gop_frames=max(1, int(round(cfg.fps))), crf=20) as writer:
+        # FFmpeg's default aac coder ("twoloop") costs 3× the time for no audible gain here
+        writer.audio.options = {"aac_coder": "fast"}
+        writer.add_audio(clip.mix[None])
+        for frame in clip.frames:
+            writer.add_frame(frame)
     write_media(f"{stem_path}.stems.flac", None, cfg.fps, clip.stems, cfg.sample_rate,
                 video_codec=None, audio_codec="flac", container_format="flac")
     with open(f"{stem_path}.gt.json", "w") as f:

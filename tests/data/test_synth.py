@@ -167,11 +167,22 @@ def test_stems_sum_to_mix_minus_background() -> None:
 
 
 def test_main_object_is_largest_and_loudest() -> None:
-    clip = render_clip(0, TINY)
-    areas = [np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in o["boxes"]]) for o in clip.ground_truth["objects"]]
-    assert areas[0] == max(areas)
-    energy = np.sqrt(np.mean(clip.stems**2, axis=1))
-    assert energy[0] > energy[1]
+    for index in range(6):
+        clip = render_clip(index, TINY)
+        empty = render_clip(index, TINY, objects=[])
+        areas = [np.median(_diff_mask(render_clip(index, TINY, objects=[k]).frames, empty.frames).sum((1, 2)))
+                 for k in range(len(clip.ground_truth["objects"]))]
+        assert areas[0] > 1.2 * max(areas[1:]), (index, areas)
+        level_db = 20 * np.log10(np.sqrt(np.mean(clip.stems.astype(np.float64) ** 2, axis=1)))
+        assert 3 - 1e-3 <= level_db[0] - level_db[1] <= 9 + 1e-3, (index, level_db)
+
+
+def test_few_categories() -> None:
+    cfg = replace(TINY, num_categories=2)
+    for index in range(4):
+        clip = render_clip(index, cfg)
+        assert [o["category"] for o in clip.ground_truth["objects"]] == [
+            categories(2)[index % 2].name, categories(2)[(index + 1) % 2].name]
 
 
 def test_split_of_follows_fractions() -> None:
