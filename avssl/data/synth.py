@@ -87,9 +87,10 @@ def categories(num_categories: int = 8) -> list[Category]:
     return table
 
 
-def _unused_pairs(used: set[tuple[str, str]], first: Sequence[str], second: Sequence[str]) -> list[tuple[str, str]]:
-    pairs = [(x, y) for x in first for y in second if (x, y) not in used]
-    return pairs
+def _unused_pairs(
+    used: set[tuple[str, str]], first: Sequence[str], second: Sequence[str]
+) -> list[tuple[str, str]]:
+    return [(x, y) for x in first for y in second if (x, y) not in used]
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,9 @@ def _triangle_wave(x: np.ndarray) -> np.ndarray:
     return 4 * np.abs(np.mod(x, 1.0) - 0.5) - 1
 
 
-def _motion_path(rng: np.random.Generator, motion: str, radius: float, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+def _motion_path(
+    rng: np.random.Generator, motion: str, radius: float, cfg: SynthConfig
+) -> tuple[np.ndarray, np.ndarray]:
     size = cfg.size
     t = np.arange(cfg.num_frames) / cfg.fps
     lo, hi = 0.85 * radius, size - 0.85 * radius  # (a shape reaches 0.77–1.36 radii from its centre)
@@ -498,7 +501,9 @@ def _boxes(alpha: np.ndarray, x0: np.ndarray, y0: np.ndarray) -> list[list[float
 # ----------------------------------------------------------------------------- audio
 
 
-def _partials(rng: np.random.Generator, spectrum: str, f_max: float, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+def _partials(
+    rng: np.random.Generator, spectrum: str, f_max: float, cfg: SynthConfig
+) -> tuple[np.ndarray, np.ndarray]:
     nyquist_limit = 0.45 * cfg.sample_rate
     if spectrum == "sine":
         ratios = np.array([1.0, 2.0, 3.0])
@@ -519,7 +524,9 @@ def _partials(rng: np.random.Generator, spectrum: str, f_max: float, cfg: SynthC
     return ratios[keep], amps[keep]
 
 
-def _note(rng: np.random.Generator, spectrum: str, articulation: str, n: int, cfg: SynthConfig) -> tuple[np.ndarray, float]:
+def _note(
+    rng: np.random.Generator, spectrum: str, articulation: str, n: int, cfg: SynthConfig
+) -> tuple[np.ndarray, float]:
     """One note of ``n`` samples; returns the waveform (peak ~1) and its f0 in Hz."""
     sr = cfg.sample_rate
     t = np.arange(n) / sr
@@ -527,7 +534,8 @@ def _note(rng: np.random.Generator, spectrum: str, articulation: str, n: int, cf
     f0 = math.exp(rng.uniform(math.log(cfg.f0_hz[0]), math.log(cfg.f0_hz[1])))
     # pitch contour in semitones: nuisance vibrato and glide for everyone, a large glide
     # only for the "glide" articulation
-    semis = _uniform(rng, cfg.vibrato_semitones) * np.sin(2 * np.pi * rng.uniform(4.0, 7.0) * t + rng.uniform(0, 6.3))
+    vibrato_depth, vibrato_hz = _uniform(rng, cfg.vibrato_semitones), rng.uniform(4.0, 7.0)
+    semis = vibrato_depth * np.sin(2 * np.pi * vibrato_hz * t + rng.uniform(0, 6.3))
     semis = semis + rng.uniform(-1, 1) * cfg.nuisance_glide_semitones * t / duration
     if articulation == "glide":
         semis = semis + rng.choice([-1, 1]) * _uniform(rng, cfg.identity_glide_semitones) * t / duration
@@ -701,8 +709,9 @@ def render_clip(
     for index, obj in enumerate(scene):
         if obj.sounding:
             onsets = [int(round(f * samples_per_frame)) for f in obj.onset_frames]
-            stem = _render_notes(audio_rng, obj.category.spectrum, obj.category.articulation, onsets, cfg, index, notes)
-            stems.append(stem)
+            category = obj.category
+            stems.append(
+                _render_notes(audio_rng, category.spectrum, category.articulation, onsets, cfg, index, notes))
     # one random "microphone/room" colouring for everything heard, applied before the levels
     # are set so that the main object stays the loudest and the SNR is what was drawn
     equaliser = _random_equaliser(audio_rng, cfg)

@@ -198,7 +198,7 @@ def test_split_of_follows_fractions() -> None:
         split_of(0, (0.5, 0.5))
 
 
-def _decode(path: Path) -> tuple[list[np.ndarray], np.ndarray, av.video.stream.VideoStream]:
+def _decode(path: Path) -> tuple[list[np.ndarray], np.ndarray, tuple[tuple, tuple]]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -235,7 +235,9 @@ def test_generate_dataset_writes_the_layout(tmp_path: Path, capsys: pytest.Captu
 
     # the mp4 decodes to the rendered clip: 12 frames of 32×32 at 10 fps, 1.2 s of aac
     clip = render_clip(0, cfg)
-    frames, audio, ((vcodec, rate, width, height), (acodec, sample_rate)) = _decode(out / "videos" / "synth_000000.mp4")
+    frames, audio, (video_info, audio_info) = _decode(out / "videos" / "synth_000000.mp4")
+    vcodec, rate, width, height = video_info
+    acodec, sample_rate = audio_info
     assert (vcodec, acodec, float(rate), width, height, sample_rate) == ("h264", "aac", 10.0, 32, 32, 8000)
     assert len(frames) == 12
     error = np.abs(np.stack(frames).astype(np.float32) - clip.frames.astype(np.float32)).mean()
