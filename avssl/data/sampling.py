@@ -13,7 +13,7 @@ import torch
 
 from avssl.data.decode import DecodeError, MediaReader, StreamInfo
 from avssl.data.transforms import AudioTransform, AugmentSettings, VideoTransform
-from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_AUDIO, T_VIDEO, VIDEO, AudioView, ViewSpec
+from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_VIDEO, VIDEO, AudioView, ViewSpec
 
 
 def _valid_range(info: StreamInfo, meta: dict[str, Any]) -> tuple[float, float]:
@@ -135,4 +135,4 @@ class ViewSampler:
         return sample
 
 
-__all__ = ["ViewSampler", "shifted_window_start", "T_AUDIO", "T_VIDEO"]
+__all__ = ["ViewSampler", "shifted_window_start"]
