@@ -42,6 +42,7 @@ def _shards(args: argparse.Namespace) -> int:
         gop_seconds=args.gop_seconds,
         val_fraction=args.val_fraction,
         missing_audio=args.missing_audio,
+        audio_format=args.audio_format,
         min_seconds=args.min_seconds,
         seed=args.seed,
     )
@@ -121,7 +122,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
-    from avssl.data.shards import ShardSettings
+    from avssl.data.shards import AUDIO_FORMATS, ShardSettings
 
     d = ShardSettings()
     p = sub.add_parser(
@@ -143,6 +144,9 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
                    help="fraction of videos held out as 'val' when labels.csv has no split column")
     p.add_argument("--missing-audio", choices=("skip", "silence"), default=d.missing_audio,
                    help="what to do with videos that have no audio stream")
+    p.add_argument("--audio-format", choices=AUDIO_FORMATS, default=d.audio_format,
+                   help="pcm: raw int16 mono beside a video-only mp4 (fastest to read, ~2x the bytes); "
+                        "aac: mono AAC inside the mp4")
     p.add_argument("--min-seconds", type=float, default=d.min_seconds,
                    help="skip videos whose audio and video overlap for less than this (seconds)")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -35,6 +35,8 @@ from avssl.data.transforms import AugmentSettings, VideoBatchTransform
 from avssl.data.views import AUDIO, SKIPPED, VIDEO, AudioView, MelSettings, VideoView, ViewSpec
 
 MANIFEST = "manifest.json"
+# Video entries a sample may hold, and the FFmpeg demuxer each one is opened with.
+CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "matroska"}
 
 
 @dataclass(frozen=True)
@@ -206,10 +208,11 @@ class ShardStream(IterableDataset):
 
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
         meta = json.loads(sample["json"])
-        video_key = next((k for k in ("mp4", "webm", "mkv", "mov") if k in sample), None)
+        video_key = next((k for k in CONTAINER_FORMATS if k in sample), None)
         if video_key is None:
             raise ValueError(f"sample {sample.get('__key__')} has no video entry")
-        return self.sampler(sample[video_key], meta, rng)
+        return self.sampler(sample[video_key], meta, rng, container_format=CONTAINER_FORMATS[video_key],
+                            pcm=sample.get("pcm"))
 
     def _batches(
         self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, target: int | None

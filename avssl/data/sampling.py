@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avssl.data.decode import DecodeError, MediaReader, StreamInfo
+from avssl.data.decode import DecodeError, MediaReader, PcmAudio, StreamInfo
 from avssl.data.transforms import AudioTransform, AugmentSettings, VideoTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_VIDEO, VIDEO, AudioView, ViewSpec
 
@@ -89,8 +89,18 @@ class ViewSampler:
         n = self.spec.clips_per_video
         return [first + (last - first) * (k + 0.5) / n for k in range(n)]
 
-    def __call__(self, data: bytes, meta: dict[str, Any], rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
-        with MediaReader(data) as reader:
+    def __call__(
+        self, data: bytes, meta: dict[str, Any], rng: np.random.Generator, *,
+        container_format: str | None = None, pcm: bytes | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """The clips of one sample: ``data`` is the video file, ``meta`` its json, ``pcm``
+        the sample's raw audio entry if it has one (rate and start from ``meta``)."""
+        audio = None
+        if pcm is not None:
+            if not meta.get("sample_rate"):
+                raise DecodeError("the sample has a pcm entry but its json gives no sample_rate")
+            audio = PcmAudio(pcm, int(meta["sample_rate"]), float(meta.get("audio_start", 0.0)))
+        with MediaReader(data, container_format=container_format, pcm=audio) as reader:
             info = reader.info
             if self.spec.video and not info.has_video:
                 raise DecodeError("no video stream")

@@ -27,10 +27,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ts")
-RESERVED_ENTRIES = ("mp4", "json")  # a sidecar named <stem>.json is stored as sidecar.json
+RESERVED_ENTRIES = ("mp4", "json", "pcm")  # a sidecar named <stem>.json is stored as sidecar.json
+AUDIO_FORMATS = ("pcm", "aac")
 AUDIO_BITRATE = 48_000  # mono AAC at 16 kHz; the recommended format of DECODING.md §6
 TIMESTAMP_SLACK = Fraction(2, 1000)  # seconds
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+-\d{6}\.tar$")
@@ -48,6 +49,10 @@ class ShardSettings:
     gop_seconds: float = 1.0  # keyframe interval
     val_fraction: float = 0.0  # held out as "val" when labels.csv has no split for a video
     missing_audio: str = "skip"  # or "silence": pack video-only files with a silent track
+    # "pcm": audio as raw int16 mono beside a video-only mp4 (the sample's ``pcm`` entry);
+    # ~2× the bytes of AAC, no audio decode or resampling when reading (DECODING.md §6).
+    # "aac": mono AAC inside the mp4.
+    audio_format: str = "pcm"
     min_seconds: float = 1.0  # skip videos whose audio-video overlap is shorter
     seed: int = 0  # seeds the train/val hash
 
@@ -67,6 +72,8 @@ class ShardSettings:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.missing_audio not in ("skip", "silence"):
             problems.append(f"missing_audio must be 'skip' or 'silence', got {self.missing_audio!r}")
+        if self.audio_format not in AUDIO_FORMATS:
+            problems.append(f"audio_format must be one of {list(AUDIO_FORMATS)}, got {self.audio_format!r}")
         if self.min_seconds < 0:
             problems.append(f"min_seconds must be >= 0, got {self.min_seconds}")
         if problems:
@@ -80,6 +87,16 @@ class ShardSettings:
     def frame_rate(self) -> Fraction:
         """The exact rate written to the file (the same rounding as MediaWriter)."""
         return Fraction(self.fps).limit_denominator(1001)
+
+
+class EncodedVideo(NamedTuple):
+    """One video in the shard format: the mp4, its metadata, and with ``audio_format="pcm"``
+    the audio as little-endian int16 mono samples at ``meta["sample_rate"]`` whose first
+    sample plays at ``meta["audio_start"]`` (the mp4 then has no audio stream)."""
+
+    mp4: bytes
+    meta: dict
+    pcm: bytes | None = None
 
 
 @dataclass
@@ -370,9 +387,9 @@ class _AudioTrack:
 
 def reencode_video(
     path: Path, settings: ShardSettings = ShardSettings(), *, threads: int = 1
-) -> tuple[bytes, dict]:
-    """Re-encode one video file to the shard format, streaming. Returns the mp4 bytes and
-    the metadata read back from them (``duration``, ``fps``, ``num_frames``, ``width``,
+) -> EncodedVideo:
+    """Re-encode one video file to the shard format, streaming. Returns the mp4 bytes, the
+    PCM audio when ``settings.audio_format == "pcm"``, and the metadata read back (``duration``, ``fps``, ``num_frames``, ``width``,
     ``height``, ``sample_rate``, ``audio_samples``, ``video_start``, ``audio_start``,
     ``has_audio``). Raises :class:`SkipVideo` with the reason for a file it cannot pack.
     ``threads`` is the decoder's thread count (0 = FFmpeg's choice)."""
@@ -395,7 +412,7 @@ def reencode_video(
         av.logging.set_skip_repeated(old_skip)
 
 
-def _reencode(path: Path, settings: ShardSettings, threads: int) -> tuple[bytes, dict]:
+def _reencode(path: Path, settings: ShardSettings, threads: int) -> EncodedVideo:
     import av
 
     from avssl.data.decode import MonoResampler
@@ -440,6 +457,7 @@ def _reencode(path: Path, settings: ShardSettings, threads: int) -> tuple[bytes,
     buffer = io.BytesIO()
     writer: MediaWriter | None = None
     pending_audio: list[tuple[Any, Fraction | None]] = []  # audio that came before the first frame
+    pcm_chunks: list[Any] = []  # (1, n) float32 chunks when audio_format == "pcm"
     track: _AudioTrack | None = None
     emitted = 0
     last_frame = None
@@ -464,10 +482,12 @@ def _reencode(path: Path, settings: ShardSettings, threads: int) -> tuple[bytes,
             fps=settings.fps,
             sample_rate=settings.sample_rate,
             audio_channels=1,
+            audio_codec="aac" if settings.audio_format == "aac" else None,
             gop_frames=settings.gop_frames,
             audio_bitrate=AUDIO_BITRATE,
         )
-        track = _AudioTrack(writer.add_audio, start, num_samples, settings.sample_rate)
+        add_audio = writer.add_audio if settings.audio_format == "aac" else pcm_chunks.append
+        track = _AudioTrack(add_audio, start, num_samples, settings.sample_rate)
         for samples, time in pending_audio:
             track.push(samples, time)
         pending_audio.clear()
@@ -543,29 +563,40 @@ def _reencode(path: Path, settings: ShardSettings, threads: int) -> tuple[bytes,
         track.finish()
     writer.close()
     data = buffer.getvalue()
-    meta = probe_written(data)
+    pcm = None
+    if settings.audio_format == "pcm":
+        import numpy as np
+
+        samples = np.concatenate(pcm_chunks, axis=1)[0] if pcm_chunks else np.zeros(0, np.float32)
+        pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2").tobytes()
+        meta = probe_written(data, pcm_samples=samples.size, sample_rate=settings.sample_rate)
+    else:
+        meta = probe_written(data)
+    meta["audio_format"] = settings.audio_format
     meta["has_audio"] = audio_index is not None
     if meta["num_frames"] != num_frames or meta["audio_samples"] != num_samples:
         raise RuntimeError(
             f"internal: wrote {meta['num_frames']} frames / {meta['audio_samples']} samples, "
             f"expected {num_frames} / {num_samples}"
         )
-    return data, meta
+    return EncodedVideo(data, meta, pcm)
 
 
-def probe_written(data: bytes) -> dict:
-    """Metadata of a written sample mp4, read back from its bytes (demux only)."""
+def probe_written(data: bytes, pcm_samples: int | None = None, sample_rate: int | None = None) -> dict:
+    """Metadata of a written sample mp4, read back from its bytes (demux only). With
+    ``pcm_samples`` the audio is the sample's PCM entry, which starts with the video."""
     import av
 
     with av.open(io.BytesIO(data)) as container:
         video = container.streams.video[0]
-        audio = container.streams.audio[0]
+        audio = container.streams.audio[0] if pcm_samples is None else None
         video_start = float(_seconds(video.start_time or 0, video.time_base))
-        audio_start = float(_seconds(audio.start_time or 0, audio.time_base))
+        audio_start = float(_seconds(audio.start_time or 0, audio.time_base)) if audio else video_start
+        audio_rate = audio.rate if audio else sample_rate
         rate = video.average_rate or video.guessed_rate
         num_frames = 0
-        audio_samples = 0
-        for packet in container.demux(video, audio):
+        audio_samples = pcm_samples or 0
+        for packet in container.demux(*[s for s in (video, audio) if s is not None]):
             if packet.size == 0 or packet.is_discard:
                 continue
             if packet.stream.type == "video":
@@ -573,14 +604,14 @@ def probe_written(data: bytes) -> dict:
             else:
                 audio_samples += int(packet.duration * packet.time_base * audio.rate)
         video_end = video_start + num_frames / float(rate)
-        audio_end = audio_start + audio_samples / audio.rate
+        audio_end = audio_start + audio_samples / audio_rate
         return {
             "duration": round(max(0.0, min(video_end, audio_end) - max(video_start, audio_start)), 6),
             "fps": float(rate),
             "num_frames": num_frames,
             "width": video.codec_context.width,
             "height": video.codec_context.height,
-            "sample_rate": audio.rate,
+            "sample_rate": audio_rate,
             "audio_samples": audio_samples,
             "video_start": video_start,
             "audio_start": audio_start,
@@ -591,10 +622,10 @@ def probe_written(data: bytes) -> dict:
 
 
 def _encode_job(args: tuple[VideoJob, ShardSettings, int]) -> tuple[str, Any, Any]:
-    """Pool worker: ("ok", mp4 bytes, (meta, sidecar bytes)) or ("skip", reason, None)."""
+    """Pool worker: ("ok", EncodedVideo, sidecar bytes by entry name) or ("skip", reason, None)."""
     job, settings, threads = args
     try:
-        data, meta = reencode_video(job.path, settings, threads=threads)
+        encoded = reencode_video(job.path, settings, threads=threads)
         extras = {}
         for name, sidecar in job.sidecars:
             try:
@@ -605,7 +636,7 @@ def _encode_job(args: tuple[VideoJob, ShardSettings, int]) -> tuple[str, Any, An
         return "skip", str(skip), None
     except Exception as error:  # noqa: BLE001 - never stop on one file
         return "skip", f"undecodable: {error or type(error).__name__}", None
-    return "ok", data, (meta, extras)
+    return "ok", encoded, extras
 
 
 class _ShardSink:
@@ -708,7 +739,8 @@ def write_shards(
                 skipped.append({"file": job.source, "reason": payload})
                 progress.set_postfix(skipped=len(skipped), refresh=False)
                 continue
-            meta, extras = extra
+            encoded: EncodedVideo = payload
+            meta, extras = encoded.meta, extra
             index = next_index.get(job.split, 0)
             next_index[job.split] = index + 1
             seconds[job.split] = seconds.get(job.split, 0.0) + meta["duration"]
@@ -722,7 +754,9 @@ def write_shards(
                 "label_name": job.label_name,
                 "extras": sorted(extras),
             }
-            sample = {"__key__": job.key, "mp4": payload, "json": json.dumps(record).encode("utf-8")}
+            sample = {"__key__": job.key, "mp4": encoded.mp4, "json": json.dumps(record).encode("utf-8")}
+            if encoded.pcm is not None:
+                sample["pcm"] = encoded.pcm
             sample.update(extras)
             sink.write(job.split, sample)
         progress.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avssl.data.decode import DecodeError, MediaReader
+from avssl.data.decode import DecodeError, MediaReader, PcmAudio
 from tests.conftest import FLASH_VALUE, flash_click_clip
 
 FPS = 25.0
@@ -130,3 +130,55 @@ def test_missing_audio_stream_is_a_decode_error() -> None:
         assert not reader.info.has_audio
         with pytest.raises(DecodeError, match="no audio stream"):
             reader.read_audio(0.0, 0.5, SR)
+
+
+@pytest.fixture(scope="module")
+def packed_flash_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """The flash/click clip through `avssl shards`, once per audio format: {format: sample}."""
+    import json
+    import tarfile
+
+    from avssl.data.shards import ShardSettings, write_shards
+
+    root = tmp_path_factory.mktemp("packed")
+    (root / "videos").mkdir()
+    (root / "videos" / "clip.mp4").write_bytes(flash_click_clip())
+    samples = {}
+    for audio_format in ("pcm", "aac"):
+        out = root / audio_format
+        write_shards(root / "videos", out, settings=ShardSettings(short_side=48, audio_format=audio_format))
+        with tarfile.open(out / "train-000000.tar") as tar:
+            entries = {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()}
+        entries["json"] = json.loads(entries["json"])
+        samples[audio_format] = entries
+    return samples
+
+
+@pytest.mark.parametrize("start", [0.0, 0.43, 1.03, 2.21])
+def test_pcm_entry_is_cut_at_first_returned_frame_like_the_audio_stream(packed_flash_clip: dict, start: float) -> None:
+    pcm_sample, aac_sample = packed_flash_clip["pcm"], packed_flash_clip["aac"]
+    meta = pcm_sample["json"]
+    pcm = PcmAudio(pcm_sample["pcm"], meta["sample_rate"], meta["audio_start"])
+    with MediaReader(pcm_sample["mp4"], container_format="mp4", pcm=pcm) as reader:
+        assert reader.info.has_audio and reader.info.audio_end == pytest.approx(4.0)
+        frames, t_first = reader.read_frames(start, 16, FPS)
+        audio = reader.read_audio(t_first, 16 / FPS, SR)
+    with MediaReader(aac_sample["mp4"]) as reader:
+        _, t_first_aac = reader.read_frames(start, 16, FPS)
+        audio_aac = reader.read_audio(t_first_aac, 16 / FPS, SR)
+    assert t_first == t_first_aac
+    flash_times = [k / FPS for k in _flash_frames(frames)]
+    assert flash_times, "window chosen to contain a flash"
+    assert np.allclose(_click_times(audio, SR), flash_times, atol=1 / FPS)
+    assert np.allclose(_click_times(audio, SR), _click_times(audio_aac, SR), atol=0.002)
+
+
+def test_pcm_reads_pad_outside_and_resample_to_other_rates() -> None:
+    samples = (np.sin(2 * np.pi * 440 * np.arange(16000) / 16000) * 16000).astype("<i2")
+    pcm = PcmAudio(samples.tobytes(), 16000, start=0.5)  # plays from 0.5 s to 1.5 s
+    out = pcm.read(0.25, 0.5, 16000)
+    assert np.all(out[:4000] == 0) and np.allclose(out[4000:], samples[:4000] / 32768)
+    slow = pcm.read(0.5, 1.0, 8000)
+    assert slow.shape == (8000,) and np.argmax(np.abs(np.fft.rfft(slow))) == 440
+    with pytest.raises(DecodeError, match="odd number of bytes"):
+        PcmAudio(b"\x00\x01\x02", 16000)

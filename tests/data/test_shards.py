@@ -30,7 +30,7 @@ from avssl.data.shards import (
     write_shards,
 )
 
-SMALL = dict(short_side=32, min_seconds=0.5)  # fast settings for most tests
+SMALL = dict(short_side=32, min_seconds=0.5, audio_format="aac")  # fast; the audio inside the mp4
 
 
 # --------------------------------------------------------------------------- helpers
@@ -163,12 +163,13 @@ def test_cli_exits_1_when_nothing_is_packed(tmp_path, capsys):
 # --------------------------------------------------------------------------- the written sample
 
 
-def test_written_sample_has_the_asked_format_and_a_consistent_json(tmp_path):
+@pytest.mark.parametrize("audio_format", ["pcm", "aac"])
+def test_written_sample_has_the_asked_format_and_a_consistent_json(tmp_path, audio_format):
     videos = tmp_path / "videos"
     videos.mkdir()
     # 25 fps, 44.1 kHz stereo, long GOP in; 20 fps, gop 0.5 s = 10 frames, 16 kHz mono out
     make_clip(videos / "clip.mp4", seconds=2.4, fps=25, sample_rate=44100, channels=2, gop_frames=250)
-    settings = ShardSettings(short_side=32, fps=20, gop_seconds=0.5, sample_rate=16000)
+    settings = ShardSettings(short_side=32, fps=20, gop_seconds=0.5, sample_rate=16000, audio_format=audio_format)
     report = write_shards(videos, tmp_path / "out", settings=settings)
     assert report.num_packed == 1 and report.splits == {"train": 1}
 
@@ -177,9 +178,10 @@ def test_written_sample_has_the_asked_format_and_a_consistent_json(tmp_path):
     data = sample["mp4"]
     assert set(meta) == {
         "index", "id", "split", "source", "duration", "fps", "num_frames", "width", "height",
-        "sample_rate", "audio_samples", "video_start", "audio_start", "has_audio", "label",
+        "sample_rate", "audio_samples", "video_start", "audio_start", "audio_format", "has_audio", "label",
         "label_name", "extras",
     }
+    assert meta["audio_format"] == audio_format
     assert (meta["width"], meta["height"]) == (42, 32)  # short side 32, 64x48 aspect, even
     assert meta["fps"] == 20 and meta["num_frames"] == 48 and meta["duration"] == pytest.approx(2.4)
     assert meta["sample_rate"] == 16000 and meta["audio_samples"] == 38400
@@ -192,6 +194,15 @@ def test_written_sample_has_the_asked_format_and_a_consistent_json(tmp_path):
     assert steps == {Fraction(1, 20)}  # constant frame rate
     assert [i for i, (_, key, _) in enumerate(packets) if key] == [0, 10, 20, 30, 40]
 
+    if audio_format == "pcm":  # int16 mono beside a video-only mp4, the tone intact
+        assert "pcm" in sample and len(sample["pcm"]) == 2 * meta["audio_samples"]
+        with av.open(io.BytesIO(data)) as container:
+            assert not container.streams.audio
+        waveform = np.frombuffer(sample["pcm"], "<i2") / 32768
+        assert sine_residual(waveform[4000:20000], 16000) < 0.02
+        assert np.sqrt(np.mean(waveform[4000:20000] ** 2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.05)
+        return
+    assert "pcm" not in sample
     with av.open(io.BytesIO(data)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         assert (video.codec_context.width, video.codec_context.height) == (42, 32)
@@ -207,7 +218,7 @@ def test_written_sample_has_the_asked_format_and_a_consistent_json(tmp_path):
 def test_stereo_and_surround_sources_come_out_mono_16k(tmp_path, channels, sample_rate):
     path = tmp_path / "clip.mp4"
     make_clip(path, seconds=1.6, sample_rate=sample_rate, channels=channels)
-    data, meta = reencode_video(path, ShardSettings(**SMALL))
+    data, meta, _ = reencode_video(path, ShardSettings(**SMALL))
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         assert (stream.rate, stream.channels, stream.layout.name) == (16000, 1, "mono")
@@ -237,7 +248,7 @@ def sine_residual(waveform: np.ndarray, sample_rate: int, hz: float = 440.0) -> 
 ])
 def test_other_containers_keep_full_length_and_continuous_audio(tmp_path, name, options, rate):
     write_media(tmp_path / name, frames_gradient(40), 25, tone(1.6, rate, 2), rate, **options)
-    data, meta = reencode_video(tmp_path / name, ShardSettings(**SMALL))
+    data, meta, _ = reencode_video(tmp_path / name, ShardSettings(**SMALL))
     assert (meta["num_frames"], meta["audio_samples"]) == (40, 25600)
     _, waveform = decode_all(data)
     assert sine_residual(waveform[4000:20000], 16000) < 0.1  # no sample inserted or dropped
@@ -260,7 +271,7 @@ def test_vfr_source_comes_out_cfr_with_the_frame_shown_at_each_time(tmp_path):
         source_pts = sorted(p.pts for p in packets)
         video_end = max((p.pts + p.duration) * p.time_base for p in packets)  # muxer's last duration
     assert len(set(np.diff(source_pts))) == 3
-    data, meta = reencode_video(path, ShardSettings(short_side=32, fps=25, min_seconds=0.5))
+    data, meta, _ = reencode_video(path, ShardSettings(short_side=32, fps=25, min_seconds=0.5, audio_format="aac"))
     packets = video_packets(data)
     assert {(b[0] - a[0]) * a[2] for a, b in zip(packets, packets[1:])} == {Fraction(1, 25)}
     assert meta["num_frames"] == int(min(video_end, end) * 25 + 1e-6) >= 34
@@ -291,7 +302,7 @@ def test_stream_start_offset_is_trimmed_and_stays_aligned(tmp_path, late_stream)
         starts = {s.type: float(s.start_time * s.time_base) for s in container.streams}
     assert starts[late_stream] == pytest.approx(offset, abs=1e-3)
 
-    data, meta = reencode_video(path, ShardSettings(short_side=32, fps=fps, sample_rate=rate))
+    data, meta, _ = reencode_video(path, ShardSettings(short_side=32, fps=fps, sample_rate=rate, audio_format="aac"))
     assert meta["video_start"] == 0 and meta["audio_start"] == 0
     assert meta["duration"] == pytest.approx(3.0 - offset, abs=1 / fps)
     frames_out, waveform = decode_all(data)
@@ -313,7 +324,7 @@ def test_display_rotation_is_applied(tmp_path):
         writer.add_audio(tone(1.2, 16000))
     path = tmp_path / "phone.mp4"
     path.write_bytes(buffer.getvalue())
-    data, meta = reencode_video(path, ShardSettings(short_side=32, min_seconds=0.5))
+    data, meta, _ = reencode_video(path, ShardSettings(**SMALL))
     assert (meta["width"], meta["height"]) == (32, 42)  # portrait
     frame = decode_all(data)[0][0].mean(axis=-1)
     # rotated 90 degrees counter-clockwise, the top-left corner ends at the bottom-left
@@ -330,7 +341,7 @@ def test_too_short_and_audio_shorter_than_video(tmp_path):
     write_media(path, frames_gradient(50), 25, tone(0.8, 16000), 16000)
     with pytest.raises(SkipVideo, match=r"too short: 0\.80 s .*audio 0\.80 s"):
         reencode_video(path, ShardSettings(short_side=32))
-    data, meta = reencode_video(path, ShardSettings(short_side=32, min_seconds=0.5))
+    data, meta, _ = reencode_video(path, ShardSettings(**SMALL))
     assert meta["num_frames"] == 20 and meta["audio_samples"] == 12800
 
 
@@ -361,7 +372,7 @@ def test_sidecars_labels_and_split_column(tmp_path):
     (videos / "b.v2.boxes.json").write_text("[]")  # belongs to b.v2, not to a video "b"
     (videos / "labels.csv").write_text("id,label,split\na,dog,train\nb.v2,cat,test\nc,dog,train\nzzz,cow,val\n")
     out = tmp_path / "out"
-    settings = ShardSettings(short_side=32, min_seconds=0.5)
+    settings = ShardSettings(**SMALL)
     report = write_shards(videos, out, labels_csv=videos / "labels.csv", settings=settings)
 
     assert report.splits == {"test": 1, "train": 3}  # d has no row: hashed, val_fraction 0 → train
