@@ -35,8 +35,8 @@ def main() -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--num-videos", type=int, default=2400)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--num-videos", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     out: Path = args.out

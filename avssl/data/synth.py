@@ -108,22 +108,22 @@ class SynthConfig:
     num_categories: int = 8
     seed: int = 0
     # --- scene composition
-    p_second_sounding: float = 0.3  # a second sounding object of another category
-    p_silent_distractor: float = 0.3  # a moving object of another category, no sound, no events
-    object_diameter: tuple[float, float] = (0.25, 0.375)  # main object, of the frame side: 16–24 px at 64
+    p_second_sounding: float = 0.2  # a second sounding object of another category
+    p_silent_distractor: float = 0.2  # a moving object of another category, no sound, no events
+    object_diameter: tuple[float, float] = (0.34, 0.45)  # main object, of the frame side: 22–29 px at 64
     secondary_scale: tuple[float, float] = (0.6, 0.85)  # other objects' diameter vs the main one
-    min_object_diameter: float = 0.19  # no object is smaller than this (12 px at 64)
+    min_object_diameter: float = 0.25  # no object is smaller than this (16 px at 64)
     object_speed: tuple[float, float] = (0.15, 0.45)  # frame sides per second
     object_spin: float = 0.6  # max |rotation speed|, rad/s
     min_colour_contrast: float = 70.0  # RGB distance of an object's colour from the background
     # static background clutter: small translucent shapes with the shape × texture combos
     # that belong to no category, and bars; smaller and fainter than any object
-    num_clutter: tuple[int, int] = (2, 5)
+    num_clutter: tuple[int, int] = (0, 1)
     clutter_diameter: tuple[float, float] = (0.1, 0.18)
     clutter_opacity: tuple[float, float] = (0.3, 0.6)
-    num_clutter_bars: tuple[int, int] = (1, 4)
+    num_clutter_bars: tuple[int, int] = (0, 1)
     bar_opacity: tuple[float, float] = (0.3, 0.7)
-    pixel_noise: float = 7.0  # static per-pixel noise std (0–255)
+    pixel_noise: float = 4.0  # static per-pixel noise std (0–255)
     frame_noise: float = 2.0  # per-frame luminance noise std (0–255)
     # --- visible events at note onsets
     event_frames: int = 3
