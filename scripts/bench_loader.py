@@ -137,7 +137,7 @@ def main() -> None:
     window_frames = frames_per_window(all_starts)
     ceiling = ffmpeg_fps / window_frames
     print(f"\nshards: {shard_dir} ({shards.num_samples} videos)")
-    print(f"ffmpeg -threads 1 decode (video+audio): {ffmpeg_fps:.0f} frames/s; "
+    print(f"ffmpeg -threads 1 decode (every stream of the mp4): {ffmpeg_fps:.0f} frames/s; "
           f"frames per window (keyframe → last frame): {window_frames:.1f}; ceiling {ceiling:.0f} clips/s per core")
     print(f"{'loader':<20} {'clips/s':>8} {'ceiling':>8} {'ratio':>6}")
     for label, rate in rows:

@@ -389,9 +389,9 @@ def reencode_video(
     path: Path, settings: ShardSettings = ShardSettings(), *, threads: int = 1
 ) -> EncodedVideo:
     """Re-encode one video file to the shard format, streaming. Returns the mp4 bytes, the
-    PCM audio when ``settings.audio_format == "pcm"``, and the metadata read back (``duration``, ``fps``, ``num_frames``, ``width``,
-    ``height``, ``sample_rate``, ``audio_samples``, ``video_start``, ``audio_start``,
-    ``has_audio``). Raises :class:`SkipVideo` with the reason for a file it cannot pack.
+    PCM audio when ``settings.audio_format == "pcm"``, and the metadata read back
+    (``duration``, ``fps``, ``num_frames``, ``width``, ``height``, ``sample_rate``,
+    ``audio_samples``, ``video_start``, ``audio_start``, ``audio_format``, ``has_audio``). Raises :class:`SkipVideo` with the reason for a file it cannot pack.
     ``threads`` is the decoder's thread count (0 = FFmpeg's choice)."""
     import av
     import av.logging
@@ -740,7 +740,7 @@ def write_shards(
                 progress.set_postfix(skipped=len(skipped), refresh=False)
                 continue
             encoded: EncodedVideo = payload
-            meta, extras = encoded.meta, extra
+            meta, extras = encoded.meta, extra  # extra: sidecar bytes by entry name
             index = next_index.get(job.split, 0)
             next_index[job.split] = index + 1
             seconds[job.split] = seconds.get(job.split, 0.0) + meta["duration"]

@@ -149,3 +149,33 @@ def test_persistent_workers_follow_set_epoch(shards: Path) -> None:
     epoch1 = [int(i) for b in loader for i in b["index"]]
     assert epoch1 == _epoch_indices(_stream(shards, 0, 1, 2, pad=False, shuffle=True), 2, epoch=1)
     assert epoch0 != epoch1
+
+
+@pytest.mark.parametrize("audio_format", ["pcm", "aac"])
+def test_samples_written_by_avssl_shards_stream_with_clicks_on_flashes(tmp_path: Path, audio_format: str) -> None:
+    """Through `avssl shards` (PCM member or AAC in the mp4) and ShardStream: in every clip
+    the audio clicks on the frames that flash, within one frame (and is silent in a clip
+    without a flash)."""
+    from avssl.data.shards import ShardSettings, write_shards
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "clip.mp4").write_bytes(flash_click_clip())
+    write_shards(tmp_path / "videos", tmp_path / "shards", settings=ShardSettings(short_side=48, audio_format=audio_format))
+    fps, rate = 25.0, 16000
+    spec = ViewSpec(video=VideoView(num_frames=25, fps=fps, size=48),
+                    audio={"audio": AudioView(seconds=1.0, representation="waveform")}, clips_per_video=3)
+    stream = ShardStream(ShardList.from_manifest(tmp_path / "shards", "train"), ViewSampler(spec, train=False),
+                         batch_size=3, shuffle=False, pad=False)
+    batch = next(iter(make_loader(stream, 0)))
+    assert batch["audio"].shape == (3, 1, rate)
+    flashes = 0
+    for video, audio in zip(batch["video"], batch["audio"][:, 0]):
+        frame_level = video.float().mean(dim=(0, 2, 3))  # T
+        flash_frames = torch.nonzero(frame_level > frame_level.median() + 50).flatten().tolist()
+        above = torch.nonzero(audio.abs() > 0.3).flatten().tolist()
+        click_starts = [b for a, b in zip([-rate] + above, above) if b - a > rate // 100]
+        assert len(click_starts) == len(flash_frames)
+        for frame, click in zip(flash_frames, click_starts):
+            assert abs(click / rate - frame / fps) <= 1 / fps
+        flashes += len(flash_frames)
+    assert flashes > 0
