@@ -29,7 +29,7 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
     common = [f"data.shards={tiny_shards}", "data.num_workers=0", "data.batch_size=8",
               "data.video.size=48", "model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8,8,16,16]"]
     assert main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), *common, f"run_dir={run_dir}",
-                 "trainer.max_epochs=1", "logger.wandb=true"]) == 0
+                 "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "logger.wandb=true"]) == 0
     # the resolved recipe, the CSV log, an offline wandb run, a checkpoint and the export
     saved = (run_dir / "config.yaml").read_text()
     assert "negatives: in_batch" in saved and str(tiny_shards) in saved
