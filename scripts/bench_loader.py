@@ -1,6 +1,10 @@
 """Loader throughput: clips/s of 16×112×112 frames + 1 s of log-mel from shards, next to
 the ceiling that ffmpeg's single-thread decoder sets on the same videos.
 
+The timed path is the whole input pipeline: the loader (workers decode, crop, flip) and
+the batch finishing a training step does on its device (colour jitter, normalisation,
+gain, log-mel, masks), here run on the CPU in the main process.
+
     python scripts/bench_loader.py [--shards DIR] [--clips 400] [--sensor-noise S]
 
 Without --shards it writes its own: synthetic 10-s videos at 240×240 with camera-like
@@ -31,6 +35,7 @@ import torch
 from avssl.cli import main as avssl
 from avssl.data.datamodule import ShardList, ShardStream, make_loader
 from avssl.data.sampling import ViewSampler
+from avssl.data.transforms import BatchTransform
 from avssl.data.views import AudioView, VideoView, ViewSpec
 
 SENSOR_NOISE = 16.0  # calibrated: ffmpeg then decodes the 128p shards at DECODING.md's rate for real video
@@ -92,13 +97,15 @@ def measure(shards: ShardList, workers: int, clips: int, pin_one_core: bool) -> 
     stream = ShardStream(shards, ViewSampler(SPEC, train=True), batch_size=16, num_workers=workers,
                          shuffle=True, pad=False, seed=1)
     loader = make_loader(stream, workers)
+    finish = BatchTransform(SPEC)  # what the device does next (log-mel, gain, masks, normalise): timed too
     starts: list[float] = []
     count, t0 = 0, None
     for batch in loader:
         if t0 is None:  # the first batch pays for worker start-up
             t0 = time.perf_counter()
             continue
-        count += batch["index"].numel()
+        finished = finish(batch, train=True)
+        count += finished["index"].numel()
         starts += batch["t_video"].tolist()
         if count >= clips:
             break

@@ -31,7 +31,7 @@ from torch.utils.data.dataloader import default_collate
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.sampling import ViewSampler
-from avssl.data.transforms import AugmentSettings, VideoBatchTransform
+from avssl.data.transforms import AugmentSettings, BatchTransform
 from avssl.data.views import AUDIO, SKIPPED, VIDEO, AudioView, MelSettings, VideoView, ViewSpec
 
 MANIFEST = "manifest.json"
@@ -308,14 +308,14 @@ class AVDataModule(pl.LightningDataModule):
         if "crop_scale" in augment:
             augment["crop_scale"] = tuple(augment["crop_scale"])
         self.augment = AugmentSettings(**augment)
-        self.video_batch_transform = VideoBatchTransform(self.augment)
+        self.train_transform = BatchTransform(views, self.augment)
+        self.eval_transform = BatchTransform(self.eval_views, self.augment)
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
-        """Colour jitter and normalisation on the device (see VideoBatchTransform)."""
-        if VIDEO in batch:
-            training = self.trainer is not None and self.trainer.training
-            batch[VIDEO] = self.video_batch_transform(batch[VIDEO], train=training)
-        return batch
+        """Colour jitter, normalisation, audio gain, log-mel and masks on the device."""
+        training = self.trainer is not None and self.trainer.training
+        transform = (self.train_transform if training else self.eval_transform).to(next(iter(batch.values())).device)
+        return transform(batch, train=training)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from avssl.data.decode import DecodeError, MediaReader, PcmAudio, StreamInfo
-from avssl.data.transforms import AudioTransform, AugmentSettings, VideoTransform
+from avssl.data.transforms import AugmentSettings, VideoTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_VIDEO, VIDEO, AudioView, ViewSpec
 
 
@@ -60,15 +60,14 @@ def shifted_window_start(
 
 class ViewSampler:
     """Decode the views of ``spec`` from one sample; training draws random windows and
-    augments, evaluation takes ``clips_per_video`` evenly spaced windows and does not."""
+    crops at random, evaluation takes ``clips_per_video`` evenly spaced windows and centre
+    crops. Yields uint8 video and 1×N waveforms: :class:`~avssl.data.transforms.BatchTransform`
+    finishes the batch on the device."""
 
     def __init__(self, spec: ViewSpec, train: bool, augment: AugmentSettings = AugmentSettings()) -> None:
         self.spec = spec
         self.train = train
         self.video_transform = VideoTransform(spec.video.size, train, augment) if spec.video else None
-        self.audio_transforms = {
-            name: AudioTransform(spec.mel, train, augment, view.representation) for name, view in spec.audio.items()
-        }
 
     def _anchor_extent(self) -> tuple[float, float]:
         """Extent of the video window and its aligned audio relative to the video start."""
@@ -129,7 +128,6 @@ class ViewSampler:
         sample[T_VIDEO] = torch.tensor(t_video, dtype=torch.float32)
         video_seconds = self.spec.video.seconds if self.spec.video else 0.0
         aligned_start: float | None = None
-        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         for name, view in self.spec.audio.items():
             if view.offset == "aligned":
                 audio_start = t_video + (video_seconds - view.seconds) / 2
@@ -140,7 +138,7 @@ class ViewSampler:
                 if audio_start is None:
                     raise DecodeError(f"too short for a {view.offset} window of {view.seconds}s")
             waveform = reader.read_audio(audio_start, view.seconds, self.spec.mel.sample_rate)
-            sample[name] = self.audio_transforms[name](torch.from_numpy(waveform), generator)
+            sample[name] = torch.from_numpy(waveform).unsqueeze(0)  # 1×N; log-mel on the device batch
             sample["t_" + name] = torch.tensor(audio_start, dtype=torch.float32)
         return sample
 

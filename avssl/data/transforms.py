@@ -1,7 +1,7 @@
 """Augmentations and input normalisation (torchvision v2 and torchaudio), on for training
 and off for evaluation. The same crop, flip and colour jitter apply to every frame of a
-clip. Geometry runs in the loader workers on uint8; colour and normalisation run on the
-batch once it is on the device.
+clip. Geometry runs in the loader workers on uint8; colour, normalisation, audio gain,
+log-mel and masking run on the batch once it is on the device (:class:`BatchTransform`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torchaudio
 from torchvision.transforms import v2
 
-from avssl.data.views import MelSettings
+from avssl.data.views import VIDEO, MelSettings, ViewSpec
 
 # Kinetics-400 statistics used by torchvision's video models.
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
@@ -83,16 +83,23 @@ class VideoBatchTransform(torch.nn.Module):
         return (x - mean) / std
 
 
-class AudioTransform:
-    """Mono waveform (N,) → log-mel 1×F×Ta, or the waveform 1×N; gain and masks in training."""
+class AudioBatchTransform(torch.nn.Module):
+    """Device side: mono waveforms B×1×N float → random gain (training, per clip) → log-mel
+    B×1×F×Ta with time and frequency masks (training, per clip), or the gained waveform
+    B×1×N for ``representation="waveform"``.
+
+    Batched on the device rather than per clip in the workers: one STFT for the batch,
+    free on a GPU, and on the CPU it takes a sixth of a worker's time off every clip
+    (docs/benchmarks.md). Call it once per batch (the gain is random).
+    """
 
     def __init__(
-        self, mel: MelSettings, train: bool, settings: AugmentSettings = AugmentSettings(), representation: str = "logmel"
+        self, mel: MelSettings, settings: AugmentSettings = AugmentSettings(), representation: str = "logmel"
     ) -> None:
-        self.train = train
+        super().__init__()
         self.settings = settings
         self.representation = representation
-        self.mel_settings = mel
+        self.log_offset = mel.log_offset
         self.melspec = torchaudio.transforms.MelSpectrogram(
             sample_rate=mel.sample_rate,
             n_fft=mel.n_fft,
@@ -100,19 +107,45 @@ class AudioTransform:
             hop_length=int(round(mel.hop_seconds * mel.sample_rate)),
             n_mels=mel.n_mels,
         )
-        self.masks: list[torch.nn.Module] = []
-        if train:
-            self.masks += [torchaudio.transforms.TimeMasking(settings.time_mask_frames)] * settings.time_masks
-            self.masks += [torchaudio.transforms.FrequencyMasking(settings.freq_mask_bins)] * settings.freq_masks
 
-    def __call__(self, waveform: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.train and self.settings.audio_gain_db > 0:
-            u = torch.rand((), generator=generator) * 2 - 1
-            waveform = waveform * 10 ** (u * self.settings.audio_gain_db / 20)
+    def forward(self, waveform: torch.Tensor, train: bool) -> torch.Tensor:
+        if waveform.dim() != 3:
+            raise ValueError(f"expected waveforms B×1×N, got shape {tuple(waveform.shape)}")
+        s = self.settings
+        if train and s.audio_gain_db > 0:
+            u = torch.rand(waveform.shape[0], 1, 1, device=waveform.device) * 2 - 1
+            waveform = waveform * 10 ** (u * s.audio_gain_db / 20)
         if self.representation == "waveform":
-            return waveform.unsqueeze(0)
-        logmel = torch.log(self.melspec(waveform) + self.mel_settings.log_offset).unsqueeze(0)
-        fill = logmel.mean()  # masked bins take the clip's mean level, not log-energy 0
-        for mask in self.masks:
-            logmel = mask(logmel, mask_value=float(fill))
-        return logmel
+            return waveform
+        logmel = torch.log(self.melspec(waveform) + self.log_offset)  # B×1×F×Ta
+        if not train:
+            return logmel
+        # Masked bins take each clip's mean level (not log-energy 0): mask the centred map.
+        level = logmel.mean(dim=(-2, -1), keepdim=True)
+        centred = logmel - level
+        for axis, count, width in ((3, s.time_masks, s.time_mask_frames), (2, s.freq_masks, s.freq_mask_bins)):
+            for _ in range(count if width > 0 else 0):
+                centred = torchaudio.functional.mask_along_axis_iid(centred, width, 0.0, axis)
+        return centred + level
+
+
+class BatchTransform(torch.nn.Module):
+    """Finishes a loader batch on the device, for every view of a :class:`ViewSpec`:
+    ``video`` through :class:`VideoBatchTransform`, each audio view through
+    :class:`AudioBatchTransform`. The one place a batch becomes the batch contract."""
+
+    def __init__(self, spec: ViewSpec, settings: AugmentSettings = AugmentSettings()) -> None:
+        super().__init__()
+        self.video = VideoBatchTransform(settings)
+        self.audio = torch.nn.ModuleDict(
+            {name: AudioBatchTransform(spec.mel, settings, view.representation) for name, view in spec.audio.items()}
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
+        batch = dict(batch)
+        if VIDEO in batch:
+            batch[VIDEO] = self.video(batch[VIDEO], train=train)
+        for name, transform in self.audio.items():
+            if name in batch:
+                batch[name] = transform(batch[name], train=train)
+        return batch

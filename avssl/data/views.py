@@ -5,10 +5,7 @@ A batch is a dict of tensors with these names:
 =================  ==========================  ===========================================
 key                shape / dtype               meaning
 =================  ==========================  ===========================================
-``video``          B×C×T×H×W float32           normalised frames (C=3); the loader yields
-                                               uint8, finished on the device by
-                                               ``VideoBatchTransform`` (AVDataModule does it
-                                               in ``on_after_batch_transfer``)
+``video``          B×C×T×H×W float32           normalised frames (C=3)
 ``audio``          B×1×F×Ta float32            log-mel of the aligned audio window, or
                    B×1×N float32               the waveform (``representation="waveform"``)
 ``<name>``         as ``audio``                each extra audio view a task declares
@@ -22,6 +19,11 @@ key                shape / dtype               meaning
 ``skipped``        1 int64                     corrupt samples skipped by the worker since
                                                its previous batch (for per-epoch logging)
 =================  ==========================  ===========================================
+
+The loader's workers yield ``video`` as uint8 and every audio view as a B×1×N waveform;
+:class:`~avssl.data.transforms.BatchTransform` finishes them on the device (colour jitter,
+normalisation, gain, log-mel, masks): AVDataModule does it in ``on_after_batch_transfer``,
+feature extraction right after loading. A task only ever sees finished batches.
 
 A task declares a :class:`ViewSpec`; the data module decodes exactly those windows, so no
 task decodes video itself.

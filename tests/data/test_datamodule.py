@@ -10,6 +10,7 @@ import torch
 
 from avssl.data.datamodule import ShardList, ShardStream, make_loader, slice_bounds
 from avssl.data.sampling import ViewSampler, shifted_window_start
+from avssl.data.transforms import BatchTransform
 from avssl.data.views import AudioView, VideoView, ViewSpec
 from tests.conftest import flash_click_clip, write_test_shards
 
@@ -79,7 +80,10 @@ def test_shard_order_changes_with_epoch_and_is_shared_by_ranks(shards: Path) -> 
 def test_batch_contract(shards: Path) -> None:
     batch = next(iter(make_loader(_stream(shards, 0, 1, 0, train=True), 0)))
     assert batch["video"].shape == (3, 3, 2, 32, 32) and batch["video"].dtype == torch.uint8
-    assert batch["audio"].shape == (3, 1, 64, 51)
+    assert batch["audio"].shape == (3, 1, 8000) and batch["audio"].dtype == torch.float32  # waveform
+    finished = BatchTransform(SPEC)(batch, train=True)
+    assert finished["video"].shape == (3, 3, 2, 32, 32) and finished["video"].dtype == torch.float32
+    assert finished["audio"].shape == (3, 1, 64, 51)
     assert batch["index"].dtype == torch.int64 and batch["label"].dtype == torch.int64
     assert set(batch) >= {"t_video", "t_audio", "clip", "skipped"}
     # the aligned audio window is centred on the video window

@@ -1,10 +1,12 @@
 """Augmentations: geometry in the worker on uint8, colour and normalisation on the batch."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD, AugmentSettings, AudioTransform, VideoBatchTransform, VideoTransform
-from avssl.data.views import MelSettings
+from avssl.data.transforms import (VIDEO_MEAN, VIDEO_STD, AudioBatchTransform, AugmentSettings, BatchTransform,
+                                   VideoBatchTransform, VideoTransform)
+from avssl.data.views import AudioView, MelSettings, VideoView, ViewSpec
 
 
 def _clip(t: int = 4) -> torch.Tensor:
@@ -46,15 +48,46 @@ def test_colour_jitter_differs_between_clips_not_frames_and_is_off_at_eval() -> 
 
 
 def test_audio_gain_shifts_logmel_by_a_constant_and_masks_only_in_training() -> None:
-    wave = torch.randn(16000) * 0.1
+    torch.manual_seed(0)
+    wave = torch.randn(2, 1, 16000) * 0.1
     mel = MelSettings()
-    plain = AudioTransform(mel, train=False)(wave)
-    assert plain.shape == (1, 64, 101)
-    louder = AudioTransform(mel, train=False)(wave * 2)
+    plain = AudioBatchTransform(mel)(wave, train=False)
+    assert plain.shape == (2, 1, 64, 101)
+    louder = AudioBatchTransform(mel)(wave * 2, train=False)
     torch.testing.assert_close(louder - plain, torch.full_like(plain, 2 * torch.log(torch.tensor(2.0)).item()),
                                atol=1e-3, rtol=0)
     settings = AugmentSettings(audio_gain_db=0.0, time_masks=1, time_mask_frames=30, freq_masks=0)
-    masked = AudioTransform(mel, train=True, settings=settings)(wave, torch.Generator().manual_seed(0))
-    filled = masked == plain.mean()
+    masked = AudioBatchTransform(mel, settings)(wave, train=True)
+    level = plain.mean(dim=(-2, -1), keepdim=True)
+    filled = torch.isclose(masked, level.expand_as(masked), atol=1e-5, rtol=0)
     assert filled.any(), "masked bins take the clip's mean level"
     torch.testing.assert_close(masked[~filled], plain[~filled])
+    columns = [set(torch.nonzero(filled[b, 0].all(dim=0)).flatten().tolist()) for b in range(2)]
+    assert columns[0] != columns[1], "each clip draws its own mask"
+    assert all(filled[b, 0].all(dim=0).sum() == filled[b, 0].any(dim=0).sum() for b in range(2)), "time masks span all bins"
+
+
+def test_audio_gain_is_per_clip_and_off_at_eval() -> None:
+    torch.manual_seed(0)
+    wave = torch.ones(3, 1, 100)
+    transform = AudioBatchTransform(MelSettings(), AugmentSettings(audio_gain_db=6.0), representation="waveform")
+    gained = transform(wave, train=True)
+    gains = gained[:, 0, 0]
+    assert len(set(gains.tolist())) == 3 and bool(((gains >= 10 ** (-6 / 20)) & (gains <= 10 ** (6 / 20))).all())
+    torch.testing.assert_close(gained, gains.view(3, 1, 1).expand(3, 1, 100))
+    torch.testing.assert_close(transform(wave, train=False), wave)
+
+
+def test_batch_transform_finishes_every_view_of_the_spec() -> None:
+    spec = ViewSpec(video=VideoView(num_frames=2, size=8),
+                    audio={"audio": AudioView(seconds=0.5), "audio_hard": AudioView(seconds=0.5, offset="shifted"),
+                           "audio_wave": AudioView(seconds=0.5, representation="waveform")})
+    batch = {"video": torch.zeros(4, 3, 2, 8, 8, dtype=torch.uint8), "index": torch.arange(4),
+             **{name: torch.randn(4, 1, 8000) for name in spec.audio}}
+    out = BatchTransform(spec)(batch, train=False)
+    assert out["video"].dtype == torch.float32
+    assert out["audio"].shape == out["audio_hard"].shape == (4, 1, 64, 51)
+    torch.testing.assert_close(out["audio_wave"], batch["audio_wave"])
+    assert out["index"] is batch["index"]
+    with pytest.raises(ValueError, match="expected waveforms B×1×N"):
+        BatchTransform(spec)({"audio": torch.zeros(4, 8000)}, train=False)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from avssl.tasks.pretext.avc import PairwiseFusion, balanced_pair_bce, paired_negative_permutation
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def _bce(logit: float, target: float) -> float:
@@ -53,3 +56,33 @@ def test_paired_negatives_come_from_other_videos() -> None:
     assert torch.all(index[partner] != index)
     distinct = torch.arange(5)
     torch.testing.assert_close(paired_negative_permutation(distinct), torch.roll(distinct, 1))
+
+
+def _avc(**task: object) -> torch.nn.Module:
+    from omegaconf import OmegaConf
+
+    from avssl.config import load_recipe
+    from avssl.tasks.pretext.avc import AVC
+
+    overrides = [f"task.{key}={value}" for key, value in task.items()]
+    config = load_recipe(RECIPES / "synth" / "avc_small.yaml", overrides)
+    return AVC(OmegaConf.to_container(config, resolve=True))
+
+
+def test_embedding_batchnorm_makes_the_loss_blind_to_embedding_offset_and_scale() -> None:
+    torch.manual_seed(0)
+    model = _avc(embedding_norm="batchnorm").train()
+    video, audio, index = torch.rand(8, 128), torch.rand(8, 128), torch.arange(8)
+    loss, _ = model.correspondence(video, audio, index, "in_batch")
+    shifted, _ = model.correspondence(3 * video + 5, 0.5 * audio - 2, index, "in_batch")
+    assert shifted.item() == pytest.approx(loss.item(), rel=1e-4)
+    plain = _avc(embedding_norm="none").train()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    base, _ = plain.correspondence(video, audio, index, "in_batch")
+    moved, _ = plain.correspondence(3 * video + 5, 0.5 * audio - 2, index, "in_batch")
+    assert moved.item() != pytest.approx(base.item(), rel=1e-2)
+
+
+def test_unknown_embedding_norm_is_an_error() -> None:
+    with pytest.raises(ValueError, match="embedding_norm must be batchnorm or none"):
+        _avc(embedding_norm="layernorm")

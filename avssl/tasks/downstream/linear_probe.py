@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
 from avssl.data.sampling import ViewSampler
-from avssl.data.transforms import VideoBatchTransform
+from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, VIDEO
 
 MODALITIES = ("video", "audio", "both")
@@ -94,15 +94,14 @@ def extract_features(
     inputs = {"video": VIDEO, "audio": AUDIO}
     for module in encoders.values():
         module.eval().to(device)
-    finish_video = VideoBatchTransform().to(device)
+    finish = BatchTransform(views).to(device)
     for batch in tqdm(make_loader(stream, data.num_workers), desc=f"features {split}", unit="batch",
                       total=len(stream), leave=False):
-        if VIDEO in batch:
-            batch[VIDEO] = finish_video(batch[VIDEO].to(device), train=False)
+        batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)
         for modality, module in encoders.items():
             outputs[modality].append(module(batch[inputs[modality]].to(device)).float().cpu().numpy())
         for key in meta:
-            meta[key].append(batch[key].numpy())
+            meta[key].append(batch[key].cpu().numpy())
     features = Features({m: np.concatenate(v) for m, v in outputs.items()},
                         *(np.concatenate(meta[k]) for k in (LABEL, INDEX, CLIP)))
     if path is not None:

@@ -13,6 +13,12 @@ cross-entropy. Negatives (``task.negatives``):
 
 Pairs of two clips of the same video (same ``index``, e.g. padding repeats) are never
 used as negatives.
+
+``task.embedding_norm: batchnorm`` (default) standardises each modality's pooled
+embedding (BatchNorm1d) before the head. The pooled embeddings of ReLU networks are all
+positive with a large shared mean, which leaves the head's logits nearly constant across
+pairs at first; on the synthetic set the standardised version leaves the loss plateau
+about twice as fast (docs/methods/avc.md). ``none`` is the paper's head as published.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ class AVCConfig(TaskConfig):
     head: str = "l3"  # l3 (concatenate → MLP, L³-Net) | distance (AVE-Net, METHODS.md §1.5)
     fusion_hidden: int = 128
     embedding_dim: int = 128  # the distance head's projection size
+    embedding_norm: str = "batchnorm"  # batchnorm | none: standardise each embedding before the head
 
 
 class DistanceHead(nn.Module):
@@ -121,6 +128,13 @@ class AVC(PretextTask):
         if cfg.negatives not in ("paired", "in_batch"):
             raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
         dims = (self.video_encoder.embedding_dim, self.audio_encoder.embedding_dim)
+        if cfg.embedding_norm == "batchnorm":
+            self.video_norm: nn.Module = nn.BatchNorm1d(dims[0])
+            self.audio_norm: nn.Module = nn.BatchNorm1d(dims[1])
+        elif cfg.embedding_norm == "none":
+            self.video_norm, self.audio_norm = nn.Identity(), nn.Identity()
+        else:
+            raise ValueError(f"task.embedding_norm must be batchnorm or none, got {cfg.embedding_norm!r}")
         if cfg.head == "l3":
             self.fusion: nn.Module = PairwiseFusion(*dims, cfg.fusion_hidden)
         elif cfg.head == "distance":
@@ -133,7 +147,8 @@ class AVC(PretextTask):
 
     def correspondence(self, video: torch.Tensor, audio: torch.Tensor, index: torch.Tensor, negatives: str
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, balanced accuracy) of one batch of embeddings."""
+        """(loss, balanced accuracy) of one batch of encoder embeddings."""
+        video, audio = self.video_norm(video), self.audio_norm(audio)
         if negatives == "in_batch":
             logits = self.fusion.all_pairs(video, audio)
             same = index[:, None] == index[None, :]
