@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avssl.tasks.pretext.avc import PairwiseFusion, balanced_pair_bce, paired_negative_permutation
+from avssl.tasks.pretext.avc import PairwiseFusion, balanced_pair_bce
+from avssl.tasks.pretext.base import paired_negative_permutation
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

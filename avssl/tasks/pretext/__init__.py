@@ -4,9 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from avssl.tasks.pretext.avc import AVC
+from avssl.tasks.pretext.avid import AVID
+from avssl.tasks.pretext.avts import AVTS
 from avssl.tasks.pretext.base import PretextTask
 
-PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC}
+PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid": AVID}
 
 
 def build_pretext_task(config: dict[str, Any]) -> PretextTask:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.tasks.pretext.base import PretextTask, TaskConfig
+from avssl.tasks.pretext.base import PretextTask, TaskConfig, paired_negative_permutation
 
 
 @dataclass
@@ -103,18 +103,6 @@ def balanced_pair_bce(logits: torch.Tensor, same_instance: torch.Tensor) -> torc
         return loss_pos
     loss_neg = F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
     return 0.5 * (loss_pos + loss_neg)
-
-
-def paired_negative_permutation(index: torch.Tensor) -> torch.Tensor:
-    """For each row, another row of a different instance (shift by one, then fix ties)."""
-    batch = index.shape[0]
-    partner = torch.roll(torch.arange(batch, device=index.device), 1)
-    for shift in range(2, batch):
-        clash = index[partner] == index
-        if not clash.any():
-            break
-        partner = torch.where(clash, torch.roll(torch.arange(batch, device=index.device), shift), partner)
-    return partner
 
 
 class AVC(PretextTask):

@@ -90,3 +90,15 @@ class PretextTask(pl.LightningModule):
         if SKIPPED in batch:
             self.log(f"{stage}/skipped_samples", batch[SKIPPED].sum().float(), reduce_fx="sum",
                      on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+
+
+def paired_negative_permutation(index: torch.Tensor) -> torch.Tensor:
+    """For each row, another row of a different instance (shift by one, then fix ties)."""
+    batch = index.shape[0]
+    partner = torch.roll(torch.arange(batch, device=index.device), 1)
+    for shift in range(2, batch):
+        clash = index[partner] == index
+        if not clash.any():
+            break
+        partner = torch.where(clash, torch.roll(torch.arange(batch, device=index.device), shift), partner)
+    return partner

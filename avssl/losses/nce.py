@@ -1,0 +1,129 @@
+"""Noise-contrastive estimation with a memory bank (Wu et al. 2018), as AVID uses it
+(METHODS.md §3.1), and the memory bank itself.
+
+With a fixed normaliser Z and K noise samples, a score s = xᵀm/τ has
+
+    P(data | s) = e^s / (e^s + K·Z),    P(noise | s) = K·Z / (e^s + K·Z),
+
+and the loss of one query is −mean_p log P(data | s⁺_p) − Σ_j log P(noise | s⁻_j). In
+log-space: −log P(data | s) = softplus(log KZ − s), −log P(noise | s) = softplus(s − log KZ),
+which stays finite for any score.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.losses.distributed import all_reduce_sum, gather
+
+
+def nce_loss(positive: torch.Tensor, negative: torch.Tensor, log_z: torch.Tensor | float) -> torch.Tensor:
+    """NCE loss, averaged over the batch.
+
+    positive: B×P scores (P ≥ 1 positives per query; their terms are averaged);
+    negative: B×K noise scores (summed); ``log_z``: log of the normaliser Z. The noise
+    ratio is K = ``negative.shape[1]``.
+    """
+    if positive.dim() == 1:
+        positive = positive[:, None]
+    log_noise = math.log(negative.shape[1]) + torch.as_tensor(log_z, dtype=positive.dtype, device=positive.device)
+    pos_term = F.softplus(log_noise - positive).mean(dim=1)
+    neg_term = F.softplus(negative - log_noise).sum(dim=1)
+    return (pos_term + neg_term).mean()
+
+
+class NCENormaliser(nn.Module):
+    """Z, estimated once from the first batch's noise scores (mean of e^s⁻ over the
+    batch and every rank), then fixed and saved in the checkpoint (METHODS.md §3.1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("log_z", torch.tensor(float("nan"), dtype=torch.float64))
+
+    @property
+    def is_set(self) -> bool:
+        return not bool(torch.isnan(self.log_z))
+
+    @torch.no_grad()
+    def forward(self, negative: torch.Tensor) -> torch.Tensor:
+        if not self.is_set:
+            total = all_reduce_sum(torch.stack([negative.double().exp().sum(),
+                                                torch.tensor(negative.numel(), dtype=torch.float64,
+                                                             device=negative.device)]))
+            self.log_z.fill_(float(torch.log(total[0] / total[1])))
+        return self.log_z.float()
+
+
+class MemoryBank(nn.Module):
+    """One L2-normalised D-dim slot per training instance, keyed by the shard ``index``,
+    updated with momentum: M[i] ← normalise(m·M[i] + (1−m)·x̄ᵢ)."""
+
+    def __init__(self, num_instances: int, dim: int, momentum: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        if num_instances < 2:
+            raise ValueError(f"a memory bank needs at least 2 instances, got {num_instances}")
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("bank", F.normalize(torch.randn(num_instances, dim, generator=generator), dim=1))
+        self.momentum = momentum
+
+    @property
+    def num_instances(self) -> int:
+        return self.bank.shape[0]
+
+    def check_index(self, index: torch.Tensor) -> None:
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_instances):
+            raise IndexError(
+                f"instance index out of range [0, {self.num_instances}): got {int(index.min())}..{int(index.max())}; "
+                "is task.num_instances the size of the training split?"
+            )
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Momentum update with this step's embeddings of every rank (gathered here).
+        Several clips of one instance in a step: each is applied in turn."""
+        index, embeddings = gather(index), gather(F.normalize(embeddings.detach(), dim=1))
+        self.check_index(index)
+        if torch.unique(index).numel() == index.numel():
+            mixed = self.momentum * self.bank[index] + (1 - self.momentum) * embeddings.to(self.bank.dtype)
+            self.bank[index] = F.normalize(mixed, dim=1)
+            return
+        for i, x in zip(index.tolist(), embeddings.to(self.bank.dtype)):
+            self.bank[i] = F.normalize(self.momentum * self.bank[i] + (1 - self.momentum) * x, dim=0)
+
+    def sample_negatives(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """B×k indices drawn uniformly from all instances except each query's own."""
+        return sample_excluding(index[:, None], self.num_instances, k, generator)
+
+
+def sample_excluding(excluded: torch.Tensor, num_instances: int, k: int, generator: torch.Generator | None = None,
+                     *, total_rows: int | None = None, row_offset: int = 0) -> torch.Tensor:
+    """B×k indices uniform over [0, N) minus each row's ``excluded`` set (B×m, sorted,
+    distinct): draw from the N − m others and map past the excluded ones in closed form.
+
+    For a rank's share of a global batch, pass ``total_rows`` (global B) and
+    ``row_offset``: the draw is made for every row and sliced, so the numbers a row gets
+    do not depend on how the batch is split over ranks.
+    """
+    b, m = excluded.shape
+    rows = total_rows if total_rows is not None else b
+    draw = torch.randint(0, num_instances - m, (rows, k), generator=generator)[row_offset:row_offset + b]
+    draw = draw.to(excluded.device)
+    shifted = excluded - torch.arange(m, device=excluded.device)  # e_j − j: each excluded one below skips one
+    return draw + (shifted[:, None, :] <= draw[:, :, None]).sum(-1)
+
+
+def cross_modal_scores(query: torch.Tensor, bank: MemoryBank, positive_index: torch.Tensor,
+                       negative_index: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of normalised queries against bank slots: (B×P positives, B×K negatives)."""
+    q = F.normalize(query, dim=1)
+    if positive_index.dim() == 1:
+        positive_index = positive_index[:, None]
+    pos = torch.einsum("bd,bpd->bp", q, bank.bank[positive_index].to(q.dtype)) / temperature
+    neg = torch.einsum("bd,bkd->bk", q, bank.bank[negative_index].to(q.dtype)) / temperature
+    return pos, neg
+
+
+__all__ = ["nce_loss", "NCENormaliser", "MemoryBank", "cross_modal_scores", "sample_excluding"]

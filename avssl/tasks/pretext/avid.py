@@ -1,0 +1,170 @@
+"""AVID + CMA: cross-modal instance discrimination with memory banks, then cross-modal
+agreement positives (Morgado, Vasconcelos, Misra 2021; METHODS.md §3.1–3.2).
+
+AVID: each modality's embedding → projection MLP → 128-d, L2-normalised. Two memory banks
+(video, audio) hold one slot per training video, keyed by the shard ``index`` and updated
+with momentum from every rank's embeddings. The loss is NCE with a fixed normaliser Z
+(estimated on the first batch) over K negatives drawn uniformly from the other slots,
+cross-modal: video queries against the audio bank and audio queries against the video
+bank, ½ each. The objective is written once (``_instance_term``) and applied both ways.
+
+CMA (from ``task.cma_start_epoch``): every ``task.cma_resample_epochs`` epochs, each
+instance's positive set P_i is the top-k of ρ(i, j) = min(video cosine, audio cosine)
+between bank slots (agreement in both spaces); the loss becomes ½·AVID + ½·positive-set
+NCE, within-modal (video query against video-bank positives P_i and negatives outside
+P_i ∪ {i}, likewise audio). The paper runs CMA as a second run loading the AVID
+checkpoint (weights, banks, Z); here both phases are one run with a switch epoch, which
+keeps that state by construction.
+
+Negatives are drawn from a generator seeded by (seed, global step) for the global batch
+and sliced per rank, so N ranks × B clips draw exactly what one process with N·B clips
+draws (the 1-vs-2-process test relies on it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.data.datamodule import ShardList
+from avssl.data.views import AUDIO, INDEX, VIDEO
+from avssl.losses.distributed import rank, world_size
+from avssl.losses.nce import MemoryBank, NCENormaliser, cross_modal_scores, nce_loss, sample_excluding
+from avssl.models.heads import MLP
+from avssl.tasks.pretext.base import PretextTask, TaskConfig
+
+
+@dataclass
+class AVIDConfig(TaskConfig):
+    name: str = "avid"
+    projection_hidden: int = 512  # MLP [D, hidden, dim] (paper: [512, 512, 128])
+    embedding_dim: int = 128
+    temperature: float = 0.07
+    num_negatives: int = 1024
+    bank_momentum: float = 0.5
+    num_instances: int | None = None  # memory slots; None: the training split's size from the manifest
+    cma_start_epoch: int | None = None  # None: AVID only
+    cma_positives: int = 32
+    cma_negatives: int = 64
+    cma_resample_epochs: int = 5
+    cma_chunk: int = 1024  # queries per block when computing agreement (memory: chunk × N)
+
+
+def agreement_positives(video_bank: torch.Tensor, audio_bank: torch.Tensor, k: int, chunk: int = 1024
+                        ) -> torch.Tensor:
+    """N×k indices: for each slot, the k others with the highest min(video cos, audio cos)
+    (CMA's "consensus" agreement), sorted ascending by index. Exhaustive, in blocks."""
+    n = video_bank.shape[0]
+    if not 0 < k < n:
+        raise ValueError(f"cma_positives must lie in (0, {n}), got {k}")
+    out = torch.empty(n, k, dtype=torch.long, device=video_bank.device)
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(start + chunk, n), device=video_bank.device)
+        rho = torch.minimum(video_bank[rows] @ video_bank.T, audio_bank[rows] @ audio_bank.T)
+        rho[torch.arange(rows.numel()), rows] = -float("inf")  # never yourself
+        out[rows] = rho.topk(k, dim=1).indices.sort(dim=1).values
+    return out
+
+
+class AVID(PretextTask):
+    config_class = AVIDConfig
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        if self.video_encoder is None or self.audio_encoder is None:
+            raise ValueError("AVID needs both a video and an audio encoder (model.video_encoder, model.audio_encoder)")
+        cfg: AVIDConfig = self.task_config
+        if cfg.num_instances is None:
+            cfg.num_instances = ShardList.from_manifest(self.data_config.shards, self.data_config.train_split).num_samples
+            self.hparams["config"].setdefault("task", {})["num_instances"] = cfg.num_instances  # self-contained ckpt
+        if cfg.num_negatives >= cfg.num_instances:
+            raise ValueError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
+                             f"instances ({cfg.num_instances})")
+        dims = [cfg.projection_hidden, cfg.embedding_dim]
+        self.video_head = MLP([self.video_encoder.embedding_dim, *dims])
+        self.audio_head = MLP([self.audio_encoder.embedding_dim, *dims])
+        seed = int(config.get("seed", 0))
+        self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed)
+        self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed + 1)
+        self.normalisers = nn.ModuleDict({name: NCENormaliser() for name in ("v2a", "a2v", "v2v", "a2a")})
+        self.register_buffer("positives", torch.zeros(0, cfg.cma_positives, dtype=torch.long))
+        self.seed = seed
+
+    # -- state that changes shape (positive sets appear when CMA starts) ------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored = checkpoint["state_dict"].get("positives")
+        if stored is not None:
+            self.positives = torch.zeros_like(stored)
+
+    @property
+    def cma_active(self) -> bool:
+        start = self.task_config.cma_start_epoch
+        return start is not None and self.current_epoch >= start
+
+    def on_train_epoch_start(self) -> None:
+        cfg: AVIDConfig = self.task_config
+        if not self.cma_active:
+            return
+        if self.positives.numel() == 0 or (self.current_epoch - cfg.cma_start_epoch) % cfg.cma_resample_epochs == 0:
+            # Banks are identical on every rank (updates gather), so is this.
+            self.positives = agreement_positives(self.video_bank.bank, self.audio_bank.bank, cfg.cma_positives,
+                                                 cfg.cma_chunk)
+
+    # -- loss -------------------------------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
+
+    def _instance_term(self, query: torch.Tensor, bank: MemoryBank, index: torch.Tensor, negatives: torch.Tensor,
+                       normaliser: NCENormaliser) -> torch.Tensor:
+        pos, neg = cross_modal_scores(query, bank, index, negatives, self.task_config.temperature)
+        return nce_loss(pos, neg, normaliser(neg))
+
+    def losses(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms for one rank's projected embeddings (B×dim each) and indices."""
+        cfg: AVIDConfig = self.task_config
+        self.video_bank.check_index(index)
+        generator = self._generator()
+        split = {"total_rows": v.shape[0] * world_size(), "row_offset": v.shape[0] * rank()}
+        negatives = sample_excluding(index[:, None], cfg.num_instances, cfg.num_negatives, generator, **split)
+        terms = {
+            "xid": 0.5 * (self._instance_term(v, self.audio_bank, index, negatives, self.normalisers["v2a"])
+                          + self._instance_term(a, self.video_bank, index, negatives, self.normalisers["a2v"])),
+        }
+        if self.cma_active:
+            positives = self.positives[index]  # B×k, sorted
+            excluded = torch.sort(torch.cat([positives, index[:, None]], dim=1), dim=1).values
+            within = sample_excluding(excluded, cfg.num_instances, cfg.cma_negatives, generator, **split)
+            terms["cma"] = 0.5 * (
+                self._instance_term(v, self.video_bank, positives, within, self.normalisers["v2v"])
+                + self._instance_term(a, self.audio_bank, positives, within, self.normalisers["a2a"]))
+        return terms
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        video_features = self.video_encoder(batch[VIDEO])
+        audio_features = self.audio_encoder(batch[AUDIO])
+        v, a = self.video_head(video_features), self.audio_head(audio_features)
+        index = batch[INDEX]
+        terms = self.losses(v, a, index)
+        loss = terms["xid"] if "cma" not in terms else 0.5 * (terms["xid"] + terms["cma"])
+        self.video_bank.update(index, v)
+        self.audio_bank.update(index, a)
+        size = v.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_epoch=True, batch_size=size)
+        self.log_skipped(batch, "train")
+        return {"loss": loss, "terms": {k: t.detach() for k, t in terms.items()},
+                "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Held-out cross-modal retrieval within the batch: is a clip's own audio the
+        nearest of the batch's audio to its video (and vice versa)?"""
+        v = F.normalize(self.video_head(self.video_encoder(batch[VIDEO])), dim=1)
+        a = F.normalize(self.audio_head(self.audio_encoder(batch[AUDIO])), dim=1)
+        similarity = v @ a.T
+        target = torch.arange(v.shape[0], device=v.device)
+        accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean() + (similarity.argmax(0) == target).float().mean())
+        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
+        self.log_skipped(batch, "val")

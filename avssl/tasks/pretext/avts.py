@@ -1,0 +1,169 @@
+"""AVTS: audio-visual temporal synchronisation with curriculum negatives (Korbar et al.
+2018, METHODS.md §2).
+
+Is this audio in sync with this video? Each modality's embedding goes through a small
+projection head and is L2-normalised; pairs are scored by their distance d and trained
+with the contrastive margin loss (``avssl.losses.contrastive``). Every batch has one
+positive per clip (its aligned audio) and one negative per clip:
+
+* easy: the audio of another video of the batch (the AVC negative);
+* hard: the same video's audio at a time that does not overlap the aligned window
+  (the ``audio_hard`` view, decoded by the data module because the task declares it);
+* super-hard (``task.super_hard``, off by default: the paper found they hurt): the same
+  video's audio partly overlapping the aligned window (``audio_superhard``).
+
+The share of hard negatives is set by the :class:`AVTSCurriculum` callback: 0 until
+``task.hard_start_epoch``, then ``task.hard_fraction`` (paper: about 25 % hard, 75 % easy,
+positives kept at 50 %). Validation reports synchronisation accuracy: given a video
+window and two audio windows of the same video, one aligned and one shifted by at least
+``task.min_shift_seconds``, is the aligned one closer?
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from avssl.data.views import AUDIO, INDEX, VIDEO, AudioView
+from avssl.losses.contrastive import embedding_distance, margin_contrastive_loss
+from avssl.models.heads import MLP
+from avssl.tasks.pretext.base import PretextTask, TaskConfig, paired_negative_permutation
+
+HARD = "audio_hard"
+SUPER_HARD = "audio_superhard"
+
+
+@dataclass
+class AVTSConfig(TaskConfig):
+    name: str = "avts"
+    margin: float = 0.99  # η, on distances of L2-normalised embeddings (d ∈ [0, 2])
+    embedding_dim: int = 128
+    hard_start_epoch: int = 10  # curriculum: easy negatives only before this epoch
+    hard_fraction: float = 0.25  # share of the negatives that are hard once the curriculum switches
+    super_hard: bool = False
+    super_hard_fraction: float = 0.0  # share of the negatives that are super-hard (needs super_hard)
+    min_shift_seconds: float = 0.5  # hard negatives: at least this far (and never overlapping)
+
+
+class AVTSCurriculum(pl.Callback):
+    """Easy negatives only until ``hard_start_epoch``, then ``hard_fraction`` hard ones."""
+
+    def __init__(self, hard_start_epoch: int, hard_fraction: float, super_hard_fraction: float = 0.0) -> None:
+        if not 0 <= hard_fraction + super_hard_fraction <= 1:
+            raise ValueError("hard_fraction + super_hard_fraction must lie in [0, 1]")
+        self.hard_start_epoch = hard_start_epoch
+        self.hard_fraction = hard_fraction
+        self.super_hard_fraction = super_hard_fraction
+
+    def fractions(self, epoch: int) -> tuple[float, float]:
+        if epoch < self.hard_start_epoch:
+            return 0.0, 0.0
+        return self.hard_fraction, self.super_hard_fraction
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.hard_fraction, pl_module.super_hard_fraction = self.fractions(trainer.current_epoch)
+        pl_module.log("curriculum/hard_fraction", pl_module.hard_fraction, on_step=False, on_epoch=True)
+
+
+class AVTS(PretextTask):
+    config_class = AVTSConfig
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        if self.video_encoder is None or self.audio_encoder is None:
+            raise ValueError("AVTS needs both a video and an audio encoder (model.video_encoder, model.audio_encoder)")
+        cfg: AVTSConfig = self.task_config
+        if cfg.super_hard_fraction > 0 and not cfg.super_hard:
+            raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
+        self.video_head = MLP([self.video_encoder.embedding_dim, cfg.embedding_dim, cfg.embedding_dim], batchnorm=True)
+        self.audio_head = MLP([self.audio_encoder.embedding_dim, cfg.embedding_dim, cfg.embedding_dim], batchnorm=True)
+        self.hard_fraction = 0.0  # set each epoch by AVTSCurriculum
+        self.super_hard_fraction = 0.0
+
+    # -- views and callbacks ---------------------------------------------------------------
+    def extra_audio_views(self) -> dict[str, AudioView]:
+        cfg: AVTSConfig = self.task_config
+        seconds = self.data_config.audio.seconds
+        views = {HARD: AudioView(seconds=seconds, offset="shifted", min_shift_seconds=cfg.min_shift_seconds)}
+        if cfg.super_hard:
+            views[SUPER_HARD] = AudioView(seconds=seconds, offset="overlapping", min_shift_seconds=seconds / 4)
+        return views
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        cfg: AVTSConfig = self.task_config
+        return [AVTSCurriculum(cfg.hard_start_epoch, cfg.hard_fraction, cfg.super_hard_fraction)]
+
+    # -- model ----------------------------------------------------------------------------------
+    def embed_video(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.video_encoder(video)
+        return features, self.video_head(features)
+
+    def embed_audio(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.audio_encoder(audio)
+        return features, self.audio_head(features)
+
+    def negative_kinds(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Per clip: 0 easy, 1 hard, 2 super-hard negative, drawn at the current fractions."""
+        u = torch.rand(batch_size, device=device)
+        kinds = torch.zeros(batch_size, dtype=torch.long, device=device)
+        kinds[u < self.hard_fraction] = 1
+        kinds[(u >= self.hard_fraction) & (u < self.hard_fraction + self.super_hard_fraction)] = 2
+        return kinds
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        cfg: AVTSConfig = self.task_config
+        video_features, v = self.embed_video(batch[VIDEO])
+        size = v.shape[0]
+        kinds = self.negative_kinds(size, v.device)
+        sources = [batch[AUDIO]]
+        if bool((kinds == 1).any()):
+            sources.append(batch[HARD])
+        if bool((kinds == 2).any()):
+            sources.append(batch[SUPER_HARD])
+        audio_features_all, a_all = self.embed_audio(torch.cat(sources))  # one pass: BN sees every window
+        a = a_all[:size]
+        audio_features = audio_features_all[:size]
+        negatives = a[paired_negative_permutation(batch[INDEX])]  # easy: another video's audio
+        offset = size
+        for kind in (1, 2):
+            if bool((kinds == kind).any()):
+                chosen = kinds == kind
+                negatives = torch.where(chosen[:, None], a_all[offset:offset + size], negatives)
+                offset += size
+        d_pos = embedding_distance(v, a)
+        d_neg = embedding_distance(v, negatives)
+        distance = torch.cat([d_pos, d_neg])
+        in_sync = torch.cat([torch.ones(size, device=v.device), torch.zeros(size, device=v.device)])
+        loss = margin_contrastive_loss(distance, in_sync, cfg.margin)
+        threshold = cfg.margin / 2
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        self.log("train/accuracy_positive", (d_pos < threshold).float().mean(), on_epoch=True, batch_size=size)
+        for kind, name in ((0, "easy"), (1, "hard"), (2, "super_hard")):
+            chosen = kinds == kind
+            if bool(chosen.any()):
+                self.log(f"train/accuracy_{name}", (d_neg[chosen] >= threshold).float().mean(), on_epoch=True,
+                         batch_size=int(chosen.sum()))
+        self.log_skipped(batch, "train")
+        return {"loss": loss, "terms": {"margin": loss.detach()},
+                "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
+
+    def _sync_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        _, v = self.embed_video(batch[VIDEO])
+        size = v.shape[0]
+        _, a_both = self.embed_audio(torch.cat([batch[AUDIO], batch[HARD]]))
+        d_aligned, d_shifted = embedding_distance(v, a_both[:size]), embedding_distance(v, a_both[size:])
+        d_easy = embedding_distance(v, a_both[:size][paired_negative_permutation(batch[INDEX])])
+        threshold = self.task_config.margin / 2
+        self.log(f"{stage}/sync_accuracy", (d_aligned < d_shifted).float().mean(), prog_bar=True, sync_dist=True,
+                 batch_size=size)
+        accuracy = 0.5 * ((d_aligned < threshold).float().mean() + (d_easy >= threshold).float().mean())
+        self.log(f"{stage}/accuracy", accuracy, sync_dist=True, batch_size=size)
+        self.log_skipped(batch, stage)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._sync_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._sync_step(batch, "test")

@@ -1,0 +1,94 @@
+"""NCE against hand computation, the normaliser, the memory bank."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avssl.losses.nce import MemoryBank, NCENormaliser, cross_modal_scores, nce_loss
+
+
+def test_nce_value_by_hand() -> None:
+    pos = torch.tensor([2.0, -1.0])
+    neg = torch.tensor([[0.5, 1.0, -0.5], [0.0, 2.0, 1.0]])
+    z = 0.8
+    kz = 3 * z
+    expected = 0.0
+    for s_pos, row in zip(pos.tolist(), neg.tolist()):
+        expected += -math.log(math.exp(s_pos) / (math.exp(s_pos) + kz))
+        expected += sum(-math.log(kz / (math.exp(s) + kz)) for s in row)
+    expected /= 2
+    assert nce_loss(pos, neg, math.log(z)).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nce_gradient_by_hand() -> None:
+    # d/ds⁺ [−log e^s/(e^s+KZ)] = −KZ/(e^s+KZ);  d/ds⁻ [−log KZ/(e^s+KZ)] = e^s/(e^s+KZ)
+    pos = torch.tensor([0.3], requires_grad=True)
+    neg = torch.tensor([[1.2, -0.4]], requires_grad=True)
+    z = 1.5
+    nce_loss(pos, neg, math.log(z)).backward()
+    kz = 2 * z
+    assert pos.grad.item() == pytest.approx(-kz / (math.exp(0.3) + kz), rel=1e-6)
+    for s, g in zip((1.2, -0.4), neg.grad[0].tolist()):
+        assert g == pytest.approx(math.exp(s) / (math.exp(s) + kz), rel=1e-6)
+
+
+def test_several_positives_are_averaged_and_extreme_scores_stay_finite() -> None:
+    pos = torch.tensor([[1.0, 3.0]])
+    neg = torch.tensor([[0.0]])
+    single = (nce_loss(torch.tensor([1.0]), neg, 0.0) + nce_loss(torch.tensor([3.0]), neg, 0.0)) / 2
+    assert nce_loss(pos, neg, 0.0).item() == pytest.approx(single.item(), rel=1e-6)
+    assert torch.isfinite(nce_loss(torch.tensor([-1e4]), torch.tensor([[1e4]]), 0.0))
+
+
+def test_normaliser_is_estimated_once_and_saved() -> None:
+    norm = NCENormaliser()
+    assert not norm.is_set
+    first = torch.tensor([[0.0, math.log(3.0)]])
+    assert norm(first).item() == pytest.approx(math.log(2.0), rel=1e-6)  # mean(e^0, e^ln3) = 2
+    assert norm(torch.full((1, 2), 10.0)).item() == pytest.approx(math.log(2.0), rel=1e-6), "fixed after the first batch"
+    restored = NCENormaliser()
+    restored.load_state_dict(norm.state_dict())
+    assert restored.is_set and restored.log_z.item() == pytest.approx(math.log(2.0))
+
+
+def test_memory_bank_momentum_update_by_hand() -> None:
+    bank = MemoryBank(4, 3, momentum=0.5)
+    before = bank.bank.clone()
+    x = torch.tensor([[3.0, 0.0, 4.0]])
+    bank.update(torch.tensor([2]), x)
+    expected = F.normalize(0.5 * before[2] + 0.5 * torch.tensor([0.6, 0.0, 0.8]), dim=0)
+    torch.testing.assert_close(bank.bank[2], expected)
+    torch.testing.assert_close(bank.bank[[0, 1, 3]], before[[0, 1, 3]])
+    torch.testing.assert_close(bank.bank.norm(dim=1), torch.ones(4))
+    with pytest.raises(IndexError, match="num_instances"):
+        bank.update(torch.tensor([4]), x)
+
+
+def test_repeated_index_in_one_step_applies_each_clip() -> None:
+    bank = MemoryBank(3, 2, momentum=0.5)
+    start = bank.bank[1].clone()
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    bank.update(torch.tensor([1, 1]), torch.stack([a, b]))
+    once = F.normalize(0.5 * start + 0.5 * a, dim=0)
+    torch.testing.assert_close(bank.bank[1], F.normalize(0.5 * once + 0.5 * b, dim=0))
+
+
+def test_negatives_never_include_self_and_cover_the_rest() -> None:
+    bank = MemoryBank(5, 2)
+    index = torch.tensor([0, 4, 2])
+    negatives = bank.sample_negatives(index, 400, torch.Generator().manual_seed(0))
+    for i, row in zip(index.tolist(), negatives):
+        assert i not in row.tolist()
+        assert set(row.tolist()) == set(range(5)) - {i}
+
+
+def test_cross_modal_scores_are_cosines_over_temperature() -> None:
+    bank = MemoryBank(3, 2)
+    bank.bank.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+    query = torch.tensor([[2.0, 0.0]])
+    pos, neg = cross_modal_scores(query, bank, torch.tensor([2]), torch.tensor([[0, 1]]), temperature=0.1)
+    torch.testing.assert_close(pos, torch.tensor([[6.0]]))
+    torch.testing.assert_close(neg, torch.tensor([[10.0, 0.0]]))

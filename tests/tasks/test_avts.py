@@ -1,0 +1,78 @@
+"""AVTS: curriculum, negative mixing, the views it declares, the sync accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from avssl.config import load_recipe
+from avssl.losses.contrastive import embedding_distance
+from avssl.tasks.pretext.avts import AVTS, AVTSCurriculum
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _avts(*overrides: str) -> AVTS:
+    config = load_recipe(RECIPES / "synth" / "avts_small.yaml", ["data.video.size=32", *overrides])
+    return AVTS(OmegaConf.to_container(config, resolve=True))
+
+
+def _batch(b: int = 8) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"video": torch.randn(b, 3, 1, 32, 32, generator=g), "audio": torch.randn(b, 1, 64, 101, generator=g),
+            "audio_hard": torch.randn(b, 1, 64, 101, generator=g), "index": torch.arange(b)}
+
+
+def test_curriculum_switches_from_easy_to_the_hard_fraction() -> None:
+    curriculum = AVTSCurriculum(hard_start_epoch=3, hard_fraction=0.25)
+    assert [curriculum.fractions(e) for e in (0, 2, 3, 10)] == [(0.0, 0.0), (0.0, 0.0), (0.25, 0.0), (0.25, 0.0)]
+    with pytest.raises(ValueError, match="must lie in"):
+        AVTSCurriculum(0, 0.8, 0.5)
+
+
+def test_task_declares_a_non_overlapping_hard_view_and_the_curriculum_callback() -> None:
+    model = _avts()
+    views = model.views().audio
+    assert views["audio_hard"].offset == "shifted" and views["audio_hard"].min_shift_seconds == 0.5
+    assert "audio_superhard" not in views, "super-hard negatives are off by default"
+    assert any(isinstance(c, AVTSCurriculum) for c in model.configure_callbacks())
+    assert "audio_superhard" in _avts("task.super_hard=true").views().audio
+    with pytest.raises(ValueError, match="needs task.super_hard=true"):
+        _avts("task.super_hard_fraction=0.1")
+
+
+def test_negative_kinds_follow_the_fractions() -> None:
+    model = _avts()
+    torch.manual_seed(0)
+    assert (model.negative_kinds(1000, torch.device("cpu")) == 0).all()
+    model.hard_fraction = 0.25
+    kinds = model.negative_kinds(4000, torch.device("cpu"))
+    assert abs((kinds == 1).float().mean().item() - 0.25) < 0.03 and not (kinds == 2).any()
+
+
+def test_hard_negatives_are_the_shifted_audio() -> None:
+    """With every negative hard and the hard window identical to the aligned one, the
+    negatives sit at the positives' distance: the loss is then exactly computable."""
+    model = _avts().eval()  # eval: BatchNorm uses running stats, so the two passes agree
+    batch = _batch()
+    batch["audio_hard"] = batch["audio"].clone()
+    model.hard_fraction = 1.0
+    out = model.training_step(batch, 0)
+    _, v = model.embed_video(batch["video"])
+    _, a = model.embed_audio(batch["audio"])
+    d = embedding_distance(v, a)
+    expected = 0.5 * (d.pow(2).mean() + torch.relu(0.99 - d).pow(2).mean())
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(out["embeddings"]) == {"video", "audio"} and out["embeddings"]["video"].shape == (8, 128)
+
+
+def test_sync_accuracy_counts_aligned_closer_than_shifted(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _avts().eval()
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(model, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    batch = _batch(4)
+    batch["audio_hard"] = batch["audio"].clone()  # a tie is not "closer": accuracy 0
+    model.validation_step(batch, 0)
+    assert logged["val/sync_accuracy"] == 0.0
