@@ -7,8 +7,9 @@ from avssl.tasks.pretext.avc import AVC
 from avssl.tasks.pretext.avid import AVID
 from avssl.tasks.pretext.avts import AVTS
 from avssl.tasks.pretext.base import PretextTask
+from avssl.tasks.pretext.selavi import SeLaVi
 
-PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid": AVID}
+PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid": AVID, "selavi": SeLaVi}
 
 
 def build_pretext_task(config: dict[str, Any]) -> PretextTask:

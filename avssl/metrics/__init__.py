@@ -1,0 +1,1 @@
+"""Evaluation metrics as pure functions (no Lightning, no data loading)."""

@@ -1,0 +1,181 @@
+"""SeLaVi: audio-visual self-labelling by optimal transport (Asano et al. 2020, METHODS.md
+§4.1–4.2).
+
+Each modality has ``task.num_heads`` classification heads (dropout → FC → BN → ReLU →
+dropout → FC to K). For every head, one label per training video is shared by both
+modalities: labels come from Sinkhorn–Knopp (``avssl.losses.sinkhorn``, float64, λ) on
+the mean of the two modalities' log-probabilities (the paper's P_v ⊙ P_a raised to λ/2),
+with Gaussian cluster-size marginals; both heads are trained with cross-entropy to it.
+
+Streaming instead of the paper's labelling passes: a per-head bank holds the latest
+log-probabilities of every training video (keyed by the shard ``index``, gathered across
+ranks, stored in float16). Epoch 0 only fills it (no gradient: it is the paper's pass of
+the random network over the data, and warms BatchNorm up); the labels are then solved
+``task.num_labelings`` times, at steps spaced as (k / (n−1))^1.5 of the run (front-loaded,
+as in the paper), the first at the end of epoch 0.
+
+Not implemented from the paper: modality alignment of the audio head's output units
+(unneeded: labels are shared from the start) and decorrelated head groups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.data.datamodule import ShardList
+from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
+from avssl.losses.distributed import gather
+from avssl.losses.sinkhorn import sinkhorn_knopp
+from avssl.metrics.clustering import clustering_scores
+from avssl.tasks.pretext.base import PretextTask, TaskConfig
+
+
+@dataclass
+class SeLaViConfig(TaskConfig):
+    name: str = "selavi"
+    num_clusters: int = 0  # K (paper: the number of classes, so that NMI can be read against them)
+    num_heads: int = 10
+    head_dropout: float = 0.3
+    lam: float = 20.0
+    num_labelings: int = 100
+    marginal_std: float = 0.1  # Gaussian cluster sizes N(1, std²)·N/K; 0 = equipartition
+    num_instances: int | None = None  # None: the training split's size from the manifest
+
+
+def cluster_head(dim: int, k: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+                         nn.Dropout(dropout), nn.Linear(dim, k))
+
+
+def labeling_steps(total_steps: int, first_step: int, count: int) -> list[int]:
+    """``count`` steps from ``first_step`` to ``total_steps``, spaced as (k/(count−1))^1.5."""
+    if count <= 1:
+        return [first_step]
+    span = max(total_steps - first_step, 0)
+    return sorted({first_step + int(span * (k / (count - 1)) ** 1.5) for k in range(count)})
+
+
+def gaussian_marginal(current_mass: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Cluster-size fractions ~ N(1, std²), largest to the cluster that is largest now."""
+    k = current_mass.numel()
+    if std <= 0:
+        return torch.full((k,), 1.0 / k, dtype=torch.float64)
+    sizes = (1 + std * torch.randn(k, generator=generator, dtype=torch.float64)).clamp_min(0.05)
+    marginal = torch.empty(k, dtype=torch.float64)
+    marginal[current_mass.argsort(descending=True).cpu()] = sizes.sort(descending=True).values
+    return marginal / marginal.sum()
+
+
+class SeLaVi(PretextTask):
+    config_class = SeLaViConfig
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        if self.video_encoder is None or self.audio_encoder is None:
+            raise ValueError("SeLaVi needs both a video and an audio encoder")
+        cfg: SeLaViConfig = self.task_config
+        if cfg.num_clusters < 2:
+            raise ValueError("task.num_clusters must be set (≥ 2); the paper uses the number of classes")
+        if cfg.num_instances is None:
+            cfg.num_instances = ShardList.from_manifest(self.data_config.shards, self.data_config.train_split).num_samples
+            self.hparams["config"].setdefault("task", {})["num_instances"] = cfg.num_instances
+        k, n, h = cfg.num_clusters, cfg.num_instances, cfg.num_heads
+        self.video_heads = nn.ModuleList(cluster_head(self.video_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
+        self.audio_heads = nn.ModuleList(cluster_head(self.audio_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
+        self.register_buffer("log_prob_bank", torch.full((h, n, k), -float(torch.log(torch.tensor(k))),
+                                                         dtype=torch.float16))
+        self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("labels", torch.full((h, n), -1, dtype=torch.long))
+        self.register_buffer("labelings_done", torch.zeros((), dtype=torch.long))
+        self._schedule: list[int] | None = None
+        self._generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
+
+    # -- model ----------------------------------------------------------------------------
+    def head_logits(self, video_features: torch.Tensor, audio_features: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """H×B×K logits of every video head and every audio head."""
+        return (torch.stack([head(video_features) for head in self.video_heads]),
+                torch.stack([head(audio_features) for head in self.audio_heads]))
+
+    @staticmethod
+    def joint_log_probs(video_logits: torch.Tensor, audio_logits: torch.Tensor) -> torch.Tensor:
+        """Mean of the modalities' log-probabilities: log of (P_v ⊙ P_a)^½."""
+        return 0.5 * (F.log_softmax(video_logits.float(), -1) + F.log_softmax(audio_logits.float(), -1))
+
+    # -- labels ---------------------------------------------------------------------------
+    def schedule(self) -> list[int]:
+        if self._schedule is None:
+            total = int(self.trainer.estimated_stepping_batches)
+            per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
+            self._schedule = labeling_steps(total, per_epoch, self.task_config.num_labelings)
+        return self._schedule
+
+    @torch.no_grad()
+    def relabel(self) -> None:
+        """Solve the labels of every head from the bank (identical on every rank)."""
+        cfg: SeLaViConfig = self.task_config
+        for head in range(cfg.num_heads):
+            log_probs = self.log_prob_bank[head].double()
+            current = torch.bincount(log_probs.argmax(1), minlength=cfg.num_clusters).double()
+            marginal = gaussian_marginal(current, cfg.marginal_std, self._generator)
+            self.labels[head] = sinkhorn_knopp(log_probs, cfg.lam, marginal.to(log_probs.device)).labels
+        self.labelings_done += 1
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        step = int(self.global_step)
+        if step in self.schedule() and bool(self.seen.all()) and self._last_labeled_step != step:
+            self.relabel()
+            self._last_labeled_step = step
+
+    _last_labeled_step: int = -1
+
+    # -- training -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        video_features = self.video_encoder(batch[VIDEO])
+        audio_features = self.audio_encoder(batch[AUDIO])
+        video_logits, audio_logits = self.head_logits(video_features, audio_features)
+        index = batch[INDEX]
+        with torch.no_grad():  # the bank: every rank's latest predictions
+            all_index = gather(index)
+            all_log_probs = gather(self.joint_log_probs(video_logits, audio_logits).transpose(0, 1).contiguous())
+            self.log_prob_bank[:, all_index] = all_log_probs.transpose(0, 1).to(self.log_prob_bank.dtype)
+            self.seen[all_index] = True
+        size = index.numel()
+        if int(self.labelings_done) == 0:  # epoch 0: filling the bank, nothing to learn yet
+            loss = 0.0 * (video_logits.sum() + audio_logits.sum())
+        else:
+            targets = self.labels[:, index]  # H×B
+            k = video_logits.shape[-1]
+            loss = 0.5 * (F.cross_entropy(video_logits.reshape(-1, k), targets.reshape(-1))
+                          + F.cross_entropy(audio_logits.reshape(-1, k), targets.reshape(-1)))
+            agree = (video_logits.argmax(-1) == targets).float().mean()
+            self.log("train/video_head_accuracy", agree, on_epoch=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        self.log_skipped(batch, "train")
+        return {"loss": loss, "terms": {"cross_entropy": loss.detach()},
+                "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
+
+    # -- evaluation: clustering quality of each head against the categories ------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_clusters: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        video_logits, audio_logits = self.head_logits(self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO]))
+        self._val_clusters.append(gather(self.joint_log_probs(video_logits, audio_logits).argmax(-1).T.contiguous()))
+        self._val_labels.append(gather(batch[LABEL]))
+        self.log_skipped(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_clusters:
+            return
+        clusters, labels = torch.cat(self._val_clusters).T, torch.cat(self._val_labels)
+        known = labels >= 0
+        if not bool(known.any()):
+            return
+        nmi = [clustering_scores(c[known], labels[known])["nmi"] for c in clusters]
+        self.log("val/nmi_best_head", max(nmi), prog_bar=True)
+        self.log("val/nmi_mean", sum(nmi) / len(nmi))

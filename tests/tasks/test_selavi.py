@@ -1,0 +1,72 @@
+"""SeLaVi: labelling schedule, shared labels from both modalities, the bank, the loss."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from avssl.config import load_recipe
+from avssl.tasks.pretext.selavi import SeLaVi, gaussian_marginal, labeling_steps
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _selavi(*overrides: str) -> SeLaVi:
+    config = load_recipe(RECIPES / "synth" / "selavi_small.yaml",
+                         ["data.video.size=32", "task.num_instances=24", "task.num_clusters=3", "task.num_heads=2",
+                          *overrides])
+    return SeLaVi(OmegaConf.to_container(config, resolve=True))
+
+
+def _batch(index: list[int]) -> dict[str, torch.Tensor]:
+    b = len(index)
+    return {"video": torch.randn(b, 3, 1, 32, 32), "audio": torch.randn(b, 1, 64, 101), "index": torch.tensor(index),
+            "label": torch.zeros(b, dtype=torch.long)}
+
+
+def test_labeling_steps_are_front_loaded() -> None:
+    steps = labeling_steps(total_steps=1000, first_step=100, count=5)
+    assert steps[0] == 100 and steps[-1] == 1000
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert gaps == sorted(gaps), "spacing grows over the run"
+
+
+def test_gaussian_marginal_sums_to_one_and_follows_current_sizes() -> None:
+    marginal = gaussian_marginal(torch.tensor([5.0, 50.0, 20.0]), 0.1, torch.Generator().manual_seed(0))
+    assert marginal.sum().item() == pytest.approx(1.0)
+    assert marginal.argmax().item() == 1 and marginal.argmin().item() == 0
+    torch.testing.assert_close(gaussian_marginal(torch.ones(4), 0.0, torch.Generator()), torch.full((4,), 0.25,
+                                                                                                 dtype=torch.float64))
+
+
+def test_num_clusters_is_required() -> None:
+    with pytest.raises(ValueError, match="num_clusters"):
+        _selavi("task.num_clusters=0")
+
+
+def test_first_epoch_only_fills_the_bank_then_labels_are_shared_and_balanced() -> None:
+    model = _selavi()
+    for start in range(0, 24, 8):
+        out = model.training_step(_batch(list(range(start, start + 8))), 0)
+        assert out["loss"].item() == 0.0
+    assert bool(model.seen.all())
+    model.relabel()
+    counts = torch.stack([torch.bincount(model.labels[h], minlength=3) for h in range(2)])
+    assert counts.min() >= 5, "Gaussian marginals around 8 per cluster"
+    model.eval()  # no dropout, running BN statistics: two passes agree
+    batch = _batch([0, 1, 2, 3])
+    out = model.training_step(batch, 0)
+    # ½ CE(video heads) + ½ CE(audio heads) against the same labels, by hand:
+    v, a = model.head_logits(model.video_encoder(batch["video"]), model.audio_encoder(batch["audio"]))
+    targets = model.labels[:, :4]
+    expected = sum(0.5 * (F.cross_entropy(v[h], targets[h]) + F.cross_entropy(a[h], targets[h])) for h in range(2)) / 2
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_joint_log_probs_is_the_mean_of_the_modalities() -> None:
+    v, a = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    expected = 0.5 * (F.log_softmax(v, -1) + F.log_softmax(a, -1))
+    torch.testing.assert_close(SeLaVi.joint_log_probs(v, a), expected)
