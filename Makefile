@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+METHODS ?= avc
 
 .PHONY: install test test-fast demo clean
 
@@ -22,7 +23,7 @@ test-fast: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 demo: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR)
+	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -36,6 +36,10 @@ def save_resolved(config: DictConfig, run_dir: Path) -> Path:
     return path
 
 
+def _has_test_step(task: pl.LightningModule) -> bool:
+    return type(task).test_step is not pl.LightningModule.test_step
+
+
 def pretrain(config: DictConfig, resume: str | None = None) -> dict[str, Any]:
     """Train the recipe's pretext task; returns the run folder, best/last checkpoints and
     the export folder."""
@@ -57,6 +61,8 @@ def pretrain(config: DictConfig, resume: str | None = None) -> dict[str, Any]:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = pl.Trainer(logger=loggers or False, callbacks=callbacks, **trainer_args)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    if _has_test_step(task) and datamodule.config.test_split:
+        trainer.test(task, datamodule=datamodule)  # held-out pretext metrics (e.g. AVTS sync accuracy)
     last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else run_dir / "checkpoints" / "last.ckpt"
     result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": str(last),
                               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}

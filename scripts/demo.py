@@ -1,5 +1,6 @@
-"""`make demo`: synthetic videos → shards → AVC pretraining → linear probes of random-init
-and pretrained encoders → exported checkpoint → results table and results.json.
+"""`make demo`: synthetic videos → shards → pretraining (AVC; `--methods all` adds AVTS,
+AVID+CMA and SeLaVi, each with the same budget) → linear probes of random-init and
+pretrained encoders → exported checkpoints → results table and results.json.
 
 Every step is an `avssl` verb; a step whose output already exists is not redone
 (delete the demo folder to start over).
@@ -14,6 +15,13 @@ from pathlib import Path
 from avssl.cli import main as avssl
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+# results.json key → CPU recipe, and the held-out pretext metric reported for it.
+METHODS = {
+    "avc": ("avc_small.yaml", "val/accuracy"),
+    "avts": ("avts_small.yaml", "val/sync_accuracy"),
+    "avid_cma": ("avid_cma_small.yaml", "val/retrieval_top1"),
+    "selavi": ("selavi_small.yaml", "val/nmi_best_head"),
+}
 
 
 def step(title: str) -> float:
@@ -38,9 +46,10 @@ def main() -> None:
     parser.add_argument("--num-videos", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", default="avc", help=f"comma-separated from {sorted(METHODS)}, or 'all'")
     args = parser.parse_args()
     out: Path = args.out
-    synth, shards, pretrain_dir = out / "synth", out / "shards", out / "avc"
+    synth, shards = out / "synth", out / "shards"
     timings = {}
 
     t = step("1/5 synthetic audio-visual set")
@@ -55,51 +64,80 @@ def main() -> None:
     manifest = json.loads((shards / "manifest.json").read_text())
     timings["shards"] = time.time() - t
 
-    t = step("3/5 AVC pretraining (small encoders, CPU)")
-    recipe = str(RECIPES / "synth" / "avc_small.yaml")
+    methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: {sorted(METHODS)} or 'all'")
     common = [f"data.shards={shards}", f"data.num_workers={args.workers}"]
-    export = pretrain_dir / "export"
-    if not (export / "model.json").exists():
-        run("pretrain", recipe, *common, f"run_dir={pretrain_dir}", f"trainer.max_epochs={args.epochs}")
-    timings["pretrain"] = time.time() - t
-
-    t = step("4/5 linear probes: random init vs AVC-pretrained")
     probe_recipe = str(RECIPES / "eval" / "synth_probe.yaml")
     cache = f"probe.cache_dir={out / 'feature_cache'}"
+
+    t = step("3/5 linear probe of randomly initialised encoders")
     run("probe", probe_recipe, *common, cache, "probe.encoders=random", f"run_dir={out / 'probe_random'}")
-    run("probe", probe_recipe, *common, cache, f"probe.encoders={export}", f"run_dir={out / 'probe_avc'}")
-    timings["probe"] = time.time() - t
+    random_metrics = json.loads((out / "probe_random" / "metrics.json").read_text())
+    timings["probe_random"] = time.time() - t
+
+    results: dict = {}
+    for method in methods:
+        recipe, metric = METHODS[method]
+        t = step(f"4/5 {method}: pretraining (small encoders, CPU), then its linear probe")
+        pretrain_dir = out / method
+        export = pretrain_dir / "export"
+        if not (export / "model.json").exists():
+            run("pretrain", str(RECIPES / "synth" / recipe), *common, f"run_dir={pretrain_dir}",
+                f"trainer.max_epochs={args.epochs}")
+        run("probe", probe_recipe, *common, cache, f"probe.encoders={export}", f"run_dir={out / f'probe_{method}'}")
+        metrics = json.loads((out / f"probe_{method}" / "metrics.json").read_text())
+        log = _metrics_log(pretrain_dir)
+        entry = {
+            "probe": {m: {"random": random_metrics[m]["test_video_top1"], "pretrained": metrics[m]["test_video_top1"]}
+                      for m in ("video", "audio", "both")},
+            "pretext": {metric.split("/")[1] if method != "avc" else "val_accuracy": _last(log, metric)},
+        }
+        if method == "avts":
+            entry["sync_accuracy"] = _last(log, "test/sync_accuracy")
+        if method == "selavi":
+            heads = sorted(k for k in log[-1] if k.startswith("val/nmi_head")) if log else []
+            best = max(heads, key=lambda k: _last(log, k))  # chosen on val …
+            entry["nmi"] = _last(log, best.replace("val/", "test/"))  # … read on test
+            entry["best_head"] = int(best.removeprefix("val/nmi_head"))
+        results[method] = entry
+        timings[method] = time.time() - t
 
     step("5/5 results")
-    random_metrics = json.loads((out / "probe_random" / "metrics.json").read_text())
-    avc_metrics = json.loads((out / "probe_avc" / "metrics.json").read_text())
-    val_accuracy = _last_val_accuracy(pretrain_dir)
-    results = {"avc": {
-        "probe": {m: {"random": random_metrics[m]["test_video_top1"], "pretrained": avc_metrics[m]["test_video_top1"]}
-                  for m in ("video", "audio", "both")},
-        "pretext": {"val_accuracy": val_accuracy},
-    }}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"data: {manifest['num_samples']} videos ({manifest['hours']:.2f} h) in "
           f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
           f"{len(manifest['skipped'])} skipped")
-    print(f"AVC held-out correspondence accuracy: {val_accuracy:.3f} (chance 0.5)")
-    print("linear probe, synthetic test split, video-level top-1 % (chance "
-          f"{100 / max(len(manifest.get('classes') or [1]), 1):.1f}%):")
-    print(f"{'encoder':<8} {'random init':>12} {'AVC':>8} {'gain':>7}")
-    for modality, row in results["avc"]["probe"].items():
-        print(f"{modality:<8} {row['random']:>12.1f} {row['pretrained']:>8.1f} {row['pretrained'] - row['random']:>+7.1f}")
+    chance = 100 / max(len(manifest.get("classes") or [1]), 1)
+    print(f"linear probe, synthetic test split, video-level top-1 % (chance {chance:.1f}%):")
+    print(f"{'encoder':<8} {'random init':>12} " + " ".join(f"{m:>16}" for m in results))
+    for modality in ("video", "audio", "both"):
+        cells = []
+        for entry in results.values():
+            row = entry["probe"][modality]
+            cells.append(f"{row['pretrained']:>7.1f} ({row['pretrained'] - row['random']:+5.1f})")
+        print(f"{modality:<8} {random_metrics[modality]['test_video_top1']:>12.1f} " + " ".join(f"{c:>16}" for c in cells))
+    for method, entry in results.items():
+        extras = {**entry["pretext"], **{k: entry[k] for k in ("sync_accuracy", "nmi") if k in entry}}
+        print(f"{method} held-out pretext: " + ", ".join(f"{k} {v:.3f}" for k, v in extras.items()))
     print("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"written: {out / 'results.json'}")
 
 
-def _last_val_accuracy(run_dir: Path) -> float:
+def _metrics_log(run_dir: Path) -> list[dict[str, str]]:
     import csv
 
-    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
-    values = [float(r["val/accuracy"]) for r in rows if r.get("val/accuracy")]
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: did the pretraining run log?")
+    return list(csv.DictReader(path.open()))
+
+
+def _last(rows: list[dict[str, str]], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key)]
     if not values:
-        raise SystemExit(f"no val/accuracy in {run_dir / 'csv' / 'metrics.csv'}")
+        raise SystemExit(f"no {key} logged by the pretraining run")
     return values[-1]
 
 

@@ -74,3 +74,54 @@ def test_avid_two_processes_match_one(tmp_path: Path, cma: bool) -> None:
             torch.testing.assert_close(two["grads"], one["grads"], rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(two["video_bank"], one["video_bank"])
             torch.testing.assert_close(two["audio_bank"], one["audio_bank"])
+
+
+def _sinkhorn_and_selavi(rank: int, world: int, init_file: str, out: str) -> None:
+    from avssl.losses.sinkhorn import sinkhorn_knopp
+    from avssl.tasks.pretext.selavi import SeLaVi
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(0)
+    log_probs = torch.log_softmax(3 * torch.randn(12, 4, generator=g, dtype=torch.float64), dim=1)
+    rows = slice(rank * 12 // world, (rank + 1) * 12 // world)
+    plan = sinkhorn_knopp(log_probs[rows], lam=20.0, tolerance=1e-12).plan
+    # SeLaVi: one training step with labels already solved
+    config = load_recipe(RECIPES / "synth" / "selavi_small.yaml",
+                         ["data.video.size=32", "task.num_instances=16", "task.num_clusters=3", "task.num_heads=2", "task.head_dropout=0.0"])
+    torch.manual_seed(0)
+    model = SeLaVi(OmegaConf.to_container(config, resolve=True))
+    model.labels.copy_(torch.randint(0, 3, (2, 16), generator=g))
+    model.labelings_done.fill_(1)
+    video = torch.randn(GLOBAL_BATCH, 3, 1, 32, 32, generator=g)
+    audio = torch.randn(GLOBAL_BATCH, 1, 64, 101, generator=g)
+    index = torch.randperm(16, generator=g)[:GLOBAL_BATCH]
+    per_rank = GLOBAL_BATCH // world
+    batch_rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    model.eval()  # BatchNorm with running statistics: per-rank batch statistics are SyncBN's business
+    batch = {"video": video[batch_rows], "audio": audio[batch_rows], "index": index[batch_rows]}
+    loss = model.training_step(batch, 0)["loss"]
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    if world > 1:
+        dist.all_reduce(grads)
+        grads /= world
+        dist.all_reduce(loss_sum := loss.detach().clone())
+        loss = loss_sum / world
+    torch.save({"plan": plan, "loss": loss.detach(), "grads": grads, "bank": model.log_prob_bank.clone(),
+                "seen": model.seen.clone()}, os.path.join(out, f"sk_rank{rank}_of{world}.pt"))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_sinkhorn_and_selavi_two_processes_match_one(tmp_path: Path) -> None:
+    _sinkhorn_and_selavi(0, 1, "", str(tmp_path))
+    mp.spawn(_sinkhorn_and_selavi, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    single = torch.load(tmp_path / "sk_rank0_of1.pt")
+    halves = [torch.load(tmp_path / f"sk_rank{r}_of2.pt") for r in range(2)]
+    torch.testing.assert_close(torch.cat([h["plan"] for h in halves]), single["plan"], atol=1e-9, rtol=0)
+    for half in halves:
+        torch.testing.assert_close(half["loss"], single["loss"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(half["grads"], single["grads"], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(half["bank"], single["bank"])
+        assert torch.equal(half["seen"], single["seen"]) and int(half["seen"].sum()) == GLOBAL_BATCH

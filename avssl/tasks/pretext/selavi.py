@@ -159,23 +159,45 @@ class SeLaVi(PretextTask):
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
     # -- evaluation: clustering quality of each head against the categories ------------------
-    def on_validation_epoch_start(self) -> None:
-        self._val_clusters: list[torch.Tensor] = []
-        self._val_labels: list[torch.Tensor] = []
+    def _start_clustering(self) -> None:
+        self._clusters: list[torch.Tensor] = []
+        self._cluster_labels: list[torch.Tensor] = []
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def _collect_clusters(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         video_logits, audio_logits = self.head_logits(self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO]))
-        self._val_clusters.append(gather(self.joint_log_probs(video_logits, audio_logits).argmax(-1).T.contiguous()))
-        self._val_labels.append(gather(batch[LABEL]))
-        self.log_skipped(batch, "val")
+        self._clusters.append(gather(self.joint_log_probs(video_logits, audio_logits).argmax(-1).T.contiguous()))
+        self._cluster_labels.append(gather(batch[LABEL]))
+        self.log_skipped(batch, stage)
 
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_clusters:
+    def _log_clustering(self, stage: str) -> None:
+        """``{stage}/nmi_head{h}`` for every head, their best and mean. Pick the head on
+        val and read it on test: picking on test is label peeking (METHODS.md §4.5)."""
+        if not self._clusters:
             return
-        clusters, labels = torch.cat(self._val_clusters).T, torch.cat(self._val_labels)
+        clusters, labels = torch.cat(self._clusters).T, torch.cat(self._cluster_labels)
         known = labels >= 0
         if not bool(known.any()):
             return
         nmi = [clustering_scores(c[known], labels[known])["nmi"] for c in clusters]
-        self.log("val/nmi_best_head", max(nmi), prog_bar=True)
-        self.log("val/nmi_mean", sum(nmi) / len(nmi))
+        for head, value in enumerate(nmi):
+            self.log(f"{stage}/nmi_head{head}", value)
+        self.log(f"{stage}/nmi_best_head", max(nmi), prog_bar=stage == "val")
+        self.log(f"{stage}/nmi_mean", sum(nmi) / len(nmi))
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_clustering()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._collect_clusters(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_clustering("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_clustering()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._collect_clusters(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_clustering("test")
