@@ -60,3 +60,29 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
     assert result["num_clips"] == {"train": videos["train"], "val": 3 * videos["val"], "test": 3 * videos["test"]}
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 3, "features cached per split"
     assert "linear probe of" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, recipe, metrics", [
+    ("avts", "avts_small.yaml", ["val/sync_accuracy", "test/sync_accuracy", "train/accuracy_hard"]),
+    ("avid_cma", "avid_cma_small.yaml", ["val/retrieval_top1", "train/xid", "train/cma"]),
+    ("selavi", "selavi_small.yaml", ["val/nmi_best_head", "test/nmi_head0", "train/video_head_accuracy"]),
+])
+def test_other_pretext_tasks_train_and_export(tiny_shards: Path, tmp_path: Path, method: str, recipe: str,
+                                              metrics: list[str]) -> None:
+    """Two epochs through `avssl pretrain` with each phase switched on in the second."""
+    run_dir = tmp_path / method
+    per_method = {
+        "avts": ["task.hard_start_epoch=1"],
+        "avid_cma": ["task.num_negatives=8", "task.cma_start_epoch=1", "task.cma_positives=3", "task.cma_negatives=4"],
+        "selavi": ["task.num_labelings=3"],
+    }[method]
+    assert main(["pretrain", str(RECIPES / "synth" / recipe), f"data.shards={tiny_shards}", "data.num_workers=0",
+                 "data.batch_size=8", "data.video.size=48", "model.video_encoder.widths=[8,8,16,16]",
+                 "model.audio_encoder.widths=[8,8,16,16]", f"run_dir={run_dir}", "trainer.max_epochs=2",
+                 "data.audio.seconds=0.5", "trainer.check_val_every_n_epoch=1", *per_method]) == 0
+    logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for metric in metrics:
+        assert any(name in (metric, f"{metric}_epoch") for name in logged), f"{metric} not logged by {method}"
+    assert (run_dir / "export" / "model.json").exists()
+    avssl.load_pretrained(run_dir / "export")

@@ -58,6 +58,9 @@ def shifted_window_start(
     return _uniform_in_union(rng, intervals)
 
 
+_ANCHOR_DRAWS = 20
+
+
 class ViewSampler:
     """Decode the views of ``spec`` from one sample; training draws random windows and
     crops at random, evaluation takes ``clips_per_video`` evenly spaced windows and centre
@@ -84,9 +87,25 @@ class ViewSampler:
         if last < first:  # clip shorter than the window: start at the beginning, pad the end
             return [first] * (1 if self.train else self.spec.clips_per_video)
         if self.train:
-            return [float(rng.uniform(first, last))]
+            # Draw until every same-video negative view (AVTS) fits beside the positive.
+            for _ in range(_ANCHOR_DRAWS):
+                start = float(rng.uniform(first, last))
+                if self._negatives_fit(start, lo, hi):
+                    return [start]
+            return [start]  # the clip is (nearly) too short: _decode_clip says so
         n = self.spec.clips_per_video
         return [first + (last - first) * (k + 0.5) / n for k in range(n)]
+
+    def _negatives_fit(self, start: float, lo: float, hi: float) -> bool:
+        video_seconds = self.spec.video.seconds if self.spec.video else 0.0
+        probe = np.random.default_rng(0)
+        for view in self.spec.audio.values():
+            if view.offset != "aligned":
+                aligned = self.spec.audio.get(AUDIO, view)
+                reference = start + (video_seconds - aligned.seconds) / 2
+                if shifted_window_start(probe, view, reference, lo, hi) is None:
+                    return False
+        return True
 
     def __call__(
         self, data: bytes, meta: dict[str, Any], rng: np.random.Generator, *,

@@ -131,6 +131,18 @@ def test_shifted_windows_stay_inside_the_clip(offset: str) -> None:
     assert shifted_window_start(rng, AudioView(seconds=1.0, offset="shifted"), 0.2, 0.0, 1.5) is None
 
 
+def test_training_windows_are_drawn_where_the_hard_negative_fits() -> None:
+    """A 2.6-s clip leaves room for a non-overlapping 1-s negative beside the aligned
+    second for only part of the anchor range: the sampler draws inside that part."""
+    clip = flash_click_clip(seconds=2.6)
+    spec = ViewSpec(video=VideoView(num_frames=1, size=32),
+                    audio={"audio": AudioView(seconds=1.0), "audio_hard": AudioView(seconds=1.0, offset="shifted")})
+    sampler = ViewSampler(spec, train=True)
+    for seed in range(30):
+        (sample,) = sampler(clip, {"index": 0, "duration": 2.6}, np.random.default_rng(seed))
+        assert abs(float(sample["t_audio_hard"] - sample["t_audio"])) >= 1.0 - 1e-6
+
+
 def test_eval_views_are_evenly_spread_and_deterministic(shards: Path) -> None:
     spec = ViewSpec(video=VideoView(num_frames=2, size=32), audio={"audio": AudioView(seconds=0.5)}, clips_per_video=3)
     stream = ShardStream(ShardList.from_manifest(shards, "train"), ViewSampler(spec, train=False), batch_size=6,
