@@ -55,7 +55,8 @@ class VideoTransform:
         from torchvision import tv_tensors
 
         video = tv_tensors.Video(frames.permute(0, 3, 1, 2))  # T×C×H×W: one transform for all frames
-        return self.transform(video).permute(1, 0, 2, 3).contiguous().as_subclass(torch.Tensor)
+        # C×T×H×W as a view: the batch collation makes the one copy it needs anyway
+        return self.transform(video).permute(1, 0, 2, 3).as_subclass(torch.Tensor)
 
 
 class VideoBatchTransform(torch.nn.Module):
