@@ -76,3 +76,25 @@ def test_sync_accuracy_counts_aligned_closer_than_shifted(monkeypatch: pytest.Mo
     batch["audio_hard"] = batch["audio"].clone()  # a tie is not "closer": accuracy 0
     model.validation_step(batch, 0)
     assert logged["val/sync_accuracy"] == 0.0
+
+
+def test_in_batch_negatives_weigh_hard_ones_by_their_share() -> None:
+    model = _avts("task.negatives=in_batch").eval()
+    batch = _batch(6)
+    model.hard_fraction = 0.25
+    torch.manual_seed(3)
+    out = model.training_step(batch, 0)
+    torch.manual_seed(3)
+    kinds = model.negative_kinds(6, torch.device("cpu"))
+    _, v = model.embed_video(batch["video"])
+    _, a_all = model.embed_audio(torch.cat([batch["audio"], batch["audio_hard"]]))
+    a, hard = a_all[:6], a_all[6:]
+    d = torch.cdist(torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(a, dim=-1))
+    off = ~torch.eye(6, dtype=torch.bool)
+    positive = d.diagonal().pow(2).mean()
+    easy = torch.relu(0.99 - d[off]).pow(2).mean()
+    chosen = kinds == 1
+    assert bool(chosen.any())
+    hard_term = torch.relu(0.99 - embedding_distance(v[chosen], hard[chosen])).pow(2).mean()
+    expected = 0.5 * (positive + 0.75 * easy + 0.25 * hard_term)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -12,6 +12,10 @@ positive per clip (its aligned audio) and one negative per clip:
 * super-hard (``task.super_hard``, off by default: the paper found they hurt): the same
   video's audio partly overlapping the aligned window (``audio_superhard``).
 
+``task.negatives: in_batch`` scores every other clip's audio as an easy negative (B−1 per
+clip, as AVC's in_batch) and weighs the negative term so that hard negatives keep their
+share: negatives = (1 − h)·mean(easy) + h·mean(hard), positives ½, negatives ½.
+
 The share of hard negatives is set by the :class:`AVTSCurriculum` callback: 0 until
 ``task.hard_start_epoch``, then ``task.hard_fraction`` (paper: about 25 % hard, 75 % easy,
 positives kept at 50 %). Validation reports synchronisation accuracy: given a video
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO, AudioView
 from avssl.losses.contrastive import embedding_distance, margin_contrastive_loss
@@ -45,6 +50,8 @@ class AVTSConfig(TaskConfig):
     super_hard: bool = False
     super_hard_fraction: float = 0.0  # share of the negatives that are super-hard (needs super_hard)
     min_shift_seconds: float = 0.5  # hard negatives: at least this far (and never overlapping)
+    embedding_norm: str = "batchnorm"  # batchnorm | none: standardise each projection before L2-normalising
+    negatives: str = "paired"  # paired: one negative per clip (the paper) | in_batch: every other clip's audio too
 
 
 class AVTSCurriculum(pl.Callback):
@@ -75,10 +82,21 @@ class AVTS(PretextTask):
         if self.video_encoder is None or self.audio_encoder is None:
             raise ValueError("AVTS needs both a video and an audio encoder (model.video_encoder, model.audio_encoder)")
         cfg: AVTSConfig = self.task_config
+        if cfg.negatives not in ("paired", "in_batch"):
+            raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
         if cfg.super_hard_fraction > 0 and not cfg.super_hard:
             raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
-        self.video_head = MLP([self.video_encoder.embedding_dim, cfg.embedding_dim, cfg.embedding_dim], batchnorm=True)
-        self.audio_head = MLP([self.audio_encoder.embedding_dim, cfg.embedding_dim, cfg.embedding_dim], batchnorm=True)
+        if cfg.embedding_norm not in ("batchnorm", "none"):
+            raise ValueError(f"task.embedding_norm must be batchnorm or none, got {cfg.embedding_norm!r}")
+
+        def head(dim: int) -> nn.Module:
+            mlp = MLP([dim, cfg.embedding_dim, cfg.embedding_dim], batchnorm=True)
+            # Centred projections: without it the margin loss settles where every pair sits
+            # at η/2 (loss ≈ η²/4 = 0.245 for η = 0.99) and stays there (docs/methods/avts.md).
+            return nn.Sequential(mlp, nn.BatchNorm1d(cfg.embedding_dim)) if cfg.embedding_norm == "batchnorm" else mlp
+
+        self.video_head = head(self.video_encoder.embedding_dim)
+        self.audio_head = head(self.audio_encoder.embedding_dim)
         self.hard_fraction = 0.0  # set each epoch by AVTSCurriculum
         self.super_hard_fraction = 0.0
 
@@ -134,9 +152,12 @@ class AVTS(PretextTask):
                 offset += size
         d_pos = embedding_distance(v, a)
         d_neg = embedding_distance(v, negatives)
-        distance = torch.cat([d_pos, d_neg])
-        in_sync = torch.cat([torch.ones(size, device=v.device), torch.zeros(size, device=v.device)])
-        loss = margin_contrastive_loss(distance, in_sync, cfg.margin)
+        if cfg.negatives == "in_batch":
+            loss = self._in_batch_loss(v, a, batch[INDEX], d_pos, d_neg, kinds)
+        else:
+            distance = torch.cat([d_pos, d_neg])
+            in_sync = torch.cat([torch.ones(size, device=v.device), torch.zeros(size, device=v.device)])
+            loss = margin_contrastive_loss(distance, in_sync, cfg.margin)
         threshold = cfg.margin / 2
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         self.log("train/accuracy_positive", (d_pos < threshold).float().mean(), on_epoch=True, batch_size=size)
@@ -148,6 +169,21 @@ class AVTS(PretextTask):
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": {"margin": loss.detach()},
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
+
+    def _in_batch_loss(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor, d_pos: torch.Tensor,
+                       d_neg: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """½·positives + ½·[(1 − h)·every other video's audio + h·same-video negatives]."""
+        margin = self.task_config.margin
+        distances = torch.cdist(F.normalize(v, dim=-1), F.normalize(a, dim=-1))
+        other_video = index[:, None] != index[None, :]
+        easy = margin_contrastive_loss(distances[other_video], torch.zeros_like(distances[other_video]), margin)
+        positive = margin_contrastive_loss(d_pos, torch.ones_like(d_pos), margin)
+        same_video = kinds > 0
+        if not bool(same_video.any()):
+            return 0.5 * (positive + easy)
+        hard = margin_contrastive_loss(d_neg[same_video], torch.zeros_like(d_neg[same_video]), margin)
+        share = self.hard_fraction + self.super_hard_fraction
+        return 0.5 * (positive + (1 - share) * easy + share * hard)
 
     def _sync_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         _, v = self.embed_video(batch[VIDEO])
