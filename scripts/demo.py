@@ -92,7 +92,7 @@ def main() -> None:
         entry = {
             "probe": {m: {"random": random_metrics[m]["test_video_top1"], "pretrained": metrics[m]["test_video_top1"]}
                       for m in ("video", "audio", "both")},
-            "pretext": {metric.split("/")[1] if method != "avc" else "val_accuracy": _last(log, metric)},
+            "pretext": {"val_" + metric.split("/")[1]: _last(log, metric)},  # e.g. val_accuracy
         }
         if method == "avts":
             entry["sync_accuracy"] = _last(log, "test/sync_accuracy")
