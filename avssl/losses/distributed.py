@@ -37,18 +37,18 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place on a copy); gradients are not tracked."""
+def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``x`` reduced over ranks (``op``: sum or max), as a new tensor; no gradient."""
     if world_size() == 1:
         return x
     x = x.clone()
-    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return x
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    return all_reduce(x, "sum")
 
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    if world_size() == 1:
-        return x
-    x = x.clone()
-    dist.all_reduce(x, op=dist.ReduceOp.MAX)
-    return x
+    return all_reduce(x, "max")

@@ -110,8 +110,7 @@ class AVC(PretextTask):
 
     def __init__(self, config: dict) -> None:
         super().__init__(config)
-        if self.video_encoder is None or self.audio_encoder is None:
-            raise ValueError("AVC needs both a video and an audio encoder (model.video_encoder, model.audio_encoder)")
+        self.require_both_encoders()
         cfg: AVCConfig = self.task_config
         if cfg.negatives not in ("paired", "in_batch"):
             raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.data.datamodule import ShardList
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.distributed import rank, world_size
 from avssl.losses.nce import MemoryBank, NCENormaliser, cross_modal_scores, nce_loss, sample_excluding
@@ -73,12 +72,9 @@ class AVID(PretextTask):
 
     def __init__(self, config: dict) -> None:
         super().__init__(config)
-        if self.video_encoder is None or self.audio_encoder is None:
-            raise ValueError("AVID needs both a video and an audio encoder (model.video_encoder, model.audio_encoder)")
+        self.require_both_encoders()
         cfg: AVIDConfig = self.task_config
-        if cfg.num_instances is None:
-            cfg.num_instances = ShardList.from_manifest(self.data_config.shards, self.data_config.train_split).num_samples
-            self.hparams["config"].setdefault("task", {})["num_instances"] = cfg.num_instances  # self-contained ckpt
+        self.resolve_num_instances()
         if cfg.num_negatives >= cfg.num_instances:
             raise ValueError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
                              f"instances ({cfg.num_instances})")

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from avssl.config import Recipe, check_section
-from avssl.data.datamodule import DataConfig, base_views
+from avssl.data.datamodule import DataConfig, ShardList, base_views
 from avssl.data.views import SKIPPED, AudioView, ViewSpec
 from avssl.models.registry import build_encoders
 
@@ -45,6 +45,22 @@ class PretextTask(pl.LightningModule):
         self.task_config = check_section(recipe, "task", self.config_class)
         self.data_config: DataConfig = OmegaConf.to_object(recipe.data)
         self.video_encoder, self.audio_encoder = build_encoders(config["model"])
+
+    def require_both_encoders(self) -> None:
+        """Cross-modal methods need a video and an audio encoder."""
+        if self.video_encoder is None or self.audio_encoder is None:
+            raise ValueError(f"{type(self).__name__} needs both a video and an audio encoder "
+                             "(model.video_encoder, model.audio_encoder)")
+
+    def resolve_num_instances(self) -> int:
+        """``task.num_instances`` (memory/label banks: one slot per training video), read
+        from the shards' manifest when unset and written back into the saved config so the
+        checkpoint loads without the shards."""
+        cfg = self.task_config
+        if cfg.num_instances is None:
+            cfg.num_instances = ShardList.from_manifest(self.data_config.shards, self.data_config.train_split).num_samples
+            self.hparams["config"].setdefault("task", {})["num_instances"] = cfg.num_instances
+        return cfg.num_instances
 
     # -- views ----------------------------------------------------------------------------
     def extra_audio_views(self) -> dict[str, AudioView]:

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.data.datamodule import ShardList
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.losses.distributed import gather
 from avssl.losses.sinkhorn import sinkhorn_knopp
@@ -74,14 +73,11 @@ class SeLaVi(PretextTask):
 
     def __init__(self, config: dict) -> None:
         super().__init__(config)
-        if self.video_encoder is None or self.audio_encoder is None:
-            raise ValueError("SeLaVi needs both a video and an audio encoder")
+        self.require_both_encoders()
         cfg: SeLaViConfig = self.task_config
         if cfg.num_clusters < 2:
             raise ValueError("task.num_clusters must be set (≥ 2); the paper uses the number of classes")
-        if cfg.num_instances is None:
-            cfg.num_instances = ShardList.from_manifest(self.data_config.shards, self.data_config.train_split).num_samples
-            self.hparams["config"].setdefault("task", {})["num_instances"] = cfg.num_instances
+        self.resolve_num_instances()
         k, n, h = cfg.num_clusters, cfg.num_instances, cfg.num_heads
         self.video_heads = nn.ModuleList(cluster_head(self.video_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
         self.audio_heads = nn.ModuleList(cluster_head(self.audio_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
