@@ -35,6 +35,16 @@ def nce_loss(positive: torch.Tensor, negative: torch.Tensor, log_z: torch.Tensor
     return (pos_term + neg_term).mean()
 
 
+def softmax_instance_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """−log softmax of the positive among itself and the K negatives (InfoNCE over the
+    bank), averaged over the batch; with several positives (B×P) their terms are averaged.
+    METHODS.md §3.5.2's alternative to NCE: no normaliser Z to estimate."""
+    if positive.dim() == 1:
+        positive = positive[:, None]
+    log_denominator = torch.logsumexp(torch.cat([positive, negative], dim=1), dim=1)
+    return (log_denominator[:, None] - positive).mean()
+
+
 class NCENormaliser(nn.Module):
     """Z, estimated once from the first batch's noise scores (mean of e^s⁻ over the
     batch and every rank), then fixed and saved in the checkpoint (METHODS.md §3.1)."""
@@ -126,4 +136,4 @@ def cross_modal_scores(query: torch.Tensor, bank: MemoryBank, positive_index: to
     return pos, neg
 
 
-__all__ = ["nce_loss", "NCENormaliser", "MemoryBank", "cross_modal_scores", "sample_excluding"]
+__all__ = ["nce_loss", "softmax_instance_loss", "NCENormaliser", "MemoryBank", "cross_modal_scores", "sample_excluding"]

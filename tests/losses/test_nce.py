@@ -92,3 +92,12 @@ def test_cross_modal_scores_are_cosines_over_temperature() -> None:
     pos, neg = cross_modal_scores(query, bank, torch.tensor([2]), torch.tensor([[0, 1]]), temperature=0.1)
     torch.testing.assert_close(pos, torch.tensor([[6.0]]))
     torch.testing.assert_close(neg, torch.tensor([[10.0, 0.0]]))
+
+
+def test_softmax_instance_loss_by_hand() -> None:
+    from avssl.losses.nce import softmax_instance_loss
+
+    pos, neg = torch.tensor([1.0, 0.0]), torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    expected = [-math.log(math.exp(1) / (math.exp(1) + 1 + math.exp(2))),
+                -math.log(1 / (1 + math.exp(1) + math.exp(-1)))]
+    assert softmax_instance_loss(pos, neg).item() == pytest.approx(sum(expected) / 2, rel=1e-6)

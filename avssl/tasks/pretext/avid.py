@@ -30,7 +30,8 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.distributed import rank, world_size
-from avssl.losses.nce import MemoryBank, NCENormaliser, cross_modal_scores, nce_loss, sample_excluding
+from avssl.losses.nce import (MemoryBank, NCENormaliser, cross_modal_scores, nce_loss, sample_excluding,
+                             softmax_instance_loss)
 from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextTask, TaskConfig
 
@@ -41,6 +42,7 @@ class AVIDConfig(TaskConfig):
     projection_hidden: int = 512  # MLP [D, hidden, dim] (paper: [512, 512, 128])
     embedding_dim: int = 128
     temperature: float = 0.07
+    loss: str = "nce"  # nce: the paper's NCE with a fixed Z | softmax: InfoNCE over 1 + K bank scores
     num_negatives: int = 1024
     bank_momentum: float = 0.5
     num_instances: int | None = None  # memory slots; None: the training split's size from the manifest
@@ -75,6 +77,8 @@ class AVID(PretextTask):
         self.require_both_encoders()
         cfg: AVIDConfig = self.task_config
         self.resolve_num_instances()
+        if cfg.loss not in ("nce", "softmax"):
+            raise ValueError(f"task.loss must be nce or softmax, got {cfg.loss!r}")
         if cfg.num_negatives >= cfg.num_instances:
             raise ValueError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
                              f"instances ({cfg.num_instances})")
@@ -115,6 +119,8 @@ class AVID(PretextTask):
     def _instance_term(self, query: torch.Tensor, bank: MemoryBank, index: torch.Tensor, negatives: torch.Tensor,
                        normaliser: NCENormaliser) -> torch.Tensor:
         pos, neg = cross_modal_scores(query, bank, index, negatives, self.task_config.temperature)
+        if self.task_config.loss == "softmax":
+            return softmax_instance_loss(pos, neg)
         return nce_loss(pos, neg, normaliser(neg))
 
     def losses(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
