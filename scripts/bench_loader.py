@@ -36,7 +36,7 @@ import torch
 from avssl.cli import main as avssl
 from avssl.data.datamodule import ShardList, ShardStream, make_loader
 from avssl.data.sampling import ViewSampler
-from avssl.data.transforms import BatchTransform
+from avssl.data.transforms import AudioBatchTransform
 from avssl.data.views import AudioView, VideoView, ViewSpec
 
 SENSOR_NOISE = 16.0  # calibrated: ffmpeg then decodes the 128p shards at DECODING.md's rate for real video
@@ -98,7 +98,7 @@ def measure(shards: ShardList, workers: int, clips: int, pin_one_core: bool) -> 
     stream = ShardStream(shards, ViewSampler(SPEC, train=True), batch_size=16, num_workers=workers,
                          shuffle=True, pad=False, seed=1)
     loader = make_loader(stream, workers)
-    logmel = BatchTransform(SPEC).audio["audio"]  # the device's log-mel: timed too
+    logmel = AudioBatchTransform(SPEC.mel)  # the device's log-mel: timed too
     starts: list[float] = []
     arrivals: list[tuple[float, int]] = []  # (time, clips) per batch
     epoch = 0

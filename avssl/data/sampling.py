@@ -40,10 +40,10 @@ def _uniform_in_union(rng: np.random.Generator, intervals: list[tuple[float, flo
     return spans[-1][1]
 
 
-def shifted_window_start(
-    rng: np.random.Generator, view: AudioView, aligned_start: float, lo: float, hi: float
-) -> float | None:
-    """Start of a same-video audio window at the shift ``view.offset`` asks for."""
+def shifted_window_intervals(view: AudioView, aligned_start: float, lo: float, hi: float
+                             ) -> list[tuple[float, float]]:
+    """Where a same-video audio window at the shift ``view.offset`` asks for may start
+    (closed intervals; one with end < start is empty)."""
     length = view.seconds
     last = hi - length
     if view.offset == "shifted":
@@ -55,7 +55,15 @@ def shifted_window_start(
             (max(aligned_start - length + eps, lo), min(aligned_start - view.min_shift_seconds, last)),
             (max(aligned_start + view.min_shift_seconds, lo), min(aligned_start + length - eps, last)),
         ]
-    return _uniform_in_union(rng, intervals)
+    return intervals
+
+
+def shifted_window_start(
+    rng: np.random.Generator, view: AudioView, aligned_start: float, lo: float, hi: float
+) -> float | None:
+    """Start of a same-video audio window at the shift ``view.offset`` asks for, drawn
+    uniformly where it may start; None when it fits nowhere."""
+    return _uniform_in_union(rng, shifted_window_intervals(view, aligned_start, lo, hi))
 
 
 _ANCHOR_DRAWS = 20
@@ -71,6 +79,13 @@ class ViewSampler:
         self.spec = spec
         self.train = train
         self.video_transform = VideoTransform(spec.video.size, train, augment) if spec.video else None
+        # Same-video negative views (AVTS) and the start offset of the window they are placed against.
+        video_seconds = spec.video.seconds if spec.video else 0.0
+        aligned = spec.audio.get(AUDIO)
+        self._negative_views = [
+            (view, (video_seconds - (aligned or view).seconds) / 2)
+            for view in spec.audio.values() if view.offset != "aligned"
+        ]
 
     def _anchor_extent(self) -> tuple[float, float]:
         """Extent of the video window and its aligned audio relative to the video start."""
@@ -97,15 +112,8 @@ class ViewSampler:
         return [first + (last - first) * (k + 0.5) / n for k in range(n)]
 
     def _negatives_fit(self, start: float, lo: float, hi: float) -> bool:
-        video_seconds = self.spec.video.seconds if self.spec.video else 0.0
-        probe = np.random.default_rng(0)
-        for view in self.spec.audio.values():
-            if view.offset != "aligned":
-                aligned = self.spec.audio.get(AUDIO, view)
-                reference = start + (video_seconds - aligned.seconds) / 2
-                if shifted_window_start(probe, view, reference, lo, hi) is None:
-                    return False
-        return True
+        return all(any(b >= a for a, b in shifted_window_intervals(view, start + offset, lo, hi))
+                   for view, offset in self._negative_views)
 
     def __call__(
         self, data: bytes, meta: dict[str, Any], rng: np.random.Generator, *,
@@ -162,4 +170,4 @@ class ViewSampler:
         return sample
 
 
-__all__ = ["ViewSampler", "shifted_window_start"]
+__all__ = ["ViewSampler", "shifted_window_intervals", "shifted_window_start"]

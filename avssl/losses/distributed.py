@@ -1,8 +1,8 @@
-"""Cross-rank helpers that are no-ops on a single process.
-
-Gathers that a loss differentiates through use ``torch.distributed.nn.functional``
-(its backward returns each rank the gradient of its own slice from every rank's loss);
-``torch.distributed.all_gather`` would silently drop the other ranks' gradients.
+"""Cross-rank helpers that are no-ops on a single process. All of them are without
+gradient: no loss here differentiates through another rank's tensors (memory banks and
+label banks hold constants). A loss that needs to must gather with
+``torch.distributed.nn.functional.all_gather``, whose backward returns each rank the
+gradient of its own slice; ``torch.distributed.all_gather`` drops it silently.
 """
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (rank order), keeping gradients."""
-    if world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
 
 
 @torch.no_grad()
@@ -44,11 +35,3 @@ def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return x
-
-
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    return all_reduce(x, "sum")
-
-
-def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    return all_reduce(x, "max")

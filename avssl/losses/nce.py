@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.losses.distributed import all_reduce_sum, gather
+from avssl.losses.distributed import all_reduce, gather
 
 
 def nce_loss(positive: torch.Tensor, negative: torch.Tensor, log_z: torch.Tensor | float) -> torch.Tensor:
@@ -60,7 +60,7 @@ class NCENormaliser(nn.Module):
     @torch.no_grad()
     def forward(self, negative: torch.Tensor) -> torch.Tensor:
         if not self.is_set:
-            total = all_reduce_sum(torch.stack([negative.double().exp().sum(),
+            total = all_reduce(torch.stack([negative.double().exp().sum(),
                                                 torch.tensor(negative.numel(), dtype=torch.float64,
                                                              device=negative.device)]))
             self.log_z.fill_(float(torch.log(total[0] / total[1])))
@@ -102,10 +102,6 @@ class MemoryBank(nn.Module):
             return
         for i, x in zip(index.tolist(), embeddings.to(self.bank.dtype)):
             self.bank[i] = F.normalize(self.momentum * self.bank[i] + (1 - self.momentum) * x, dim=0)
-
-    def sample_negatives(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """B×k indices drawn uniformly from all instances except each query's own."""
-        return sample_excluding(index[:, None], self.num_instances, k, generator)
 
 
 def sample_excluding(excluded: torch.Tensor, num_instances: int, k: int, generator: torch.Generator | None = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from avssl.losses.distributed import all_reduce_max, all_reduce_sum
+from avssl.losses.distributed import all_reduce
 
 
 @dataclass
@@ -48,7 +48,7 @@ def sinkhorn_knopp(
         raise ValueError(f"log_probs must be N×K, got shape {tuple(log_probs.shape)}")
     scores = lam * log_probs.double()
     num_local, k = scores.shape
-    total = int(all_reduce_sum(torch.tensor(num_local, dtype=torch.float64, device=scores.device)).item())
+    total = int(all_reduce(torch.tensor(num_local, dtype=torch.float64, device=scores.device)).item())
     if total == 0:
         raise ValueError("no samples to label")
     r = (torch.full((k,), 1.0 / k, dtype=torch.float64, device=scores.device) if column_marginal is None
@@ -59,13 +59,13 @@ def sinkhorn_knopp(
     alpha = torch.ones(k, dtype=torch.float64, device=scores.device)
     beta = torch.full((num_local,), c, dtype=torch.float64, device=scores.device)
     error, iteration = float("inf"), 0
+    column_mass = all_reduce(kernel.T @ beta)  # Σ_n β_n P_nk over all ranks
     for iteration in range(1, max_iterations + 1):
-        column_mass = all_reduce_sum(kernel.T @ beta)  # Σ_n β_n P_nk over all ranks
         alpha = r / column_mass.clamp_min(torch.finfo(torch.float64).tiny)
         beta = c / (kernel @ alpha).clamp_min(torch.finfo(torch.float64).tiny)
+        column_mass = all_reduce(kernel.T @ beta)  # for the check and the next α
         if iteration % check_every == 0 or iteration == max_iterations:
-            columns = all_reduce_sum(kernel.T @ beta) * alpha
-            error = float(all_reduce_max((columns - r).abs().max()))
+            error = float(all_reduce((column_mass * alpha - r).abs().max(), "max"))
             if error < tolerance:
                 break
     plan = beta[:, None] * kernel * alpha[None, :]

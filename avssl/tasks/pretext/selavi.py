@@ -87,6 +87,7 @@ class SeLaVi(PretextTask):
         self.register_buffer("labels", torch.full((h, n), -1, dtype=torch.long))
         self.register_buffer("labelings_done", torch.zeros((), dtype=torch.long))
         self._schedule: list[int] | None = None
+        self._last_labeled_step = -1  # a step seen twice (gradient accumulation) labels once
         self._generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
 
     # -- model ----------------------------------------------------------------------------
@@ -125,8 +126,6 @@ class SeLaVi(PretextTask):
         if step in self.schedule() and bool(self.seen.all()) and self._last_labeled_step != step:
             self.relabel()
             self._last_labeled_step = step
-
-    _last_labeled_step: int = -1
 
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
