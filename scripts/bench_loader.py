@@ -6,7 +6,7 @@ The timed path: the loader (workers decode, crop, flip) and the log-mel of the b
 the main process). Colour jitter and normalisation of the video are device work and not
 timed (a 16-frame colour jitter costs ~8 ms on a CPU core and nothing on a GPU).
 
-    python scripts/bench_loader.py [--shards DIR] [--clips 400] [--sensor-noise S]
+    python scripts/bench_loader.py [--shards DIR] [--clips 1200] [--rounds 3] [--sensor-noise S]
 
 Without --shards it writes its own: synthetic 10-s videos at 240×240 with camera-like
 sensor noise, packed with the default `avssl shards` settings (short side 128, 25 fps,
@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("--shards", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_loader"))
     parser.add_argument("--num-videos", type=int, default=120)
-    parser.add_argument("--clips", type=int, default=400)
+    parser.add_argument("--clips", type=int, default=1200, help="clips per loader measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="ceiling + loader measurements, interleaved")
     parser.add_argument("--sensor-noise", type=float, default=SENSOR_NOISE,
                         help="per-pixel per-frame noise of the generated videos (0-255 std); 2 = the synthetic set's "
                              f"default (flat, fast to decode); {SENSOR_NOISE:g} = decodes at real 128p video's rate")
@@ -138,25 +139,38 @@ def main() -> None:
     shard_dir = args.shards or make_shards(args.work, args.num_videos, args.sensor_noise)
     shards = ShardList.from_manifest(shard_dir, "train")
     ffmpeg = ensure_ffmpeg()
-    ffmpeg_fps = ffmpeg_frames_per_second(ffmpeg, shards)
-    rows = []
+    modes = (("in-process, 1 core", 0, True), ("1 worker", 1, False), ("2 workers", 2, False))
+    # Rounds interleave the ceiling and the loaders: a shared machine's speed drifts by
+    # ±10 % over minutes, which a single ceiling measured first would put into the ratios.
+    rounds: list[dict[str, float]] = []
     all_starts: list[float] = []
-    for label, workers, pin in (("in-process, 1 core", 0, True), ("1 worker", 1, False), ("2 workers", 2, False)):
-        rate, starts = measure(shards, workers, args.clips, pin)
-        all_starts += starts
-        rows.append((label, rate))
+    for round_number in range(args.rounds):
+        ffmpeg_fps = ffmpeg_frames_per_second(ffmpeg, shards)
+        rates = {}
+        for label, workers, pin in modes:
+            rates[label], starts = measure(shards, workers, args.clips, pin)
+            all_starts += starts
+        rounds.append({"ffmpeg_frames_per_second": ffmpeg_fps, **rates})
+        print(f"round {round_number + 1}/{args.rounds}: ffmpeg {ffmpeg_fps:.0f} frames/s, "
+              + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
     window_frames = frames_per_window(all_starts)
-    ceiling = ffmpeg_fps / window_frames
-    print(f"\nshards: {shard_dir} ({shards.num_samples} videos)")
-    print(f"ffmpeg -threads 1 decode (every stream of the mp4): {ffmpeg_fps:.0f} frames/s; "
-          f"frames per window (keyframe → last frame): {window_frames:.1f}; ceiling {ceiling:.0f} clips/s per core")
-    print(f"{'loader':<20} {'clips/s':>8} {'ceiling':>8} {'ratio':>6}")
-    for label, rate in rows:
+    print(f"\nshards: {shard_dir} ({shards.num_samples} videos); frames per window (keyframe → last frame): "
+          f"{window_frames:.1f}")
+    print(f"{'loader':<20} {'clips/s':>8} {'ceiling':>8} {'ratio':>6}   (median of {args.rounds} rounds; ratio per round)")
+    rows = []
+    for label, _, _ in modes:
         cores = 2 if label == "2 workers" else 1
-        print(f"{label:<20} {rate:>8.1f} {ceiling * cores:>8.0f} {rate / (ceiling * cores):>6.0%}")
+        ceilings = [r["ffmpeg_frames_per_second"] / window_frames * cores for r in rounds]
+        ratios = [r[label] / c for r, c in zip(rounds, ceilings)]
+        rate, ceiling, ratio = (float(np.median(x)) for x in ([r[label] for r in rounds], ceilings, ratios))
+        rows.append((label, rate))
+        print(f"{label:<20} {rate:>8.1f} {ceiling:>8.0f} {ratio:>6.0%}   "
+              + " ".join(f"{x:.0%}" for x in ratios))
+    ffmpeg_fps = float(np.median([r["ffmpeg_frames_per_second"] for r in rounds]))
+    ceiling = ffmpeg_fps / window_frames
     result = {"shards": str(shard_dir), "sensor_noise": None if args.shards else args.sensor_noise,
               "ffmpeg_frames_per_second": ffmpeg_fps, "frames_per_window": window_frames,
-              "ceiling_clips_per_second_per_core": ceiling, "loader": dict(rows)}
+              "ceiling_clips_per_second_per_core": ceiling, "loader": dict(rows), "rounds": rounds}
     (Path(args.work) / "bench_loader.json").parent.mkdir(parents=True, exist_ok=True)
     (Path(args.work) / "bench_loader.json").write_text(json.dumps(result, indent=2))
 

@@ -138,9 +138,13 @@ class MediaReader:
 
     ``container_format`` (e.g. ``"mp4"``) skips format probing (≈0.3 ms per open).
     ``pcm`` replaces the file's audio stream, if any, as the audio source.
+    ``constant_frame_rate`` (true of every video ``avssl shards`` writes) lets a window stop
+    decoding at its last frame instead of one frame past it.
     """
 
-    def __init__(self, data: bytes, *, container_format: str | None = None, pcm: PcmAudio | None = None) -> None:
+    def __init__(self, data: bytes, *, container_format: str | None = None, pcm: PcmAudio | None = None,
+                 constant_frame_rate: bool = False) -> None:
+        self.constant_frame_rate = constant_frame_rate
         try:
             self.container = av.open(io.BytesIO(data), mode="r", format=container_format)
         except av.FFmpegError as error:
@@ -213,29 +217,41 @@ class MediaReader:
         tolerance = 0.5 / (self.info.fps or fps)
         self.container.seek(max(target_pts, 0), stream=stream, backward=True, any_frame=False)
         ctx = stream.codec_context
+        # Before the window, frames no other frame refers to (B-frames) are not decoded.
+        # The flag is tracked locally: reading ctx.skip_frame builds an enum each time.
         ctx.skip_frame = "NONREF"
+        skipping = True
         times: list[float] = []
         frames: list[av.VideoFrame] = []
-        last_needed: float | None = None
+        # The last wanted frame is the last one to start by (last wanted time + tolerance).
+        # Variable rate: known only once a later frame shows up. Constant rate: the frame that
+        # starts within a tolerance of the last wanted time is it (the next starts 2 × later).
+        margin = -tolerance if self.constant_frame_rate else tolerance
+        stop_time = float("inf")  # set by the first frame
+        latest = -float("inf")
         try:
             for packet in self.container.demux(stream):
-                if packet.pts is not None and ctx.skip_frame != "DEFAULT" and packet.pts >= target_pts:
+                if skipping and packet.pts is not None and packet.pts >= target_pts:
                     ctx.skip_frame = "DEFAULT"
+                    skipping = False
                 for frame in packet.decode():
-                    if frame.pts is None or frame.pts < target_pts:
+                    pts = frame.pts
+                    if pts is None or pts < target_pts:
                         continue
-                    t = float(frame.pts * tb)
+                    t = pts * tb
+                    if not times:
+                        stop_time = t + (num_frames - 1) / fps + margin
                     times.append(t)
                     frames.append(frame)
-                    if last_needed is None:
-                        last_needed = t + (num_frames - 1) / fps
-                if last_needed is not None and times and max(times) >= last_needed + tolerance:
+                    latest = max(latest, t)
+                if latest > stop_time or (latest == stop_time and not self.constant_frame_rate):
                     break
         except av.FFmpegError as error:
             if not frames:
                 raise DecodeError(f"video decode failed: {error}") from error
         finally:
-            ctx.skip_frame = "DEFAULT"
+            if skipping:
+                ctx.skip_frame = "DEFAULT"
         if not frames:
             raise DecodeError(f"no video frame at or after {start_seconds:.3f}s")
         order = np.argsort(times, kind="stable")

@@ -126,7 +126,9 @@ class ViewSampler:
             if not meta.get("sample_rate"):
                 raise DecodeError("the sample has a pcm entry but its json gives no sample_rate")
             audio = PcmAudio(pcm, int(meta["sample_rate"]), float(meta.get("audio_start", 0.0)))
-        with MediaReader(data, container_format=container_format, pcm=audio) as reader:
+        # A json with "fps" comes from `avssl shards`, which writes constant-rate video.
+        with MediaReader(data, container_format=container_format, pcm=audio,
+                         constant_frame_rate=bool(meta.get("fps"))) as reader:
             info = reader.info
             if self.spec.video and not info.has_video:
                 raise DecodeError("no video stream")

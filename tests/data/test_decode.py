@@ -47,6 +47,18 @@ def test_frames_are_the_ones_on_screen(flash_clip: bytes) -> None:
     assert _flash_frames(frames) == [expected]
 
 
+@pytest.mark.parametrize("fps", [FPS, FPS / 2, 10.0])
+def test_constant_rate_early_stop_returns_the_same_frames(flash_clip: bytes, fps: float) -> None:
+    """Stopping at the window's last frame (constant-rate shards) changes nothing returned."""
+    for start in (0.0, 0.37, 1.0, 1.52, 2.3):
+        with MediaReader(flash_clip) as reader:
+            expected, t_expected = reader.read_frames(start, 12, fps)
+        with MediaReader(flash_clip, constant_frame_rate=True) as reader:
+            frames, t_first = reader.read_frames(start, 12, fps)
+        assert t_first == t_expected
+        np.testing.assert_array_equal(frames, expected)
+
+
 def test_frame_rate_conversion_keeps_time(flash_clip: bytes) -> None:
     """Read at 12.5 fps from a 25 fps clip: frame k is the one on screen at t0 + k/12.5."""
     with MediaReader(flash_clip) as reader:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from avssl.data.transforms import (VIDEO_MEAN, VIDEO_STD, AudioBatchTransform, AugmentSettings, BatchTransform,
                                    VideoBatchTransform, VideoTransform)
@@ -26,6 +28,30 @@ def test_train_crop_is_shared_by_all_frames() -> None:
     out = VideoTransform(32, train=True)(clip)
     for t in range(1, 4):
         torch.testing.assert_close(out[:, t], out[:, 0])
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_train_geometry_is_torchvisions_random_resized_crop_and_flip(flip: bool) -> None:
+    settings = AugmentSettings(crop_scale=(0.3, 1.0), flip=flip)
+    reference = v2.Compose([v2.RandomResizedCrop(32, scale=settings.crop_scale, antialias=True)]
+                           + [v2.RandomHorizontalFlip()] * flip)
+    clip = _clip()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out = VideoTransform(32, train=True, settings=settings)(clip)
+        torch.manual_seed(seed)
+        expected = reference(tv_tensors.Video(clip.permute(0, 3, 1, 2))).permute(1, 0, 2, 3)
+        torch.testing.assert_close(out, expected.as_subclass(torch.Tensor), atol=1, rtol=0)
+
+
+def test_eval_geometry_is_resize_then_centre_crop() -> None:
+    # 40×60 frames: the centre 40×40, resized to 32. Smooth content: cropping before the
+    # antialiased resize differs from cropping after it only by the filter's taps at the edges.
+    y, x = torch.meshgrid(torch.arange(40), torch.arange(60), indexing="ij")
+    clip = torch.stack([3 * y, 2 * x, x + y], dim=-1).to(torch.uint8).expand(4, 40, 60, 3)
+    expected = v2.Compose([v2.Resize(32, antialias=True), v2.CenterCrop(32)])(tv_tensors.Video(clip.permute(0, 3, 1, 2)))
+    out = VideoTransform(32, train=False)(clip)
+    torch.testing.assert_close(out, expected.permute(1, 0, 2, 3).as_subclass(torch.Tensor), atol=1, rtol=0)
 
 
 def test_normalisation_by_hand() -> None:
