@@ -211,8 +211,9 @@ class ShardStream(IterableDataset):
         video_key = next((k for k in CONTAINER_FORMATS if k in sample), None)
         if video_key is None:
             raise ValueError(f"sample {sample.get('__key__')} has no video entry")
+        entries = {k: v for k, v in sample.items() if not k.startswith("__")} if self.sampler.spec.targets else None
         return self.sampler(sample[video_key], meta, rng, container_format=CONTAINER_FORMATS[video_key],
-                            pcm=sample.get("pcm"))
+                            pcm=sample.get("pcm"), entries=entries)
 
     def _batches(
         self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, target: int | None

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from avssl.data.decode import DecodeError, MediaReader, PcmAudio, StreamInfo
+from avssl.data.targets import clip_targets
 from avssl.data.transforms import AugmentSettings, VideoTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_VIDEO, VIDEO, AudioView, ViewSpec
 
@@ -117,10 +118,11 @@ class ViewSampler:
 
     def __call__(
         self, data: bytes, meta: dict[str, Any], rng: np.random.Generator, *,
-        container_format: str | None = None, pcm: bytes | None = None,
+        container_format: str | None = None, pcm: bytes | None = None, entries: dict[str, bytes] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """The clips of one sample: ``data`` is the video file, ``meta`` its json, ``pcm``
-        the sample's raw audio entry if it has one (rate and start from ``meta``)."""
+        the sample's raw audio entry if it has one (rate and start from ``meta``),
+        ``entries`` its sidecars by entry name (ground truth for ``spec.targets``)."""
         audio = None
         if pcm is not None:
             if not meta.get("sample_rate"):
@@ -137,12 +139,12 @@ class ViewSampler:
             lo, hi = _valid_range(info, meta)
             clips = []
             for clip_number, start in enumerate(self._anchor_starts(lo, hi, rng)):
-                clips.append(self._decode_clip(reader, start, lo, hi, rng, meta, clip_number))
+                clips.append(self._decode_clip(reader, start, lo, hi, rng, meta, clip_number, entries or {}))
             return clips
 
     def _decode_clip(
         self, reader: MediaReader, start: float, lo: float, hi: float, rng: np.random.Generator,
-        meta: dict[str, Any], clip_number: int,
+        meta: dict[str, Any], clip_number: int, entries: dict[str, bytes],
     ) -> dict[str, torch.Tensor]:
         sample: dict[str, torch.Tensor] = {
             INDEX: torch.tensor(int(meta.get("index", -1)), dtype=torch.int64),
@@ -150,10 +152,11 @@ class ViewSampler:
             CLIP: torch.tensor(clip_number, dtype=torch.int64),
         }
         t_video = start
+        crop = None
         if self.spec.video is not None:
             view = self.spec.video
             frames, t_video = reader.read_frames(start, view.num_frames, view.fps)
-            sample[VIDEO] = self.video_transform(torch.from_numpy(frames))
+            sample[VIDEO], crop = self.video_transform.apply(torch.from_numpy(frames))
         sample[T_VIDEO] = torch.tensor(t_video, dtype=torch.float32)
         video_seconds = self.spec.video.seconds if self.spec.video else 0.0
         aligned_start: float | None = None
@@ -169,6 +172,14 @@ class ViewSampler:
             waveform = reader.read_audio(audio_start, view.seconds, self.spec.mel.sample_rate)
             sample[name] = torch.from_numpy(waveform).unsqueeze(0)  # 1×N; log-mel on the device batch
             sample["t_" + name] = torch.tensor(audio_start, dtype=torch.float32)
+        if self.spec.targets:
+            aligned = self.spec.audio.get(AUDIO)
+            audio_window = (float(sample["t_" + AUDIO]), aligned.seconds) if aligned else None
+            # boxes at the middle frame of the window
+            video = self.spec.video
+            middle = t_video + ((video.num_frames - 1) // 2) / video.fps if video else t_video
+            sample.update(clip_targets(self.spec.targets, entries, meta, crop, (reader.info.width, reader.info.height),
+                                       middle, audio_window, self.spec.mel.sample_rate))
         return sample
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 import torch
 import torchaudio
 from torchvision.transforms import v2
@@ -34,6 +36,36 @@ class AugmentSettings:
     freq_mask_bins: int = 8
 
 
+@dataclass(frozen=True)
+class CropBox:
+    """Where the output frame came from: the region (top, left, height, width) of the
+    decoded frame that was resized to ``size``×``size``, then mirrored if ``flipped``."""
+
+    top: float
+    left: float
+    height: float
+    width: float
+    size: int
+    flipped: bool = False
+
+    def map_boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """K×4 boxes (x0, y0, x1, y1) in decoded-frame pixels → output-frame pixels, clipped;
+        a box that falls outside the crop becomes NaN."""
+        if boxes.size == 0:
+            return boxes.reshape(0, 4).astype(np.float32)
+        sx, sy = self.size / self.width, self.size / self.height
+        x0 = (boxes[:, 0] - self.left) * sx
+        x1 = (boxes[:, 2] - self.left) * sx
+        y0 = (boxes[:, 1] - self.top) * sy
+        y1 = (boxes[:, 3] - self.top) * sy
+        if self.flipped:
+            x0, x1 = self.size - x1, self.size - x0
+        out = np.stack([x0, y0, x1, y1], axis=1).clip(0, self.size).astype(np.float32)
+        empty = (out[:, 2] <= out[:, 0]) | (out[:, 3] <= out[:, 1])
+        out[empty] = np.nan
+        return out
+
+
 class VideoTransform:
     """Worker side: uint8 T×H×W×3 → uint8 C×T×``size``×``size`` (crop, resize, flip).
 
@@ -54,6 +86,10 @@ class VideoTransform:
         self.crop = v2.RandomResizedCrop(size, scale=settings.crop_scale, antialias=True) if train else None
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.apply(frames)[0]
+
+    def apply(self, frames: torch.Tensor) -> tuple[torch.Tensor, CropBox]:
+        """The clip and the :class:`CropBox` it was cut with (to place boxes on it)."""
         video = frames.permute(0, 3, 1, 2)  # T×C×H×W, channels-last memory: torch's fast uint8 resize
         height, width = video.shape[-2:]
         if self.crop is not None:
@@ -64,10 +100,11 @@ class VideoTransform:
             box_height = box_width = min(height, width)
             top, left = (height - box_height) // 2, (width - box_width) // 2
         video = F.resized_crop(video, top, left, box_height, box_width, [self.size, self.size], antialias=True)
-        if self.flip and torch.rand(()) < 0.5:
+        flipped = bool(self.flip and torch.rand(()) < 0.5)
+        if flipped:
             video = video.flip(-1)
         # C×T×H×W as a view: the batch collation makes the one copy it needs anyway
-        return video.permute(1, 0, 2, 3)
+        return video.permute(1, 0, 2, 3), CropBox(top, left, box_height, box_width, self.size, flipped)
 
 
 class VideoBatchTransform(torch.nn.Module):

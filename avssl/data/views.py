@@ -18,6 +18,13 @@ key                shape / dtype               meaning
 ``t_<name>``       B float32                   start of each extra audio view
 ``skipped``        1 int64                     corrupt samples skipped by the worker since
                                                its previous batch (for per-epoch logging)
+``boxes``          B×4×4 float32               sounding-object boxes (x0, y0, x1, y1) in
+                                               output-frame pixels, NaN rows unused
+                                               (target ``boxes``, evaluation)
+``stems``          B×2×N float32               clean source waveforms of the aligned audio
+``num_stems``      B int64                     window, zero rows unused (target ``stems``)
+``event``          B int64                     category heard in the audio window, −1 none
+                                               (target ``event``; avssl/data/targets.py)
 =================  ==========================  ===========================================
 
 The loader's workers yield ``video`` as uint8 and every audio view as a B×1×N waveform;
@@ -40,6 +47,7 @@ T_VIDEO = "t_video"
 T_AUDIO = "t_audio"
 SKIPPED = "skipped"
 
+TARGET_NAMES = ("boxes", "stems", "event")  # avssl/data/targets.py
 AUDIO_OFFSETS = ("aligned", "shifted", "overlapping")
 AUDIO_REPRESENTATIONS = ("logmel", "waveform")
 
@@ -103,13 +111,15 @@ class ViewSpec:
 
     ``audio`` maps a batch key to its window; the key ``"audio"`` is the aligned positive.
     ``clips_per_video`` applies at evaluation: that many windows spread evenly over each
-    video, each a sample of its own (``clip`` tells them apart).
+    video, each a sample of its own (``clip`` tells them apart). ``targets`` names the
+    ground truth to read beside the windows (``boxes``, ``stems``, ``event``).
     """
 
     video: VideoView | None = VideoView()
     audio: dict[str, AudioView] = field(default_factory=lambda: {AUDIO: AudioView()})
     mel: MelSettings = MelSettings()
     clips_per_video: int = 1
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.video is None and not self.audio:
@@ -119,3 +129,6 @@ class ViewSpec:
                 raise ValueError(f"audio view names must be 'audio' or start with 'audio_', got {name!r}")
             if view.offset == "overlapping" and view.min_shift_seconds >= view.seconds:
                 raise ValueError(f"{name}: an overlapping window needs min_shift_seconds < seconds")
+        unknown = sorted(set(self.targets) - set(TARGET_NAMES))
+        if unknown:
+            raise ValueError(f"unknown targets {unknown}; known: {list(TARGET_NAMES)}")

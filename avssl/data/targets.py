@@ -1,0 +1,138 @@
+"""Ground truth for downstream evaluation, read from a shard sample's sidecar entries and
+placed on the clip the sampler decoded: sounding-object boxes in the output frame, clean
+source waveforms of the audio window, and the event heard in the window.
+
+A task asks for these by name in :attr:`ViewSpec.targets`; the batch keys are
+``boxes`` (B×MAX_BOXES×4), ``stems`` (B×MAX_STEMS×N), ``num_stems`` (B) and ``event`` (B).
+
+Sources: the synthetic set's ``gt.json`` (objects with per-frame pixel boxes in a
+``size``×``size`` frame, onsets in seconds, the stem channel of each sounding object) and
+``stems.flac`` (one channel per sounding object); benchmark adapters write ``boxes.json``
+(:func:`read_boxes_json`). Boxes and stems of a sample come in the same order (stem
+channel), so box *k* is the object heard in stem *k*.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import av
+import numpy as np
+import torch
+
+from avssl.data.decode import DecodeError
+from avssl.data.transforms import CropBox
+
+BOXES = "boxes"
+STEMS = "stems"
+NUM_STEMS = "num_stems"
+EVENT = "event"
+TARGETS = (BOXES, STEMS, EVENT)
+MAX_BOXES = 4  # box rows per clip; unused rows are NaN
+MAX_STEMS = 2  # stem rows per clip; unused rows are zeros (num_stems says how many)
+BACKGROUND = -1  # the ``event`` of a window in which no source has an onset
+
+
+def _sounding_objects(gt: dict[str, Any]) -> list[dict[str, Any]]:
+    objects = [o for o in gt.get("objects", []) if o.get("sounding")]
+    return sorted(objects, key=lambda o: o.get("stem_channel", 0))
+
+
+def synthetic_boxes(gt: dict[str, Any], time_seconds: float, frame_width: int, frame_height: int) -> np.ndarray:
+    """Boxes of the sounding objects on screen at ``time_seconds``, K×4 in the pixels of a
+    decoded frame of ``frame_width``×``frame_height`` (NaN rows for objects off screen)."""
+    frame = int(math.floor(time_seconds * float(gt["fps"]) + 1e-6))
+    scale_x, scale_y = frame_width / float(gt["size"]), frame_height / float(gt["size"])
+    rows = []
+    for obj in _sounding_objects(gt):
+        boxes = obj["boxes"]
+        box = boxes[min(max(frame, 0), len(boxes) - 1)] if boxes else None
+        rows.append([np.nan] * 4 if box is None else
+                    [box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y])
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def read_boxes_json(data: bytes, frame_width: int, frame_height: int) -> np.ndarray:
+    """A benchmark's ``boxes.json``: ``{"boxes": [[x0, y0, x1, y1], …]}`` normalised to
+    [0, 1] of the frame (one per annotated box) → K×4 decoded-frame pixels."""
+    entry = json.loads(data)
+    boxes = np.asarray(entry.get("boxes", []), dtype=np.float64).reshape(-1, 4)
+    return boxes * np.array([frame_width, frame_height, frame_width, frame_height])
+
+
+def window_event(gt: dict[str, Any], start_seconds: float, seconds: float, categories: list[str]) -> int:
+    """The category heard in [start, start + seconds): the sounding object with the most
+    onsets in the window (ties → the lower stem channel, the louder source), or BACKGROUND."""
+    best, best_count = BACKGROUND, 0
+    for obj in _sounding_objects(gt):
+        count = sum(start_seconds <= t < start_seconds + seconds for t in obj.get("onsets", []))
+        if count > best_count:
+            best, best_count = categories.index(obj["category"]), count
+    return best
+
+
+def read_stems(data: bytes, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
+    """S×N float32: every channel of a stems file (one per source) over the window, at
+    ``sample_rate``; zeros outside the file."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.audio[0]
+            channels = stream.codec_context.layout.nb_channels
+            resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=sample_rate)
+            chunks = []
+            for frame in container.decode(stream):
+                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    except (av.FFmpegError, IndexError) as error:
+        raise DecodeError(f"stems: cannot decode ({error})") from error
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
+    count = int(round(seconds * sample_rate))
+    first = int(round(start_seconds * sample_rate))
+    out = np.zeros((samples.shape[0], count), np.float32)
+    lo, hi = max(first, 0), min(first + count, samples.shape[1])
+    if hi > lo:
+        out[:, lo - first : hi - first] = samples[:, lo:hi]
+    return out
+
+
+def clip_targets(
+    names: tuple[str, ...], entries: dict[str, bytes], meta: dict[str, Any], crop: CropBox | None,
+    frame_size: tuple[int, int], video_time: float, audio_window: tuple[float, float] | None, sample_rate: int,
+) -> dict[str, torch.Tensor]:
+    """The batch entries for ``names`` of one clip. ``entries`` holds the sample's sidecars
+    by entry name, ``frame_size`` the decoded frame's (width, height), ``video_time`` the
+    time of the frame the boxes are read at, ``audio_window`` (start, seconds)."""
+    gt = json.loads(entries["gt.json"]) if "gt.json" in entries else None
+    out: dict[str, torch.Tensor] = {}
+    if BOXES in names:
+        if crop is None:
+            raise DecodeError("boxes need a video view")
+        if "boxes.json" in entries:
+            boxes = read_boxes_json(entries["boxes.json"], *frame_size)
+        elif gt is not None:
+            boxes = synthetic_boxes(gt, video_time, *frame_size)
+        else:
+            raise DecodeError("boxes asked for, but the sample has neither boxes.json nor gt.json")
+        mapped = crop.map_boxes(boxes[:MAX_BOXES])
+        padded = np.full((MAX_BOXES, 4), np.nan, np.float32)
+        padded[: len(mapped)] = mapped
+        out[BOXES] = torch.from_numpy(padded)
+    if STEMS in names:
+        if "stems.flac" not in entries or audio_window is None:
+            raise DecodeError("stems asked for, but the sample has no stems.flac (or the task no audio view)")
+        stems = read_stems(entries["stems.flac"], audio_window[0] - float(meta.get("audio_start", 0.0)),
+                           audio_window[1], sample_rate)[:MAX_STEMS]
+        padded = np.zeros((MAX_STEMS, stems.shape[1]), np.float32)
+        padded[: len(stems)] = stems
+        out[STEMS] = torch.from_numpy(padded)
+        out[NUM_STEMS] = torch.tensor(len(stems), dtype=torch.int64)
+    if EVENT in names:
+        if gt is None or audio_window is None:
+            raise DecodeError("event asked for, but the sample has no gt.json (or the task no audio view)")
+        out[EVENT] = torch.tensor(window_event(gt, *audio_window, gt["categories"]), dtype=torch.int64)
+    return out
+
+
+__all__ = ["BACKGROUND", "BOXES", "EVENT", "MAX_BOXES", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "clip_targets", "read_boxes_json", "read_stems", "synthetic_boxes", "window_event"]
