@@ -99,6 +99,48 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_probe)
 
 
+def _localize(args: argparse.Namespace) -> int:
+    from avssl.localize import localize_from_recipe
+
+    localize_from_recipe(_recipe(args))
+    return 0
+
+
+def _add_localize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("localize", help="sound-source localization (cIoU/AUC) and event localization "
+                                        "(localization.checkpoint=CKPT|random)")
+    _add_recipe_args(p)
+    p.set_defaults(run=_localize)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from avssl.finetune import finetune_from_recipe
+
+    finetune_from_recipe(_recipe(args))
+    return 0
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier "
+                                        "(finetune.encoders=EXPORT_DIR|CKPT|random)")
+    _add_recipe_args(p)
+    p.set_defaults(run=_finetune)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from avssl.cluster import cluster_from_recipe
+
+    cluster_from_recipe(_recipe(args))
+    return 0
+
+
+def _add_cluster(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster", help="k-means on frozen features, NMI/ARI/purity against labels "
+                                       "(cluster.encoders=EXPORT_DIR|CKPT|random)")
+    _add_recipe_args(p)
+    p.set_defaults(run=_cluster)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="Lightning checkpoint → encoder safetensors + model.json")
     p.add_argument("checkpoint", type=Path)
@@ -156,7 +198,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_shards, _add_pretrain, _add_probe, _add_export,
+    _add_synth, _add_shards, _add_pretrain, _add_probe, _add_finetune, _add_localize, _add_cluster, _add_export,
 ]
 
 

@@ -35,22 +35,24 @@ def data_for_encoders(data: DataConfig, spec: dict[str, Any]) -> DataConfig:
     return data
 
 
-def load_probe_encoders(config: DictConfig, probe: ProbeConfig, run_dir: Path) -> tuple[dict, DataConfig, str]:
-    """(encoders by modality, data config, an id for the feature cache)."""
+def load_encoders(config: DictConfig, source_name: str, run_dir: Path) -> tuple[dict, DataConfig, str]:
+    """(encoders by modality, data config, an id for the feature cache) from an export
+    folder, a Lightning .ckpt (exported into ``run_dir/export`` first) or ``random`` (the
+    recipe's model, initialised with ``seed``)."""
     from avssl.export import export_checkpoint, load_pretrained
     from avssl.models.registry import build_encoders
 
     data = data_config(config)
-    if probe.encoders == "random":
+    if source_name == "random":
         pl.seed_everything(config.seed)
         video, audio = build_encoders(to_plain(config.model))
         encoder_id = "random:" + json.dumps(to_plain(config.model), sort_keys=True) + f":seed={config.seed}"
         return {"video": video, "audio": audio}, data, encoder_id
-    source = Path(probe.encoders)
+    source = Path(source_name)
     if source.suffix == ".ckpt":
         source = export_checkpoint(source, run_dir / "export")
     if not source.is_dir():
-        raise FileNotFoundError(f"probe.encoders={probe.encoders}: not an export folder, a .ckpt or 'random'")
+        raise FileNotFoundError(f"encoders={source_name}: not an export folder, a .ckpt or 'random'")
     pretrained = load_pretrained(source)
     encoder_id = "export:" + _file_digest(list(source.glob("*.safetensors")))
     encoders = {"video": pretrained.video_encoder, "audio": pretrained.audio_encoder}
@@ -58,11 +60,12 @@ def load_probe_encoders(config: DictConfig, probe: ProbeConfig, run_dir: Path) -
 
 
 def format_table(results: dict[str, Any]) -> str:
-    rows = [f"{'modality':<8} {'clip top-1':>10} {'video top-1':>11} {'weight decay':>12}"]
+    rows = [f"{'modality':<8} {'clip top-1':>10} {'video top-1':>11} {'weight decay':>12} {'kNN clip top-1':>14}"]
     for modality, r in results.items():
         if isinstance(r, dict) and "test_clip_top1" in r:
+            knn = f"{r['knn_clip_top1']:>14.1f}" if "knn_clip_top1" in r else f"{'-':>14}"
             rows.append(f"{modality:<8} {r['test_clip_top1']:>10.1f} {r['test_video_top1']:>11.1f} "
-                        f"{r['weight_decay']:>12.0e}")
+                        f"{r['weight_decay']:>12.0e} {knn}")
     return "\n".join(rows)
 
 
@@ -71,7 +74,7 @@ def probe_from_recipe(config: DictConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
-    encoders, data, encoder_id = load_probe_encoders(config, probe, run_dir)
+    encoders, data, encoder_id = load_encoders(config, probe.encoders, run_dir)
     results = run_linear_probe(encoders, data, probe, encoder_id)
     results["encoders"] = probe.encoders
     path = write_metrics(results, run_dir)

@@ -35,38 +35,51 @@ def ground_truth_map(boxes: Sequence[Sequence[float]] | torch.Tensor, height: in
     return (counts > 0).float() if combine == "union" else (counts / 2).clamp(max=1)
 
 
-def binarize_heatmap(heatmap: torch.Tensor) -> torch.Tensor:
+def binarize_heatmap(heatmap: torch.Tensor, num_pixels: int | None = None) -> torch.Tensor:
     """LVS's rule: the pixels strictly above the value at index ⌊HW/2⌋ of the sorted map.
-
     With distinct values that is HW/2 − 1 pixels for even HW (one short of "exactly half");
     a constant map selects nothing. LVS min-max normalises first, which changes no ranking
-    and is skipped here. Returns a bool map."""
+    and is skipped here. ``num_pixels`` instead marks that many highest pixels (the
+    "top-k fraction" rule METHODS.md §6.2 mentions; with k = the ground truth's area it asks
+    where, not how much: objects far smaller than half the frame cannot reach cIoU 0.5
+    under the median rule). Returns a bool map."""
     if heatmap.dim() != 2:
         raise ValueError(f"heatmap must be H×W, got {tuple(heatmap.shape)}")
     if torch.isnan(heatmap).any():
         raise ValueError("heatmap contains NaN")
     flat = heatmap.flatten()
+    if num_pixels is not None:
+        if not 0 < num_pixels <= flat.numel():
+            raise ValueError(f"num_pixels must be in 1..{flat.numel()}, got {num_pixels}")
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+        chosen[flat.argsort(descending=True, stable=True)[:num_pixels]] = True
+        return chosen.view_as(heatmap)
     threshold = flat.sort().values[flat.numel() // 2]
     return heatmap > threshold
 
 
-def ciou(heatmap: torch.Tensor, gt_map: torch.Tensor, *, binarized: bool = False) -> float:
+def ciou(heatmap: torch.Tensor, gt_map: torch.Tensor, *, binarized: bool = False, rule: str = "median") -> float:
     """Consensus IoU of one image: Σ P·g / (Σ g + Σ P·[g = 0]).
 
-    P is `binarize_heatmap(heatmap)`, or `heatmap` itself (values in {0, 1}) when
-    `binarized=True`; g is a `ground_truth_map` of the same H×W. An empty g is an error."""
+    P is `binarize_heatmap(heatmap)` (``rule="median"``, LVS) or the top-k pixels with k the
+    number of ground-truth pixels (``rule="gt_area"``), or `heatmap` itself (values in
+    {0, 1}) when `binarized=True`; g is a `ground_truth_map` of the same H×W. An empty g is
+    an error."""
     if heatmap.shape != gt_map.shape or gt_map.dim() != 2:
         raise ValueError(f"heatmap and gt_map must be H×W of one size, got {tuple(heatmap.shape)} "
                          f"and {tuple(gt_map.shape)}")
+    if rule not in ("median", "gt_area"):
+        raise ValueError(f"rule must be 'median' or 'gt_area', got {rule!r}")
+    g = gt_map.double()
+    if float(g.sum()) <= 0:
+        raise ValueError("gt_map is empty (no box): cIoU is undefined")
     if binarized:
         if not bool(((heatmap == 0) | (heatmap == 1)).all()):
             raise ValueError("binarized=True needs a prediction of 0s and 1s")
         prediction = heatmap.double()
     else:
-        prediction = binarize_heatmap(heatmap).double()
-    g = gt_map.double()
-    if float(g.sum()) <= 0:
-        raise ValueError("gt_map is empty (no box): cIoU is undefined")
+        num_pixels = int((g > 0).sum()) if rule == "gt_area" else None
+        prediction = binarize_heatmap(heatmap, num_pixels).double()
     return float((prediction * g).sum() / (g.sum() + (prediction * (g == 0)).sum()))
 
 

@@ -92,3 +92,15 @@ def test_auc_conventions() -> None:
 def test_success_rate_at_half() -> None:
     assert ciou_success_rate([0.2, 0.5, 0.7, 0.49]) == pytest.approx(0.5)
     assert ciou_success_rate(torch.tensor([0.2, 0.5]), threshold=0.1) == pytest.approx(1.0)
+
+
+def test_gt_area_rule_marks_as_many_pixels_as_the_ground_truth() -> None:
+    gt = ground_truth_map([BOX], H, W)
+    # a smooth map peaking on the box: every box pixel above every other pixel
+    heatmap = gt * 10 + torch.arange(48.0).reshape(H, W) / 48
+    assert ciou(heatmap, gt, rule="gt_area") == pytest.approx(1.0)
+    # the median rule marks 23 pixels: the 9 of the box and 14 others → 9 / (9 + 14)
+    assert ciou(heatmap, gt) == pytest.approx(9 / 23)
+    assert int(binarize_heatmap(heatmap, num_pixels=5).sum()) == 5
+    with pytest.raises(ValueError, match="rule"):
+        ciou(heatmap, gt, rule="otsu")

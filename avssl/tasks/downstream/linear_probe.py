@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,21 @@ class ProbeConfig:
     batch_size: int = 64
     cache_dir: str = "runs/.feature_cache"
     device: str = "auto"
+    knn: bool = True  # also a k-NN classifier on the frozen features (cosine, weighted vote)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
 
 
 @dataclass
 class Features:
-    """Pooled features of one split: per modality N×D, with labels, video index, clip."""
+    """Pooled features of one split: per modality N×D, with labels, video index, clip, and
+    any ground-truth targets asked for (``extra``, e.g. ``event``)."""
 
     by_modality: dict[str, np.ndarray]
     label: np.ndarray
     index: np.ndarray
     clip: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _device(name: str) -> torch.device:
@@ -77,20 +82,23 @@ def _cache_key(encoder_id: str, shards: ShardList, split: str, views: Any) -> st
 def extract_features(
     encoders: dict[str, torch.nn.Module], data: DataConfig, split: str, clips_per_video: int,
     batch_size: int, device: torch.device, cache: Path | None = None, encoder_id: str = "",
+    targets: tuple[str, ...] = (),
 ) -> Features:
-    """Pooled features of every clip of a split, from a cache when one exists."""
+    """Pooled features of every clip of a split, from a cache when one exists; ``targets``
+    (e.g. ``("event",)``) are read beside the windows and returned in ``Features.extra``."""
     shards = ShardList.from_manifest(data.shards, split)
-    views = base_views(data, clips_per_video=clips_per_video)
+    views = replace(base_views(data, clips_per_video=clips_per_video), targets=targets)
     path = None
     if cache is not None:
         path = cache / f"{_cache_key(encoder_id, shards, split, views)}.npz"
         if path.exists():
             stored = np.load(path)
-            return Features({m: stored[m] for m in encoders}, stored["label"], stored["index"], stored["clip"])
+            return Features({m: stored[m] for m in encoders}, stored["label"], stored["index"], stored["clip"],
+                            {t: stored[t] for t in targets})
     stream = ShardStream(shards, ViewSampler(views, train=False), batch_size, num_workers=data.num_workers,
                          shuffle=False, pad=False, max_skip_fraction=data.max_skip_fraction)
     outputs: dict[str, list[np.ndarray]] = {m: [] for m in encoders}
-    meta: dict[str, list[np.ndarray]] = {LABEL: [], INDEX: [], CLIP: []}
+    meta: dict[str, list[np.ndarray]] = {LABEL: [], INDEX: [], CLIP: [], **{t: [] for t in targets}}
     inputs = {"video": VIDEO, "audio": AUDIO}
     for module in encoders.values():
         module.eval().to(device)
@@ -103,10 +111,12 @@ def extract_features(
         for key in meta:
             meta[key].append(batch[key].cpu().numpy())
     features = Features({m: np.concatenate(v) for m, v in outputs.items()},
-                        *(np.concatenate(meta[k]) for k in (LABEL, INDEX, CLIP)))
+                        *(np.concatenate(meta[k]) for k in (LABEL, INDEX, CLIP)),
+                        {t: np.concatenate(meta[t]) for t in targets})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, label=features.label, index=features.index, clip=features.clip, **features.by_modality)
+        np.savez(path, label=features.label, index=features.index, clip=features.clip, **features.by_modality,
+                 **features.extra)
     return features
 
 
@@ -178,6 +188,20 @@ def probe_modality(train: Features, val: Features, test: Features, modality: str
             "val_video_top1": best[0], "search": search}
 
 
+def knn_top1(train: Features, test: Features, modality: str, cfg: ProbeConfig) -> float:
+    """Clip-level top-1 (%) of a weighted k-NN vote over the training clips (the online
+    monitor's vote, :func:`avssl.tasks.monitors.knn_vote`), features standardised with
+    train statistics as for the linear probe."""
+    from avssl.tasks.monitors import knn_vote
+
+    names = ["video", "audio"] if modality == "both" else [modality]
+    stats = {n: (train.by_modality[n].mean(0), train.by_modality[n].std(0) + 1e-6) for n in names}
+    num_classes = int(max(train.label.max(), test.label.max())) + 1
+    predicted = knn_vote(_stack(test, modality, stats), _stack(train, modality, stats),
+                         torch.from_numpy(train.label).long(), num_classes, cfg.knn_k, cfg.knn_temperature)
+    return float((predicted.numpy() == test.label).mean() * 100)
+
+
 def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg: ProbeConfig,
                      encoder_id: str) -> dict[str, Any]:
     """Features for train/val/test (cached), then one probe per requested modality."""
@@ -199,6 +223,9 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
     if (splits["train"].label < 0).any():
         raise ValueError(f"split {cfg.train_split!r} has unlabelled samples (label -1): a probe needs labels")
     results = {m: probe_modality(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
+    if cfg.knn:
+        for m in cfg.modalities:
+            results[m]["knn_clip_top1"] = knn_top1(splits["train"], splits["test"], m, cfg)
     results["num_clips"] = {k: int(len(v.label)) for k, v in splits.items()}
     return results
 

@@ -1,6 +1,7 @@
 """Pretext methods by recipe name (``task.name``)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from avssl.tasks.pretext.avc import AVC
@@ -17,3 +18,18 @@ def build_pretext_task(config: dict[str, Any]) -> PretextTask:
     if name not in PRETEXT_TASKS:
         raise ValueError(f"task.name must be one of {sorted(PRETEXT_TASKS)}, got {name!r}")
     return PRETEXT_TASKS[name](config)
+
+
+def load_pretext_task(checkpoint: str | Path) -> PretextTask:
+    """A trained pretext task (encoders, heads, state) from its Lightning checkpoint, rebuilt
+    from the recipe the checkpoint carries; in eval mode."""
+    from avssl.export import ExportError, _load_checkpoint, _recipe
+
+    path = Path(checkpoint)
+    ckpt = _load_checkpoint(path, allow_pickle=True)
+    task = build_pretext_task(_recipe(ckpt, path))
+    missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ExportError(f"{path}: the weights do not match the task its recipe builds "
+                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return task.eval()

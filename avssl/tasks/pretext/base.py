@@ -62,6 +62,17 @@ class PretextTask(pl.LightningModule):
             self.hparams["config"].setdefault("task", {})["num_instances"] = cfg.num_instances
         return cfg.num_instances
 
+    # -- cross-modal score ----------------------------------------------------------------
+    def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """How well video row i and audio row i correspond (B×D_v, B×D_a encoder outputs →
+        B), higher is better: the method's own cross-modal score. Localization applies it to
+        every location of the video feature map. The default is the cosine similarity, for
+        methods whose encoders share one space."""
+        if video_features.shape[-1] != audio_features.shape[-1]:
+            raise NotImplementedError(f"{type(self).__name__} has no cross-modal score for {video_features.shape[-1]}-d "
+                                      f"video and {audio_features.shape[-1]}-d audio features")
+        return torch.nn.functional.cosine_similarity(video_features, audio_features, dim=-1)
+
     # -- views ----------------------------------------------------------------------------
     def extra_audio_views(self) -> dict[str, AudioView]:
         """Further audio windows this method needs beyond the aligned one (AVTS)."""

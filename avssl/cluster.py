@@ -1,0 +1,34 @@
+"""`avssl cluster`: k-means on frozen features of a split, NMI / ARI / purity against its
+labels; writes metrics.json."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from avssl.config import check_section
+from avssl.probe import load_encoders
+from avssl.tasks.downstream.clustering import ClusterConfig, cluster_features
+from avssl.tasks.downstream.linear_probe import _device, extract_features, write_metrics
+
+
+def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:
+    cfg: ClusterConfig = check_section(config, "cluster", ClusterConfig)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    encoders, data, encoder_id = load_encoders(config, cfg.encoders, run_dir)
+    needed = sorted({m for mod in cfg.modalities for m in (["video", "audio"] if mod == "both" else [mod])})
+    missing = [m for m in needed if encoders.get(m) is None]
+    if missing:
+        raise ValueError(f"cluster needs the {', '.join(missing)} encoder, which {cfg.encoders} does not have")
+    features = extract_features({m: encoders[m] for m in needed}, data, cfg.split, 1, cfg.batch_size,
+                                _device(cfg.device), Path(cfg.cache_dir), encoder_id)
+    results = cluster_features(features, cfg, seed=int(config.seed))
+    results["encoders"] = cfg.encoders
+    path = write_metrics(results, run_dir)
+    rows = ", ".join(f"{m} NMI {results[m]['nmi']:.3f} ARI {results[m]['ari']:.3f} purity {results[m]['purity']:.3f}"
+                     for m in cfg.modalities)
+    print(f"k-means (K={results['num_clusters']}) on {cfg.split} features of {cfg.encoders}: {rows}\nwritten: {path}")
+    return results

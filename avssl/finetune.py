@@ -1,0 +1,42 @@
+"""`avssl finetune`: fine-tune a pretrained encoder with a linear classifier on labelled
+shards; writes metrics.json (clip/video top-1 and top-5 on test)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from avssl.config import check_section
+from avssl.data.datamodule import MANIFEST
+from avssl.probe import load_encoders
+from avssl.tasks.downstream.finetune import FinetuneConfig, run_finetune
+from avssl.tasks.downstream.linear_probe import write_metrics
+
+
+def manifest_classes(shards: str | Path) -> list[str]:
+    """The class names `avssl shards` recorded for the shards (empty when unlabelled)."""
+    path = Path(shards) / MANIFEST
+    return list(json.loads(path.read_text()).get("classes") or []) if path.exists() else []
+
+
+def finetune_from_recipe(config: DictConfig) -> dict[str, Any]:
+    cfg: FinetuneConfig = check_section(config, "finetune", FinetuneConfig)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    encoders, data, _ = load_encoders(config, cfg.encoders, run_dir)
+    encoder = encoders.get(cfg.modality)
+    if encoder is None:
+        raise ValueError(f"finetune.modality={cfg.modality}: these encoders have no {cfg.modality} encoder")
+    num_classes = cfg.num_classes or len(manifest_classes(data.shards))
+    if num_classes < 2:
+        raise ValueError(f"{data.shards}: the manifest lists no classes; set finetune.num_classes")
+    results = run_finetune(encoder, data, cfg, num_classes, str(run_dir), seed=int(config.seed))
+    results["encoders"] = cfg.encoders
+    path = write_metrics(results, run_dir)
+    t = results["test"]
+    print(f"fine-tuned {cfg.modality} encoder of {cfg.encoders} ({cfg.epochs} epochs), test top-1 %: "
+          f"clip {t['clip_top1']:.1f}, video {t['video_top1']:.1f} (top-5 {t['video_top5']:.1f})\nwritten: {path}")
+    return results

@@ -1,0 +1,63 @@
+"""Clustering quality of frozen features (METHODS.md §8): k-means (scipy's ``kmeans2``,
+k-means++ seeding, several restarts, the lowest inertia kept) on standardised features of a
+split, K = the number of classes, scored with NMI, ARI and purity against the labels.
+Labels are used only to score, never to cluster."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.cluster.vq import kmeans2
+
+from avssl.metrics.clustering import clustering_scores
+from avssl.tasks.downstream.linear_probe import MODALITIES, Features
+
+
+@dataclass
+class ClusterConfig:
+    """The ``cluster`` section of an evaluation recipe."""
+
+    encoders: str = "random"  # an `avssl export` folder, a Lightning .ckpt, or "random"
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    split: str = "test"
+    num_clusters: int | None = None  # None: the number of classes in the split's labels
+    restarts: int = 5
+    batch_size: int = 64
+    cache_dir: str = "runs/.feature_cache"
+    device: str = "auto"
+
+
+def kmeans(x: np.ndarray, k: int, restarts: int, seed: int = 0) -> np.ndarray:
+    """Cluster ids of the rows of ``x``: the lowest-inertia of ``restarts`` k-means++ runs."""
+    best, best_inertia = None, np.inf
+    for r in range(restarts):
+        centroids, ids = kmeans2(x, k, minit="++", seed=np.random.default_rng([seed, r]), iter=50)
+        inertia = float(((x - centroids[ids]) ** 2).sum())
+        if inertia < best_inertia:
+            best, best_inertia = ids, inertia
+    assert best is not None
+    return best
+
+
+def cluster_features(features: Features, cfg: ClusterConfig, seed: int = 0) -> dict[str, Any]:
+    """NMI/ARI/purity of k-means on each modality's (and both's) standardised features."""
+    known = features.label >= 0
+    if not known.any():
+        raise ValueError(f"split {cfg.split!r} has no labels: clustering is scored against labels")
+    labels = features.label[known]
+    k = cfg.num_clusters or int(labels.max()) + 1
+    results: dict[str, Any] = {"num_clusters": k, "num_samples": int(known.sum())}
+    for modality in cfg.modalities:
+        if modality not in MODALITIES:
+            raise ValueError(f"cluster.modalities: {modality!r} is not one of {MODALITIES}")
+        names = ["video", "audio"] if modality == "both" else [modality]
+        parts = [features.by_modality[n][known] for n in names]
+        x = np.concatenate([(p - p.mean(0)) / (p.std(0) + 1e-6) for p in parts], axis=1).astype(np.float64)
+        ids = kmeans(x, k, cfg.restarts, seed)
+        results[modality] = clustering_scores(torch.from_numpy(ids), torch.from_numpy(labels))
+    return results
+
+
+__all__ = ["ClusterConfig", "cluster_features", "kmeans"]

@@ -1,0 +1,172 @@
+"""Sound-source localization and temporal event localization (METHODS.md §6).
+
+Heatmaps (zero-shot): the pretext method's own cross-modal score
+(:meth:`~avssl.tasks.pretext.base.PretextTask.pair_scores`) between the clip's audio
+embedding and the video encoder's feature map at every location (time-averaged), upsampled
+bilinearly to the frame — LVS's cosine map for methods with a shared space, the L³ head's
+correspondence logit per location for AVC. Scored with cIoU against the sounding objects'
+boxes (union map), under the recipe's binarisation rule, with AUC over cIoU thresholds and
+the whole-image baseline (a map that marks every pixel) beside it.
+
+Temporal event localization (AVE-style, §6.3): each evaluation window of a video is a
+segment labelled with the category heard in it or background (target ``event``); a linear
+classifier on the frozen video + audio features, chosen on val, gives the segment accuracy
+on test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
+from avssl.data.sampling import ViewSampler
+from avssl.data.targets import BACKGROUND, BOXES
+from avssl.data.transforms import BatchTransform
+from avssl.data.views import AUDIO, VIDEO
+from avssl.metrics.localization import ciou, ciou_auc, ciou_success_rate, ground_truth_map, whole_image_baseline
+from avssl.tasks.downstream.linear_probe import Features, ProbeConfig, extract_features, probe_modality
+from avssl.tasks.pretext.base import PretextTask
+
+
+@dataclass
+class LocalizationConfig:
+    """The ``localization`` section of an evaluation recipe."""
+
+    checkpoint: str = "random"  # a pretext run's Lightning .ckpt (encoders + head), or "random"
+    split: str = "test"
+    rule: str = "gt_area"  # cIoU binarisation: gt_area (top-k, k = box area) | median (LVS)
+    batch_size: int = 64
+    num_plot: int = 8  # clips in localization.png
+    events: bool = True  # also run temporal event localization
+    event_clips_per_video: int = 4  # segments per video (the windows tile the video)
+    event_train_split: str = "train"
+    event_val_split: str = "val"
+    cache_dir: str = "runs/.feature_cache"  # frozen features of the event segments
+    device: str = "auto"
+
+
+@torch.no_grad()
+def heatmaps(task: PretextTask, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """B×H×W maps (H×W of the frames) of how strongly each place corresponds to the audio."""
+    feature_map = task.video_encoder.feature_map(video).mean(dim=2)  # B×C×h×w
+    audio_embedding = task.audio_encoder(audio)
+    batch, channels, h, w = feature_map.shape
+    locations = feature_map.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
+    scores = task.pair_scores(locations, audio_embedding.repeat_interleave(h * w, dim=0)).reshape(batch, 1, h, w)
+    return F.interpolate(scores.float(), size=video.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def _gt_maps(boxes: torch.Tensor, height: int, width: int) -> list[torch.Tensor | None]:
+    """Union map of each clip's boxes (NaN rows unused); None when no box is on screen."""
+    maps: list[torch.Tensor | None] = []
+    for rows in boxes:
+        rows = rows[~torch.isnan(rows).any(dim=1)]
+        gt = ground_truth_map(rows, height, width) if len(rows) else None
+        maps.append(gt if gt is not None and float(gt.sum()) > 0 else None)
+    return maps
+
+
+def localization_scores(cious: list[float], baselines: list[float]) -> dict[str, float]:
+    """Dataset-level figures: cIoU@0.5 (fraction of clips), mean cIoU, AUC, and the same
+    for the whole-image map."""
+    return {"ciou": ciou_success_rate(cious), "mean_ciou": float(np.mean(cious)), "auc": ciou_auc(cious),
+            "whole_image_ciou": ciou_success_rate(baselines), "whole_image_mean_ciou": float(np.mean(baselines)),
+            "whole_image_auc": ciou_auc(baselines), "num_clips": len(cious)}
+
+
+def evaluate_localization(task: PretextTask, data: DataConfig, cfg: LocalizationConfig, device: torch.device
+                          ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """cIoU figures for both binarisation rules (the recipe's first), and a few clips to plot."""
+    views = replace(base_views(data), targets=(BOXES,))
+    shards = ShardList.from_manifest(data.shards, cfg.split)
+    stream = ShardStream(shards, ViewSampler(views, train=False), cfg.batch_size, num_workers=data.num_workers,
+                         shuffle=False, pad=False, max_skip_fraction=data.max_skip_fraction)
+    finish = BatchTransform(views).to(device)
+    task.eval().to(device)
+    cious: dict[str, list[float]] = {"gt_area": [], "median": []}
+    baselines: list[float] = []
+    skipped = 0
+    shown: dict[str, list[torch.Tensor]] = {"frame": [], "heatmap": [], "boxes": []}
+    for batch in tqdm(make_loader(stream, data.num_workers), desc=f"localization {cfg.split}", unit="batch",
+                      total=len(stream), leave=False):
+        frames = batch[VIDEO][:, :, batch[VIDEO].shape[2] // 2]  # uint8 B×3×H×W, the middle frame
+        batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)
+        maps = heatmaps(task, batch[VIDEO], batch[AUDIO]).cpu()
+        height, width = maps.shape[-2:]
+        for i, gt in enumerate(_gt_maps(batch[BOXES].cpu(), height, width)):
+            if gt is None:  # the sounding object is off screen in this frame
+                skipped += 1
+                continue
+            for rule in cious:
+                cious[rule].append(ciou(maps[i], gt, rule=rule))
+            baselines.append(whole_image_baseline(gt))
+            if len(shown["frame"]) < cfg.num_plot:
+                shown["frame"].append(frames[i])
+                shown["heatmap"].append(maps[i])
+                shown["boxes"].append(batch[BOXES][i].cpu())
+    if not baselines:
+        raise ValueError(f"split {cfg.split!r}: no clip with a sounding object on screen: nothing to localize")
+    rules = [cfg.rule] + [r for r in cious if r != cfg.rule]
+    results: dict[str, Any] = {"rule": cfg.rule, **localization_scores(cious[cfg.rule], baselines),
+                               "by_rule": {r: localization_scores(cious[r], baselines) for r in rules},
+                               "clips_without_box": skipped}
+    return results, {k: torch.stack(v) for k, v in shown.items() if v}
+
+
+def event_localization(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg: LocalizationConfig,
+                       device: torch.device, cache: Path | None, encoder_id: str) -> dict[str, Any]:
+    """Segment accuracy (%) of a linear classifier on frozen video + audio features of each
+    segment, 29-way on AVE, (categories + background) here."""
+    splits = {}
+    for name, split in (("train", cfg.event_train_split), ("val", cfg.event_val_split), ("test", cfg.split)):
+        features = extract_features(encoders, data, split, cfg.event_clips_per_video, cfg.batch_size, device,
+                                    cache, encoder_id, targets=("event",))
+        splits[name] = features
+    num_categories = int(max(f.extra["event"].max() for f in splits.values())) + 1
+    relabelled = {}
+    for name, f in splits.items():
+        event = np.where(f.extra["event"] == BACKGROUND, num_categories, f.extra["event"])
+        # one "video" per segment: the probe's video-level score is then the segment's own
+        relabelled[name] = Features(f.by_modality, event, np.arange(len(event)), f.clip)
+    result = probe_modality(relabelled["train"], relabelled["val"], relabelled["test"], "both", ProbeConfig())
+    background = float((relabelled["test"].label == num_categories).mean() * 100)
+    return {"segment_accuracy": result["test_clip_top1"], "weight_decay": result["weight_decay"],
+            "background_share": background, "segments": {k: int(len(v.label)) for k, v in relabelled.items()}}
+
+
+def plot_localization(shown: dict[str, torch.Tensor], path: Path, title: str) -> Path:
+    """A grid: each clip's frame, its heatmap over it, and the ground-truth boxes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    count = len(shown["frame"])
+    fig, axes = plt.subplots(2, count, figsize=(1.8 * count, 3.8), squeeze=False)
+    for i in range(count):
+        frame = shown["frame"][i].permute(1, 2, 0).numpy()
+        heat = shown["heatmap"][i].numpy()
+        for row, ax in enumerate(axes[:, i]):
+            ax.imshow(frame)
+            if row == 1:
+                ax.imshow((heat - heat.min()) / (np.ptp(heat) + 1e-9), cmap="jet", alpha=0.5)
+            for x0, y0, x1, y1 in shown["boxes"][i].tolist():
+                if not np.isnan(x0):
+                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", linewidth=1.2))
+            ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["LocalizationConfig", "evaluate_localization", "event_localization", "heatmaps", "localization_scores",
+           "plot_localization"]
