@@ -1,9 +1,10 @@
 """Recipes: OmegaConf YAML with a schema, inheritance and command-line overrides.
 
 A recipe has the sections ``data``, ``model``, ``task``, ``trainer``, ``logger``,
-``export`` (DESIGN.md). ``base: other.yaml`` (relative to the recipe, or to recipes/)
-starts from another recipe. ``key=value`` overrides apply last. Every key is checked
-against the schema: an unknown key is an error that names it.
+``export`` (DESIGN.md) and ``monitors`` (online probes during pretraining).
+``base: other.yaml`` (relative to the recipe, or to recipes/) starts from another recipe.
+``key=value`` overrides apply last. Every key is checked against the schema: an unknown
+key is an error that names it.
 """
 from __future__ import annotations
 
@@ -46,6 +47,20 @@ class ExportConfig:
 
 
 @dataclass
+class MonitorsConfig:
+    """Online linear probe and kNN on the training embeddings (avssl/tasks/monitors.py)."""
+
+    linear_probe: bool = True
+    knn: bool = True
+    modalities: list[str] = field(default_factory=lambda: ["video", "audio"])
+    num_classes: int | None = None  # None: the number of class names in the shards' manifest
+    lr: float = 1e-3  # the linear probe's Adam
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    queue_size: int = 4096  # labelled training embeddings kept for the kNN, per modality
+
+
+@dataclass
 class Recipe:
     """Sections every recipe has; ``task`` and ``trainer`` are checked separately."""
 
@@ -57,6 +72,7 @@ class Recipe:
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
     probe: dict[str, Any] = field(default_factory=dict)
 
 

@@ -45,6 +45,7 @@ def pretrain(config: DictConfig, resume: str | None = None) -> dict[str, Any]:
     the export folder."""
     # ShardStream.__len__ is exact by construction (equal batches per worker and rank).
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+    from avssl.tasks.monitors import build_monitors
     from avssl.tasks.pretext import build_pretext_task
 
     run_dir = Path(config.run_dir)
@@ -56,7 +57,8 @@ def pretrain(config: DictConfig, resume: str | None = None) -> dict[str, Any]:
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))
     trainer_args.setdefault("default_root_dir", str(run_dir))
     loggers = make_loggers(config, run_dir)
-    callbacks: list[pl.Callback] = [checkpoint]
+    monitors = OmegaConf.to_object(config.monitors)
+    callbacks: list[pl.Callback] = [checkpoint, *build_monitors(monitors, config.data.shards, seed=config.seed)]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = pl.Trainer(logger=loggers or False, callbacks=callbacks, **trainer_args)

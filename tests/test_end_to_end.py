@@ -35,6 +35,9 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
     assert "negatives: in_batch" in saved and str(tiny_shards) in saved
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/accuracy" in metrics
+    for metric in ("online/video_linear_top1", "online/audio_linear_top1", "online/video_knn_top1",
+                   "online/audio_knn_top1", "online/video_linear_train_top1"):
+        assert metric in metrics, f"{metric} not logged"
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb runs offline by default"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     export = run_dir / "export"
@@ -43,6 +46,12 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
 
     loaded = avssl.load_pretrained(export)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    # the monitors' own state: probe weights + optimiser, kNN queues
+    state = {key.split("{")[0]: value for key, value in ckpt["callbacks"].items()}
+    classes = len(json.loads((tiny_shards / "manifest.json").read_text())["classes"])
+    assert state["OnlineLinearProbe"]["classifiers"]["video.weight"].shape == (classes, 16)
+    assert state["OnlineLinearProbe"]["optimizer"]["state"], "the probe's Adam state is saved"
+    assert state["OnlineKNN"]["audio"]["features"].shape == (4096, 16)
     prefix = "video_encoder."
     for key, value in loaded.video_encoder.state_dict().items():
         torch.testing.assert_close(value, ckpt["state_dict"][prefix + key])
@@ -64,9 +73,11 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, recipe, metrics", [
-    ("avts", "avts_small.yaml", ["val/sync_accuracy", "test/sync_accuracy", "train/accuracy_hard"]),
-    ("avid_cma", "avid_cma_small.yaml", ["val/retrieval_top1", "train/xid", "train/cma"]),
-    ("selavi", "selavi_small.yaml", ["val/nmi_best_head", "test/nmi_head0", "train/video_head_accuracy"]),
+    ("avts", "avts_small.yaml", ["val/sync_accuracy", "test/sync_accuracy", "train/accuracy_hard",
+                                 "online/audio_knn_top1"]),
+    ("avid_cma", "avid_cma_small.yaml", ["val/retrieval_top1", "train/xid", "train/cma", "online/video_knn_top1"]),
+    ("selavi", "selavi_small.yaml", ["val/nmi_best_head", "test/nmi_head0", "train/video_head_accuracy",
+                                     "online/audio_linear_top1"]),
 ])
 def test_other_pretext_tasks_train_and_export(tiny_shards: Path, tmp_path: Path, method: str, recipe: str,
                                               metrics: list[str]) -> None:

@@ -162,7 +162,7 @@ class AVC(PretextTask):
         return {"loss": loss, "terms": {"avc": loss.detach()},
                 "embeddings": {"video": video.detach(), "audio": audio.detach()}}
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         # Held-out correspondence as the paper reports it: one negative per positive.
         video, audio = self.embed(batch)
         loss, accuracy = self.correspondence(video, audio, batch[INDEX], "paired")
@@ -170,3 +170,4 @@ class AVC(PretextTask):
         self.log("val/loss", loss, sync_dist=True, batch_size=size)
         self.log("val/accuracy", accuracy, prog_bar=True, sync_dist=True, batch_size=size)
         self.log_skipped(batch, "val")
+        return {"embeddings": {"video": video, "audio": audio}}  # for the online monitors

@@ -160,13 +160,15 @@ class AVID(PretextTask):
         return {"loss": loss, "terms": {k: t.detach() for k, t in terms.items()},
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         """Held-out cross-modal retrieval within the batch: is a clip's own audio the
         nearest of the batch's audio to its video (and vice versa)?"""
-        v = F.normalize(self.video_head(self.video_encoder(batch[VIDEO])), dim=1)
-        a = F.normalize(self.audio_head(self.audio_encoder(batch[AUDIO])), dim=1)
+        video_features, audio_features = self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
+        v = F.normalize(self.video_head(video_features), dim=1)
+        a = F.normalize(self.audio_head(audio_features), dim=1)
         similarity = v @ a.T
         target = torch.arange(v.shape[0], device=v.device)
         accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean() + (similarity.argmax(0) == target).float().mean())
         self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
         self.log_skipped(batch, "val")
+        return {"embeddings": {"video": video_features, "audio": audio_features}}  # for the online monitors

@@ -186,10 +186,10 @@ class AVTS(PretextTask):
         share = self.hard_fraction + self.super_hard_fraction
         return 0.5 * (positive + (1 - share) * easy + share * hard)
 
-    def _sync_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        _, v = self.embed_video(batch[VIDEO])
+    def _sync_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict:
+        video_features, v = self.embed_video(batch[VIDEO])
         size = v.shape[0]
-        _, a_both = self.embed_audio(torch.cat([batch[AUDIO], batch[HARD]]))
+        audio_features, a_both = self.embed_audio(torch.cat([batch[AUDIO], batch[HARD]]))
         d_aligned, d_shifted = embedding_distance(v, a_both[:size]), embedding_distance(v, a_both[size:])
         d_easy = embedding_distance(v, a_both[:size][paired_negative_permutation(batch[INDEX])])
         threshold = self.task_config.margin / 2
@@ -198,9 +198,10 @@ class AVTS(PretextTask):
         accuracy = 0.5 * ((d_aligned < threshold).float().mean() + (d_easy >= threshold).float().mean())
         self.log(f"{stage}/accuracy", accuracy, sync_dist=True, batch_size=size)
         self.log_skipped(batch, stage)
+        return {"embeddings": {"video": video_features, "audio": audio_features[:size]}}  # for the online monitors
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._sync_step(batch, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        return self._sync_step(batch, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._sync_step(batch, "test")
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        return self._sync_step(batch, "test")

@@ -158,11 +158,13 @@ class SeLaVi(PretextTask):
         self._clusters: list[torch.Tensor] = []
         self._cluster_labels: list[torch.Tensor] = []
 
-    def _collect_clusters(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        video_logits, audio_logits = self.head_logits(self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO]))
+    def _collect_clusters(self, batch: dict[str, torch.Tensor], stage: str) -> dict:
+        video_features, audio_features = self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
+        video_logits, audio_logits = self.head_logits(video_features, audio_features)
         self._clusters.append(gather(self.joint_log_probs(video_logits, audio_logits).argmax(-1).T.contiguous()))
         self._cluster_labels.append(gather(batch[LABEL]))
         self.log_skipped(batch, stage)
+        return {"embeddings": {"video": video_features, "audio": audio_features}}  # for the online monitors
 
     def _log_clustering(self, stage: str) -> None:
         """``{stage}/nmi_head{h}`` for every head, their best and mean. Pick the head on
@@ -182,8 +184,8 @@ class SeLaVi(PretextTask):
     def on_validation_epoch_start(self) -> None:
         self._start_clustering()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._collect_clusters(batch, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        return self._collect_clusters(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_clustering("val")
@@ -191,8 +193,8 @@ class SeLaVi(PretextTask):
     def on_test_epoch_start(self) -> None:
         self._start_clustering()
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._collect_clusters(batch, "test")
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        return self._collect_clusters(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_clustering("test")
