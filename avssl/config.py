@@ -73,7 +73,13 @@ class Recipe:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
+    # evaluation verbs' sections, each checked by its verb (avssl probe / finetune / localize /
+    # separate / cluster)
     probe: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    localization: dict[str, Any] = field(default_factory=dict)
+    separation: dict[str, Any] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)
 
 
 def _resolve_base(base: str, relative_to: Path) -> Path:

@@ -129,6 +129,10 @@ class AVC(PretextTask):
         else:
             raise ValueError(f"task.head must be l3 or distance, got {cfg.head!r}")
 
+    def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """The correspondence logit of the head."""
+        return self.fusion(self.video_norm(video_features), self.audio_norm(audio_features))
+
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
 

@@ -123,6 +123,10 @@ class AVTS(PretextTask):
         features = self.audio_encoder(audio)
         return features, self.audio_head(features)
 
+    def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """Minus the distance the margin loss is trained on."""
+        return -embedding_distance(self.video_head(video_features), self.audio_head(audio_features))
+
     def negative_kinds(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """Per clip: 0 easy, 1 hard, 2 super-hard negative, drawn at the current fractions."""
         u = torch.rand(batch_size, device=device)

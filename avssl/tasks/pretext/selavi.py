@@ -97,6 +97,11 @@ class SeLaVi(PretextTask):
         return (torch.stack([head(video_features) for head in self.video_heads]),
                 torch.stack([head(audio_features) for head in self.audio_heads]))
 
+    def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """Probability that both modalities fall in the same cluster, mean over heads."""
+        video_logits, audio_logits = self.head_logits(video_features, audio_features)
+        return (video_logits.softmax(-1) * audio_logits.softmax(-1)).sum(-1).mean(0)
+
     @staticmethod
     def joint_log_probs(video_logits: torch.Tensor, audio_logits: torch.Tensor) -> torch.Tensor:
         """Mean of the modalities' log-probabilities: log of (P_v ⊙ P_a)^½."""
