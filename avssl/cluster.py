@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from avssl.config import check_section
+from avssl.data.datamodule import manifest_classes
 from avssl.probe import load_encoders
 from avssl.tasks.downstream.clustering import ClusterConfig, cluster_features
 from avssl.tasks.downstream.linear_probe import _device, extract_features, write_metrics
@@ -25,6 +26,8 @@ def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:
         raise ValueError(f"cluster needs the {', '.join(missing)} encoder, which {cfg.encoders} does not have")
     features = extract_features({m: encoders[m] for m in needed}, data, cfg.split, 1, cfg.batch_size,
                                 _device(cfg.device), Path(cfg.cache_dir), encoder_id)
+    if cfg.num_clusters is None and manifest_classes(data.shards):
+        cfg.num_clusters = len(manifest_classes(data.shards))  # K = the number of classes
     results = cluster_features(features, cfg, seed=int(config.seed))
     results["encoders"] = cfg.encoders
     path = write_metrics(results, run_dir)

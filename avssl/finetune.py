@@ -2,23 +2,16 @@
 shards; writes metrics.json (clip/video top-1 and top-5 on test)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from avssl.config import check_section
-from avssl.data.datamodule import MANIFEST
+from avssl.data.datamodule import manifest_classes
 from avssl.probe import load_encoders
 from avssl.tasks.downstream.finetune import FinetuneConfig, run_finetune
 from avssl.tasks.downstream.linear_probe import write_metrics
-
-
-def manifest_classes(shards: str | Path) -> list[str]:
-    """The class names `avssl shards` recorded for the shards (empty when unlabelled)."""
-    path = Path(shards) / MANIFEST
-    return list(json.loads(path.read_text()).get("classes") or []) if path.exists() else []
 
 
 def finetune_from_recipe(config: DictConfig) -> dict[str, Any]:

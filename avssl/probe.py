@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,13 +61,37 @@ def load_encoders(config: DictConfig, source_name: str, run_dir: Path) -> tuple[
 
 
 def format_table(results: dict[str, Any]) -> str:
-    rows = [f"{'modality':<8} {'clip top-1':>10} {'video top-1':>11} {'weight decay':>12} {'kNN clip top-1':>14}"]
+    """One row per modality: top-1 (%) for single-label sets, mAP for multi-label ones."""
+    def decay(value: Any) -> str:
+        return "/".join(f"{v:.0e}" for v in value) if isinstance(value, list) else f"{value:.0e}"
+
+    rows = [f"{'modality':<8} {'clip':>8} {'video':>8} {'kNN clip':>9}  weight decay"]
     for modality, r in results.items():
-        if isinstance(r, dict) and "test_clip_top1" in r:
-            knn = f"{r['knn_clip_top1']:>14.1f}" if "knn_clip_top1" in r else f"{'-':>14}"
-            rows.append(f"{modality:<8} {r['test_clip_top1']:>10.1f} {r['test_video_top1']:>11.1f} "
-                        f"{r['weight_decay']:>12.0e} {knn}")
+        if not isinstance(r, dict):
+            continue
+        if "test_clip_top1" in r:
+            knn = f"{r['knn_clip_top1']:>9.1f}" if "knn_clip_top1" in r else f"{'-':>9}"
+            rows.append(f"{modality:<8} {r['test_clip_top1']:>8.1f} {r['test_video_top1']:>8.1f} {knn}  "
+                        f"{decay(r['weight_decay'])}")
+        elif "test_clip_map" in r:
+            rows.append(f"{modality:<8} {r['test_clip_map']:>8.3f} {r['test_video_map']:>8.3f} {'-':>9}  "
+                        f"{decay(r['weight_decay'])}   (mAP)")
     return "\n".join(rows)
+
+
+def cross_validate(encoders: dict, data: DataConfig, probe: ProbeConfig, encoder_id: str) -> dict[str, Any]:
+    """The fold protocol (ESC-50, METHODS.md §5.2): one probe per fold's shard set
+    (`avssl prepare esc50 --fold k`: train = the other folds, test = fold k), and the mean
+    of each test metric over the folds."""
+    from dataclasses import replace
+
+    folds = [run_linear_probe(encoders, replace(data, shards=shards), probe, encoder_id) for shards in probe.fold_shards]
+    results: dict[str, Any] = {"folds": folds, "fold_shards": list(probe.fold_shards)}
+    for modality in probe.modalities:
+        keys = [k for k, v in folds[0][modality].items() if k.startswith("test_") or k == "knn_clip_top1"]
+        results[modality] = {k: float(np.mean([f[modality][k] for f in folds])) for k in keys}
+        results[modality]["weight_decay"] = [f[modality]["weight_decay"] for f in folds]
+    return results
 
 
 def probe_from_recipe(config: DictConfig) -> dict[str, Any]:
@@ -75,8 +100,12 @@ def probe_from_recipe(config: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
     encoders, data, encoder_id = load_encoders(config, probe.encoders, run_dir)
-    results = run_linear_probe(encoders, data, probe, encoder_id)
+    if probe.fold_shards:
+        results = cross_validate(encoders, data, probe, encoder_id)
+    else:
+        results = run_linear_probe(encoders, data, probe, encoder_id)
     results["encoders"] = probe.encoders
     path = write_metrics(results, run_dir)
-    print(f"linear probe of {probe.encoders} (test split, top-1 %):\n{format_table(results)}\nwritten: {path}")
+    where = f"mean of {len(probe.fold_shards)} folds" if probe.fold_shards else "test split"
+    print(f"linear probe of {probe.encoders} ({where}, top-1 %):\n{format_table(results)}\nwritten: {path}")
     return results

@@ -68,6 +68,23 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
     # one clip per training video, three per evaluation video
     assert result["num_clips"] == {"train": videos["train"], "val": 3 * videos["val"], "test": 3 * videos["test"]}
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 3, "features cached per split"
+    assert 0.0 <= result["video"]["knn_clip_top1"] <= 100.0
+
+    # the fold protocol: one probe per fold's shards, test metrics averaged (two identical folds here)
+    folds_dir = tmp_path / "folds"
+    assert main(["probe", str(RECIPES / "eval" / "synth_probe.yaml"), *common, f"run_dir={folds_dir}",
+                 f"probe.encoders={export}", f"probe.cache_dir={tmp_path / 'cache'}", "probe.weight_decays=[1e-3]",
+                 "probe.max_iter=20", f"probe.fold_shards=[{tiny_shards},{tiny_shards}]"]) == 0
+    folds = json.loads((folds_dir / "metrics.json").read_text())
+    assert len(folds["folds"]) == 2 and folds["video"]["test_video_top1"] == result["video"]["test_video_top1"]
+
+    # k-means on the same frozen features
+    assert main(["cluster", str(RECIPES / "eval" / "synth_cluster.yaml"), *common, f"run_dir={tmp_path / 'cluster'}",
+                 f"cluster.encoders={export}", f"cluster.cache_dir={tmp_path / 'cache'}"]) == 0
+    clusters = json.loads((tmp_path / "cluster" / "metrics.json").read_text())
+    assert clusters["num_samples"] == videos["test"] and clusters["num_clusters"] == classes
+    for modality in ("video", "audio", "both"):
+        assert 0.0 <= clusters[modality]["nmi"] <= 1.0 and 0.0 < clusters[modality]["purity"] <= 1.0
     assert "linear probe of" in capsys.readouterr().out
 
 

@@ -67,6 +67,12 @@ class ShardList:
         )
 
 
+def manifest_classes(shards_dir: str | Path) -> list[str]:
+    """The class names `avssl shards` recorded in the manifest (empty when unlabelled)."""
+    path = Path(shards_dir) / MANIFEST
+    return list(json.loads(path.read_text()).get("classes") or []) if path.exists() else []
+
+
 def slice_bounds(num_samples: int, num_slices: int, slice_id: int) -> tuple[int, int]:
     """Contiguous near-equal slices of ``range(num_samples)``."""
     return num_samples * slice_id // num_slices, num_samples * (slice_id + 1) // num_slices

@@ -3,12 +3,14 @@ placed on the clip the sampler decoded: sounding-object boxes in the output fram
 source waveforms of the audio window, and the event heard in the window.
 
 A task asks for these by name in :attr:`ViewSpec.targets`; the batch keys are
-``boxes`` (B×MAX_BOXES×4), ``stems`` (B×MAX_STEMS×N), ``num_stems`` (B) and ``event`` (B).
+``boxes`` (B×MAX_BOXES×4), ``stems`` (B×MAX_STEMS×N), ``num_stems`` (B), ``event`` (B) and
+``labels`` (B×MAX_LABELS class indices, −1 padded: multi-label sets such as AudioSet).
 
 Sources: the synthetic set's ``gt.json`` (objects with per-frame pixel boxes in a
 ``size``×``size`` frame, onsets in seconds, the stem channel of each sounding object) and
 ``stems.flac`` (one channel per sounding object); benchmark adapters write ``boxes.json``
-(:func:`read_boxes_json`). Boxes and stems of a sample come in the same order (stem
+(:func:`read_boxes_json`) and ``annotation.json`` (``labels``: the class indices of a
+multi-label sample). Boxes and stems of a sample come in the same order (stem
 channel), so box *k* is the object heard in stem *k*.
 """
 from __future__ import annotations
@@ -29,7 +31,9 @@ BOXES = "boxes"
 STEMS = "stems"
 NUM_STEMS = "num_stems"
 EVENT = "event"
-TARGETS = (BOXES, STEMS, EVENT)
+LABELS = "labels"
+TARGETS = (BOXES, STEMS, EVENT, LABELS)
+MAX_LABELS = 32  # class indices per clip for multi-label sets; unused entries are −1
 MAX_BOXES = 4  # box rows per clip; unused rows are NaN
 MAX_STEMS = 2  # stem rows per clip; unused rows are zeros (num_stems says how many)
 BACKGROUND = -1  # the ``event`` of a window in which no source has an onset
@@ -128,6 +132,13 @@ def clip_targets(
         padded[: len(stems)] = stems
         out[STEMS] = torch.from_numpy(padded)
         out[NUM_STEMS] = torch.tensor(len(stems), dtype=torch.int64)
+    if LABELS in names:
+        if "annotation.json" not in entries:
+            raise DecodeError("labels asked for, but the sample has no annotation.json")
+        labels = [int(x) for x in json.loads(entries["annotation.json"]).get("labels", [])][:MAX_LABELS]
+        padded = torch.full((MAX_LABELS,), -1, dtype=torch.int64)
+        padded[: len(labels)] = torch.tensor(labels, dtype=torch.int64)
+        out[LABELS] = padded
     if EVENT in names:
         if gt is None or audio_window is None:
             raise DecodeError("event asked for, but the sample has no gt.json (or the task no audio view)")
@@ -135,4 +146,4 @@ def clip_targets(
     return out
 
 
-__all__ = ["BACKGROUND", "BOXES", "EVENT", "MAX_BOXES", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "clip_targets", "read_boxes_json", "read_stems", "synthetic_boxes", "window_event"]
+__all__ = ["BACKGROUND", "BOXES", "EVENT", "LABELS", "MAX_BOXES", "MAX_LABELS", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "clip_targets", "read_boxes_json", "read_stems", "synthetic_boxes", "window_event"]

@@ -25,6 +25,8 @@ key                shape / dtype               meaning
 ``num_stems``      B int64                     window, zero rows unused (target ``stems``)
 ``event``          B int64                     category heard in the audio window, −1 none
                                                (target ``event``; avssl/data/targets.py)
+``labels``         B×32 int64                  class indices of a multi-label sample, −1
+                                               padded (target ``labels``)
 =================  ==========================  ===========================================
 
 The loader's workers yield ``video`` as uint8 and every audio view as a B×1×N waveform;
@@ -47,7 +49,7 @@ T_VIDEO = "t_video"
 T_AUDIO = "t_audio"
 SKIPPED = "skipped"
 
-TARGET_NAMES = ("boxes", "stems", "event")  # avssl/data/targets.py
+TARGET_NAMES = ("boxes", "stems", "event", "labels")  # avssl/data/targets.py
 AUDIO_OFFSETS = ("aligned", "shifted", "overlapping")
 AUDIO_REPRESENTATIONS = ("logmel", "waveform")
 

@@ -16,7 +16,6 @@ correct/total counts are summed over ranks at the end of the epoch.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +26,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from avssl.config import MonitorsConfig
-from avssl.data.datamodule import MANIFEST
+from avssl.data.datamodule import manifest_classes
 from avssl.data.views import LABEL
 from avssl.losses.distributed import all_reduce, gather, world_size
 
@@ -343,13 +342,6 @@ class OnlineKNN(_EmbeddingMonitor):
             queue = FeatureQueue(*state["features"].shape)
             queue.load_state_dict(state)
             self.queues[modality] = queue
-
-
-def manifest_classes(shards: str | Path) -> list[str] | None:
-    """The class names ``avssl shards`` wrote into the manifest (None: integer labels,
-    no labels, or no manifest)."""
-    path = Path(shards) / MANIFEST
-    return json.loads(path.read_text()).get("classes") if path.is_file() else None
 
 
 def build_monitors(config: MonitorsConfig, shards: str | Path, seed: int = 0) -> list[pl.Callback]:

@@ -110,3 +110,12 @@ def test_missing_ground_truth_is_a_skipped_sample_with_a_reason(synth_shards: Pa
         clip_targets(("boxes",), {}, {}, CropBox(0, 0, 10, 10, 10), (10, 10), 0.0, (0.0, 1.0), 16000)
     with pytest.raises(DecodeError, match="no stems.flac"):
         clip_targets(("stems",), {}, {}, None, (10, 10), 0.0, (0.0, 1.0), 16000)
+
+
+def test_multi_label_indices_come_padded_from_annotation_json() -> None:
+    from avssl.data.targets import MAX_LABELS, clip_targets
+
+    out = clip_targets(("labels",), {"annotation.json": json.dumps({"labels": [3, 0, 7]}).encode()}, {}, None,
+                       (10, 10), 0.0, None, 16000)
+    assert out["labels"].shape == (MAX_LABELS,)
+    assert out["labels"][:3].tolist() == [3, 0, 7] and (out["labels"][3:] == -1).all()

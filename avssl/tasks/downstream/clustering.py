@@ -22,7 +22,7 @@ class ClusterConfig:
     encoders: str = "random"  # an `avssl export` folder, a Lightning .ckpt, or "random"
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
     split: str = "test"
-    num_clusters: int | None = None  # None: the number of classes in the split's labels
+    num_clusters: int | None = None  # None: the classes in the manifest (else in the split's labels)
     restarts: int = 5
     batch_size: int = 64
     cache_dir: str = "runs/.feature_cache"

@@ -24,6 +24,7 @@ from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views
 from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, VIDEO
+from avssl.metrics.classification import mean_average_precision, top_k_accuracy, video_level_scores
 
 MODALITIES = ("video", "audio", "both")
 
@@ -47,6 +48,8 @@ class ProbeConfig:
     knn: bool = True  # also a k-NN classifier on the frozen features (cosine, weighted vote)
     knn_k: int = 20
     knn_temperature: float = 0.07
+    multilabel: bool = False  # labels from annotation.json (AudioSet): one-vs-rest, scored by mAP
+    fold_shards: list[str] = field(default_factory=list)  # cross-validation: one shard set per fold
 
 
 @dataclass
@@ -128,7 +131,10 @@ def _stack(features: Features, modality: str, stats: dict[str, tuple[np.ndarray,
 
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
                             max_iter: int) -> torch.nn.Linear:
-    """Multinomial logistic regression, full batch, L-BFGS, L2 penalty on the weights."""
+    """Logistic regression, full batch, L-BFGS, L2 penalty on the weights: multinomial for
+    class ids ``y`` (N), one-vs-rest (binary cross-entropy per class) for a multi-hot ``y``
+    (N×C float, multi-label sets)."""
+    multilabel = y.dim() == 2
     torch.manual_seed(0)
     model = torch.nn.Linear(x.shape[1], num_classes)
     torch.nn.init.zeros_(model.weight)
@@ -138,26 +144,15 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y) + weight_decay * model.weight.pow(2).sum()
+        logits = model(x)
+        fit = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y) * num_classes if multilabel
+               else torch.nn.functional.cross_entropy(logits, y))
+        loss = fit + weight_decay * model.weight.pow(2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
     return model
-
-
-def top1(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float((scores.argmax(1) == labels).mean() * 100)
-
-
-def video_level(scores: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average softmax scores over the clips of each video."""
-    videos, inverse = np.unique(index, return_inverse=True)
-    summed = np.zeros((len(videos), scores.shape[1]))
-    np.add.at(summed, inverse, scores)
-    video_labels = np.zeros(len(videos), dtype=labels.dtype)
-    video_labels[inverse] = labels
-    return summed, video_labels
 
 
 def probe_modality(train: Features, val: Features, test: Features, modality: str, cfg: ProbeConfig
@@ -172,7 +167,9 @@ def probe_modality(train: Features, val: Features, test: Features, modality: str
     def evaluate(model: torch.nn.Linear, x: torch.Tensor, f: Features) -> tuple[float, float]:
         with torch.no_grad():
             scores = torch.softmax(model(x), 1).numpy()
-        return top1(scores, f.label), top1(*video_level(scores, f.label, f.index))
+        scores, labels, index = torch.from_numpy(scores), torch.from_numpy(f.label), torch.from_numpy(f.index)
+        return (top_k_accuracy(scores, labels, 1),
+                top_k_accuracy(*video_level_scores(scores, labels, index, apply_softmax=False), 1))
 
     search = {}
     best = None
@@ -186,6 +183,46 @@ def probe_modality(train: Features, val: Features, test: Features, modality: str
     clip_acc, video_acc = evaluate(best[2], x_test, test)
     return {"test_clip_top1": clip_acc, "test_video_top1": video_acc, "weight_decay": best[1],
             "val_video_top1": best[0], "search": search}
+
+
+def multi_hot(padded: np.ndarray, num_classes: int) -> np.ndarray:
+    """N×MAX_LABELS class indices (−1 padded) → N×C float {0, 1}."""
+    out = np.zeros((len(padded), num_classes), np.float32)
+    rows, cols = np.nonzero(padded >= 0)
+    out[rows, padded[rows, cols]] = 1.0
+    return out
+
+
+def probe_multilabel(train: Features, val: Features, test: Features, modality: str, cfg: ProbeConfig
+                     ) -> dict[str, Any]:
+    """One-vs-rest probe of a multi-label set: weight decay chosen on val video-level mAP,
+    test clip-level and video-level (sigmoid scores averaged over a video's clips) mAP."""
+    names = ["video", "audio"] if modality == "both" else [modality]
+    stats = {n: (train.by_modality[n].mean(0), train.by_modality[n].std(0) + 1e-6) for n in names}
+    num_classes = int(max(f.extra["labels"].max() for f in (train, val, test))) + 1
+    targets = {k: torch.from_numpy(multi_hot(f.extra["labels"], num_classes)) for k, f in
+               (("train", train), ("val", val), ("test", test))}
+
+    def evaluate(model: torch.nn.Linear, f: Features, y: torch.Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            scores = torch.sigmoid(model(_stack(f, modality, stats)))
+        index = torch.from_numpy(f.index)
+        video_scores, _ = video_level_scores(scores, torch.from_numpy(f.label), index, apply_softmax=False)
+        first = np.unique(f.index, return_index=True)[1]  # ascending video index, as video_level_scores
+        return mean_average_precision(scores, y.long()), mean_average_precision(video_scores, y[first].long())
+
+    best = None
+    search = {}
+    for wd in cfg.weight_decays:
+        model = fit_logistic_regression(_stack(train, modality, stats), targets["train"], num_classes, wd, cfg.max_iter)
+        clip_map, video_map = evaluate(model, val, targets["val"])
+        search[str(wd)] = {"val_clip_map": clip_map, "val_video_map": video_map}
+        if best is None or video_map > best[0]:
+            best = (video_map, wd, model)
+    assert best is not None
+    clip_map, video_map = evaluate(best[2], test, targets["test"])
+    return {"test_clip_map": clip_map, "test_video_map": video_map, "weight_decay": best[1],
+            "val_video_map": best[0], "search": search}
 
 
 def knn_top1(train: Features, test: Features, modality: str, cfg: ProbeConfig) -> float:
@@ -216,10 +253,15 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
     device = _device(cfg.device)
     cache = Path(cfg.cache_dir)
     splits = {}
+    targets = ("labels",) if cfg.multilabel else ()
     for name, split, clips in (("train", cfg.train_split, cfg.train_clips_per_video),
                                ("val", cfg.val_split, cfg.eval_clips_per_video),
                                ("test", cfg.test_split, cfg.eval_clips_per_video)):
-        splits[name] = extract_features(used, data, split, clips, cfg.batch_size, device, cache, encoder_id)
+        splits[name] = extract_features(used, data, split, clips, cfg.batch_size, device, cache, encoder_id, targets)
+    if cfg.multilabel:
+        results = {m: probe_multilabel(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
+        results["num_clips"] = {k: int(len(v.label)) for k, v in splits.items()}
+        return results
     if (splits["train"].label < 0).any():
         raise ValueError(f"split {cfg.train_split!r} has unlabelled samples (label -1): a probe needs labels")
     results = {m: probe_modality(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
