@@ -250,3 +250,26 @@ def test_mlp_head():
 
     with pytest.raises(ValueError):
         MLP([128])
+
+
+def test_small3d_single_frame_path_equals_the_3d_convolutions() -> None:
+    """The 2D shortcut for T=1 gives the 3D stack's outputs and gradients (train and eval BN)."""
+    from avssl.models.video import small3d
+
+    torch.manual_seed(0)
+    fast = small3d(widths=(8, 16, 16), temporal_strides=(1, 2, 2))
+    slow = small3d(widths=(8, 16, 16), temporal_strides=(1, 2, 2))
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 3, 1, 32, 32)
+    for train in (True, False):
+        fast.train(train), slow.train(train)
+        out_fast = fast(x)
+        out_slow = slow.pool(slow.blocks(x))  # the generic 3D path
+        torch.testing.assert_close(out_fast, out_slow, rtol=1e-4, atol=1e-5)
+        if train:
+            out_fast.pow(2).sum().backward()
+            out_slow.pow(2).sum().backward()
+            for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(fast.buffers(), slow.buffers()):  # BN running statistics updated alike
+        torch.testing.assert_close(a, b)
