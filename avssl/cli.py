@@ -197,8 +197,22 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_shards)
 
 
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from avssl.data.sources.cli import add_prepare_arguments, run_prepare
+
+    p = sub.add_parser(
+        "prepare",
+        help="shard a public benchmark from its release layout (labels, splits, ground truth)",
+        description="Read a benchmark's own annotation files, find its clips under --root and pack them "
+        "with the shard writer; clips listed but missing are skipped and reported (docs/benchmarks-data.md).",
+    )
+    add_prepare_arguments(p)
+    p.set_defaults(run=run_prepare)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_synth, _add_shards, _add_pretrain, _add_probe, _add_finetune, _add_localize, _add_cluster, _add_export,
+    _add_prepare,
 ]
 
 
