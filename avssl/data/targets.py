@@ -77,6 +77,15 @@ def window_event(gt: dict[str, Any], start_seconds: float, seconds: float, categ
     return best
 
 
+def segment_event(events: dict[str, Any], time_seconds: float) -> int:
+    """An ``events.json`` (``segments``: the label of each 1-s segment, ``background``: the
+    index meaning none) → the label of the segment holding ``time_seconds``, BACKGROUND
+    for background."""
+    segments = events["segments"]
+    label = int(segments[min(max(int(math.floor(time_seconds)), 0), len(segments) - 1)])
+    return BACKGROUND if label == int(events.get("background", -1)) else label
+
+
 def read_stems(data: bytes, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
     """S×N float32: every channel of a stems file (one per source) over the window, at
     ``sample_rate``; zeros outside the file."""
@@ -140,10 +149,17 @@ def clip_targets(
         padded[: len(labels)] = torch.tensor(labels, dtype=torch.int64)
         out[LABELS] = padded
     if EVENT in names:
-        if gt is None or audio_window is None:
-            raise DecodeError("event asked for, but the sample has no gt.json (or the task no audio view)")
-        out[EVENT] = torch.tensor(window_event(gt, *audio_window, gt["categories"]), dtype=torch.int64)
+        if audio_window is None:
+            raise DecodeError("event asked for, but the task has no audio view")
+        if "events.json" in entries:  # AVE: one label per 1-s segment, `background` its own index
+            event = segment_event(json.loads(entries["events.json"]), audio_window[0] + audio_window[1] / 2)
+        elif gt is not None:
+            event = window_event(gt, *audio_window, gt["categories"])
+        else:
+            raise DecodeError("event asked for, but the sample has neither events.json nor gt.json")
+        out[EVENT] = torch.tensor(event, dtype=torch.int64)
     return out
 
 
-__all__ = ["BACKGROUND", "BOXES", "EVENT", "LABELS", "MAX_BOXES", "MAX_LABELS", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "clip_targets", "read_boxes_json", "read_stems", "synthetic_boxes", "window_event"]
+__all__ = ["BACKGROUND", "BOXES", "EVENT", "LABELS", "MAX_BOXES", "MAX_LABELS", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "clip_targets", "read_boxes_json", "read_stems", "segment_event", "synthetic_boxes",
+           "window_event"]

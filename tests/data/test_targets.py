@@ -119,3 +119,11 @@ def test_multi_label_indices_come_padded_from_annotation_json() -> None:
                        (10, 10), 0.0, None, 16000)
     assert out["labels"].shape == (MAX_LABELS,)
     assert out["labels"][:3].tolist() == [3, 0, 7] and (out["labels"][3:] == -1).all()
+
+
+def test_ave_segment_labels_from_events_json() -> None:
+    from avssl.data.targets import segment_event
+
+    events = {"segments": [28, 28, 3, 3, 3, 28], "background": 28}
+    assert segment_event(events, 2.5) == 3 and segment_event(events, 0.2) == BACKGROUND
+    assert segment_event(events, 99.0) == BACKGROUND and segment_event(events, 4.99) == 3
