@@ -22,8 +22,11 @@ class _PixelEncoder(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x)
 
 
 class _RedScoreTask(nn.Module):
@@ -43,10 +46,34 @@ def test_heatmap_is_the_pair_score_at_every_location() -> None:
     video = torch.zeros(2, 3, 3, 8, 8)
     video[0, 0, :, 2:4, 5:7] = 1.0  # a red patch in clip 0, every frame
     video[1, 0, 1, 0, 0] = 3.0  # one red pixel in one of three frames of clip 1: time-averaged
-    maps = heatmaps(_RedScoreTask(), video, torch.zeros(2, 1, 4, 4))
+    maps = heatmaps(_RedScoreTask(), video, torch.zeros(2, 1, 4, 4), kind="per_location")
     assert maps.shape == (2, 8, 8)
     torch.testing.assert_close(maps[0], video[0, 0, 0])
     assert maps[1, 0, 0] == pytest.approx(1.0) and maps[1].sum() == pytest.approx(1.0)
+
+
+class _DotTask(_RedScoreTask):
+    """Score = ⟨pooled video, audio⟩: a location contributes ⟨A(x, y), audio⟩ / (T·h·w)."""
+
+    def pair_scores(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return (video * audio).sum(-1)
+
+
+def test_contribution_map_follows_the_sound_and_contrast_cancels_what_every_sound_likes() -> None:
+    video = torch.zeros(2, 3, 1, 8, 8)
+    video[0, 0, :, 1:3, 1:3] = 1.0  # clip 0: a red patch …
+    video[1, 1, :, 5:7, 5:7] = 1.0  # clip 1: a green patch …
+    video[:, :, :, 5:7, 0:2] = 0.6  # … and in both, a grey patch every sound scores
+    audio = torch.tensor([[1.0, 0.0, 0.2], [0.0, 1.0, 0.2]])  # clip 0 sounds "red", clip 1 "green"
+    task = _DotTask()
+    task.audio_encoder = nn.Identity()
+    plain = heatmaps(task, video, audio, contrast_audios=0)
+    # own audio only: ⟨A(x, y), a⟩ / 64 at every pixel (nearest-equivalent: upsampling 8 → 8 is the identity)
+    torch.testing.assert_close(plain[0], (video[0, :, 0] * audio[0, :, None, None]).sum(0) / 64)
+    contrasted = heatmaps(task, video, audio, contrast_audios=1)
+    for clip, (y, x) in ((0, (1, 1)), (1, (5, 5))):
+        assert contrasted[clip, y, x] > 0 and contrasted[clip].argmax() == y * 8 + x
+        assert contrasted[clip, 5, 0] == pytest.approx(0.0, abs=1e-6), "the grey patch cancels"
 
 
 def test_gt_maps_union_of_valid_boxes_and_none_without_any() -> None:

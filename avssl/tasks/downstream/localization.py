@@ -1,12 +1,21 @@
 """Sound-source localization and temporal event localization (METHODS.md §6).
 
-Heatmaps (zero-shot): the pretext method's own cross-modal score
-(:meth:`~avssl.tasks.pretext.base.PretextTask.pair_scores`) between the clip's audio
-embedding and the video encoder's feature map at every location (time-averaged), upsampled
-bilinearly to the frame — LVS's cosine map for methods with a shared space, the L³ head's
-correspondence logit per location for AVC. Scored with cIoU against the sounding objects'
-boxes (union map), under the recipe's binarisation rule, with AUC over cIoU thresholds and
-the whole-image baseline (a map that marks every pixel) beside it.
+Heatmaps (zero-shot), from the pretext method's own cross-modal score
+(:meth:`~avssl.tasks.pretext.base.PretextTask.pair_scores`) and the video encoder's last
+feature map A (time-averaged), upsampled bilinearly to the frame:
+
+* ``contribution`` (default): how much each location adds to the score of the clip's own
+  audio — gradient × activation, Σ_c A_c(x, y) ∂s/∂A_c(x, y) (Grad-CAM's map without its
+  ReLU; for an average-pooled encoder the linearisation of s around the clip's pooled
+  embedding) — minus the mean of the same map for ``contrast_audios`` other clips' audio
+  of the batch, so that what goes with any sound (texture, edges) cancels and what goes
+  with *this* sound stays (the idea of LVS's negatives, without training).
+* ``per_location``: the score of the audio with every location's feature vector, LVS's
+  cosine map for methods whose encoders share a space (METHODS.md §6.1).
+
+Scored with cIoU against the sounding objects' boxes (union map), under the recipe's
+binarisation rule, with AUC over cIoU thresholds and the whole-image baseline (a map that
+marks every pixel) beside it.
 
 Temporal event localization (AVE-style, §6.3): each evaluation window of a video is a
 segment labelled with the category heard in it or background (target ``event``); a linear
@@ -41,6 +50,8 @@ class LocalizationConfig:
     checkpoint: str = "random"  # a pretext run's Lightning .ckpt (encoders + head), or "random"
     split: str = "test"
     rule: str = "gt_area"  # cIoU binarisation: gt_area (top-k, k = box area) | median (LVS)
+    map: str = "contribution"  # contribution | per_location (see the module doc)
+    contrast_audios: int = 7  # contribution maps: other clips' audio subtracted (0 = none)
     batch_size: int = 64
     num_plot: int = 8  # clips in localization.png
     events: bool = True  # also run temporal event localization
@@ -51,15 +62,36 @@ class LocalizationConfig:
     device: str = "auto"
 
 
-@torch.no_grad()
-def heatmaps(task: PretextTask, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-    """B×H×W maps (H×W of the frames) of how strongly each place corresponds to the audio."""
-    feature_map = task.video_encoder.feature_map(video).mean(dim=2)  # B×C×h×w
-    audio_embedding = task.audio_encoder(audio)
-    batch, channels, h, w = feature_map.shape
-    locations = feature_map.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
-    scores = task.pair_scores(locations, audio_embedding.repeat_interleave(h * w, dim=0)).reshape(batch, 1, h, w)
-    return F.interpolate(scores.float(), size=video.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+def heatmaps(task: PretextTask, video: torch.Tensor, audio: torch.Tensor, kind: str = "contribution",
+             contrast_audios: int = 7) -> torch.Tensor:
+    """B×H×W maps (H×W of the frames) of how strongly each place goes with the audio."""
+    with torch.no_grad():
+        feature_map = task.video_encoder.feature_map(video)  # B×C×T×h×w
+        audio_embedding = task.audio_encoder(audio)
+    if kind == "per_location":
+        with torch.no_grad():
+            frame_map = feature_map.mean(dim=2)
+            batch, channels, h, w = frame_map.shape
+            locations = frame_map.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
+            scores = task.pair_scores(locations, audio_embedding.repeat_interleave(h * w, dim=0))
+            maps = scores.reshape(batch, 1, h, w)
+    elif kind == "contribution":
+        shifts = range(1, min(contrast_audios, video.shape[0] - 1) + 1)
+        own = _contribution(task, feature_map, audio_embedding)
+        maps = own - torch.stack([_contribution(task, feature_map, audio_embedding.roll(k, 0)) for k in shifts]).mean(0) \
+            if len(shifts) else own
+    else:
+        raise ValueError(f"localization.map must be contribution or per_location, got {kind!r}")
+    return F.interpolate(maps.float(), size=video.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def _contribution(task: PretextTask, feature_map: torch.Tensor, audio_embedding: torch.Tensor) -> torch.Tensor:
+    """B×1×h×w: Σ_c A_c ∂s/∂A_c of the pair score s of each clip with ``audio_embedding``."""
+    with torch.enable_grad():
+        activation = feature_map.detach().requires_grad_(True)
+        score = task.pair_scores(task.video_encoder.pool(activation), audio_embedding).sum()
+        (gradient,) = torch.autograd.grad(score, activation)
+    return (gradient * activation.detach()).sum(dim=1).mean(dim=1, keepdim=True)
 
 
 def _gt_maps(boxes: torch.Tensor, height: int, width: int) -> list[torch.Tensor | None]:
@@ -97,7 +129,7 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
                       total=len(stream), leave=False):
         frames = batch[VIDEO][:, :, batch[VIDEO].shape[2] // 2]  # uint8 B×3×H×W, the middle frame
         batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)
-        maps = heatmaps(task, batch[VIDEO], batch[AUDIO]).cpu()
+        maps = heatmaps(task, batch[VIDEO], batch[AUDIO], cfg.map, cfg.contrast_audios).cpu()
         height, width = maps.shape[-2:]
         for i, gt in enumerate(_gt_maps(batch[BOXES].cpu(), height, width)):
             if gt is None:  # the sounding object is off screen in this frame
