@@ -35,6 +35,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
     dropout: float = 0.5
+    feature_norm: str = "none"  # none (the papers' dropout → linear) | batchnorm: BatchNorm1d on the embedding first
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])  # lr × gamma at these fractions
     gamma: float = 0.3
     eval_clips_per_video: int = 3
@@ -52,8 +53,11 @@ class FineTuner(pl.LightningModule):
         super().__init__()
         if cfg.modality not in INPUTS:
             raise ValueError(f"finetune.modality must be video or audio, got {cfg.modality!r}")
+        if cfg.feature_norm not in ("none", "batchnorm"):
+            raise ValueError(f"finetune.feature_norm must be none or batchnorm, got {cfg.feature_norm!r}")
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(encoder.embedding_dim, num_classes))
+        norm = [nn.BatchNorm1d(encoder.embedding_dim)] if cfg.feature_norm == "batchnorm" else []
+        self.head = nn.Sequential(*norm, nn.Dropout(cfg.dropout), nn.Linear(encoder.embedding_dim, num_classes))
         self.cfg = cfg
         self.input_key = INPUTS[cfg.modality]
         self._scores: dict[str, list[torch.Tensor]] = {}
@@ -120,7 +124,7 @@ def run_finetune(encoder: nn.Module, data: DataConfig, cfg: FinetuneConfig, num_
                  seed: int = 0) -> dict[str, Any]:
     """Train for ``cfg.epochs`` on the train split, then report test (and the last val)."""
     pl.seed_everything(seed, workers=True)
-    encoder.requires_grad_(True)
+    encoder.requires_grad_(True).train()  # load_pretrained returns eval-mode encoders; Lightning keeps modes
     views = base_views(data)
     views = replace(views, video=views.video if cfg.modality == "video" else None,
                     audio=views.audio if cfg.modality == "audio" else {})
