@@ -70,3 +70,20 @@ def sinkhorn_knopp(
                 break
     plan = beta[:, None] * kernel * alpha[None, :]
     return SinkhornResult(plan=plan, iterations=iteration, column_error=error)
+
+
+@torch.no_grad()
+def swav_codes(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """SwAV's online codes (METHODS.md §4.4) for this rank's B×K prototype scores: Q =
+    exp(scores/ε) (shifted by the global maximum), then ``iterations`` times: every
+    prototype's mass to 1/K (sums all-reduced over ranks), every sample's to 1/B_global.
+    Returns B×K soft codes whose rows sum to 1."""
+    scores = scores.double() / epsilon
+    q = torch.exp(scores - all_reduce(scores.max(), "max"))
+    k = q.shape[1]
+    total = all_reduce(torch.tensor(float(q.shape[0]), dtype=torch.float64, device=q.device))
+    q /= all_reduce(q.sum())
+    for _ in range(iterations):
+        q /= all_reduce(q.sum(dim=0)).clamp_min(torch.finfo(torch.float64).tiny) * k
+        q /= q.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny) * total
+    return q * total

@@ -1,6 +1,7 @@
 """AVID + CMA: agreement positives, negative sampling, symmetry of the cross-modal loss."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,62 @@ def test_training_step_updates_the_banks_of_the_batch_only() -> None:
     assert torch.isfinite(out["loss"])
     changed = (model.video_bank.bank != before_v).any(1) | (model.audio_bank.bank != before_a).any(1)
     assert changed.nonzero().flatten().tolist() == [5, 6, 7, 8]
+
+
+def test_projection_batchnorm_spreads_embeddings_with_a_shared_mean() -> None:
+    # Pooled ReLU embeddings: all positive, a large shared mean. The paper's head maps them
+    # to nearly one direction; projection_norm=batchnorm standardises before, inside, after.
+    x = 3.0 + 0.1 * torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    off_diagonal = ~torch.eye(64, dtype=torch.bool)
+    for norm, low, high in (("none", 0.95, 1.0), ("batchnorm", -0.1, 0.1)):
+        head = _avid(f"task.projection_norm={norm}").video_head.train()
+        z = F.normalize(head(x), dim=1)
+        assert low < float((z @ z.T)[off_diagonal].mean()) < high, norm
+
+
+def test_option_values_are_checked() -> None:
+    with pytest.raises(ValueError, match="projection_norm"):
+        _avid("task.projection_norm=layernorm")
+    with pytest.raises(ValueError, match="positives"):
+        _avid("task.positives=queue")
+
+
+def test_batch_positives_and_batch_negatives_by_hand() -> None:
+    model = _avid("task.loss=softmax", "task.positives=batch", "task.batch_negatives=true", "task.temperature=0.5")
+    g = torch.Generator().manual_seed(0)
+    v, a = torch.randn(3, 128, generator=g), torch.randn(3, 128, generator=g)
+    index = torch.tensor([4, 9, 4])  # rows 0 and 2: two clips of one video, never each other's negative
+    negatives = torch.tensor([[1, 2], [3, 5], [6, 7]])
+    qv, qa = F.normalize(v, dim=1), F.normalize(a, dim=1)
+    bank = model.audio_bank.bank
+    pos = (qv * qa).sum(1) / 0.5
+    expected_neg = []
+    for i in range(3):
+        row = [float(qv[i] @ bank[j]) / 0.5 for j in negatives[i]]
+        row += [float(qv[i] @ qa[j]) / 0.5 for j in range(3) if int(index[j]) != int(index[i])]
+        expected_neg.append(row)
+    expected = sum(-math.log(math.exp(p) / (math.exp(p) + sum(math.exp(n) for n in row)))
+                   for p, row in zip(pos.tolist(), expected_neg)) / 3
+    got = model._instance_term(v, model.audio_bank, index, negatives, model.normalisers["v2a"], a)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # the paper's setting ignores the partner: bank positive, bank negatives only
+    paper = _avid("task.loss=softmax", "task.temperature=0.5")
+    paper.audio_bank.bank = bank.clone()
+    pos_bank = [float(qv[i] @ bank[index[i]]) / 0.5 for i in range(3)]
+    neg_bank = [[float(qv[i] @ bank[j]) / 0.5 for j in negatives[i]] for i in range(3)]
+    expected_paper = sum(-math.log(math.exp(p) / (math.exp(p) + sum(math.exp(n) for n in row)))
+                         for p, row in zip(pos_bank, neg_bank)) / 3
+    got_paper = paper._instance_term(v, paper.audio_bank, index, negatives, paper.normalisers["v2a"], a)
+    assert got_paper.item() == pytest.approx(expected_paper, rel=1e-5)
+
+
+def test_in_batch_only_needs_batch_positives_and_negatives() -> None:
+    with pytest.raises(ValueError, match="num_negatives=0"):
+        _avid("task.num_negatives=0")
+    model = _avid("task.num_negatives=0", "task.positives=batch", "task.batch_negatives=true", "task.loss=softmax")
+    v, a = torch.randn(4, 128), torch.randn(4, 128)
+    loss = model.losses(v, a, torch.tensor([0, 1, 2, 3]))["xid"]
+    qv, qa = F.normalize(v, dim=1), F.normalize(a, dim=1)
+    s = qv @ qa.T / model.task_config.temperature  # CLIP-style: ½ (rows + columns)
+    expected = 0.5 * (F.cross_entropy(s, torch.arange(4)) + F.cross_entropy(s.T, torch.arange(4)))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from avssl.config import load_recipe
-from avssl.tasks.pretext.selavi import SeLaVi, gaussian_marginal, labeling_steps
+from avssl.tasks.pretext.selavi import SeLaVi, gaussian_marginal, labeling_steps, swapped_prediction_loss
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -70,3 +70,49 @@ def test_joint_log_probs_is_the_mean_of_the_modalities() -> None:
     v, a = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
     expected = 0.5 * (F.log_softmax(v, -1) + F.log_softmax(a, -1))
     torch.testing.assert_close(SeLaVi.joint_log_probs(v, a), expected)
+
+
+def _swav_codes_by_hand(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    # SwAV's loop on Q = exp(s/ε)ᵀ (K×B): rows (prototypes) to 1/K, columns (samples) to 1/B
+    q = torch.exp(scores.double() / epsilon).T
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / k
+        q = q / q.sum(dim=0, keepdim=True) / b
+    return (q * b).T  # B×K, each sample's code sums to 1
+
+
+def test_swapped_prediction_loss_by_hand_and_symmetric() -> None:
+    g = torch.Generator().manual_seed(0)
+    video, audio = torch.randn(6, 3, generator=g).tanh(), torch.randn(6, 3, generator=g).tanh()
+    q_v, q_a = _swav_codes_by_hand(video, 0.5, 3), _swav_codes_by_hand(audio, 0.5, 3)
+    expected = 0.5 * (-(q_v * F.log_softmax(audio.double() / 0.1, 1)).sum(1).mean()
+                      - (q_a * F.log_softmax(video.double() / 0.1, 1)).sum(1).mean())
+    got = swapped_prediction_loss(video, audio, epsilon=0.5, temperature=0.1, iterations=3)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert swapped_prediction_loss(audio, video, 0.5, 0.1, 3).item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_online_variant_trains_without_a_bank_and_freezes_prototypes() -> None:
+    model = _selavi("task.variant=online", "task.swav_hidden=32", "task.swav_dim=16", "task.swav_epsilon=0.5",
+                    "task.swav_freeze_prototypes_steps=1")
+    assert not hasattr(model, "log_prob_bank")
+    with torch.no_grad():
+        model.prototypes.weight.mul_(3.0)
+    batch = _batch([0, 1, 2, 3, 4, 5])
+    model.on_train_batch_start(batch, 0)
+    torch.testing.assert_close(model.prototypes.weight.norm(dim=1), torch.ones(3))
+    out = model.training_step(batch, 0)
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+    out["loss"].backward()
+    model.on_after_backward()  # step 0 < 1: prototypes frozen
+    assert model.prototypes.weight.grad is None
+    assert model.video_projection.layers[0].weight.grad is not None
+    v, a = model.head_logits(model.video_encoder(batch["video"]), model.audio_encoder(batch["audio"]))
+    assert v.shape == a.shape == (1, 6, 3)
+
+
+def test_variant_is_checked() -> None:
+    with pytest.raises(ValueError, match="variant"):
+        _selavi("task.variant=swav")

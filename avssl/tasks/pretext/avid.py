@@ -41,9 +41,18 @@ class AVIDConfig(TaskConfig):
     name: str = "avid"
     projection_hidden: int = 512  # MLP [D, hidden, dim] (paper: [512, 512, 128])
     embedding_dim: int = 128
+    # none: the paper's head. batchnorm: BatchNorm1d on the pooled embedding before the
+    # projection, in its hidden layer and on its output; without it the all-positive pooled embeddings of
+    # small ReLU encoders project to one direction (docs/methods/avid_cma.md).
+    projection_norm: str = "none"
     temperature: float = 0.07
     loss: str = "nce"  # nce: the paper's NCE with a fixed Z | softmax: InfoNCE over 1 + K bank scores
-    num_negatives: int = 1024
+    num_negatives: int = 1024  # bank negatives; 0: none (in-batch InfoNCE, see positives/batch_negatives)
+    # Cross-modal terms only. bank: the paper's positive, the other modality's memory slot
+    # M[i]; batch: the other modality's embedding of the same clip in this step (fresh, with
+    # gradient to both towers), the bank still giving the negatives.
+    positives: str = "bank"
+    batch_negatives: bool = False  # also score the other modality's B−1 other clips of this (local) batch
     bank_momentum: float = 0.5
     num_instances: int | None = None  # memory slots; None: the training split's size from the manifest
     cma_start_epoch: int | None = None  # None: AVID only
@@ -69,6 +78,18 @@ def agreement_positives(video_bank: torch.Tensor, audio_bank: torch.Tensor, k: i
     return out
 
 
+def projection_head(dim: int, cfg: AVIDConfig) -> nn.Module:
+    """``MLP([dim, hidden, embedding_dim])``; with ``projection_norm: batchnorm`` the pooled
+    embedding is standardised first (BatchNorm1d), the hidden layer has BatchNorm, and the
+    output is standardised (BatchNorm1d without affine: no shared direction to learn)."""
+    dims = [dim, cfg.projection_hidden, cfg.embedding_dim]
+    if cfg.projection_norm == "none":
+        return MLP(dims)
+    if cfg.projection_norm == "batchnorm":
+        return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True), nn.BatchNorm1d(cfg.embedding_dim, affine=False))
+    raise ValueError(f"task.projection_norm must be none or batchnorm, got {cfg.projection_norm!r}")
+
+
 class AVID(PretextTask):
     config_class = AVIDConfig
 
@@ -79,12 +100,16 @@ class AVID(PretextTask):
         self.resolve_num_instances()
         if cfg.loss not in ("nce", "softmax"):
             raise ValueError(f"task.loss must be nce or softmax, got {cfg.loss!r}")
+        if cfg.positives not in ("bank", "batch"):
+            raise ValueError(f"task.positives must be bank or batch, got {cfg.positives!r}")
+        if cfg.num_negatives == 0 and not (cfg.batch_negatives and cfg.positives == "batch" and cfg.loss == "softmax"):
+            raise ValueError("task.num_negatives=0 (no bank negatives: in-batch InfoNCE) needs task.positives=batch, "
+                             "task.batch_negatives=true and task.loss=softmax")
         if cfg.num_negatives >= cfg.num_instances:
             raise ValueError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
                              f"instances ({cfg.num_instances})")
-        dims = [cfg.projection_hidden, cfg.embedding_dim]
-        self.video_head = MLP([self.video_encoder.embedding_dim, *dims])
-        self.audio_head = MLP([self.audio_encoder.embedding_dim, *dims])
+        self.video_head = projection_head(self.video_encoder.embedding_dim, cfg)
+        self.audio_head = projection_head(self.audio_encoder.embedding_dim, cfg)
         seed = int(config.get("seed", 0))
         self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed)
         self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed + 1)
@@ -117,11 +142,22 @@ class AVID(PretextTask):
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
 
     def _instance_term(self, query: torch.Tensor, bank: MemoryBank, index: torch.Tensor, negatives: torch.Tensor,
-                       normaliser: NCENormaliser) -> torch.Tensor:
-        pos, neg = cross_modal_scores(query, bank, index, negatives, self.task_config.temperature)
-        if self.task_config.loss == "softmax":
+                       normaliser: NCENormaliser, partner: torch.Tensor | None = None) -> torch.Tensor:
+        """One direction's loss. ``partner``: the other modality's embeddings of this batch
+        (cross-modal terms), used by ``task.positives: batch`` and ``task.batch_negatives``."""
+        cfg: AVIDConfig = self.task_config
+        pos, neg = cross_modal_scores(query, bank, index, negatives, cfg.temperature)
+        log_z_scores = neg  # Z is estimated on the bank negatives only
+        if partner is not None and (cfg.positives == "batch" or cfg.batch_negatives):
+            q, p = F.normalize(query, dim=1), F.normalize(partner, dim=1)
+            if cfg.positives == "batch":
+                pos = (q * p).sum(dim=1, keepdim=True) / cfg.temperature
+            if cfg.batch_negatives:  # pairs of two clips of one instance are never negatives
+                in_batch = (q @ p.T / cfg.temperature).masked_fill(index[:, None] == index[None, :], -float("inf"))
+                neg = torch.cat([neg, in_batch], dim=1)
+        if cfg.loss == "softmax":
             return softmax_instance_loss(pos, neg)
-        return nce_loss(pos, neg, normaliser(neg))
+        return nce_loss(pos, neg, normaliser(log_z_scores))
 
     def losses(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for one rank's projected embeddings (B×dim each) and indices."""
@@ -131,8 +167,8 @@ class AVID(PretextTask):
         split = {"total_rows": v.shape[0] * world_size(), "row_offset": v.shape[0] * rank()}
         negatives = sample_excluding(index[:, None], cfg.num_instances, cfg.num_negatives, generator, **split)
         terms = {
-            "xid": 0.5 * (self._instance_term(v, self.audio_bank, index, negatives, self.normalisers["v2a"])
-                          + self._instance_term(a, self.video_bank, index, negatives, self.normalisers["a2v"])),
+            "xid": 0.5 * (self._instance_term(v, self.audio_bank, index, negatives, self.normalisers["v2a"], a)
+                          + self._instance_term(a, self.video_bank, index, negatives, self.normalisers["a2v"], v)),
         }
         if self.cma_active:
             positives = self.positives[index]  # B×k, sorted

@@ -16,6 +16,13 @@ as in the paper), the first at the end of epoch 0.
 
 Not implemented from the paper: modality alignment of the audio head's output units
 (unneeded: labels are shared from the start) and decorrelated head groups.
+
+``task.variant: online`` is the streaming SwAV-style form (METHODS.md §4.4): each
+modality → projection MLP → 128-d, L2-normalised; K shared prototypes (unit norm, re-
+normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations, equipartition
+over the global batch) without gradient; cross-modal swapped prediction
+½ [CE(q_v, softmax(z_a Cᵀ/τ)) + CE(q_a, softmax(z_v Cᵀ/τ))]. No label bank, no index.
+Evaluation reads it as one head with logits zCᵀ/τ.
 """
 from __future__ import annotations
 
@@ -27,8 +34,9 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.losses.distributed import gather
-from avssl.losses.sinkhorn import sinkhorn_knopp
+from avssl.losses.sinkhorn import sinkhorn_knopp, swav_codes
 from avssl.metrics.clustering import clustering_scores
+from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextTask, TaskConfig
 
 
@@ -42,6 +50,23 @@ class SeLaViConfig(TaskConfig):
     num_labelings: int = 100
     marginal_std: float = 0.1  # Gaussian cluster sizes N(1, std²)·N/K; 0 = equipartition
     num_instances: int | None = None  # None: the training split's size from the manifest
+    variant: str = "offline"  # offline: the paper's label bank + Sinkhorn | online: SwAV-style swapped codes
+    swav_dim: int = 128  # online: projection MLP [D, swav_hidden, swav_dim], L2-normalised
+    swav_hidden: int = 512
+    swav_epsilon: float = 0.05  # online: codes exp(zᵀC/ε)
+    swav_temperature: float = 0.1  # online: prediction softmax(zᵀC/τ)
+    swav_iterations: int = 3
+    swav_freeze_prototypes_steps: int = 0  # online: no gradient to the prototypes for this many steps
+
+
+def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tensor, epsilon: float,
+                            temperature: float, iterations: int) -> torch.Tensor:
+    """SwAV's swapped prediction across modalities (B×K prototype scores zᵀC of each).
+    Codes: :func:`swav_codes` (equal prototype mass over the global batch), no gradient. Loss ½ [CE(q_v, p_a) + CE(q_a, p_v)]."""
+    codes = [swav_codes(scores.detach(), epsilon, iterations).to(scores.dtype) for scores in (video_scores, audio_scores)]
+    log_p_video = F.log_softmax(video_scores / temperature, dim=1)
+    log_p_audio = F.log_softmax(audio_scores / temperature, dim=1)
+    return 0.5 * (-(codes[0] * log_p_audio).sum(1).mean() - (codes[1] * log_p_video).sum(1).mean())
 
 
 def cluster_head(dim: int, k: int, dropout: float) -> nn.Sequential:
@@ -79,6 +104,15 @@ class SeLaVi(PretextTask):
             raise ValueError("task.num_clusters must be set (≥ 2); the paper uses the number of classes")
         self.resolve_num_instances()
         k, n, h = cfg.num_clusters, cfg.num_instances, cfg.num_heads
+        if cfg.variant == "online":
+            self.video_projection = MLP([self.video_encoder.embedding_dim, cfg.swav_hidden, cfg.swav_dim], batchnorm=True)
+            self.audio_projection = MLP([self.audio_encoder.embedding_dim, cfg.swav_hidden, cfg.swav_dim], batchnorm=True)
+            self.prototypes = nn.Linear(cfg.swav_dim, k, bias=False)
+            with torch.no_grad():
+                self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+            return
+        if cfg.variant != "offline":
+            raise ValueError(f"task.variant must be offline or online, got {cfg.variant!r}")
         self.video_heads = nn.ModuleList(cluster_head(self.video_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
         self.audio_heads = nn.ModuleList(cluster_head(self.audio_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
         self.register_buffer("log_prob_bank", torch.full((h, n, k), -float(torch.log(torch.tensor(k))),
@@ -93,9 +127,20 @@ class SeLaVi(PretextTask):
     # -- model ----------------------------------------------------------------------------
     def head_logits(self, video_features: torch.Tensor, audio_features: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """H×B×K logits of every video head and every audio head."""
+        """H×B×K logits of every video head and every audio head (online: one head, zᵀC/τ)."""
+        if self.task_config.variant == "online":
+            video_scores, audio_scores = self.prototype_scores(video_features, audio_features)
+            t = self.task_config.swav_temperature
+            return (video_scores / t)[None], (audio_scores / t)[None]
         return (torch.stack([head(video_features) for head in self.video_heads]),
                 torch.stack([head(audio_features) for head in self.audio_heads]))
+
+    def prototype_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online variant: B×K cosines of each modality's projection with the prototypes."""
+        prototypes = F.normalize(self.prototypes.weight, dim=1)
+        return (F.normalize(self.video_projection(video_features), dim=1) @ prototypes.T,
+                F.normalize(self.audio_projection(audio_features), dim=1) @ prototypes.T)
 
     def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Probability that both modalities fall in the same cluster, mean over heads."""
@@ -127,15 +172,26 @@ class SeLaVi(PretextTask):
         self.labelings_done += 1
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.task_config.variant == "online":
+            with torch.no_grad():  # SwAV: unit-norm prototypes before every step
+                self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+            return
         step = int(self.global_step)
         if step in self.schedule() and bool(self.seen.all()) and self._last_labeled_step != step:
             self.relabel()
             self._last_labeled_step = step
 
     # -- training -------------------------------------------------------------------------
+    def on_after_backward(self) -> None:
+        cfg: SeLaViConfig = self.task_config
+        if cfg.variant == "online" and int(self.global_step) < cfg.swav_freeze_prototypes_steps:
+            self.prototypes.weight.grad = None
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         video_features = self.video_encoder(batch[VIDEO])
         audio_features = self.audio_encoder(batch[AUDIO])
+        if self.task_config.variant == "online":
+            return self._online_step(batch, video_features, audio_features)
         video_logits, audio_logits = self.head_logits(video_features, audio_features)
         index = batch[INDEX]
         with torch.no_grad():  # the bank: every rank's latest predictions
@@ -156,6 +212,20 @@ class SeLaVi(PretextTask):
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": {"cross_entropy": loss.detach()},
+                "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
+
+    def _online_step(self, batch: dict[str, torch.Tensor], video_features: torch.Tensor,
+                     audio_features: torch.Tensor) -> dict:
+        cfg: SeLaViConfig = self.task_config
+        video_scores, audio_scores = self.prototype_scores(video_features, audio_features)
+        loss = swapped_prediction_loss(video_scores, audio_scores, cfg.swav_epsilon, cfg.swav_temperature,
+                                       cfg.swav_iterations)
+        size = video_scores.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        self.log("train/modality_agreement", (video_scores.argmax(1) == audio_scores.argmax(1)).float().mean(),
+                 on_epoch=True, batch_size=size)
+        self.log_skipped(batch, "train")
+        return {"loss": loss, "terms": {"swapped": loss.detach()},
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
     # -- evaluation: clustering quality of each head against the categories ------------------
