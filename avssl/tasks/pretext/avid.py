@@ -159,6 +159,10 @@ class AVID(PretextTask):
             return softmax_instance_loss(pos, neg)
         return nce_loss(pos, neg, normaliser(log_z_scores))
 
+    def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity in the shared projection space of the NCE objective."""
+        return F.cosine_similarity(self.video_head(video_features), self.audio_head(audio_features), dim=-1)
+
     def losses(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for one rank's projected embeddings (B×dim each) and indices."""
         cfg: AVIDConfig = self.task_config
