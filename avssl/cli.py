@@ -66,13 +66,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe(args: argparse.Namespace) -> int:
-    from avssl.probe import probe_from_recipe
-
-    probe_from_recipe(_recipe(args))
-    return 0
-
-
 def _export(args: argparse.Namespace) -> int:
     from avssl.export import export_checkpoint
 
@@ -93,52 +86,36 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_pretrain)
 
 
-def _add_probe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="linear probe of frozen encoders (probe.encoders=EXPORT_DIR|CKPT|random)")
-    _add_recipe_args(p)
-    p.set_defaults(run=_probe)
+# Evaluation verbs: RECIPE [key=value …] → ``module.function(config)``, each writing
+# metrics.json into the recipe's run_dir (docs/evaluation.md).
+EVALUATION_VERBS: dict[str, tuple[str, str]] = {
+    "probe": ("avssl.probe:probe_from_recipe",
+              "linear probe and k-NN of frozen encoders (probe.encoders=EXPORT_DIR|CKPT|random)"),
+    "finetune": ("avssl.finetune:finetune_from_recipe",
+                 "fine-tune a pretrained encoder with a classifier (finetune.encoders=EXPORT_DIR|CKPT|random)"),
+    "localize": ("avssl.localize:localize_from_recipe",
+                 "sound-source localization (cIoU/AUC) and event localization (localization.checkpoint=CKPT|random)"),
+    "separate": ("avssl.separate:separation_from_recipe",
+                 "mix-and-separate with a visually conditioned U-Net, SDR/SIR/SAR/SI-SDR "
+                 "(separation.encoders=EXPORT_DIR|CKPT|random)"),
+    "cluster": ("avssl.cluster:cluster_from_recipe",
+                "k-means on frozen features, NMI/ARI/purity against labels (cluster.encoders=EXPORT_DIR|CKPT|random)"),
+}
 
 
-def _localize(args: argparse.Namespace) -> int:
-    from avssl.localize import localize_from_recipe
+def _evaluate(args: argparse.Namespace) -> int:
+    import importlib
 
-    localize_from_recipe(_recipe(args))
+    module, function = EVALUATION_VERBS[args.command][0].split(":")
+    getattr(importlib.import_module(module), function)(_recipe(args))
     return 0
 
 
-def _add_localize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("localize", help="sound-source localization (cIoU/AUC) and event localization "
-                                        "(localization.checkpoint=CKPT|random)")
-    _add_recipe_args(p)
-    p.set_defaults(run=_localize)
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    from avssl.finetune import finetune_from_recipe
-
-    finetune_from_recipe(_recipe(args))
-    return 0
-
-
-def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier "
-                                        "(finetune.encoders=EXPORT_DIR|CKPT|random)")
-    _add_recipe_args(p)
-    p.set_defaults(run=_finetune)
-
-
-def _cluster(args: argparse.Namespace) -> int:
-    from avssl.cluster import cluster_from_recipe
-
-    cluster_from_recipe(_recipe(args))
-    return 0
-
-
-def _add_cluster(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cluster", help="k-means on frozen features, NMI/ARI/purity against labels "
-                                       "(cluster.encoders=EXPORT_DIR|CKPT|random)")
-    _add_recipe_args(p)
-    p.set_defaults(run=_cluster)
+def _add_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
+    for verb, (_, help_text) in EVALUATION_VERBS.items():
+        p = sub.add_parser(verb, help=help_text)
+        _add_recipe_args(p)
+        p.set_defaults(run=_evaluate)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -211,8 +188,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_shards, _add_pretrain, _add_probe, _add_finetune, _add_localize, _add_cluster, _add_export,
-    _add_prepare,
+    _add_synth, _add_shards, _add_prepare, _add_pretrain, _add_evaluation_verbs, _add_export,
 ]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from avssl.config import check_section
+from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
 from avssl.probe import load_encoders
 from avssl.tasks.downstream.clustering import ClusterConfig, cluster_features
@@ -15,10 +15,7 @@ from avssl.tasks.downstream.linear_probe import _device, extract_features, write
 
 
 def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:
-    cfg: ClusterConfig = check_section(config, "cluster", ClusterConfig)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    cfg, run_dir = start_evaluation(config, "cluster", ClusterConfig)
     encoders, data, encoder_id = load_encoders(config, cfg.encoders, run_dir)
     needed = sorted({m for mod in cfg.modalities for m in (["video", "audio"] if mod == "both" else [mod])})
     missing = [m for m in needed if encoders.get(m) is None]

@@ -144,6 +144,22 @@ def check_section(config: DictConfig, section: str, schema: type, where: str = "
     return OmegaConf.to_object(checked)
 
 
+def start_evaluation(config: DictConfig, section: str, schema: type) -> tuple[Any, Path]:
+    """An evaluation verb's opening: its checked section (a value the schema's
+    ``__post_init__`` refuses is a RecipeError too) and its run folder, created, with the
+    resolved recipe saved in it."""
+    try:
+        checked = check_section(config, section, schema)
+    except RecipeError:
+        raise
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    return checked, run_dir
+
+
 def to_plain(config: DictConfig) -> dict[str, Any]:
     """The resolved recipe as plain Python types (saved beside runs and in checkpoints)."""
     return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]

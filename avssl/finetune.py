@@ -2,12 +2,11 @@
 shards; writes metrics.json (clip/video top-1 and top-5 on test)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from avssl.config import check_section
+from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
 from avssl.probe import load_encoders
 from avssl.tasks.downstream.finetune import FinetuneConfig, run_finetune
@@ -15,10 +14,7 @@ from avssl.tasks.downstream.linear_probe import write_metrics
 
 
 def finetune_from_recipe(config: DictConfig) -> dict[str, Any]:
-    cfg: FinetuneConfig = check_section(config, "finetune", FinetuneConfig)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    cfg, run_dir = start_evaluation(config, "finetune", FinetuneConfig)
     encoders, data, _ = load_encoders(config, cfg.encoders, run_dir)
     encoder = encoders.get(cfg.modality)
     if encoder is None:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from avssl.config import check_section, data_config, to_plain
+from avssl.config import start_evaluation, data_config, to_plain
 from avssl.tasks.downstream.linear_probe import _device, write_metrics
 from avssl.tasks.downstream.localization import (LocalizationConfig, evaluate_localization, event_localization,
                                                  plot_localization)
@@ -34,10 +34,7 @@ def load_localization_task(config: DictConfig, checkpoint: str):
 
 
 def localize_from_recipe(config: DictConfig) -> dict[str, Any]:
-    cfg: LocalizationConfig = check_section(config, "localization", LocalizationConfig)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    cfg, run_dir = start_evaluation(config, "localization", LocalizationConfig)
     task, encoder_id = load_localization_task(config, cfg.checkpoint)
     data = data_config(config)
     device = _device(cfg.device)

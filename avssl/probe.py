@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from avssl.config import check_section, data_config, to_plain
+from avssl.config import start_evaluation, data_config, to_plain
 from avssl.data.datamodule import DataConfig
 from avssl.data.views import AudioView, MelSettings, VideoView
 from avssl.tasks.downstream.linear_probe import ProbeConfig, run_linear_probe, write_metrics
@@ -95,10 +95,7 @@ def cross_validate(encoders: dict, data: DataConfig, probe: ProbeConfig, encoder
 
 
 def probe_from_recipe(config: DictConfig) -> dict[str, Any]:
-    probe: ProbeConfig = check_section(config, "probe", ProbeConfig)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    probe, run_dir = start_evaluation(config, "probe", ProbeConfig)
     encoders, data, encoder_id = load_encoders(config, probe.encoders, run_dir)
     if probe.fold_shards:
         results = cross_validate(encoders, data, probe, encoder_id)

@@ -56,6 +56,19 @@ def write_test_shards(out: Path, clips: list[bytes], per_shard: int, split: str 
     return out
 
 
+def make_synth_shards(root: Path, num_videos: int = 24, size: int = 32, split: tuple[float, float, float] = (0.5, 0.25, 0.25),
+                      seconds: float = 2.0, shard_size: int = 8) -> Path:
+    """A tiny synthetic set through `avssl synth` and `avssl shards` (labels, ground truth
+    sidecars); returns the shards folder."""
+    from avssl.cli import main
+
+    assert main(["synth", "--out", str(root / "synth"), "--num-videos", str(num_videos), "--seconds", str(seconds),
+                 "--size", str(size), "--split", *(str(f) for f in split)]) == 0
+    assert main(["shards", "--videos", str(root / "synth" / "videos"), "--labels", str(root / "synth" / "labels.csv"),
+                 "--out", str(root / "shards"), "--short-side", str(size), "--shard-size", str(shard_size)]) == 0
+    return root / "shards"
+
+
 @pytest.fixture(scope="session")
 def flash_clip() -> bytes:
     return flash_click_clip()

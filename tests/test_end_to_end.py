@@ -10,17 +10,14 @@ import torch
 import avssl
 from avssl.cli import main
 
+from tests.conftest import make_synth_shards
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("e2e")
-    assert main(["synth", "--out", str(root / "synth"), "--num-videos", "40", "--seconds", "2",
-                 "--size", "48", "--split", "0.6", "0.2", "0.2"]) == 0
-    assert main(["shards", "--videos", str(root / "synth" / "videos"), "--labels", str(root / "synth" / "labels.csv"),
-                 "--out", str(root / "shards"), "--short-side", "48", "--shard-size", "8"]) == 0
-    return root / "shards"
+    return make_synth_shards(tmp_path_factory.mktemp("e2e"), num_videos=40, size=48, split=(0.6, 0.2, 0.2))
 
 
 @pytest.mark.slow

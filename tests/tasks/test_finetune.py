@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from avssl.cli import main
+
+from tests.conftest import make_synth_shards
 from avssl.tasks.downstream.finetune import FinetuneConfig, FineTuner, accuracy_report
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -56,12 +58,7 @@ def test_accuracy_report_by_hand() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ft")
-    assert main(["synth", "--out", str(root / "synth"), "--num-videos", "24", "--seconds", "2",
-                 "--size", "32", "--split", "0.5", "0.25", "0.25"]) == 0
-    assert main(["shards", "--videos", str(root / "synth" / "videos"), "--labels", str(root / "synth" / "labels.csv"),
-                 "--out", str(root / "shards"), "--short-side", "32", "--shard-size", "8"]) == 0
-    return root / "shards"
+    return make_synth_shards(tmp_path_factory.mktemp("ft"))
 
 
 @pytest.mark.slow
