@@ -1,0 +1,539 @@
+"""Mix-and-separate (The Sound of Pixels, METHODS.md §7) at CPU-demo scale.
+
+Training: two clips of different labels from the train split; each source's gain is drawn
+from ``gain_range``, both are halved and summed. A U-Net on the log-frequency STFT
+magnitude of the mixture gives K feature maps; each source's visual vector (from the video
+encoder's feature map, frozen by default) weights them into that source's mask logits.
+The loss is the weighted BCE against binary masks (or weighted L1 against ratio masks).
+
+Evaluation on the test split (centre window of each video, no augmentation, nothing chosen
+on it): (a) ``test_mixtures`` synthetic two-clip mixtures, pairs drawn from ``seed`` among
+clips of different labels; (b) every clip with two sounding objects, whose own audio is
+the mixture and whose two stems are the references, each source conditioned on the visual
+feature pooled inside its own box. Estimates: the predicted mask, unwarped to linear
+frequency and binarised at 0.5 (binary), times the mixture magnitude, inverted with the
+mixture phase. Scores: ``avssl.metrics.separation`` (BSS Eval v3 through mir_eval, SI-SDR),
+averaged over sources, then over mixtures; mixtures with a silent reference or estimate are
+skipped and counted.
+
+Clips are decoded once into memory (the test and train windows of this scale fit easily)
+and, with a frozen encoder, its feature maps are computed once.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
+from avssl.data.sampling import ViewSampler
+from avssl.data.targets import BOXES, NUM_STEMS, STEMS
+from avssl.data.transforms import AugmentSettings, VideoBatchTransform
+from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO, AudioView, ViewSpec
+from avssl.models.unet import LinearSynthesizer, UNet, VisualProjection
+from avssl.tasks.downstream.spectral import (
+    MASK_TYPES, StftSettings, apply_masks, bin_weights, mask_loss, mask_targets, predicted_masks, stft,
+    warp_harmonics, warp_log_frequency,
+)
+
+POOLINGS = ("box", "frame")
+LOG_EPSILON = 1e-10
+
+
+@dataclass
+class SeparationConfig:
+    """The ``separation`` section of a recipe (recipes/eval/synth_separation.yaml explains
+    each key; the defaults are the CPU-demo settings measured in docs/evaluation.md)."""
+
+    encoders: str = "random"  # an `avssl export` folder, a Lightning .ckpt, or "random"
+    finetune_video: bool = False  # train the video encoder too, at lr × video_lr_scale
+    video_lr_scale: float = 0.1
+    pooling: str = "box"  # visual vector of a training / mixture clip: in the main object's box, or the frame
+    visual_reduce: str = "mean"  # over the box (or frame) cells: "mean", or "max" (Sound of Pixels)
+    visual_hidden: int = 128  # hidden width of the visual projection (0: one linear layer)
+    n_fft: int = 512
+    hop: int = 256
+    log_bins: int = 64
+    harmonics: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0])  # [1.0]: log|S| only
+    unet_width: int = 16
+    unet_levels: int = 4
+    channels: int = 16  # K: audio feature maps = visual vector size
+    mask: str = "binary"  # or "ratio"
+    ratio_max: float = 5.0
+    complementary_masks: bool = True  # two sources: logit differences, so the masks sum to 1
+    soft_masks: bool = False  # estimates from the predicted probabilities, not the masks binarised at 0.5
+    equal_level: bool = True  # scale every clip to the same RMS before the gain (and in test mixtures)
+    gain_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 1.0e-3
+    weight_decay: float = 1.0e-4
+    train_split: str = "train"
+    max_train_clips: int = 0  # 0: every clip of the train split
+    test_split: str = "test"
+    test_mixtures: int = 64
+    max_two_source_clips: int = 0  # 0: every two-source clip of the test split
+    figure_mixtures: int = 3
+    eval_workers: int = 2  # processes for BSS Eval (0: in this process)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASK_TYPES:
+            raise ValueError(f"separation.mask must be one of {MASK_TYPES}, got {self.mask!r}")
+        if self.visual_reduce not in ("mean", "max"):
+            raise ValueError(f"separation.visual_reduce must be 'mean' or 'max', got {self.visual_reduce!r}")
+        if not self.harmonics or min(self.harmonics) <= 0:
+            raise ValueError(f"separation.harmonics must be positive multiples of the frequency, got {self.harmonics}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"separation.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if len(self.gain_range) != 2 or not 0 < self.gain_range[0] <= self.gain_range[1]:
+            raise ValueError(f"separation.gain_range must be [low, high] with 0 < low <= high, got {self.gain_range}")
+
+    @property
+    def stft_settings(self) -> StftSettings:
+        return StftSettings(self.n_fft, self.hop, self.log_bins)
+
+
+# -- clips in memory -------------------------------------------------------------------------
+@dataclass
+class Clips:
+    """Decoded windows of one split: uint8 video N×3×T×H×W, waveform N×L, label and index N,
+    and, where asked for, boxes N×4×4 (NaN rows unused), stems N×2×L, num_stems N."""
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    label: torch.Tensor
+    index: torch.Tensor
+    boxes: torch.Tensor | None = None
+    stems: torch.Tensor | None = None
+    num_stems: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def load_clips(data: DataConfig, split: str, targets: tuple[str, ...], train: bool, max_clips: int = 0) -> Clips:
+    """One window per video of ``split`` (random window and flip for training, the centre
+    window otherwise), the aligned audio as a waveform, with the ``targets`` asked for."""
+    if data.video is None or data.audio is None:
+        raise ValueError("separation needs a video and an audio window in the data section")
+    views = ViewSpec(video=data.video, audio={AUDIO: AudioView(seconds=data.audio.seconds, representation="waveform")},
+                     mel=data.mel, targets=targets)
+    augment = dict(data.augment)
+    if "crop_scale" in augment:
+        augment["crop_scale"] = tuple(augment["crop_scale"])
+    shards = ShardList.from_manifest(data.shards, split)
+    stream = ShardStream(shards, ViewSampler(views, train=train, augment=AugmentSettings(**augment)),
+                         data.eval_batch_size or data.batch_size, num_workers=data.num_workers, shuffle=False,
+                         pad=False, seed=data.seed, max_skip_fraction=data.max_skip_fraction)
+    keys = [VIDEO, AUDIO, LABEL, INDEX, *(t for t in (BOXES, STEMS) if t in targets)]
+    if STEMS in targets:
+        keys.append(NUM_STEMS)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    count = 0
+    for batch in tqdm(make_loader(stream, data.num_workers), desc=f"decode {split}", unit="batch",
+                      total=len(stream), leave=False):
+        for key in keys:
+            parts[key].append(batch[key])
+        count += len(batch[LABEL])
+        if max_clips and count >= max_clips:
+            break
+    if not count:
+        raise RuntimeError(f"no clip of split {split!r} in {data.shards} could be decoded")
+    out = {k: torch.cat(v)[: max_clips or None] for k, v in parts.items()}
+    out[AUDIO] = out[AUDIO][:, 0]
+    return Clips(video=out[VIDEO], audio=out[AUDIO], label=out[LABEL], index=out[INDEX], boxes=out.get(BOXES),
+                 stems=out.get(STEMS), num_stems=out.get(NUM_STEMS))
+
+
+def partners(labels: torch.Tensor, first: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For each clip in ``first``, a clip drawn uniformly among those of another label."""
+    other = labels[None, :] != labels[first][:, None]
+    if not other.any(1).all():
+        raise ValueError("mixing needs clips of at least two labels")
+    scores = torch.rand(other.shape, generator=generator).masked_fill(~other, -1.0)
+    return scores.argmax(1)
+
+
+def box_cells(boxes: torch.Tensor, map_size: tuple[int, int], frame_size: int) -> torch.Tensor:
+    """B×h×w: the feature-map cells whose centre lies in each box (x0, y0, x1, y1 in pixels of a
+    ``frame_size`` frame, x1/y1 exclusive), and always the cell under the box centre; every
+    cell for a NaN box. Written here because torchvision's ``roi_pool`` rounds both ends
+    outwards, which on a 4×4 map of 16-pixel cells takes in a cell past the box's end, and
+    ``roi_align`` averages bilinear samples, which dilutes one strong cell."""
+    height, width = map_size
+    out = torch.ones(len(boxes), height, width, dtype=torch.bool, device=boxes.device)
+    known = torch.isfinite(boxes).all(1)
+    if not known.any():
+        return out
+    b = boxes[known]
+    axes = []
+    for lo, hi, cells in ((b[:, 1], b[:, 3], height), (b[:, 0], b[:, 2], width)):
+        step = frame_size / cells
+        centres = (torch.arange(cells, device=boxes.device) + 0.5) * step
+        inside = (centres >= lo[:, None]) & (centres < hi[:, None])
+        middle = ((lo + hi) / 2 / step).long().clamp(0, cells - 1)
+        inside[torch.arange(len(b)), middle] = True
+        axes.append(inside)
+    out[known] = axes[0][:, :, None] & axes[1][:, None, :]
+    return out
+
+
+# -- the model ------------------------------------------------------------------------------
+class SeparationModel(torch.nn.Module):
+    """Video encoder (frozen unless fine-tuned) + visual projection + U-Net + synthesiser."""
+
+    def __init__(self, video_encoder: torch.nn.Module, cfg: SeparationConfig, frame_size: int) -> None:
+        super().__init__()
+        self.video_encoder = video_encoder
+        self.cfg = cfg
+        self.stft_settings = cfg.stft_settings
+        self.frame_size = frame_size
+        self.visual = VisualProjection(video_encoder.embedding_dim, cfg.channels, cfg.visual_hidden)
+        self.unet = UNet(cfg.channels, cfg.unet_width, cfg.unet_levels, in_channels=len(cfg.harmonics))
+        self.synthesizer = LinearSynthesizer(cfg.channels)
+
+    def visual_vectors(self, feature_map: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:
+        """B×C×T×h×w map → B×K in [0, 1]: the projected map's maximum (or mean, ``visual_reduce``)
+        over the frame, or over the cells of the box (B×4 frame pixels; a NaN box: the frame)."""
+        projected = self.visual(feature_map)
+        cells = torch.ones_like(projected[:, 0], dtype=torch.bool)
+        if boxes is not None:
+            cells = box_cells(boxes, projected.shape[-2:], self.frame_size)
+        if self.cfg.visual_reduce == "mean":
+            weights = cells[:, None].to(projected.dtype)
+            pooled = (projected * weights).sum((-2, -1)) / weights.sum((-2, -1))
+        else:
+            pooled = projected.masked_fill(~cells[:, None], float("-inf")).amax(dim=(-2, -1))
+        return torch.sigmoid(pooled)
+
+    def spectra(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B×N mixture → (complex B×F×T spectrum, warped magnitude B×1×log_bins×T, the network
+        input: log of the warped magnitude, or of its harmonic stack, B×H×log_bins×T)."""
+        spec = stft(mixture, self.stft_settings)
+        magnitude = spec.abs()
+        warped = warp_log_frequency(magnitude.unsqueeze(1), self.stft_settings.log_bins)
+        stack = warped if tuple(self.cfg.harmonics) == (1.0,) else warp_harmonics(
+            magnitude, self.stft_settings.log_bins, tuple(self.cfg.harmonics))
+        return spec, warped, torch.log(stack + LOG_EPSILON)
+
+    def forward(self, log_magnitude: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Mask logits B×S×log_bins×T from the network input and visual vectors B×S×K; with
+        ``complementary_masks`` and two sources, each logit is the difference to the other's
+        (masks sum to 1)."""
+        logits = self.synthesizer(self.unet(log_magnitude), visual)
+        if self.cfg.complementary_masks and logits.shape[1] == 2:
+            difference = logits[:, 0] - logits[:, 1]
+            logits = torch.stack([difference, -difference], dim=1)
+        return logits
+
+    @torch.no_grad()
+    def separate(self, mixture: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(estimates B×S×N, warped masks B×S×log_bins×T) for mixtures B×N."""
+        spec, _, log_magnitude = self.spectra(mixture)
+        masks = predicted_masks(self(log_magnitude, visual), self.cfg.mask, self.cfg.ratio_max)
+        return apply_masks(spec, masks, self.stft_settings, mixture.shape[-1], self.cfg.mask,
+                           binarize=not self.cfg.soft_masks), masks
+
+
+class VisualFeatures:
+    """Feature maps of a clip set: computed once for a frozen encoder, per call otherwise."""
+
+    def __init__(self, model: SeparationModel, clips: Clips, device: torch.device, batch_size: int = 128) -> None:
+        self.model, self.clips, self.device = model, clips, device
+        self.normalise = VideoBatchTransform().to(device)
+        self.cached: torch.Tensor | None = None
+        if not model.cfg.finetune_video:
+            with torch.no_grad():
+                self.cached = torch.cat([self._compute(torch.arange(i, min(i + batch_size, len(clips))))
+                                         for i in range(0, len(clips), batch_size)])
+
+    def _compute(self, rows: torch.Tensor) -> torch.Tensor:
+        video = self.normalise(self.clips.video[rows].to(self.device), train=False)
+        return self.model.video_encoder.feature_map(video)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached[rows.to(self.cached.device)]
+        return self._compute(rows)
+
+
+def main_boxes(clips: Clips, rows: torch.Tensor, source: int = 0) -> torch.Tensor | None:
+    return None if clips.boxes is None else clips.boxes[rows, source]
+
+
+# -- training -------------------------------------------------------------------------------
+def training_batch(clips: Clips, cfg: SeparationConfig, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows B×2 of the two clips, sources B×2×L already gained and halved, mixture B×L)."""
+    first = torch.randint(len(clips), (cfg.batch_size,), generator=generator)
+    rows = torch.stack([first, partners(clips.label, first, generator)], dim=1)
+    low, high = cfg.gain_range
+    gains = low + (high - low) * torch.rand(rows.shape, generator=generator)
+    sources = source_audio(clips, rows, cfg.equal_level) * gains[..., None] / 2
+    return rows, sources, sources.sum(1)
+
+
+REFERENCE_RMS = 0.05  # about −26 dBFS, the middle of the synthetic set's clip levels
+
+
+def source_audio(clips: Clips, rows: torch.Tensor, equal_level: bool) -> torch.Tensor:
+    """The clips' waveforms (…×L for rows of any shape), scaled to one RMS if ``equal_level``."""
+    audio = clips.audio[rows]
+    if not equal_level:
+        return audio
+    rms = audio.pow(2).mean(-1, keepdim=True).sqrt()
+    return audio * (REFERENCE_RMS / rms.clamp_min(1e-8))
+
+
+def training_loss(model: SeparationModel, features: VisualFeatures, clips: Clips, rows: torch.Tensor,
+                  sources: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+    """The mask loss of one batch of mixtures (both sources of each)."""
+    cfg, device = model.cfg, next(model.parameters()).device
+    sources, mixture = sources.to(device), mixture.to(device)
+    _, magnitude, log_magnitude = model.spectra(mixture)
+    source_magnitudes = warp_log_frequency(stft(sources, model.stft_settings).abs(), cfg.log_bins)
+    targets = mask_targets(source_magnitudes, magnitude, cfg.mask, cfg.ratio_max)
+    visual = torch.stack([
+        model.visual_vectors(features(rows[:, k]), main_boxes(clips, rows[:, k]) if cfg.pooling == "box" else None)
+        for k in range(rows.shape[1])], dim=1)
+    logits = model(log_magnitude, visual.to(device))
+    return mask_loss(logits, targets, bin_weights(magnitude), cfg.mask, cfg.ratio_max)
+
+
+def make_optimizer(model: SeparationModel, cfg: SeparationConfig) -> torch.optim.Optimizer:
+    """Adam; the video encoder (only when fine-tuned) at ``lr × video_lr_scale``."""
+    head = [p for name, p in model.named_parameters() if not name.startswith("video_encoder.")]
+    groups = [{"params": head, "lr": cfg.lr}]
+    if cfg.finetune_video:
+        groups.append({"params": list(model.video_encoder.parameters()), "lr": cfg.lr * cfg.video_lr_scale})
+    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+
+
+def train(model: SeparationModel, clips: Clips, features: VisualFeatures, cfg: SeparationConfig) -> list[float]:
+    """``cfg.steps`` steps on random mixtures; the loss of every step."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    model.train()
+    model.video_encoder.eval()  # BatchNorm statistics stay those of pretraining, even when fine-tuned
+    model.video_encoder.requires_grad_(cfg.finetune_video)
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc="separation training", unit="step")
+    for _ in bar:
+        loss = training_loss(model, features, clips, *training_batch(clips, cfg, generator))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    model.eval()
+    return losses
+
+
+# -- evaluation -----------------------------------------------------------------------------
+SILENT_REFERENCE, SILENT_ESTIMATE = "silent_reference", "silent_estimate"
+
+
+def _score(item: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float] | str:
+    from avssl.metrics.separation import SILENCE_THRESHOLD, SilentSourceError, separation_metrics
+
+    estimates, references, mixture = item
+    if (np.abs(references).sum(1) <= SILENCE_THRESHOLD).any():
+        return SILENT_REFERENCE
+    try:
+        return separation_metrics(estimates, references, mixture)
+    except SilentSourceError:
+        return SILENT_ESTIMATE
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned children read these when they import NumPy: one BLAS thread per process
+    (BSS Eval is mostly 1024×1024 solves; two processes beat one with two threads)."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update({n: "1" for n in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def score_mixtures(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], workers: int, desc: str
+                   ) -> dict[str, float | int]:
+    """Mean scores (dB) over the mixtures that can be scored, and how many were skipped;
+    BSS Eval in ``workers`` spawned processes (0: in this one)."""
+    if workers > 0 and len(items) > 1:
+        with _single_threaded_children(), ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+            results = list(tqdm(pool.map(_score, items, chunksize=4), total=len(items), desc=desc, leave=False))
+    else:
+        results = [_score(item) for item in tqdm(items, desc=desc, leave=False)]
+    scored = [r for r in results if isinstance(r, dict)]
+    summary: dict[str, float | int] = {}
+    for key in ("sdr", "sir", "sar", "si_sdr", "sdr_improvement", "si_sdr_improvement", "sdr_mixture"):
+        summary[f"{key}_db"] = float(np.mean([r[key] for r in scored])) if scored else float("nan")
+    summary["count"] = len(scored)
+    summary[f"skipped_{SILENT_REFERENCE}"] = results.count(SILENT_REFERENCE)
+    summary[f"skipped_{SILENT_ESTIMATE}"] = results.count(SILENT_ESTIMATE)
+    return summary
+
+
+def evaluation_pairs(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """``count`` (or fewer, if the split is small) pairs of clips with different labels,
+    deterministic from ``seed``: distinct first clips, partners drawn among other labels."""
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randperm(len(labels), generator=generator)[:count]
+    return torch.stack([first, partners(labels, first, generator)], dim=1)
+
+
+@dataclass
+class Separated:
+    """Estimates and references of some mixtures, as NumPy (for scoring and figures)."""
+
+    estimates: np.ndarray  # M×2×L
+    references: np.ndarray  # M×2×L
+    mixtures: np.ndarray  # M×L
+    masks: np.ndarray  # M×2×log_bins×T, warped
+
+    def items(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return list(zip(self.estimates, self.references, self.mixtures))
+
+
+def _run(model: SeparationModel, mixtures: torch.Tensor, references: torch.Tensor, visual: torch.Tensor,
+         batch_size: int) -> Separated:
+    device = next(model.parameters()).device
+    outputs, masks = [], []
+    for i in range(0, len(mixtures), batch_size):
+        estimate, mask = model.separate(mixtures[i : i + batch_size].to(device), visual[i : i + batch_size].to(device))
+        outputs.append(estimate.cpu())
+        masks.append(mask.cpu())
+    return Separated(torch.cat(outputs).numpy().astype(np.float64), references.numpy().astype(np.float64),
+                     mixtures.numpy().astype(np.float64), torch.cat(masks).numpy())
+
+
+@torch.no_grad()
+def separate_test_mixtures(model: SeparationModel, clips: Clips, features: VisualFeatures, cfg: SeparationConfig
+                           ) -> Separated:
+    """(a) synthetic mixtures of two test clips of different labels."""
+    rows = evaluation_pairs(clips.label, cfg.test_mixtures, cfg.seed)
+    references = source_audio(clips, rows, cfg.equal_level) / 2
+    visual = torch.stack([
+        model.visual_vectors(features(rows[:, k]), main_boxes(clips, rows[:, k]) if cfg.pooling == "box" else None)
+        for k in range(2)], dim=1)
+    return _run(model, references.sum(1), references, visual, cfg.batch_size)
+
+
+@torch.no_grad()
+def separate_two_source_clips(model: SeparationModel, clips: Clips, features: VisualFeatures, cfg: SeparationConfig
+                              ) -> tuple[Separated | None, int]:
+    """(b) the test clips with two sounding objects: their own audio, their two stems, each
+    source conditioned on its own box. Also returns how many had a box missing (skipped)."""
+    assert clips.num_stems is not None and clips.stems is not None and clips.boxes is not None
+    two = torch.nonzero(clips.num_stems == 2).flatten()
+    if cfg.max_two_source_clips:
+        two = two[: cfg.max_two_source_clips]
+    has_boxes = torch.isfinite(clips.boxes[two, :2]).all(dim=(1, 2))
+    rows = two[has_boxes]
+    if not len(rows):
+        return None, int((~has_boxes).sum())
+    feature_maps = features(rows)
+    visual = torch.stack([model.visual_vectors(feature_maps, clips.boxes[rows, k]) for k in range(2)], dim=1)
+    return _run(model, clips.audio[rows], clips.stems[rows, :2], visual, cfg.batch_size), int((~has_boxes).sum())
+
+
+def plot_separation(separated: Separated, model: SeparationModel, path: Path, count: int) -> None:
+    """Mixture, estimated and true log-frequency spectrograms of the first ``count`` mixtures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(count, len(separated.mixtures))
+    if count == 0:
+        return
+
+    def logmag(wave: np.ndarray) -> np.ndarray:
+        _, magnitude, _ = model.spectra(torch.from_numpy(wave).float().reshape(1, -1))
+        return torch.log(magnitude[0, 0] + 1e-4).numpy()
+
+    titles = ["mixture", "estimate 1", "true 1", "estimate 2", "true 2"]
+    fig, axes = plt.subplots(count, len(titles), figsize=(2.4 * len(titles), 2.0 * count), squeeze=False)
+    for row in range(count):
+        panels = [separated.mixtures[row], separated.estimates[row, 0], separated.references[row, 0],
+                  separated.estimates[row, 1], separated.references[row, 1]]
+        images = [logmag(p) for p in panels]
+        low, high = np.percentile(images[0], 5), images[0].max()
+        for ax, image, title in zip(axes[row], images, titles):
+            ax.imshow(image, origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+        axes[row, 0].set_ylabel(f"mixture {row}\nlog-frequency", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- the whole protocol ---------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: SeparationConfig, run_dir: Path
+                   ) -> dict[str, Any]:
+    """Decode, train, evaluate (a) and (b), plot; the metrics.json content."""
+    if data.video is None:
+        raise ValueError("separation needs a video window (data.video)")
+    started = time.time()
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    train_targets = (BOXES,) if cfg.pooling == "box" else ()
+    train_clips = load_clips(data, cfg.train_split, train_targets, train=True, max_clips=cfg.max_train_clips)
+    test_clips = load_clips(data, cfg.test_split, (BOXES, STEMS), train=False)
+    decoded = time.time()
+    model = SeparationModel(video_encoder, cfg, data.video.size).to(device)
+    model.video_encoder.eval()
+    train_features = VisualFeatures(model, train_clips, device)
+    losses = train(model, train_clips, train_features, cfg)
+    trained = time.time()
+    test_features = VisualFeatures(model, test_clips, device)
+    mixtures = separate_test_mixtures(model, test_clips, test_features, cfg)
+    two_source, missing_boxes = separate_two_source_clips(model, test_clips, test_features, cfg)
+    results: dict[str, Any] = {"mixtures": score_mixtures(mixtures.items(), cfg.eval_workers, "score mixtures")}
+    two = score_mixtures(two_source.items() if two_source else [], cfg.eval_workers, "score two-source clips")
+    two["skipped_missing_box"] = missing_boxes
+    results["two_source_clips"] = two
+    plot_separation(mixtures, model, run_dir / "separation.png", cfg.figure_mixtures)
+    results["train"] = {"steps": cfg.steps, "clips": len(train_clips), "first_loss": float(np.mean(losses[:10])),
+                        "last_loss": float(np.mean(losses[-10:]))}
+    results["seconds"] = {"decode": decoded - started, "train": trained - decoded, "evaluate": time.time() - trained,
+                          "total": time.time() - started}
+    return results
+
+
+__all__ = ["Clips", "box_cells", "SeparationConfig", "SeparationModel", "VisualFeatures", "load_clips", "partners",
+           "plot_separation", "run_separation", "score_mixtures", "separate_test_mixtures",
+           "separate_two_source_clips", "evaluation_pairs", "train", "training_batch", "training_loss"]
