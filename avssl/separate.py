@@ -3,7 +3,6 @@ metrics.json and separation.png (avssl/tasks/downstream/separation.py)."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from omegaconf import DictConfig
@@ -19,7 +18,7 @@ def format_table(results: dict[str, Any]) -> str:
     rows = [f"{'test set':<17} " + " ".join(f"{k.removesuffix('_db'):>15}" for k in METRIC_ROWS) + f" {'count':>6}"]
     for name in ("mixtures", "two_source_clips"):
         r = results[name]
-        cells = " ".join(f"{r[k]:>15.2f}" if not math.isnan(r[k]) else f"{'-':>15}" for k in METRIC_ROWS)
+        cells = " ".join(f"{r[k]:>15.2f}" if r[k] is not None else f"{'-':>15}" for k in METRIC_ROWS)
         rows.append(f"{name:<17} {cells} {r['count']:>6}")
     return "\n".join(rows)
 
@@ -37,5 +36,6 @@ def separation_from_recipe(config: DictConfig) -> dict[str, Any]:
     path = run_dir / "metrics.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"separation with video encoder {cfg.encoders} (test split, dB, means over sources then mixtures):\n"
-          f"{format_table(results)}\n{results['seconds']['total']:.0f} s; written: {path}, {run_dir / 'separation.png'}")
+          f"{format_table(results)}\n{results['seconds']['total']:.0f} s; "
+          f"written: {path}, {run_dir / 'separation.png'}")
     return results

@@ -1,20 +1,23 @@
 """Mix-and-separate (The Sound of Pixels, METHODS.md §7) at CPU-demo scale.
 
-Training: two clips of different labels from the train split; each source's gain is drawn
-from ``gain_range``, both are halved and summed. A U-Net on the log-frequency STFT
-magnitude of the mixture gives K feature maps; each source's visual vector (from the video
-encoder's feature map, frozen by default) weights them into that source's mask logits.
-The loss is the weighted BCE against binary masks (or weighted L1 against ratio masks).
+Training: two clips of different labels from the train split, each scaled to one RMS
+(``equal_level``), given a gain from ``gain_range``, halved and summed. A U-Net on the
+log-frequency STFT magnitude of the mixture (stacked with its harmonics, ``harmonics``)
+gives K feature maps; each source's visual vector (the video encoder's feature map, frozen
+by default, projected to K channels and pooled in the object's box) weights them into
+that source's mask logits (Sound of Pixels' linear synthesiser); for two sources the two
+logits are made complementary. The loss is the weighted BCE against binary masks (or the
+weighted L1 against ratio masks).
 
 Evaluation on the test split (centre window of each video, no augmentation, nothing chosen
 on it): (a) ``test_mixtures`` synthetic two-clip mixtures, pairs drawn from ``seed`` among
 clips of different labels; (b) every clip with two sounding objects, whose own audio is
 the mixture and whose two stems are the references, each source conditioned on the visual
-feature pooled inside its own box. Estimates: the predicted mask, unwarped to linear
-frequency and binarised at 0.5 (binary), times the mixture magnitude, inverted with the
-mixture phase. Scores: ``avssl.metrics.separation`` (BSS Eval v3 through mir_eval, SI-SDR),
-averaged over sources, then over mixtures; mixtures with a silent reference or estimate are
-skipped and counted.
+feature pooled inside its own box. Estimates: the predicted mask (the probabilities, or
+binarised at 0.5 with ``soft_masks: false``) unwarped to linear frequency, times the
+mixture magnitude, inverted with the mixture phase. Scores: ``avssl.metrics.separation``
+(BSS Eval v3 through mir_eval, SI-SDR), averaged over sources, then over mixtures; mixtures
+with a silent reference or estimate are skipped and counted.
 
 Clips are decoded once into memory (the test and train windows of this scale fit easily)
 and, with a frozen encoder, its feature maps are computed once.
@@ -69,8 +72,8 @@ class SeparationConfig:
     channels: int = 16  # K: audio feature maps = visual vector size
     mask: str = "binary"  # or "ratio"
     ratio_max: float = 5.0
-    complementary_masks: bool = True  # two sources: logit differences, so the masks sum to 1
-    soft_masks: bool = False  # estimates from the predicted probabilities, not the masks binarised at 0.5
+    complementary_masks: bool = True  # binary masks of two sources: logit differences, masks sum to 1
+    soft_masks: bool = True  # estimates from the predicted probabilities (false: binarised at 0.5, as SoP)
     equal_level: bool = True  # scale every clip to the same RMS before the gain (and in test mixtures)
     gain_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     steps: int = 1500
@@ -227,12 +230,12 @@ class SeparationModel(torch.nn.Module):
             magnitude, self.stft_settings.log_bins, tuple(self.cfg.harmonics))
         return spec, warped, torch.log(stack + LOG_EPSILON)
 
-    def forward(self, log_magnitude: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """Mask logits B×S×log_bins×T from the network input and visual vectors B×S×K; with
-        ``complementary_masks`` and two sources, each logit is the difference to the other's
-        (masks sum to 1)."""
-        logits = self.synthesizer(self.unet(log_magnitude), visual)
-        if self.cfg.complementary_masks and logits.shape[1] == 2:
+    def forward(self, network_input: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Mask logits B×S×log_bins×T from the network input (:meth:`spectra`) and visual vectors B×S×K; with
+        ``complementary_masks``, binary masks and two sources, each logit is the difference to
+        the other's (the masks sum to 1; ratio masks stay independent, as in Sound of Pixels)."""
+        logits = self.synthesizer(self.unet(network_input), visual)
+        if self.cfg.complementary_masks and self.cfg.mask == "binary" and logits.shape[1] == 2:
             difference = logits[:, 0] - logits[:, 1]
             logits = torch.stack([difference, -difference], dim=1)
         return logits
@@ -240,8 +243,8 @@ class SeparationModel(torch.nn.Module):
     @torch.no_grad()
     def separate(self, mixture: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(estimates B×S×N, warped masks B×S×log_bins×T) for mixtures B×N."""
-        spec, _, log_magnitude = self.spectra(mixture)
-        masks = predicted_masks(self(log_magnitude, visual), self.cfg.mask, self.cfg.ratio_max)
+        spec, _, network_input = self.spectra(mixture)
+        masks = predicted_masks(self(network_input, visual), self.cfg.mask, self.cfg.ratio_max)
         return apply_masks(spec, masks, self.stft_settings, mixture.shape[-1], self.cfg.mask,
                            binarize=not self.cfg.soft_masks), masks
 
@@ -301,13 +304,13 @@ def training_loss(model: SeparationModel, features: VisualFeatures, clips: Clips
     """The mask loss of one batch of mixtures (both sources of each)."""
     cfg, device = model.cfg, next(model.parameters()).device
     sources, mixture = sources.to(device), mixture.to(device)
-    _, magnitude, log_magnitude = model.spectra(mixture)
+    _, magnitude, network_input = model.spectra(mixture)
     source_magnitudes = warp_log_frequency(stft(sources, model.stft_settings).abs(), cfg.log_bins)
     targets = mask_targets(source_magnitudes, magnitude, cfg.mask, cfg.ratio_max)
     visual = torch.stack([
         model.visual_vectors(features(rows[:, k]), main_boxes(clips, rows[:, k]) if cfg.pooling == "box" else None)
         for k in range(rows.shape[1])], dim=1)
-    logits = model(log_magnitude, visual.to(device))
+    logits = model(network_input, visual.to(device))
     return mask_loss(logits, targets, bin_weights(magnitude), cfg.mask, cfg.ratio_max)
 
 
@@ -378,8 +381,8 @@ def _single_threaded_children() -> Iterator[None]:
 
 
 def score_mixtures(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], workers: int, desc: str
-                   ) -> dict[str, float | int]:
-    """Mean scores (dB) over the mixtures that can be scored, and how many were skipped;
+                   ) -> dict[str, float | int | None]:
+    """Mean scores (dB; None when nothing could be scored) and how many mixtures were skipped;
     BSS Eval in ``workers`` spawned processes (0: in this one)."""
     if workers > 0 and len(items) > 1:
         with _single_threaded_children(), ProcessPoolExecutor(
@@ -388,9 +391,9 @@ def score_mixtures(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], worke
     else:
         results = [_score(item) for item in tqdm(items, desc=desc, leave=False)]
     scored = [r for r in results if isinstance(r, dict)]
-    summary: dict[str, float | int] = {}
+    summary: dict[str, float | int | None] = {}
     for key in ("sdr", "sir", "sar", "si_sdr", "sdr_improvement", "si_sdr_improvement", "sdr_mixture"):
-        summary[f"{key}_db"] = float(np.mean([r[key] for r in scored])) if scored else float("nan")
+        summary[f"{key}_db"] = float(np.mean([r[key] for r in scored])) if scored else None
     summary["count"] = len(scored)
     summary[f"skipped_{SILENT_REFERENCE}"] = results.count(SILENT_REFERENCE)
     summary[f"skipped_{SILENT_ESTIMATE}"] = results.count(SILENT_ESTIMATE)
