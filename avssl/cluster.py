@@ -11,13 +11,13 @@ from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
 from avssl.probe import load_encoders
 from avssl.tasks.downstream.clustering import ClusterConfig, cluster_features
-from avssl.tasks.downstream.linear_probe import _device, extract_features, write_metrics
+from avssl.tasks.downstream.linear_probe import _device, encoder_names, extract_features, write_metrics
 
 
 def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:
     cfg, run_dir = start_evaluation(config, "cluster", ClusterConfig)
     encoders, data, encoder_id = load_encoders(config, cfg.encoders, run_dir)
-    needed = sorted({m for mod in cfg.modalities for m in (["video", "audio"] if mod == "both" else [mod])})
+    needed = sorted({m for mod in cfg.modalities for m in encoder_names(mod)})
     missing = [m for m in needed if encoders.get(m) is None]
     if missing:
         raise ValueError(f"cluster needs the {', '.join(missing)} encoder, which {cfg.encoders} does not have")

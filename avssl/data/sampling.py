@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from avssl.data.decode import DecodeError, MediaReader, PcmAudio, StreamInfo
-from avssl.data.targets import clip_targets
+from avssl.data.targets import SampleTruth, clip_targets
 from avssl.data.transforms import AugmentSettings, VideoTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_VIDEO, VIDEO, AudioView, ViewSpec
 
@@ -137,14 +137,15 @@ class ViewSampler:
             if self.spec.audio and not info.has_audio:
                 raise DecodeError("no audio stream")
             lo, hi = _valid_range(info, meta)
+            truth = SampleTruth(entries or {}, meta, self.spec.mel.sample_rate) if self.spec.targets else None
             clips = []
             for clip_number, start in enumerate(self._anchor_starts(lo, hi, rng)):
-                clips.append(self._decode_clip(reader, start, lo, hi, rng, meta, clip_number, entries or {}))
+                clips.append(self._decode_clip(reader, start, lo, hi, rng, meta, clip_number, truth))
             return clips
 
     def _decode_clip(
         self, reader: MediaReader, start: float, lo: float, hi: float, rng: np.random.Generator,
-        meta: dict[str, Any], clip_number: int, entries: dict[str, bytes],
+        meta: dict[str, Any], clip_number: int, truth: SampleTruth | None,
     ) -> dict[str, torch.Tensor]:
         sample: dict[str, torch.Tensor] = {
             INDEX: torch.tensor(int(meta.get("index", -1)), dtype=torch.int64),
@@ -172,14 +173,14 @@ class ViewSampler:
             waveform = reader.read_audio(audio_start, view.seconds, self.spec.mel.sample_rate)
             sample[name] = torch.from_numpy(waveform).unsqueeze(0)  # 1×N; log-mel on the device batch
             sample["t_" + name] = torch.tensor(audio_start, dtype=torch.float32)
-        if self.spec.targets:
+        if truth is not None:
             aligned = self.spec.audio.get(AUDIO)
             audio_window = (float(sample["t_" + AUDIO]), aligned.seconds) if aligned else None
             # boxes at the middle frame of the window
             video = self.spec.video
             middle = t_video + ((video.num_frames - 1) // 2) / video.fps if video else t_video
-            sample.update(clip_targets(self.spec.targets, entries, meta, crop, (reader.info.width, reader.info.height),
-                                       middle, audio_window, self.spec.mel.sample_rate))
+            sample.update(clip_targets(self.spec.targets, truth, crop, (reader.info.width, reader.info.height),
+                                       middle, audio_window))
         return sample
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from functools import cached_property
 from typing import Any
 
 import av
@@ -86,9 +87,8 @@ def segment_event(events: dict[str, Any], time_seconds: float) -> int:
     return BACKGROUND if label == int(events.get("background", -1)) else label
 
 
-def read_stems(data: bytes, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
-    """S×N float32: every channel of a stems file (one per source) over the window, at
-    ``sample_rate``; zeros outside the file."""
+def decode_stems(data: bytes, sample_rate: int) -> np.ndarray:
+    """S×N float32: every channel of a stems file (one per source), whole, at ``sample_rate``."""
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.audio[0]
@@ -100,7 +100,11 @@ def read_stems(data: bytes, start_seconds: float, seconds: float, sample_rate: i
             chunks += [f.to_ndarray() for f in resampler.resample(None)]
     except (av.FFmpegError, IndexError) as error:
         raise DecodeError(f"stems: cannot decode ({error})") from error
-    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
+    return np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
+
+
+def window(samples: np.ndarray, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
+    """S×count of S×N ``samples`` from ``start_seconds``; zeros outside them."""
     count = int(round(seconds * sample_rate))
     first = int(round(start_seconds * sample_rate))
     out = np.zeros((samples.shape[0], count), np.float32)
@@ -110,14 +114,41 @@ def read_stems(data: bytes, start_seconds: float, seconds: float, sample_rate: i
     return out
 
 
+def read_stems(data: bytes, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
+    """S×N float32: every channel of a stems file (one per source) over the window, at
+    ``sample_rate``; zeros outside the file."""
+    return window(decode_stems(data, sample_rate), start_seconds, seconds, sample_rate)
+
+
+class SampleTruth:
+    """One shard sample's ground truth: its sidecars by entry name and its json, each
+    parsed (and the stems decoded) once however many clips the sample gives."""
+
+    def __init__(self, entries: dict[str, bytes], meta: dict[str, Any], sample_rate: int = 16000) -> None:
+        self.entries = entries
+        self.meta = meta
+        self.sample_rate = sample_rate
+
+    @cached_property
+    def gt(self) -> dict[str, Any] | None:
+        return json.loads(self.entries["gt.json"]) if "gt.json" in self.entries else None
+
+    @cached_property
+    def stems(self) -> np.ndarray:
+        return decode_stems(self.entries["stems.flac"], self.sample_rate)
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.entries[name])
+
+
 def clip_targets(
-    names: tuple[str, ...], entries: dict[str, bytes], meta: dict[str, Any], crop: CropBox | None,
-    frame_size: tuple[int, int], video_time: float, audio_window: tuple[float, float] | None, sample_rate: int,
+    names: tuple[str, ...], truth: SampleTruth, crop: CropBox | None, frame_size: tuple[int, int],
+    video_time: float, audio_window: tuple[float, float] | None,
 ) -> dict[str, torch.Tensor]:
-    """The batch entries for ``names`` of one clip. ``entries`` holds the sample's sidecars
-    by entry name, ``frame_size`` the decoded frame's (width, height), ``video_time`` the
-    time of the frame the boxes are read at, ``audio_window`` (start, seconds)."""
-    gt = json.loads(entries["gt.json"]) if "gt.json" in entries else None
+    """The batch entries for ``names`` of one clip: ``frame_size`` is the decoded frame's
+    (width, height), ``video_time`` the time of the frame the boxes are read at,
+    ``audio_window`` (start, seconds)."""
+    entries, gt = truth.entries, truth.gt
     out: dict[str, torch.Tensor] = {}
     if BOXES in names:
         if crop is None:
@@ -135,8 +166,8 @@ def clip_targets(
     if STEMS in names:
         if "stems.flac" not in entries or audio_window is None:
             raise DecodeError("stems asked for, but the sample has no stems.flac (or the task no audio view)")
-        stems = read_stems(entries["stems.flac"], audio_window[0] - float(meta.get("audio_start", 0.0)),
-                           audio_window[1], sample_rate)[:MAX_STEMS]
+        stems = window(truth.stems, audio_window[0] - float(truth.meta.get("audio_start", 0.0)), audio_window[1],
+                       truth.sample_rate)[:MAX_STEMS]
         padded = np.zeros((MAX_STEMS, stems.shape[1]), np.float32)
         padded[: len(stems)] = stems
         out[STEMS] = torch.from_numpy(padded)
@@ -144,7 +175,7 @@ def clip_targets(
     if LABELS in names:
         if "annotation.json" not in entries:
             raise DecodeError("labels asked for, but the sample has no annotation.json")
-        labels = [int(x) for x in json.loads(entries["annotation.json"]).get("labels", [])][:MAX_LABELS]
+        labels = [int(x) for x in truth.json("annotation.json").get("labels", [])][:MAX_LABELS]
         padded = torch.full((MAX_LABELS,), -1, dtype=torch.int64)
         padded[: len(labels)] = torch.tensor(labels, dtype=torch.int64)
         out[LABELS] = padded
@@ -152,7 +183,7 @@ def clip_targets(
         if audio_window is None:
             raise DecodeError("event asked for, but the task has no audio view")
         if "events.json" in entries:  # AVE: one label per 1-s segment, `background` its own index
-            event = segment_event(json.loads(entries["events.json"]), audio_window[0] + audio_window[1] / 2)
+            event = segment_event(truth.json("events.json"), audio_window[0] + audio_window[1] / 2)
         elif gt is not None:
             event = window_event(gt, *audio_window, gt["categories"])
         else:
@@ -161,5 +192,5 @@ def clip_targets(
     return out
 
 
-__all__ = ["BACKGROUND", "BOXES", "EVENT", "LABELS", "MAX_BOXES", "MAX_LABELS", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "clip_targets", "read_boxes_json", "read_stems", "segment_event", "synthetic_boxes",
+__all__ = ["BACKGROUND", "BOXES", "EVENT", "LABELS", "MAX_BOXES", "MAX_LABELS", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "SampleTruth", "clip_targets", "read_boxes_json", "read_stems", "segment_event", "synthetic_boxes",
            "window_event"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 import torchaudio
 from torchvision.transforms import v2
@@ -81,7 +80,6 @@ class VideoTransform:
 
     def __init__(self, size: int, train: bool, settings: AugmentSettings = AugmentSettings()) -> None:
         self.size = size
-        self.train = train
         self.flip = train and settings.flip
         self.crop = v2.RandomResizedCrop(size, scale=settings.crop_scale, antialias=True) if train else None
 

@@ -104,19 +104,19 @@ def test_stream_yields_boxes_stems_and_events_of_each_clip(synth_shards: Path) -
 
 def test_missing_ground_truth_is_a_skipped_sample_with_a_reason(synth_shards: Path, tmp_path: Path) -> None:
     from avssl.data.decode import DecodeError
-    from avssl.data.targets import clip_targets
+    from avssl.data.targets import SampleTruth, clip_targets
 
     with pytest.raises(DecodeError, match="neither boxes.json nor gt.json"):
-        clip_targets(("boxes",), {}, {}, CropBox(0, 0, 10, 10, 10), (10, 10), 0.0, (0.0, 1.0), 16000)
+        clip_targets(("boxes",), SampleTruth({}, {}), CropBox(0, 0, 10, 10, 10), (10, 10), 0.0, (0.0, 1.0))
     with pytest.raises(DecodeError, match="no stems.flac"):
-        clip_targets(("stems",), {}, {}, None, (10, 10), 0.0, (0.0, 1.0), 16000)
+        clip_targets(("stems",), SampleTruth({}, {}), None, (10, 10), 0.0, (0.0, 1.0))
 
 
 def test_multi_label_indices_come_padded_from_annotation_json() -> None:
-    from avssl.data.targets import MAX_LABELS, clip_targets
+    from avssl.data.targets import MAX_LABELS, SampleTruth, clip_targets
 
-    out = clip_targets(("labels",), {"annotation.json": json.dumps({"labels": [3, 0, 7]}).encode()}, {}, None,
-                       (10, 10), 0.0, None, 16000)
+    out = clip_targets(("labels",), SampleTruth({"annotation.json": json.dumps({"labels": [3, 0, 7]}).encode()}, {}),
+                       None, (10, 10), 0.0, None)
     assert out["labels"].shape == (MAX_LABELS,)
     assert out["labels"][:3].tolist() == [3, 0, 7] and (out["labels"][3:] == -1).all()
 

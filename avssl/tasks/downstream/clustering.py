@@ -12,7 +12,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 from avssl.metrics.clustering import clustering_scores
-from avssl.tasks.downstream.linear_probe import MODALITIES, Features
+from avssl.tasks.downstream.linear_probe import MODALITIES, Features, standardiser
 
 
 @dataclass
@@ -47,14 +47,14 @@ def cluster_features(features: Features, cfg: ClusterConfig, seed: int = 0) -> d
     if not known.any():
         raise ValueError(f"split {cfg.split!r} has no labels: clustering is scored against labels")
     labels = features.label[known]
+    labelled = Features({m: v[known] for m, v in features.by_modality.items()}, labels, features.index[known],
+                        features.clip[known])
     k = cfg.num_clusters or int(labels.max()) + 1
     results: dict[str, Any] = {"num_clusters": k, "num_samples": int(known.sum())}
     for modality in cfg.modalities:
         if modality not in MODALITIES:
             raise ValueError(f"cluster.modalities: {modality!r} is not one of {MODALITIES}")
-        names = ["video", "audio"] if modality == "both" else [modality]
-        parts = [features.by_modality[n][known] for n in names]
-        x = np.concatenate([(p - p.mean(0)) / (p.std(0) + 1e-6) for p in parts], axis=1).astype(np.float64)
+        x = standardiser(labelled, modality)(labelled).double().numpy()  # standardised on the split itself
         ids = kmeans(x, k, cfg.restarts, seed)
         results[modality] = clustering_scores(torch.from_numpy(ids), torch.from_numpy(labels))
     return results

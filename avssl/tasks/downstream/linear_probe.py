@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -123,10 +123,22 @@ def extract_features(
     return features
 
 
-def _stack(features: Features, modality: str, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
-    names = ["video", "audio"] if modality == "both" else [modality]
-    parts = [(features.by_modality[n] - stats[n][0]) / stats[n][1] for n in names]
-    return torch.from_numpy(np.concatenate(parts, axis=1)).float()
+def encoder_names(modality: str) -> list[str]:
+    """The encoders a probe modality reads: itself, or video and audio for ``both``."""
+    return ["video", "audio"] if modality == "both" else [modality]
+
+
+def standardiser(reference: Features, modality: str) -> Callable[[Features], torch.Tensor]:
+    """Features → N×D float tensor of the modality's features (``both``: concatenated),
+    each encoder's standardised with the statistics of ``reference`` (the train split)."""
+    names = encoder_names(modality)
+    stats = {n: (reference.by_modality[n].mean(0), reference.by_modality[n].std(0) + 1e-6) for n in names}
+
+    def standardise(features: Features) -> torch.Tensor:
+        parts = [(features.by_modality[n] - stats[n][0]) / stats[n][1] for n in names]
+        return torch.from_numpy(np.concatenate(parts, axis=1)).float()
+
+    return standardise
 
 
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
@@ -155,34 +167,42 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     return model
 
 
-def probe_modality(train: Features, val: Features, test: Features, modality: str, cfg: ProbeConfig
-                   ) -> dict[str, Any]:
-    """Choose the weight decay on val (video-level top-1), report test top-1."""
-    names = ["video", "audio"] if modality == "both" else [modality]
-    stats = {n: (train.by_modality[n].mean(0), train.by_modality[n].std(0) + 1e-6) for n in names}
-    x_train, y_train = _stack(train, modality, stats), torch.from_numpy(train.label).long()
-    num_classes = int(max(train.label.max(), val.label.max(), test.label.max())) + 1
-    x_val, x_test = _stack(val, modality, stats), _stack(test, modality, stats)
-
-    def evaluate(model: torch.nn.Linear, x: torch.Tensor, f: Features) -> tuple[float, float]:
-        with torch.no_grad():
-            scores = torch.softmax(model(x), 1).numpy()
-        scores, labels, index = torch.from_numpy(scores), torch.from_numpy(f.label), torch.from_numpy(f.index)
-        return (top_k_accuracy(scores, labels, 1),
-                top_k_accuracy(*video_level_scores(scores, labels, index, apply_softmax=False), 1))
-
+def _search_weight_decay(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, cfg: ProbeConfig,
+                         evaluate: Callable[[torch.nn.Linear, str], tuple[float, float]], metric: str,
+                         ) -> dict[str, Any]:
+    """Fit one classifier per weight decay, keep the best on val by the video-level score
+    (``evaluate(model, split)`` → (clip, video) scores), report it on test."""
     search = {}
     best = None
     for wd in cfg.weight_decays:
         model = fit_logistic_regression(x_train, y_train, num_classes, wd, cfg.max_iter)
-        clip_acc, video_acc = evaluate(model, x_val, val)
-        search[str(wd)] = {"val_clip_top1": clip_acc, "val_video_top1": video_acc}
-        if best is None or video_acc > best[0]:
-            best = (video_acc, wd, model)
+        clip_score, video_score = evaluate(model, "val")
+        search[str(wd)] = {f"val_clip_{metric}": clip_score, f"val_video_{metric}": video_score}
+        if best is None or video_score > best[0]:
+            best = (video_score, wd, model)
     assert best is not None
-    clip_acc, video_acc = evaluate(best[2], x_test, test)
-    return {"test_clip_top1": clip_acc, "test_video_top1": video_acc, "weight_decay": best[1],
-            "val_video_top1": best[0], "search": search}
+    clip_score, video_score = evaluate(best[2], "test")
+    return {f"test_clip_{metric}": clip_score, f"test_video_{metric}": video_score, "weight_decay": best[1],
+            f"val_video_{metric}": best[0], "search": search}
+
+
+def probe_modality(train: Features, val: Features, test: Features, modality: str, cfg: ProbeConfig
+                   ) -> dict[str, Any]:
+    """Choose the weight decay on val (video-level top-1), report test top-1."""
+    standardise = standardiser(train, modality)
+    num_classes = int(max(train.label.max(), val.label.max(), test.label.max())) + 1
+    splits = {"val": val, "test": test}
+
+    def evaluate(model: torch.nn.Linear, split: str) -> tuple[float, float]:
+        f = splits[split]
+        with torch.no_grad():
+            scores = torch.softmax(model(standardise(f)), 1)
+        labels, index = torch.from_numpy(f.label), torch.from_numpy(f.index)
+        return (top_k_accuracy(scores, labels, 1),
+                top_k_accuracy(*video_level_scores(scores, labels, index, apply_softmax=False), 1))
+
+    return _search_weight_decay(standardise(train), torch.from_numpy(train.label).long(), num_classes, cfg,
+                                evaluate, "top1")
 
 
 def multi_hot(padded: np.ndarray, num_classes: int) -> np.ndarray:
@@ -197,32 +217,22 @@ def probe_multilabel(train: Features, val: Features, test: Features, modality: s
                      ) -> dict[str, Any]:
     """One-vs-rest probe of a multi-label set: weight decay chosen on val video-level mAP,
     test clip-level and video-level (sigmoid scores averaged over a video's clips) mAP."""
-    names = ["video", "audio"] if modality == "both" else [modality]
-    stats = {n: (train.by_modality[n].mean(0), train.by_modality[n].std(0) + 1e-6) for n in names}
+    standardise = standardiser(train, modality)
     num_classes = int(max(f.extra["labels"].max() for f in (train, val, test))) + 1
-    targets = {k: torch.from_numpy(multi_hot(f.extra["labels"], num_classes)) for k, f in
-               (("train", train), ("val", val), ("test", test))}
+    splits = {"val": val, "test": test}
 
-    def evaluate(model: torch.nn.Linear, f: Features, y: torch.Tensor) -> tuple[float, float]:
+    def evaluate(model: torch.nn.Linear, split: str) -> tuple[float, float]:
+        f = splits[split]
+        y = torch.from_numpy(multi_hot(f.extra["labels"], num_classes)).long()
         with torch.no_grad():
-            scores = torch.sigmoid(model(_stack(f, modality, stats)))
+            scores = torch.sigmoid(model(standardise(f)))
         index = torch.from_numpy(f.index)
         video_scores, _ = video_level_scores(scores, torch.from_numpy(f.label), index, apply_softmax=False)
         first = np.unique(f.index, return_index=True)[1]  # ascending video index, as video_level_scores
-        return mean_average_precision(scores, y.long()), mean_average_precision(video_scores, y[first].long())
+        return mean_average_precision(scores, y), mean_average_precision(video_scores, y[first])
 
-    best = None
-    search = {}
-    for wd in cfg.weight_decays:
-        model = fit_logistic_regression(_stack(train, modality, stats), targets["train"], num_classes, wd, cfg.max_iter)
-        clip_map, video_map = evaluate(model, val, targets["val"])
-        search[str(wd)] = {"val_clip_map": clip_map, "val_video_map": video_map}
-        if best is None or video_map > best[0]:
-            best = (video_map, wd, model)
-    assert best is not None
-    clip_map, video_map = evaluate(best[2], test, targets["test"])
-    return {"test_clip_map": clip_map, "test_video_map": video_map, "weight_decay": best[1],
-            "val_video_map": best[0], "search": search}
+    y_train = torch.from_numpy(multi_hot(train.extra["labels"], num_classes))
+    return _search_weight_decay(standardise(train), y_train, num_classes, cfg, evaluate, "map")
 
 
 def knn_top1(train: Features, test: Features, modality: str, cfg: ProbeConfig) -> float:
@@ -231,10 +241,9 @@ def knn_top1(train: Features, test: Features, modality: str, cfg: ProbeConfig) -
     train statistics as for the linear probe."""
     from avssl.tasks.monitors import knn_vote
 
-    names = ["video", "audio"] if modality == "both" else [modality]
-    stats = {n: (train.by_modality[n].mean(0), train.by_modality[n].std(0) + 1e-6) for n in names}
+    standardise = standardiser(train, modality)
     num_classes = int(max(train.label.max(), test.label.max())) + 1
-    predicted = knn_vote(_stack(test, modality, stats), _stack(train, modality, stats),
+    predicted = knn_vote(standardise(test), standardise(train),
                          torch.from_numpy(train.label).long(), num_classes, cfg.knn_k, cfg.knn_temperature)
     return float((predicted.numpy() == test.label).mean() * 100)
 
@@ -245,7 +254,7 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
     for modality in cfg.modalities:
         if modality not in MODALITIES:
             raise ValueError(f"probe.modalities: {modality!r} is not one of {MODALITIES}")
-    needed = sorted({m for mod in cfg.modalities for m in (["video", "audio"] if mod == "both" else [mod])})
+    needed = sorted({m for mod in cfg.modalities for m in encoder_names(mod)})
     missing = [m for m in needed if encoders.get(m) is None]
     if missing:
         raise ValueError(f"probe needs the {', '.join(missing)} encoder, which these encoders do not have")
