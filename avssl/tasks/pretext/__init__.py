@@ -23,13 +23,10 @@ def build_pretext_task(config: dict[str, Any]) -> PretextTask:
 def load_pretext_task(checkpoint: str | Path) -> PretextTask:
     """A trained pretext task (encoders, heads, state) from its Lightning checkpoint, rebuilt
     from the recipe the checkpoint carries; in eval mode."""
-    from avssl.export import ExportError, _load_checkpoint, _recipe
+    from avssl.export import _load_checkpoint, _load_strict, _recipe
 
     path = Path(checkpoint)
     ckpt = _load_checkpoint(path, allow_pickle=True)
     task = build_pretext_task(_recipe(ckpt, path))
-    missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ExportError(f"{path}: the weights do not match the task its recipe builds "
-                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    _load_strict(task, ckpt["state_dict"], str(path))
     return task.eval()
