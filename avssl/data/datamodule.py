@@ -14,13 +14,14 @@ batching happens inside each worker.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing as mp
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -125,7 +126,10 @@ class ShardStream(IterableDataset):
         pad: bool = True,
         seed: int = 0,
         max_skip_fraction: float = 0.05,
+        finish: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
+        """``finish``: applied to each collated batch inside the worker (the log-mel, when
+        the recipe computes it in the loader)."""
         super().__init__()
         if shards.num_samples == 0:
             raise ValueError("the shard list is empty")
@@ -140,6 +144,7 @@ class ShardStream(IterableDataset):
         self.pad = pad
         self.seed = seed
         self.max_skip_fraction = max_skip_fraction
+        self.finish = finish
         self.epoch = SharedEpoch()
         num_slices = self.world_size * self.num_workers
         if shards.num_samples < num_slices:
@@ -231,6 +236,8 @@ class ShardStream(IterableDataset):
         def emit(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             nonlocal skipped_since_batch
             batch = default_collate(items)
+            if self.finish is not None:
+                batch = self.finish(batch)
             batch[SKIPPED] = torch.tensor([skipped_since_batch], dtype=torch.int64)
             skipped_since_batch = 0
             return batch
@@ -293,6 +300,13 @@ class DataConfig:
     test_split: str | None = "test"
     max_skip_fraction: float = 0.05
     augment: dict[str, Any] = field(default_factory=dict)
+    # where audio gain, log-mel and masks run: "device" (batched on the GPU, the default) or
+    # "loader" (batched in each worker: CPU training, where the main process is the bottleneck)
+    audio_features: str = "device"
+
+    def __post_init__(self) -> None:
+        if self.audio_features not in ("device", "loader"):
+            raise ValueError(f"data.audio_features must be 'device' or 'loader', got {self.audio_features!r}")
 
 
 def base_views(config: DataConfig, extra_audio: dict[str, AudioView] | None = None,
@@ -315,8 +329,9 @@ class AVDataModule(pl.LightningDataModule):
         if "crop_scale" in augment:
             augment["crop_scale"] = tuple(augment["crop_scale"])
         self.augment = AugmentSettings(**augment)
-        self.train_transform = BatchTransform(views, self.augment)
-        self.eval_transform = BatchTransform(self.eval_views, self.augment)
+        on_device = config.audio_features == "device"
+        self.train_transform = BatchTransform(views, self.augment, audio=on_device)
+        self.eval_transform = BatchTransform(self.eval_views, self.augment, audio=on_device)
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
         """Colour jitter, normalisation, audio gain, log-mel and masks on the device."""
@@ -335,6 +350,9 @@ class AVDataModule(pl.LightningDataModule):
     def stream(self, split: str, train: bool, views: ViewSpec | None = None, distributed: bool = True) -> ShardStream:
         rank, world = self._rank_world() if distributed else (0, 1)
         views = views or (self.views if train else self.eval_views)
+        finish = None
+        if self.config.audio_features == "loader":
+            finish = functools.partial(BatchTransform(views, self.augment, video=False), train=train)
         return ShardStream(
             ShardList.from_manifest(self.config.shards, split),
             ViewSampler(views, train=train, augment=self.augment),
@@ -347,6 +365,7 @@ class AVDataModule(pl.LightningDataModule):
             pad=train or world > 1,
             seed=self.config.seed,
             max_skip_fraction=self.config.max_skip_fraction,
+            finish=finish,
         )
 
     def loader(self, dataset: ShardStream) -> DataLoader:

@@ -179,18 +179,26 @@ class AudioBatchTransform(torch.nn.Module):
 class BatchTransform(torch.nn.Module):
     """Finishes a loader batch on the device, for every view of a :class:`ViewSpec`:
     ``video`` through :class:`VideoBatchTransform`, each audio view through
-    :class:`AudioBatchTransform`. The one place a batch becomes the batch contract."""
+    :class:`AudioBatchTransform`. The one place a batch becomes the batch contract.
 
-    def __init__(self, spec: ViewSpec, settings: AugmentSettings = AugmentSettings()) -> None:
+    ``video=False`` / ``audio=False`` leave that modality as it is: the data module splits
+    the work this way when a recipe computes the log-mel in the loader workers
+    (``data.audio_features: loader``) and the rest on the device.
+    """
+
+    def __init__(
+        self, spec: ViewSpec, settings: AugmentSettings = AugmentSettings(), *, video: bool = True, audio: bool = True
+    ) -> None:
         super().__init__()
-        self.video = VideoBatchTransform(settings)
+        self.video = VideoBatchTransform(settings) if video else None
         self.audio = torch.nn.ModuleDict(
             {name: AudioBatchTransform(spec.mel, settings, view.representation) for name, view in spec.audio.items()}
+            if audio else {}
         )
 
     def forward(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
         batch = dict(batch)
-        if VIDEO in batch:
+        if VIDEO in batch and self.video is not None:
             batch[VIDEO] = self.video(batch[VIDEO], train=train)
         for name, transform in self.audio.items():
             if name in batch:

@@ -90,6 +90,26 @@ def test_batch_contract(shards: Path) -> None:
     np.testing.assert_allclose(batch["t_audio"], batch["t_video"] + (2 / 25 - 0.5) / 2, atol=1e-5)
 
 
+def test_audio_features_in_the_loader_equal_those_on_the_device(shards: Path) -> None:
+    """`data.audio_features: loader` moves gain/log-mel/masks into the workers; the batch
+    that reaches the task is the same (evaluation: no randomness) and the device
+    transform then leaves the audio alone."""
+    from avssl.data.datamodule import AVDataModule, DataConfig
+
+    batches = {}
+    for where in ("device", "loader"):
+        config = DataConfig(shards=str(shards), video=SPEC.video, audio=SPEC.audio["audio"], batch_size=4,
+                            num_workers=1, audio_features=where)
+        module = AVDataModule(config, SPEC)
+        batch = next(iter(module.loader(module.stream("train", train=False))))
+        batches[where] = module.eval_transform(batch, train=False)
+    assert batches["loader"]["audio"].shape == (4, 1, 64, 51)
+    torch.testing.assert_close(batches["loader"]["audio"], batches["device"]["audio"])
+    torch.testing.assert_close(batches["loader"]["video"], batches["device"]["video"])
+    with pytest.raises(ValueError, match="audio_features must be 'device' or 'loader'"):
+        DataConfig(audio_features="gpu")
+
+
 def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path) -> None:
     good = flash_click_clip(seconds=1.2, size=(32, 40))
     clips = [good] * 10 + [b"garbage"] + [good] * 9
