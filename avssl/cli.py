@@ -59,7 +59,9 @@ def _recipe(args: argparse.Namespace):
 def _pretrain(args: argparse.Namespace) -> int:
     from avssl.pretrain import pretrain
 
-    result = pretrain(_recipe(args), resume=args.resume)
+    result = pretrain(_recipe(args))
+    if result["resumed_from"]:
+        print(f"resumed from: {result['resumed_from']}")
     print(f"run folder: {result['run_dir']}\ncheckpoint: {result['checkpoint']}")
     if "export" in result:
         print(f"exported encoders: {result['export']}")
@@ -82,7 +84,6 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining from a recipe")
     _add_recipe_args(p)
-    p.add_argument("--resume", default=None, help="Lightning checkpoint to resume from")
     p.set_defaults(run=_pretrain)
 
 

@@ -47,6 +47,15 @@ class ExportConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When ``run_dir/checkpoints/last.ckpt`` is written (atomically: a killed write never
+    leaves a broken newest checkpoint). Mid-epoch checkpoints resume exactly (docs/launching.md)."""
+
+    every_n_train_steps: int = 0  # 0: only at the end of every ``every_n_epochs`` epochs
+    every_n_epochs: int = 1
+
+
+@dataclass
 class MonitorsConfig:
     """Online linear probe and kNN on the training embeddings (avssl/tasks/monitors.py)."""
 
@@ -66,12 +75,17 @@ class Recipe:
 
     seed: int = 0
     run_dir: str = "runs/default"
+    # auto: continue from the newest checkpoint in run_dir/checkpoints (a fresh start if none);
+    # a path: that checkpoint; null: a fresh start (avssl pretrain only)
+    resume: str | None = None
+    smoke: bool = False  # 2 training steps on the CPU at a shrunken size: checks a recipe end to end
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
     # evaluation verbs' sections, each checked by its verb (avssl probe / finetune / localize /
     # separate / cluster)
@@ -158,6 +172,34 @@ def start_evaluation(config: DictConfig, section: str, schema: type) -> tuple[An
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
     return checked, run_dir
+
+
+SMOKE_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true",
+                 "max_epochs": 1, "max_steps": 2, "limit_val_batches": 0, "limit_test_batches": 0,
+                 "num_sanity_val_steps": 0, "log_every_n_steps": 1}
+
+
+def apply_smoke(config: DictConfig) -> DictConfig:
+    """``smoke=true``: the recipe's model and task at a size a CPU runs in seconds — 2 training
+    steps of batch 4 on one CPU process, no validation, frames at most 32 px and 4 frames,
+    no wandb, no export. The method constants stay as written. Without ``smoke`` the
+    recipe is returned unchanged."""
+    if not config.get("smoke"):
+        return config
+    config = config.copy()
+    trainer = {k: v for k, v in OmegaConf.to_container(config.trainer).items()
+               if k not in ("val_check_interval", "check_val_every_n_epoch")}
+    config.trainer = OmegaConf.create({**trainer, **SMOKE_TRAINER})
+    config.data.batch_size = 4
+    config.data.eval_batch_size = None
+    config.data.num_workers = 0
+    if config.data.video is not None:
+        config.data.video.size = min(int(config.data.video.size), 32)
+        config.data.video.num_frames = min(int(config.data.video.num_frames), 4)
+    config.logger.wandb = False
+    config.export.after_training = False
+    config.checkpoint.every_n_train_steps = 0
+    return config
 
 
 def to_plain(config: DictConfig) -> dict[str, Any]:

@@ -11,8 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 
-from avssl.config import data_config, to_plain
+from avssl.config import RecipeError, apply_smoke, data_config, to_plain
 from avssl.data.datamodule import AVDataModule
+from avssl.tasks.throughput import ThroughputMonitor
+
+WANDB_ID_FILE = "wandb_run_id"  # in the run folder: a resumed run continues the same wandb run
 
 
 def make_loggers(config: DictConfig, run_dir: Path) -> list[Logger]:
@@ -24,8 +27,15 @@ def make_loggers(config: DictConfig, run_dir: Path) -> list[Logger]:
         os.environ.setdefault("WANDB_MODE", "offline")
         from pytorch_lightning.loggers import WandbLogger
 
+        id_file = run_dir / WANDB_ID_FILE
+        if not id_file.exists():
+            import wandb.util
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(wandb.util.generate_id())
         loggers.append(WandbLogger(project=config.logger.project, name=config.logger.name or run_dir.name,
-                                   save_dir=str(run_dir), config=to_plain(config)))
+                                   save_dir=str(run_dir), config=to_plain(config), id=id_file.read_text().strip(),
+                                   resume="allow"))
     return loggers
 
 
@@ -36,37 +46,88 @@ def save_resolved(config: DictConfig, run_dir: Path) -> Path:
     return path
 
 
+def is_complete_checkpoint(path: Path) -> bool:
+    """A torch.save zip whose central directory is intact (a write cut short has none)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def find_resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete ``*.ckpt`` in ``run_dir/checkpoints`` (None when there is none).
+    Lightning writes each checkpoint to a temporary file and moves it into place, so a kill
+    mid-write leaves the previous one intact; an incomplete file is skipped all the same."""
+    folder = run_dir / "checkpoints"
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.exists() else []
+    for path in candidates:
+        if is_complete_checkpoint(path):
+            return path
+        warnings.warn(f"skipping incomplete checkpoint {path}", stacklevel=2)
+    return None
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
+    """``resume``: None (fresh), ``auto`` (the newest checkpoint of the run folder, or fresh)
+    or a checkpoint path, which must exist."""
+    if resume in (None, "", "none", "null"):
+        return None
+    if resume == "auto":
+        found = find_resume_checkpoint(run_dir)
+        return str(found) if found else None
+    if not Path(resume).is_file():
+        raise RecipeError(f"resume={resume}: no such checkpoint")
+    return resume
+
+
+def checkpoint_callbacks(config: DictConfig, run_dir: Path) -> list[ModelCheckpoint]:
+    """``last.ckpt`` at the end of every ``checkpoint.every_n_epochs`` epochs and, when set,
+    every ``checkpoint.every_n_train_steps`` steps (mid-epoch checkpoints resume exactly)."""
+    folder, every = run_dir / "checkpoints", config.checkpoint
+    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=every.every_n_epochs)]
+    if every.every_n_train_steps:
+        callbacks.append(ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0,
+                                         every_n_train_steps=every.every_n_train_steps))
+    return callbacks
+
+
 def _has_test_step(task: pl.LightningModule) -> bool:
     return type(task).test_step is not pl.LightningModule.test_step
 
 
-def pretrain(config: DictConfig, resume: str | None = None) -> dict[str, Any]:
-    """Train the recipe's pretext task; returns the run folder, best/last checkpoints and
-    the export folder."""
+def pretrain(config: DictConfig) -> dict[str, Any]:
+    """Train the recipe's pretext task; returns the run folder, the last checkpoint, the
+    checkpoint it resumed from (the recipe's ``resume``: :func:`resolve_resume`) and the
+    export folder."""
     # ShardStream.__len__ is exact by construction (equal batches per worker and rank).
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
     from avssl.tasks.monitors import build_monitors
     from avssl.tasks.pretext import build_pretext_task
 
+    config = apply_smoke(config)
     run_dir = Path(config.run_dir)
+    resume = resolve_resume(config.resume, run_dir)
     save_resolved(config, run_dir)
     pl.seed_everything(config.seed, workers=True)
     task = build_pretext_task(to_plain(config))
     datamodule = AVDataModule(data_config(config), views=task.views(), eval_views=task.eval_views())
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    checkpoints = checkpoint_callbacks(config, run_dir)
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))
     trainer_args.setdefault("default_root_dir", str(run_dir))
     loggers = make_loggers(config, run_dir)
     monitors = OmegaConf.to_object(config.monitors)
-    callbacks: list[pl.Callback] = [checkpoint, *build_monitors(monitors, config.data.shards, seed=config.seed)]
+    callbacks: list[pl.Callback] = [*checkpoints, *build_monitors(monitors, config.data.shards, seed=config.seed)]
     if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        callbacks += [LearningRateMonitor(logging_interval="step"), ThroughputMonitor()]
     trainer = pl.Trainer(logger=loggers or False, callbacks=callbacks, **trainer_args)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     if _has_test_step(task) and datamodule.config.test_split:
         trainer.test(task, datamodule=datamodule)  # held-out pretext metrics (e.g. AVTS sync accuracy)
-    last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else run_dir / "checkpoints" / "last.ckpt"
-    result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": str(last),
+    last = run_dir / "checkpoints" / "last.ckpt"
+    result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": str(last), "resumed_from": resume,
                               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
     if config.export.after_training and trainer.is_global_zero:
         from avssl.export import export_checkpoint

@@ -19,6 +19,8 @@ import json
 import math
 import multiprocessing as mp
 import random
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -96,11 +98,14 @@ class _EpochSampler(_InfiniteConstantSampler):
     """Lightning calls ``set_epoch`` on a loader's sampler before each epoch: this one
     forwards the epoch to the dataset's workers (an IterableDataset has no sampler)."""
 
-    def __init__(self, shared_epoch: SharedEpoch) -> None:
+    def __init__(self, shared_epoch: SharedEpoch, on_new_epoch: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.shared_epoch = shared_epoch
+        self.on_new_epoch = on_new_epoch
 
     def set_epoch(self, epoch: int) -> None:
+        if self.on_new_epoch is not None:
+            self.on_new_epoch(epoch)
         self.shared_epoch.set(epoch)
 
 
@@ -146,6 +151,9 @@ class ShardStream(IterableDataset):
         self.max_skip_fraction = max_skip_fraction
         self.finish = finish
         self.epoch = SharedEpoch()
+        # (epoch, batches this rank already trained on in it): set by a resumed run, read by
+        # the workers it forks; that epoch's first batches are then skipped without decoding
+        self.resume_position: tuple[int, int] | None = None
         num_slices = self.world_size * self.num_workers
         if shards.num_samples < num_slices:
             raise ValueError(
@@ -197,7 +205,16 @@ class ShardStream(IterableDataset):
                 if position >= end:
                     break
                 if position >= first:
+                    sample["__draw__"] = (url, position)  # names the sample's random draws
                     yield sample
+
+    def batches_to_skip(self, epoch: int, worker: int) -> int:
+        """Batches this worker skips in ``epoch`` to resume after ``resume_position``: the
+        loader takes batches from its workers in turn, so batch ``i`` is worker ``i % W``'s."""
+        if self.resume_position is None or self.resume_position[0] != epoch:
+            return 0
+        consumed = self.resume_position[1]
+        return max(0, (consumed - worker + self.num_workers - 1) // self.num_workers)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -215,7 +232,16 @@ class ShardStream(IterableDataset):
                 bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(worker_seed)
             )(samples)
         target = self.samples_per_worker if self.pad else None
-        yield from self._batches(samples, rng, target)
+        yield from self._batches(samples, epoch, worker, target)
+
+    def _sample_rng(self, sample: dict[str, Any], epoch: int) -> np.random.Generator:
+        """The random draws of one sample in one epoch (windows, crop, flip), seeded by the
+        sample itself: the same whichever worker decodes it and whatever was skipped before
+        it, which is what lets a resumed run skip batches without decoding them."""
+        url, position = sample["__draw__"]
+        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(Path(url).name.encode()), position])
+        torch.manual_seed(int(rng.integers(2**63 - 1)))  # the crop and flip draw from torch
+        return rng
 
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
         meta = json.loads(sample["json"])
@@ -227,16 +253,23 @@ class ShardStream(IterableDataset):
                             pcm=sample.get("pcm"), entries=entries)
 
     def _batches(
-        self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, target: int | None
+        self, samples: Iterator[dict[str, Any]], epoch: int, worker: int, target: int | None
     ) -> Iterator[dict[str, torch.Tensor]]:
         pending: list[dict[str, torch.Tensor]] = []
         kept: list[dict[str, torch.Tensor]] = []  # for padding
-        produced = seen = skipped = skipped_since_batch = 0
+        produced = seen = skipped = skipped_since_batch = emitted = 0
+        # resuming: the first batches of this epoch were trained on before the restart
+        fast_forward = self.batches_to_skip(epoch, worker) * self.batch_size
+        clips_per_sample = 1 if self.sampler.train else None  # training draws one window per sample
 
-        def emit(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-            nonlocal skipped_since_batch
+        def emit(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
+            nonlocal skipped_since_batch, emitted
+            emitted += 1
+            if emitted * self.batch_size <= fast_forward:
+                return None
             batch = default_collate(items)
             if self.finish is not None:
+                torch.manual_seed(zlib.crc32(f"{self.seed}-{epoch}-{self.rank}-{worker}-{emitted}".encode()))
                 batch = self.finish(batch)
             batch[SKIPPED] = torch.tensor([skipped_since_batch], dtype=torch.int64)
             skipped_since_batch = 0
@@ -244,8 +277,16 @@ class ShardStream(IterableDataset):
 
         for sample in samples:
             seen += 1
+            if (clips_per_sample and len(kept) >= self.batch_size
+                    and produced + clips_per_sample <= fast_forward):  # skipped: count, don't decode
+                produced += clips_per_sample
+                pending += [kept[0]] * clips_per_sample
+                while len(pending) >= self.batch_size:
+                    emit(pending[: self.batch_size])
+                    pending = pending[self.batch_size:]
+                continue
             try:
-                clips = self._decode(sample, rng)
+                clips = self._decode(sample, self._sample_rng(sample, epoch))
             except Exception as error:  # corrupt sample: count, never fatal below the limit
                 skipped += 1
                 skipped_since_batch += 1
@@ -263,7 +304,8 @@ class ShardStream(IterableDataset):
                 if len(kept) < self.batch_size:
                     kept.append(clip)
                 if len(pending) == self.batch_size:
-                    yield emit(pending)
+                    if (batch := emit(pending)) is not None:
+                        yield batch
                     pending = []
         if target is not None:
             if produced < target and not kept:
@@ -274,10 +316,11 @@ class ShardStream(IterableDataset):
                 i += 1
                 produced += 1
                 if len(pending) == self.batch_size:
-                    yield emit(pending)
+                    if (batch := emit(pending)) is not None:
+                        yield batch
                     pending = []
-        if pending:
-            yield emit(pending)
+        if pending and (batch := emit(pending)) is not None:
+            yield batch
 
 
 @dataclass
@@ -330,12 +373,22 @@ class AVDataModule(pl.LightningDataModule):
             augment["crop_scale"] = tuple(augment["crop_scale"])
         self.augment = AugmentSettings(**augment)
         on_device = config.audio_features == "device"
+        self.train_loader: ShardLoader | None = None
         self.train_transform = BatchTransform(views, self.augment, audio=on_device)
         self.eval_transform = BatchTransform(self.eval_views, self.augment, audio=on_device)
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
-        """Colour jitter, normalisation, audio gain, log-mel and masks on the device."""
+        """Colour jitter, normalisation, audio gain, log-mel and masks on the device.
+
+        A training batch also counts as consumed (the loader's resumable position) and seeds
+        the step's random draws (augmentations here, negatives in the task) from (seed, rank,
+        epoch, batch): a run resumed at any batch draws what the uninterrupted run drew."""
         training = self.trainer is not None and self.trainer.training
+        if training and self.train_loader is not None:
+            loader = self.train_loader
+            torch.manual_seed(zlib.crc32(
+                f"{self.config.seed}-{self.trainer.global_rank}-{loader.stream.epoch.get()}-{loader.consumed}".encode()))
+            loader.mark_consumed()
         transform = (self.train_transform if training else self.eval_transform).to(next(iter(batch.values())).device)
         return transform(batch, train=training)
 
@@ -372,7 +425,10 @@ class AVDataModule(pl.LightningDataModule):
         return make_loader(dataset, self.config.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.stream(self.config.train_split, train=True))
+        self.train_loader = self.loader(self.stream(self.config.train_split, train=True))
+        if self.trainer is not None:  # resuming: the workers fork at the first iter(), before set_epoch
+            self.train_loader.stream.epoch.set(self.trainer.current_epoch)
+        return self.train_loader
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.config.val_split:
@@ -385,16 +441,58 @@ class AVDataModule(pl.LightningDataModule):
         return self.loader(self.stream(self.config.test_split, train=False))
 
 
-def make_loader(dataset: ShardStream, num_workers: int) -> DataLoader:
-    """A DataLoader over a ShardStream whose sampler forwards Lightning's ``set_epoch``."""
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-    # DataLoader refuses a sampler for an IterableDataset, but Lightning looks for
-    # `loader.sampler.set_epoch`: install one that only forwards the epoch.
-    object.__setattr__(loader, "sampler", _EpochSampler(dataset.epoch))
-    return loader
+class ShardLoader(DataLoader):
+    """A DataLoader over a ShardStream whose sampler forwards Lightning's ``set_epoch``.
+
+    Stateful for Lightning (``state_dict`` / ``load_state_dict``, saved in every checkpoint):
+    the epoch and the number of batches the training loop has consumed in it
+    (:meth:`mark_consumed`, called by the data module once per training batch). A run
+    resumed from a mid-epoch checkpoint continues with the next batch of that epoch.
+    """
+
+    def __init__(self, dataset: ShardStream, num_workers: int) -> None:
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
+        # DataLoader refuses a sampler for an IterableDataset, but Lightning looks for
+        # `loader.sampler.set_epoch`: install one that only forwards the epoch.
+        object.__setattr__(self, "sampler", _EpochSampler(dataset.epoch, self._new_epoch))
+        self.stream = dataset
+        self.consumed = 0
+
+    def _new_epoch(self, epoch: int) -> None:
+        if epoch != self.stream.epoch.get():
+            self.consumed = 0
+
+    def mark_consumed(self) -> None:
+        self.consumed += 1
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, consumed = self.stream.epoch.get(), self.consumed
+        if consumed >= len(self.stream):  # a checkpoint at the end of an epoch: the next one starts
+            epoch, consumed = epoch + 1, 0
+        return {"epoch": epoch, "consumed": consumed, "workers": self.stream.num_workers,
+                "world_size": self.stream.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        same = (state.get("workers"), state.get("world_size")) == (self.stream.num_workers, self.stream.world_size)
+        if consumed and not same:
+            warnings.warn(
+                f"the checkpoint was written with {state.get('world_size')} ranks × {state.get('workers')} workers, "
+                f"this run has {self.stream.world_size} × {self.stream.num_workers}: the samples of an epoch are "
+                f"split differently, so epoch {epoch} restarts from its first batch instead of batch {consumed}",
+                stacklevel=2)
+            consumed = 0
+        self.stream.epoch.set(epoch)
+        self.stream.resume_position = (epoch, consumed) if consumed else None
+        self.consumed = consumed
+
+
+def make_loader(dataset: ShardStream, num_workers: int) -> ShardLoader:
+    """The loader of a ShardStream (training, evaluation, the evaluation verbs)."""
+    return ShardLoader(dataset, num_workers)

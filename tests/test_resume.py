@@ -1,0 +1,126 @@
+"""Exact resume: a run killed with SIGKILL in the middle of an epoch and resumed with
+``resume=auto`` ends with the weights, optimiser state and method state (memory banks,
+monitors) of the same run uninterrupted — on 1 process with 2 loader workers, and on
+2 DDP processes (gloo)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from avssl.pretrain import find_resume_checkpoint, is_complete_checkpoint, resolve_resume
+from avssl.config import RecipeError
+
+from tests.conftest import make_synth_shards
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs `avssl pretrain` with a callback that SIGKILLs every rank at the start of step
+# KILL_AT (after the checkpoint of the step before it was written): a hard kill, no cleanup.
+DRIVER = textwrap.dedent('''
+    import os, signal, sys
+    import pytorch_lightning as pl
+    import avssl.pretrain as pretrain_module
+    from avssl.cli import main
+
+    kill_at = int(os.environ.get("KILL_AT", "0"))
+
+    class KillAt(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if kill_at and trainer.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    make = pretrain_module.checkpoint_callbacks
+    pretrain_module.checkpoint_callbacks = lambda config, run_dir: [*make(config, run_dir), KillAt()]
+    sys.exit(main(sys.argv[1:]))
+''')
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synth_shards(tmp_path_factory.mktemp("resume"), num_videos=40, size=32, split=(0.6, 0.2, 0.2))
+
+
+def _pretrain(driver: Path, recipe: str, overrides: list[str], kill_at: int = 0) -> int:
+    env = {**os.environ, "KILL_AT": str(kill_at), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(driver), "pretrain", str(RECIPES / "synth" / recipe), *overrides],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    if kill_at:
+        assert done.returncode == -signal.SIGKILL, done.stdout[-3000:]
+    else:
+        assert done.returncode == 0, done.stdout[-3000:]
+    return done.returncode
+
+
+def _final_state(run_dir: Path) -> dict:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return {"state_dict": checkpoint["state_dict"], "optimizer": checkpoint["optimizer_states"][0]["state"],
+            "monitors": {k: v for k, v in checkpoint["callbacks"].items() if k.startswith("Online")},
+            "global_step": checkpoint["global_step"],
+            "epoch": checkpoint["epoch"]}
+
+
+def _kill_and_resume(tmp_path: Path, recipe: str, overrides: list[str], steps_per_epoch: int, kill_at: int) -> None:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    _pretrain(driver, recipe, [*overrides, f"run_dir={tmp_path / 'straight'}"])
+    interrupted = tmp_path / "interrupted"
+    _pretrain(driver, recipe, [*overrides, f"run_dir={interrupted}"], kill_at=kill_at)
+    newest = find_resume_checkpoint(interrupted)
+    step = torch.load(newest, weights_only=False)["global_step"]
+    assert step == kill_at and step % steps_per_epoch, "killed in the middle of an epoch"
+    _pretrain(driver, recipe, [*overrides, f"run_dir={interrupted}", "resume=auto"])
+    expected, resumed = _final_state(tmp_path / "straight"), _final_state(interrupted)
+    assert resumed["global_step"] == expected["global_step"] == 2 * steps_per_epoch
+    torch.testing.assert_close(resumed["state_dict"], expected["state_dict"], rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(resumed["optimizer"], expected["optimizer"], rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert len(expected["monitors"]) == 2, "the online linear probe and kNN"
+    torch.testing.assert_close(resumed["monitors"], expected["monitors"], rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+TINY = ["model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8,8,16,16]", "data.video.size=32",
+        "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "checkpoint.every_n_train_steps=1",
+        "logger.wandb=false", "export.after_training=false", "trainer.enable_progress_bar=false",
+        # random crops, colour jitter, gain and masks: every augmentation draws random numbers
+        "data.augment.crop_scale=[0.5,1.0]", "data.augment.color_jitter=0.4", "data.augment.audio_gain_db=6.0",
+        "data.augment.time_masks=1", "data.augment.freq_masks=1"]
+
+
+@pytest.mark.slow
+def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
+    # 24 training videos, 2 workers × 3 batches of 4 = 6 steps an epoch; killed at step 5
+    overrides = [*TINY, f"data.shards={shards}", "data.batch_size=4", "data.num_workers=2"]
+    _kill_and_resume(tmp_path, "avc_small.yaml", overrides, steps_per_epoch=6, kill_at=5)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_kill_and_resume(shards: Path, tmp_path: Path) -> None:
+    # AVID: its memory banks are part of the state. 2 ranks × 1 worker × 3 batches of 4
+    overrides = [*TINY, f"data.shards={shards}", "data.batch_size=4", "data.num_workers=1",
+                 "trainer.devices=2", "trainer.strategy=ddp", "task.num_negatives=8", "task.cma_start_epoch=1",
+                 "task.cma_positives=2", "task.cma_negatives=4", "task.projection_hidden=16", "task.embedding_dim=8"]
+    _kill_and_resume(tmp_path, "avid_cma_small.yaml", overrides, steps_per_epoch=3, kill_at=5)
+
+
+def test_resume_auto_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    assert resolve_resume("auto", tmp_path) is None, "no checkpoint yet: a fresh start"
+    good = folder / "epoch=0-step=4.ckpt"
+    torch.save({"global_step": 4}, good)
+    broken = folder / "last.ckpt"  # newer, but cut short mid-write
+    broken.write_bytes(good.read_bytes()[:100])
+    os.utime(broken, (good.stat().st_mtime + 10,) * 2)
+    assert is_complete_checkpoint(good) and not is_complete_checkpoint(broken)
+    with pytest.warns(UserWarning, match="incomplete checkpoint"):
+        assert resolve_resume("auto", tmp_path) == str(good)
+    assert resolve_resume(None, tmp_path) is None
+    with pytest.raises(RecipeError, match="no such checkpoint"):
+        resolve_resume(str(tmp_path / "missing.ckpt"), tmp_path)
