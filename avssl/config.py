@@ -146,6 +146,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     if bad:
         raise RecipeError(f"overrides must look like key=value, got {bad}")
     node = OmegaConf.merge(node, OmegaConf.from_dotlist(list(overrides)))
+    if node.get("smoke"):
+        node = OmegaConf.merge(node, smoke_settings(node))
     config = _check_schema(node, Recipe, str(path))
     check_trainer_keys(OmegaConf.to_container(config.trainer), str(path))
     return config
@@ -176,30 +178,33 @@ def start_evaluation(config: DictConfig, section: str, schema: type) -> tuple[An
 
 SMOKE_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true",
                  "max_epochs": 1, "max_steps": 2, "limit_val_batches": 0, "limit_test_batches": 0,
-                 "num_sanity_val_steps": 0, "log_every_n_steps": 1}
+                 "num_sanity_val_steps": 0, "log_every_n_steps": 1, "check_val_every_n_epoch": 1}
 
 
-def apply_smoke(config: DictConfig) -> DictConfig:
-    """``smoke=true``: the recipe's model and task at a size a CPU runs in seconds — 2 training
-    steps of batch 4 on one CPU process, no validation, frames at most 32 px and 4 frames,
-    no wandb, no export. The method constants stay as written. Without ``smoke`` the
-    recipe is returned unchanged."""
-    if not config.get("smoke"):
-        return config
-    config = config.copy()
-    trainer = {k: v for k, v in OmegaConf.to_container(config.trainer).items()
-               if k not in ("val_check_interval", "check_val_every_n_epoch")}
-    config.trainer = OmegaConf.create({**trainer, **SMOKE_TRAINER})
-    config.data.batch_size = 4
-    config.data.eval_batch_size = None
-    config.data.num_workers = 0
-    if config.data.video is not None:
-        config.data.video.size = min(int(config.data.video.size), 32)
-        config.data.video.num_frames = min(int(config.data.video.num_frames), 4)
-    config.logger.wandb = False
-    config.export.after_training = False
-    config.checkpoint.every_n_train_steps = 0
-    return config
+# Method constants that count training instances: at most this many in a smoke run, whose
+# shards hold a few dozen videos (a bank needs more instances than negatives drawn from it).
+SMOKE_TASK_LIMITS = {"num_negatives": 8, "cma_positives": 2, "cma_negatives": 4, "num_clusters": 4}
+
+
+def smoke_settings(node: DictConfig) -> DictConfig:
+    """What ``smoke=true`` changes: 2 training steps of batch 4 on one CPU process, no
+    validation, frames at most 32 px and 4 frames, no wandb, no export, and the constants of
+    SMOKE_TASK_LIMITS capped. The encoders, the other method constants, the audio window and
+    the spectrogram stay as written."""
+    video = node.get("data", {}).get("video")
+    task = node.get("task", {})
+    settings: dict[str, Any] = {
+        "trainer": {**SMOKE_TRAINER, **({"val_check_interval": 1.0} if "val_check_interval" in node.get("trainer", {})
+                                        else {})},
+        "data": {"batch_size": 4, "eval_batch_size": None, "num_workers": 0},
+        "logger": {"wandb": False}, "export": {"after_training": False}, "checkpoint": {"every_n_train_steps": 0},
+        "task": {key: min(int(task[key]), limit) for key, limit in SMOKE_TASK_LIMITS.items()
+                 if task.get(key) is not None},
+    }
+    if video is not None:
+        settings["data"]["video"] = {"size": min(int(video.get("size", 32)), 32),
+                                     "num_frames": min(int(video.get("num_frames", 4)), 4)}
+    return OmegaConf.create(settings)
 
 
 def to_plain(config: DictConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 
-from avssl.config import RecipeError, apply_smoke, data_config, to_plain
+from avssl.config import RecipeError, data_config, to_plain
 from avssl.data.datamodule import AVDataModule
 from avssl.tasks.throughput import ThroughputMonitor
 
@@ -29,10 +30,8 @@ def make_loggers(config: DictConfig, run_dir: Path) -> list[Logger]:
 
         id_file = run_dir / WANDB_ID_FILE
         if not id_file.exists():
-            import wandb.util
-
             run_dir.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(wandb.util.generate_id())
+            id_file.write_text(uuid.uuid4().hex[:8])  # wandb's run id format: 8 of [a-z0-9]
         loggers.append(WandbLogger(project=config.logger.project, name=config.logger.name or run_dir.name,
                                    save_dir=str(run_dir), config=to_plain(config), id=id_file.read_text().strip(),
                                    resume="allow"))
@@ -107,7 +106,6 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     from avssl.tasks.monitors import build_monitors
     from avssl.tasks.pretext import build_pretext_task
 
-    config = apply_smoke(config)
     run_dir = Path(config.run_dir)
     resume = resolve_resume(config.resume, run_dir)
     save_resolved(config, run_dir)

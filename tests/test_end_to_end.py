@@ -26,7 +26,8 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
     common = [f"data.shards={tiny_shards}", "data.num_workers=0", "data.batch_size=8",
               "data.video.size=48", "model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8,8,16,16]"]
     assert main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), *common, f"run_dir={run_dir}",
-                 "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "logger.wandb=true"]) == 0
+                 "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "logger.wandb=true",
+                 "trainer.log_every_n_steps=1"]) == 0
     # the resolved recipe, the CSV log, an offline wandb run, a checkpoint and the export
     saved = (run_dir / "config.yaml").read_text()
     assert "negatives: in_batch" in saved and str(tiny_shards) in saved
@@ -36,6 +37,10 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
                    "online/audio_knn_top1", "online/video_linear_train_top1"):
         assert metric in metrics, f"{metric} not logged"
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb runs offline by default"
+    run_id = (run_dir / "wandb_run_id").read_text()
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id}")), "the run id a resumed run continues"
+    assert "perf/step_time" in metrics and "perf/data_time" in metrics and "perf/clips_per_s" in metrics
+    assert "lr-Adam" in metrics
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     export = run_dir / "export"
     spec = json.loads((export / "model.json").read_text())
