@@ -31,6 +31,8 @@ class ModelConfig:
 
     video_encoder: dict[str, Any] | None = field(default_factory=lambda: {"name": "small3d"})
     audio_encoder: dict[str, Any] | None = field(default_factory=lambda: {"name": "small2d"})
+    channels_last: bool = False  # conv weights and inputs channels-last (GPU: faster bf16 convolutions)
+    compile: bool = False  # torch.compile each encoder in place (nn.Module.compile: same state-dict keys)
 
 
 @dataclass

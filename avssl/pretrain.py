@@ -93,6 +93,17 @@ def checkpoint_callbacks(config: DictConfig, run_dir: Path) -> list[ModelCheckpo
     return callbacks
 
 
+def speed_up_encoders(task: pl.LightningModule, channels_last: bool, compile_encoders: bool) -> None:
+    """``model.channels_last`` and ``model.compile`` on each encoder of the task."""
+    for encoder in (getattr(task, "video_encoder", None), getattr(task, "audio_encoder", None)):
+        if encoder is None:
+            continue
+        if channels_last:
+            encoder.use_channels_last()
+        if compile_encoders:
+            encoder.compile()
+
+
 def _has_test_step(task: pl.LightningModule) -> bool:
     return type(task).test_step is not pl.LightningModule.test_step
 
@@ -111,6 +122,7 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     save_resolved(config, run_dir)
     pl.seed_everything(config.seed, workers=True)
     task = build_pretext_task(to_plain(config))
+    speed_up_encoders(task, config.model.channels_last, config.model.compile)
     datamodule = AVDataModule(data_config(config), views=task.views(), eval_views=task.eval_views())
     checkpoints = checkpoint_callbacks(config, run_dir)
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))

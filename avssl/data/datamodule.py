@@ -457,6 +457,7 @@ class ShardLoader(DataLoader):
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous copies to the GPU
         )
         # DataLoader refuses a sampler for an IterableDataset, but Lightning looks for
         # `loader.sampler.set_epoch`: install one that only forwards the epoch.

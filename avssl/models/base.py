@@ -49,6 +49,8 @@ class Encoder(nn.Module):
     #: Input rank (5 for video, 4 for audio) and channel count, checked in ``forward``.
     input_layout: str
     in_channels: int
+    #: Of the weights and of every input in ``forward``; see :meth:`use_channels_last`.
+    memory_format: torch.memory_format = torch.contiguous_format
 
     def __init__(self, pooling: str) -> None:
         super().__init__()
@@ -73,8 +75,19 @@ class Encoder(nn.Module):
         """The embedding of a map returned by :meth:`feature_map`."""
         return global_pool(feature_map, self.pooling)
 
+    def use_channels_last(self) -> "Encoder":
+        """Store the conv weights channels-last (``channels_last_3d`` for a 5-D input) and
+        convert inputs in ``forward``: cuDNN's fast layout for bf16 convolutions. Values and
+        state-dict keys are unchanged (export writes contiguous copies)."""
+        rank = len(self.input_layout.split("×"))
+        self.memory_format = torch.channels_last_3d if rank == 5 else torch.channels_last
+        for parameter in self.parameters():
+            if parameter.dim() == rank:
+                parameter.data = parameter.data.contiguous(memory_format=self.memory_format)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.feature_map(x))
+        return self.pool(self.feature_map(x.contiguous(memory_format=self.memory_format)))
 
 
 class TorchvisionBackbone(Encoder):

@@ -7,10 +7,11 @@ logs no data-wait time; this callback measures, per training step (rank 0's view
   (waiting for the loader plus moving the batch and its device transforms);
 - ``perf/step_time``: seconds of forward, backward and optimiser step (the CUDA stream
   synchronised first when on a GPU, so that the time is the GPU's, not the launch's);
-- ``perf/clips_per_s``: clips of this rank's batch over data + step time: per device.
+- ``perf/clips_per_s``: clips of this rank's batch over data + step time: per device;
+- ``perf/skipped_samples``: samples the loader could not decode since the previous batch.
 
-The skipped-sample count, the learning rate and every loss term are logged by the task
-(``train/skipped_samples``, ``train/<term>``) and ``LearningRateMonitor``.
+The learning rate and every loss term are logged by ``LearningRateMonitor`` and the task
+(``train/<term>``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from avssl.data.views import INDEX
+from avssl.data.views import INDEX, SKIPPED
 
 
 class ThroughputMonitor(pl.Callback):
@@ -54,4 +55,6 @@ class ThroughputMonitor(pl.Callback):
         values = {"perf/data_time": data, "perf/step_time": step}
         if clips:
             values["perf/clips_per_s"] = clips / max(data + step, 1e-9)
+        if isinstance(batch, dict) and SKIPPED in batch:
+            values["perf/skipped_samples"] = float(batch[SKIPPED].sum())
         pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=max(clips, 1), rank_zero_only=True)

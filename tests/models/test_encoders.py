@@ -273,3 +273,21 @@ def test_small3d_single_frame_path_equals_the_3d_convolutions() -> None:
                 torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
     for a, b in zip(fast.buffers(), slow.buffers()):  # BN running statistics updated alike
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("modality,shape", [("video", (2, 3, 2, 32, 32)), ("audio", (2, 1, 32, 40))])
+def test_channels_last_gives_the_same_embeddings_and_state(modality: str, shape: tuple[int, ...]) -> None:
+    from avssl.models.registry import build_audio_encoder, build_video_encoder
+
+    torch.manual_seed(0)
+    build = build_video_encoder if modality == "video" else build_audio_encoder
+    plain = build("small3d" if modality == "video" else "small2d").eval()
+    fast = build("small3d" if modality == "video" else "small2d").eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.use_channels_last()
+    expected_format = torch.channels_last_3d if modality == "video" else torch.channels_last
+    conv = [p for p in fast.parameters() if p.dim() == len(shape)][-1]  # the first conv has 1 input channel (both layouts)
+    assert conv.is_contiguous(memory_format=expected_format) and not conv.is_contiguous()
+    x = torch.randn(shape)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.state_dict(), plain.state_dict())
