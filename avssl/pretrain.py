@@ -57,11 +57,12 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete ``*.ckpt`` in ``run_dir/checkpoints`` (None when there is none).
-    Lightning writes each checkpoint to a temporary file and moves it into place, so a kill
-    mid-write leaves the previous one intact; an incomplete file is skipped all the same."""
-    folder = run_dir / "checkpoints"
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.exists() else []
+    """The newest complete checkpoint of a run folder: ``checkpoints/*.ckpt``, or the
+    ``hpc_ckpt_<n>.ckpt`` Lightning writes when SLURM signals a job's end (None when there
+    is none). Lightning writes each checkpoint to a temporary file and moves it into place,
+    so a kill mid-write leaves the previous one intact; an incomplete file is skipped all the same."""
+    found = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         if is_complete_checkpoint(path):
             return path

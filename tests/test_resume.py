@@ -121,6 +121,10 @@ def test_resume_auto_picks_the_newest_complete_checkpoint(tmp_path: Path) -> Non
     assert is_complete_checkpoint(good) and not is_complete_checkpoint(broken)
     with pytest.warns(UserWarning, match="incomplete checkpoint"):
         assert resolve_resume("auto", tmp_path) == str(good)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # written by Lightning on SLURM's pre-emption signal
+    torch.save({"global_step": 6}, hpc)
+    os.utime(hpc, (good.stat().st_mtime + 20,) * 2)
+    assert resolve_resume("auto", tmp_path) == str(hpc)
     assert resolve_resume(None, tmp_path) is None
     with pytest.raises(RecipeError, match="no such checkpoint"):
         resolve_resume(str(tmp_path / "missing.ckpt"), tmp_path)
