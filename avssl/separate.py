@@ -17,6 +17,8 @@ METRIC_ROWS = ("sdr_db", "sir_db", "sar_db", "si_sdr_db", "sdr_improvement_db", 
 def format_table(results: dict[str, Any]) -> str:
     rows = [f"{'test set':<17} " + " ".join(f"{k.removesuffix('_db'):>15}" for k in METRIC_ROWS) + f" {'count':>6}"]
     for name in ("mixtures", "two_source_clips"):
+        if name not in results:
+            continue
         r = results[name]
         cells = " ".join(f"{r[k]:>15.2f}" if r[k] is not None else f"{'-':>15}" for k in METRIC_ROWS)
         rows.append(f"{name:<17} {cells} {r['count']:>6}")

@@ -220,6 +220,31 @@ def test_separate_verb_end_to_end(tiny_set: Path, tmp_path: Path, capsys: pytest
     assert "separation with video encoder random" in capsys.readouterr().out
 
 
+def test_separate_a_set_without_boxes_or_stems(tiny_set: Path, tmp_path: Path) -> None:
+    """MUSIC-like shards (videos and labels, no ground-truth sidecars): frame pooling and
+    `two_source_clips: false` score the two-clip mixtures only."""
+    import shutil
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for mp4 in (tiny_set / "synth" / "videos").glob("*.mp4"):
+        shutil.copy(mp4, videos / mp4.name)
+    shards = tmp_path / "shards"
+    assert main(["shards", "--videos", str(videos), "--labels", str(tiny_set / "synth" / "labels.csv"),
+                 "--out", str(shards), "--short-side", "48"]) == 0
+    run_dir = tmp_path / "sep"
+    assert main(["separate", str(RECIPES / "eval" / "synth_separation.yaml"), f"data.shards={shards}",
+                 "data.num_workers=0", "data.batch_size=8", "data.video.size=48", f"run_dir={run_dir}",
+                 "model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8,8,16,16]",
+                 "separation.pooling=frame", "separation.two_source_clips=false", "separation.steps=2",
+                 "separation.batch_size=4", "separation.unet_width=8", "separation.channels=8",
+                 "separation.test_mixtures=4", "separation.eval_workers=0", "separation.figure_mixtures=1"]) == 0
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert "two_source_clips" not in result
+    mixtures = result["mixtures"]
+    assert mixtures["count"] + mixtures["skipped_silent_reference"] + mixtures["skipped_silent_estimate"] == 4
+
+
 def test_complementary_masks_sum_to_one_and_swap_with_the_sources() -> None:
     cfg = SeparationConfig(unet_width=8, unet_levels=4, channels=8, log_bins=64)
     model = SeparationModel(small3d(widths=(8, 16)), cfg, frame_size=32).eval()
