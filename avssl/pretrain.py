@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from avssl.config import RecipeError, data_config, to_plain
 from avssl.data.datamodule import AVDataModule
@@ -45,6 +47,29 @@ def save_resolved(config: DictConfig, run_dir: Path) -> Path:
     return path
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside it, flushes it to disk and renames it
+    into place (``os.replace``: atomic on one file system), so that a kill mid-write leaves
+    the previous checkpoint whole. Lightning's own save goes through a temporary file in the
+    system's temp folder and ``shutil.move``, which is a plain copy when that folder is on
+    another file system than the run folder (a local /tmp and a shared run folder on a cluster)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+
 def is_complete_checkpoint(path: Path) -> bool:
     """A torch.save zip whose central directory is intact (a write cut short has none)."""
     import zipfile
@@ -59,8 +84,8 @@ def is_complete_checkpoint(path: Path) -> bool:
 def find_resume_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run folder: ``checkpoints/*.ckpt``, or the
     ``hpc_ckpt_<n>.ckpt`` Lightning writes when SLURM signals a job's end (None when there
-    is none). Lightning writes each checkpoint to a temporary file and moves it into place,
-    so a kill mid-write leaves the previous one intact; an incomplete file is skipped all the same."""
+    is none). Checkpoints are written atomically (:class:`AtomicCheckpointIO`); an
+    incomplete file (copied in by hand, say) is skipped all the same."""
     found = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
@@ -133,7 +158,8 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     callbacks: list[pl.Callback] = [*checkpoints, *build_monitors(monitors, config.data.shards, seed=config.seed)]
     if loggers:
         callbacks += [LearningRateMonitor(logging_interval="step"), ThroughputMonitor()]
-    trainer = pl.Trainer(logger=loggers or False, callbacks=callbacks, **trainer_args)
+    plugins = [AtomicCheckpointIO(), *(trainer_args.pop("plugins", None) or [])]
+    trainer = pl.Trainer(logger=loggers or False, callbacks=callbacks, plugins=plugins, **trainer_args)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     if _has_test_step(task) and datamodule.config.test_split:
         trainer.test(task, datamodule=datamodule)  # held-out pretext metrics (e.g. AVTS sync accuracy)

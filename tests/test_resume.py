@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avssl.pretrain import find_resume_checkpoint, is_complete_checkpoint, resolve_resume
+from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, is_complete_checkpoint, resolve_resume
 from avssl.config import RecipeError
 
 from tests.conftest import make_synth_shards
@@ -128,3 +128,19 @@ def test_resume_auto_picks_the_newest_complete_checkpoint(tmp_path: Path) -> Non
     assert resolve_resume(None, tmp_path) is None
     with pytest.raises(RecipeError, match="no such checkpoint"):
         resolve_resume(str(tmp_path / "missing.ckpt"), tmp_path)
+
+
+def test_a_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(1000)}, path)
+
+    def dies_half_way(obj, handle):  # a kill in the middle of writing
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file left behind"
