@@ -11,21 +11,23 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from avssl.config import RecipeError, data_config, to_plain
+from avssl.csv_log import ResumableCSVLogger
 from avssl.data.datamodule import AVDataModule
 from avssl.tasks.throughput import ThroughputMonitor
 
 WANDB_ID_FILE = "wandb_run_id"  # in the run folder: a resumed run continues the same wandb run
 
 
-def make_loggers(config: DictConfig, run_dir: Path) -> list[Logger]:
-    """CSV always (when on); wandb offline unless the user set WANDB_MODE."""
+def make_loggers(config: DictConfig, run_dir: Path, resumed_at_step: int | None = None) -> list[Logger]:
+    """CSV always (when on; a resumed run continues its metrics.csv); wandb offline unless
+    the user set WANDB_MODE (a resumed run continues the same wandb run)."""
     loggers: list[Logger] = []
     if config.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="", version="csv"))
+        loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", resumed_at_step=resumed_at_step))
     if config.logger.wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
         from pytorch_lightning.loggers import WandbLogger
@@ -153,7 +155,8 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     checkpoints = checkpoint_callbacks(config, run_dir)
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))
     trainer_args.setdefault("default_root_dir", str(run_dir))
-    loggers = make_loggers(config, run_dir)
+    resumed_at = int(torch.load(resume, map_location="cpu", mmap=True, weights_only=False)["global_step"]) if resume else None
+    loggers = make_loggers(config, run_dir, resumed_at)
     monitors = OmegaConf.to_object(config.monitors)
     callbacks: list[pl.Callback] = [*checkpoints, *build_monitors(monitors, config.data.shards, seed=config.seed)]
     if loggers:

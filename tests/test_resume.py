@@ -4,6 +4,7 @@ monitors) of the same run uninterrupted — on 1 process with 2 loader workers, 
 2 DDP processes (gloo)."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -82,11 +83,16 @@ def _kill_and_resume(tmp_path: Path, recipe: str, overrides: list[str], steps_pe
     torch.testing.assert_close(resumed["state_dict"], expected["state_dict"], rtol=1e-5, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(resumed["optimizer"], expected["optimizer"], rtol=1e-5, atol=1e-6, equal_nan=True)
     assert len(expected["monitors"]) == 2, "the online linear probe and kNN"
+    # the CSV log continues: every step once, the same learning rates as the straight run
+    logged = {name: [(row["step"], row["lr-Adam"]) for row in csv.DictReader(open(tmp_path / name / "csv" / "metrics.csv"))
+                     if row.get("lr-Adam")] for name in ("straight", "interrupted")}
+    assert logged["interrupted"] == logged["straight"] and len(logged["straight"]) == 2 * steps_per_epoch
     torch.testing.assert_close(resumed["monitors"], expected["monitors"], rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 TINY = ["model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8,8,16,16]", "data.video.size=32",
         "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "checkpoint.every_n_train_steps=1",
+        "trainer.log_every_n_steps=1",
         "logger.wandb=false", "export.after_training=false", "trainer.enable_progress_bar=false",
         # random crops, colour jitter, gain and masks: every augmentation draws random numbers
         "data.augment.crop_scale=[0.5,1.0]", "data.augment.color_jitter=0.4", "data.augment.audio_gain_db=6.0",
@@ -94,10 +100,15 @@ TINY = ["model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8
 
 
 @pytest.mark.slow
-def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe,extra", [
+    ("avc_small.yaml", ["task.scheduler=cosine", "task.warmup_epochs=1"]),  # the scheduler's state too
+    ("selavi_small.yaml", ["task.num_labelings=4"]),  # label bank and Sinkhorn labels, relabelled mid-run
+], ids=["avc", "selavi"])
+def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(shards: Path, tmp_path: Path, recipe: str,
+                                                            extra: list[str]) -> None:
     # 24 training videos, 2 workers × 3 batches of 4 = 6 steps an epoch; killed at step 5
-    overrides = [*TINY, f"data.shards={shards}", "data.batch_size=4", "data.num_workers=2"]
-    _kill_and_resume(tmp_path, "avc_small.yaml", overrides, steps_per_epoch=6, kill_at=5)
+    overrides = [*TINY, *extra, f"data.shards={shards}", "data.batch_size=4", "data.num_workers=2"]
+    _kill_and_resume(tmp_path, recipe, overrides, steps_per_epoch=6, kill_at=5)
 
 
 @pytest.mark.slow

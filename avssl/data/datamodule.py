@@ -374,6 +374,7 @@ class AVDataModule(pl.LightningDataModule):
         self.augment = AugmentSettings(**augment)
         on_device = config.audio_features == "device"
         self.train_loader: ShardLoader | None = None
+        self._resume_position: dict[str, int] | None = None
         self.train_transform = BatchTransform(views, self.augment, audio=on_device)
         self.eval_transform = BatchTransform(self.eval_views, self.augment, audio=on_device)
 
@@ -424,9 +425,22 @@ class AVDataModule(pl.LightningDataModule):
     def loader(self, dataset: ShardStream) -> DataLoader:
         return make_loader(dataset, self.config.num_workers)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training loader stands (:class:`ShardLoader`)."""
+        return {"train_position": self.train_loader.state_dict()} if self.train_loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning restores the data module before anything builds the loader (a scheduler
+        # asking for estimated_stepping_batches builds it before the loops are restored,
+        # too early for Lightning's own restore of a stateful loader): keep it for then.
+        self._resume_position = state.get("train_position")
+
     def train_dataloader(self) -> DataLoader:
         self.train_loader = self.loader(self.stream(self.config.train_split, train=True))
-        if self.trainer is not None:  # resuming: the workers fork at the first iter(), before set_epoch
+        if self._resume_position is not None:
+            self.train_loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        elif self.trainer is not None:  # the workers fork at the first iter(), before set_epoch
             self.train_loader.stream.epoch.set(self.trainer.current_epoch)
         return self.train_loader
 
