@@ -260,7 +260,6 @@ class ShardStream(IterableDataset):
         produced = seen = skipped = skipped_since_batch = emitted = 0
         # resuming: the first batches of this epoch were trained on before the restart
         fast_forward = self.batches_to_skip(epoch, worker) * self.batch_size
-        clips_per_sample = 1 if self.sampler.train else None  # training draws one window per sample
 
         def emit(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
             nonlocal skipped_since_batch, emitted
@@ -277,13 +276,12 @@ class ShardStream(IterableDataset):
 
         for sample in samples:
             seen += 1
-            if (clips_per_sample and len(kept) >= self.batch_size
-                    and produced + clips_per_sample <= fast_forward):  # skipped: count, don't decode
-                produced += clips_per_sample
-                pending += [kept[0]] * clips_per_sample
-                while len(pending) >= self.batch_size:
-                    emit(pending[: self.batch_size])
-                    pending = pending[self.batch_size:]
+            if produced < fast_forward and len(kept) >= self.batch_size:
+                # trained on before the restart: counted, not decoded (a training sample is one
+                # window; `pending` is empty here, the first batch having filled `kept`)
+                produced += 1
+                if produced % self.batch_size == 0:
+                    emitted += 1
                 continue
             try:
                 clips = self._decode(sample, self._sample_rng(sample, epoch))
@@ -458,10 +456,11 @@ class AVDataModule(pl.LightningDataModule):
 class ShardLoader(DataLoader):
     """A DataLoader over a ShardStream whose sampler forwards Lightning's ``set_epoch``.
 
-    Stateful for Lightning (``state_dict`` / ``load_state_dict``, saved in every checkpoint):
-    the epoch and the number of batches the training loop has consumed in it
-    (:meth:`mark_consumed`, called by the data module once per training batch). A run
-    resumed from a mid-epoch checkpoint continues with the next batch of that epoch.
+    Stateful (``state_dict`` / ``load_state_dict``): the epoch and the number of batches the
+    training loop has consumed in it (:meth:`mark_consumed`, called by the data module once
+    per training batch). A run resumed from a mid-epoch checkpoint continues with the next
+    batch of that epoch. The data module's state carries it (restored before the loader is
+    built); Lightning, seeing a stateful loader, also saves and reloads it, with the same values.
     """
 
     def __init__(self, dataset: ShardStream, num_workers: int) -> None:
