@@ -215,4 +215,8 @@ def to_plain(config: DictConfig) -> dict[str, Any]:
 
 
 def data_config(config: DictConfig) -> DataConfig:
-    return OmegaConf.to_object(config.data)  # type: ignore[return-value]
+    """The checked ``data`` section (a value DataConfig refuses is a RecipeError)."""
+    try:
+        return OmegaConf.to_object(config.data)  # type: ignore[return-value]
+    except ValueError as error:
+        raise RecipeError(str(error)) from None

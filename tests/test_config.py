@@ -59,6 +59,13 @@ def test_cli_reports_unknown_key_and_exits_2(capsys: pytest.CaptureFixture[str])
     assert "data.bach_size" in capsys.readouterr().err
 
 
+def test_cli_reports_a_refused_data_value_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), "data.audio_features=gpu",
+                 f"run_dir={tmp_path}"])
+    assert code == 2
+    assert "data.audio_features must be 'device' or 'loader', got 'gpu'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("verb", ["synth", "shards", "pretrain", "probe", "export"])
 def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

@@ -35,7 +35,7 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import AugmentSettings, BatchTransform
-from avssl.data.views import AUDIO, SKIPPED, VIDEO, AudioView, MelSettings, VideoView, ViewSpec
+from avssl.data.views import AUDIO, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
 
 MANIFEST = "manifest.json"
 # Video entries a sample may hold, and the FFmpeg demuxer each one is opened with.

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from avssl.config import Recipe, check_section
+from avssl.config import Recipe, check_section, data_config
 from avssl.data.datamodule import DataConfig, ShardList, base_views
 from avssl.data.views import SKIPPED, AudioView, ViewSpec
 from avssl.models.registry import build_encoders
@@ -43,7 +43,7 @@ class PretextTask(pl.LightningModule):
         self.save_hyperparameters({"config": config})
         recipe = OmegaConf.merge(OmegaConf.structured(Recipe), config)
         self.task_config = check_section(recipe, "task", self.config_class)
-        self.data_config: DataConfig = OmegaConf.to_object(recipe.data)
+        self.data_config: DataConfig = data_config(recipe)
         self.video_encoder, self.audio_encoder = build_encoders(config["model"])
 
     def require_both_encoders(self) -> None:
