@@ -23,8 +23,10 @@ from tests.conftest import make_synth_shards
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 ROOT = Path(__file__).resolve().parent.parent
 
-# Runs `avssl pretrain` with a callback that SIGKILLs every rank at the start of step
-# KILL_AT (after the checkpoint of the step before it was written): a hard kill, no cleanup.
+# Runs `avssl pretrain` with a callback that SIGKILLs the whole process group (every rank and
+# loader worker at once, as a node failure or a scheduler's kill does) when the first rank
+# starts step KILL_AT; the checkpoint of the step before is on disk by then (the ranks meet in
+# a barrier after each save). A hard kill, no cleanup.
 DRIVER = textwrap.dedent('''
     import os, signal, sys
     import pytorch_lightning as pl
@@ -36,7 +38,7 @@ DRIVER = textwrap.dedent('''
     class KillAt(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if kill_at and trainer.global_step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.killpg(os.getpgrp(), signal.SIGKILL)
 
     make = pretrain_module.checkpoint_callbacks
     pretrain_module.checkpoint_callbacks = lambda config, run_dir: [*make(config, run_dir), KillAt()]
@@ -49,15 +51,30 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synth_shards(tmp_path_factory.mktemp("resume"), num_videos=40, size=32, split=(0.6, 0.2, 0.2))
 
 
-def _pretrain(driver: Path, recipe: str, overrides: list[str], kill_at: int = 0) -> int:
+def _pretrain(driver: Path, recipe: str, overrides: list[str], kill_at: int = 0, timeout: float = 600) -> int:
+    """Run the driver in its own process group, its output in a log file: waiting on a pipe
+    would also wait for any process that inherited it; the group is killed afterwards, so no
+    rank or loader worker outlives the test."""
     env = {**os.environ, "KILL_AT": str(kill_at), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(driver), "pretrain", str(RECIPES / "synth" / recipe), *overrides],
-                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    if kill_at:
-        assert done.returncode == -signal.SIGKILL, done.stdout[-3000:]
-    else:
-        assert done.returncode == 0, done.stdout[-3000:]
-    return done.returncode
+    log_path = driver.with_name(f"pretrain_{len(list(driver.parent.glob('pretrain_*.log')))}.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, str(driver), "pretrain", str(RECIPES / "synth" / recipe),
+                                    *overrides], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    output = log_path.read_text()[-3000:]
+    assert returncode is not None, f"still running after {timeout:.0f} s:\n{output}"
+    assert returncode == (-signal.SIGKILL if kill_at else 0), output
+    return returncode
 
 
 def _final_state(run_dir: Path) -> dict:
