@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Sequence
 
 import torch
@@ -88,6 +90,13 @@ class Small3D(Encoder):
         strides = [(t_stride, 2, 2) for t_stride in temporal_strides]
         self.blocks = conv_bn_relu_stack(nn.Conv3d, nn.BatchNorm3d, in_channels, widths, strides)
         self.embedding_dim = widths[-1]
+
+    def use_channels_last(self) -> "Small3D":
+        # The single-frame path's gradient of a weight's middle slice comes back contiguous,
+        # so autograd warns once that it does not match the channels_last_3d weight (one
+        # copy of a small weight per step). Measured on the CPU demo: still ~10 % faster.
+        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+        return super().use_channels_last()
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
