@@ -140,3 +140,19 @@ def test_in_batch_only_needs_batch_positives_and_negatives() -> None:
     s = qv @ qa.T / model.task_config.temperature  # CLIP-style: ½ (rows + columns)
     expected = 0.5 * (F.cross_entropy(s, torch.arange(4)) + F.cross_entropy(s.T, torch.arange(4)))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_checkpoint_with_cma_positives_loads_for_evaluation(tmp_path: Path) -> None:
+    # `avssl localize localization.checkpoint=...` rebuilds the task from the recipe: its
+    # positive-set buffer starts empty and must take the checkpoint's shape, as on resume
+    from avssl.tasks.pretext import load_pretext_task
+
+    task = _avid()
+    assert task.positives.shape[0] == 0
+    positives = torch.randint(task.task_config.num_instances, (task.task_config.num_instances, 3))
+    task.positives = positives
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"config": task.hparams["config"]}}, path)
+    loaded = load_pretext_task(path)
+    assert torch.equal(loaded.positives, positives)
+    assert not loaded.training

@@ -28,5 +28,7 @@ def load_pretext_task(checkpoint: str | Path) -> PretextTask:
     path = Path(checkpoint)
     ckpt = _load_checkpoint(path, allow_pickle=True)
     task = build_pretext_task(_recipe(ckpt, path))
+    # as Lightning does before the weights: state whose shape training set (CMA's positive sets)
+    task.on_load_checkpoint(ckpt)
     _load_strict(task, ckpt["state_dict"], str(path))
     return task.eval()
