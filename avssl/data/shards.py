@@ -284,26 +284,30 @@ def _packet_ranges(
     Packets that the demuxer marks as discarded (AAC priming under an edit list) and empty
     packets do not count. This is what the file really holds (a truncated file's metadata
     may claim more)."""
-    ranges: dict[int, list[Fraction]] = {}
-    last_step: dict[int, Fraction] = {}
+    # Counted in integer ticks of each stream's time base (the demuxer stamps a packet with
+    # its stream's), converted to seconds once: exact, and far cheaper than a Fraction per
+    # packet. A packet without a duration advances by the stream's previous step.
     indices = {video_index} | ({audio_index} if audio_index is not None else set())
     streams = [s for s in container.streams if s.index in indices]
+    time_bases = {s.index: s.time_base for s in streams}
+    spans: dict[int, list] = {}  # index -> [first tick, end tick, last step in ticks]
     for packet in container.demux(streams):
         if packet.size == 0 or packet.is_discard:
             continue
-        tb = packet.time_base or packet.stream.time_base
-        start = _seconds(packet.pts if packet.pts is not None else packet.dts, tb)
-        if start is None:
-            continue
+        start = packet.pts if packet.pts is not None else packet.dts
         index = packet.stream.index
-        step = _seconds(packet.duration, tb) if packet.duration else None
-        if step is None:
-            step = last_step.get(index) or _default_step(packet.stream)
-        last_step[index] = step
-        span = ranges.setdefault(index, [start, start + step])
+        if start is None or time_bases[index] is None:
+            continue
+        span = spans.get(index)
+        step = packet.duration or (span[2] if span else None) or _default_step(packet.stream) / Fraction(time_bases[index])
+        if span is None:
+            spans[index] = [start, start + step, step]
+            continue
         span[0] = min(span[0], start)
         span[1] = max(span[1], start + step)
-    return {index: (span[0], span[1]) for index, span in ranges.items()}
+        span[2] = step
+    return {index: (span[0] * Fraction(time_bases[index]), span[1] * Fraction(time_bases[index]))
+            for index, span in spans.items()}
 
 
 def _default_step(stream: Any) -> Fraction:
