@@ -93,6 +93,34 @@ def test_cross_modal_scores_are_cosines_over_temperature() -> None:
     torch.testing.assert_close(neg, torch.tensor([[10.0, 0.0]]))
 
 
+def test_cross_modal_scores_all_slots_and_gathered_paths_agree() -> None:
+    # 12 slots of 4 dims: K = 2 negatives gather (12 > 2·4), K = 5 score every slot (12 ≤ 20)
+    generator = torch.Generator().manual_seed(0)
+    bank = MemoryBank(12, 4)
+    bank.bank.copy_(F.normalize(torch.randn(12, 4, generator=generator), dim=1))
+    positives = torch.tensor([[3, 7], [0, 1], [11, 2]])
+    negatives = torch.randint(12, (3, 5), generator=generator)
+    results = {}
+    for k in (2, 5):
+        query = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        pos, neg = cross_modal_scores(query, bank, positives, negatives[:, :k], temperature=0.07)
+        bank.bank.add_(0.0)  # the task updates the bank in place before its backward pass
+        (pos.sum() + (neg * torch.arange(k)).sum()).backward()
+        results[k] = (pos, neg, query.grad)
+    expected_neg = torch.einsum("bd,bkd->bk", F.normalize(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)),
+                                                           dim=1), bank.bank[negatives]) / 0.07
+    torch.testing.assert_close(results[5][1], expected_neg)
+    torch.testing.assert_close(results[5][1][:, :2], results[2][1])
+    torch.testing.assert_close(results[5][0], results[2][0])
+    for k, (_, _, grad) in results.items():  # each path's gradient against the gathered einsum's
+        query = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        q = F.normalize(query, dim=1)
+        pos = torch.einsum("bd,bpd->bp", q, bank.bank[positives]) / 0.07
+        neg = torch.einsum("bd,bkd->bk", q, bank.bank[negatives[:, :k]]) / 0.07
+        (pos.sum() + (neg * torch.arange(k)).sum()).backward()
+        torch.testing.assert_close(grad, query.grad)
+
+
 def test_softmax_instance_loss_by_hand() -> None:
     from avssl.losses.nce import softmax_instance_loss
 
