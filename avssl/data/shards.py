@@ -299,7 +299,8 @@ def _packet_ranges(
         if start is None or time_bases[index] is None:
             continue
         span = spans.get(index)
-        step = packet.duration or (span[2] if span else None) or _default_step(packet.stream) / Fraction(time_bases[index])
+        step = (packet.duration or (span[2] if span else None)
+                or _default_step(packet.stream) / Fraction(time_bases[index]))
         if span is None:
             spans[index] = [start, start + step, step]
             continue
