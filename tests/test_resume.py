@@ -132,7 +132,7 @@ def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(shards: Path, tmp_p
 def test_two_process_ddp_kill_and_resume(shards: Path, tmp_path: Path) -> None:
     # AVID: its memory banks are part of the state. 2 ranks × 3 batches of 4
     # Loading in the rank's own process (num_workers=0): forking a loader worker from a rank
-    # whose gloo threads are running deadlocked once here and once in CI (the child stuck in
+    # whose gloo threads are running deadlocked once here, most likely CI's hang too (the child stuck in
     # multiprocessing's Popen._launch); the 1-process tests cover resuming with workers.
     overrides = [*TINY, f"data.shards={shards}", "data.batch_size=4", "data.num_workers=0",
                  "trainer.devices=2", "trainer.strategy=ddp", "task.num_negatives=8", "task.cma_start_epoch=1",

@@ -100,20 +100,22 @@ def test_cross_modal_scores_all_slots_and_gathered_paths_agree() -> None:
     bank.bank.copy_(F.normalize(torch.randn(12, 4, generator=generator), dim=1))
     positives = torch.tensor([[3, 7], [0, 1], [11, 2]])
     negatives = torch.randint(12, (3, 5), generator=generator)
+    def fresh_query() -> torch.Tensor:
+        return torch.randn(3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+
     results = {}
     for k in (2, 5):
-        query = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        query = fresh_query()
         pos, neg = cross_modal_scores(query, bank, positives, negatives[:, :k], temperature=0.07)
         bank.bank.add_(0.0)  # the task updates the bank in place before its backward pass
         (pos.sum() + (neg * torch.arange(k)).sum()).backward()
         results[k] = (pos, neg, query.grad)
-    expected_neg = torch.einsum("bd,bkd->bk", F.normalize(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)),
-                                                           dim=1), bank.bank[negatives]) / 0.07
+    expected_neg = torch.einsum("bd,bkd->bk", F.normalize(fresh_query().detach(), dim=1), bank.bank[negatives]) / 0.07
     torch.testing.assert_close(results[5][1], expected_neg)
     torch.testing.assert_close(results[5][1][:, :2], results[2][1])
     torch.testing.assert_close(results[5][0], results[2][0])
     for k, (_, _, grad) in results.items():  # each path's gradient against the gathered einsum's
-        query = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        query = fresh_query()
         q = F.normalize(query, dim=1)
         pos = torch.einsum("bd,bpd->bp", q, bank.bank[positives]) / 0.07
         neg = torch.einsum("bd,bkd->bk", q, bank.bank[negatives[:, :k]]) / 0.07
