@@ -471,12 +471,16 @@ class ShardLoader(DataLoader):
     built); Lightning, seeing a stateful loader, also saves and reloads it, with the same values.
     """
 
-    def __init__(self, dataset: ShardStream, num_workers: int) -> None:
+    def __init__(self, dataset: ShardStream, num_workers: int, single_pass: bool = False) -> None:
         super().__init__(
             dataset,
             batch_size=None,
             num_workers=num_workers,
-            persistent_workers=num_workers > 0,
+            # Training keeps its workers across epochs. A single pass (the evaluation verbs)
+            # lets them exit at the end: workers kept alive by a finished loader were inherited
+            # by the next loader's forked workers, whose garbage collector then tried to stop
+            # them ("AssertionError: can only test a child process" in the probe's output).
+            persistent_workers=num_workers > 0 and not single_pass,
             prefetch_factor=4 if num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous copies to the GPU
         )
@@ -515,6 +519,7 @@ class ShardLoader(DataLoader):
         self.consumed = consumed
 
 
-def make_loader(dataset: ShardStream, num_workers: int) -> ShardLoader:
-    """The loader of a ShardStream (training, evaluation, the evaluation verbs)."""
-    return ShardLoader(dataset, num_workers)
+def make_loader(dataset: ShardStream, num_workers: int, single_pass: bool = False) -> ShardLoader:
+    """The loader of a ShardStream (training and validation; ``single_pass=True``: the
+    evaluation verbs, which read each split once)."""
+    return ShardLoader(dataset, num_workers, single_pass)

@@ -98,20 +98,22 @@ class ResNet18Audio(TorchvisionBackbone):
 
 
 class Small2D(Encoder):
-    """A small 2D CNN: one block per entry of ``widths``, each a 3×3 conv (stride 2,
-    padding 1), BatchNorm and ReLU; F and T halve (rounded up) in every block."""
+    """A small 2D CNN: one block per entry of ``widths``, each ``depth`` 3×3 convs
+    (padding 1) with BatchNorm and ReLU, the first of stride 2; F and T halve (rounded up)
+    in every block."""
 
     modality = "audio"
     input_layout = "B×1×F×T"
     in_channels = 1
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), pooling: str = "avg") -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), pooling: str = "avg", depth: int = 1) -> None:
         super().__init__(pooling)
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1:
             raise ValueError(f"widths must be a non-empty list of positive ints, got {widths}")
         self.widths = widths
-        self.blocks = conv_bn_relu_stack(nn.Conv2d, nn.BatchNorm2d, 1, widths, [2] * len(widths))
+        self.depth = int(depth)
+        self.blocks = conv_bn_relu_stack(nn.Conv2d, nn.BatchNorm2d, 1, widths, [2] * len(widths), depth)
         self.embedding_dim = widths[-1]
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +131,6 @@ def resnet18(*, pooling: str = "avg") -> ResNet18Audio:
     return ResNet18Audio(pooling=pooling)
 
 
-def small2d(*, widths: Sequence[int] = (16, 32, 64, 128), pooling: str = "avg") -> Small2D:
-    """Small 2D CNN for CPU runs; ``embedding_dim = widths[-1]``."""
-    return Small2D(widths=widths, pooling=pooling)
+def small2d(*, widths: Sequence[int] = (16, 32, 64, 128), pooling: str = "avg", depth: int = 1) -> Small2D:
+    """Small 2D CNN for CPU runs; ``embedding_dim = widths[-1]``, ``depth`` convs per block."""
+    return Small2D(widths=widths, pooling=pooling, depth=depth)

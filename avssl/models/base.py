@@ -19,13 +19,19 @@ POOLINGS: tuple[str, ...] = ("avg", "max")
 
 
 def conv_bn_relu_stack(conv: type[nn.Module], norm: type[nn.Module], in_channels: int, widths: tuple[int, ...],
-                       strides: list[int | tuple[int, ...]]) -> nn.Sequential:
-    """The small CPU nets: one (3×3 conv, stride, no bias) → BN → ReLU block per width."""
+                       strides: list[int | tuple[int, ...]], depth: int = 1) -> nn.Sequential:
+    """The small CPU nets: ``depth`` (3×3 conv, no bias) → BN → ReLU layers per width, the
+    first of each with that width's stride, the others with stride 1 (one flat Sequential
+    of conv-BN-ReLU triples)."""
+    if int(depth) < 1:
+        raise ValueError(f"depth (conv layers per block) must be a positive int, got {depth}")
     blocks, channels = [], in_channels
     for width, stride in zip(widths, strides):
-        blocks.append(nn.Sequential(conv(channels, width, kernel_size=3, stride=stride, padding=1, bias=False),
-                                    norm(width), nn.ReLU(inplace=True)))
-        channels = width
+        for layer in range(int(depth)):
+            blocks.append(nn.Sequential(conv(channels, width, kernel_size=3, stride=stride if layer == 0 else 1,
+                                             padding=1, bias=False),
+                                        norm(width), nn.ReLU(inplace=True)))
+            channels = width
     return nn.Sequential(*blocks)
 
 

@@ -54,11 +54,13 @@ class TorchvisionVideoEncoder(TorchvisionBackbone):
 
 
 class Small3D(Encoder):
-    """A small 3D CNN: one block per entry of ``widths``, each a 3×3×3 conv (stride
-    ``(temporal_stride, 2, 2)``, padding 1), BatchNorm and ReLU.
+    """A small 3D CNN: one block per entry of ``widths``, each ``depth`` 3×3×3 convs
+    (padding 1) with BatchNorm and ReLU, the first of stride ``(temporal_stride, 2, 2)``.
 
     Spatial size halves in every block (112 → 7 with four blocks). A temporal stride of 2
     with padding 1 maps T to ⌈T/2⌉, so T=1 stays 1: single frames need no special case.
+    ``depth=2`` doubles the layers at about twice the compute: on single 64×64 synthetic
+    frames, supervised, it took the test accuracy from 57 % to 91 % (docs/models.md).
     """
 
     modality = "video"
@@ -70,6 +72,7 @@ class Small3D(Encoder):
         temporal_strides: Sequence[int] | None = None,
         pooling: str = "avg",
         in_channels: int = 3,
+        depth: int = 1,
     ) -> None:
         super().__init__(pooling)
         widths = tuple(int(w) for w in widths)
@@ -84,11 +87,12 @@ class Small3D(Encoder):
             )
         self.widths = widths
         self.temporal_strides = temporal_strides
+        self.depth = int(depth)
         self.in_channels = in_channels
         layout = f"B×{in_channels}×T×H×W"
         self.input_layout = layout
         strides = [(t_stride, 2, 2) for t_stride in temporal_strides]
-        self.blocks = conv_bn_relu_stack(nn.Conv3d, nn.BatchNorm3d, in_channels, widths, strides)
+        self.blocks = conv_bn_relu_stack(nn.Conv3d, nn.BatchNorm3d, in_channels, widths, strides, depth)
         self.embedding_dim = widths[-1]
 
     def use_channels_last(self) -> "Small3D":
@@ -131,6 +135,7 @@ def small3d(
     widths: Sequence[int] = (16, 32, 64, 128),
     temporal_strides: Sequence[int] | None = None,
     pooling: str = "avg",
+    depth: int = 1,
 ) -> Small3D:
-    """Small 3D CNN for CPU runs; ``embedding_dim = widths[-1]``."""
-    return Small3D(widths=widths, temporal_strides=temporal_strides, pooling=pooling)
+    """Small 3D CNN for CPU runs; ``embedding_dim = widths[-1]``, ``depth`` convs per block."""
+    return Small3D(widths=widths, temporal_strides=temporal_strides, pooling=pooling, depth=depth)

@@ -1,6 +1,7 @@
 """Streaming shards: split over ranks and workers, padding, determinism, skips."""
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from pathlib import Path
 
@@ -185,6 +186,23 @@ def test_persistent_workers_follow_set_epoch(shards: Path) -> None:
     epoch1 = [int(i) for b in loader for i in b["index"]]
     assert epoch1 == _epoch_indices(_stream(shards, 0, 1, 2, pad=False, shuffle=True), 2, epoch=1)
     assert epoch0 != epoch1
+
+
+def test_single_pass_loader_stops_its_workers_at_the_end(shards: Path) -> None:
+    """The evaluation verbs read a split once: its workers exit when the pass ends, so the
+    next loader's forked workers do not inherit live ones (they would try to stop them)."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())  # other tests' loaders may still be alive
+    loader = make_loader(_stream(shards, 0, 1, 2, pad=False), 2, single_pass=True)
+    assert not loader.persistent_workers
+    assert sorted(int(i) for b in loader for i in b["index"]) == list(range(22))
+    assert set(multiprocessing.active_children()) - before == set()
+    training = make_loader(_stream(shards, 0, 1, 2, pad=False), 2)
+    list(training)
+    assert len(set(multiprocessing.active_children()) - before) == 2  # kept for the next epoch
+    del training
+    gc.collect()
 
 
 @pytest.mark.parametrize("audio_format", ["pcm", "aac"])

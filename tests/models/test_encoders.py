@@ -119,6 +119,22 @@ def test_small_encoders_widths_are_configurable():
         build_video_encoder("small3d", widths=[4, 8], temporal_strides=[2])
 
 
+@pytest.mark.parametrize("modality", ["video", "audio"])
+def test_small_encoders_depth_adds_stride_one_layers(modality: str) -> None:
+    """depth=2: two conv-BN-ReLU layers per width, the stride only in the first, so the
+    feature map has the depth-1 net's shape."""
+    build = build_video_encoder if modality == "video" else build_audio_encoder
+    name, x = ("small3d", torch.randn(2, 3, 2, 32, 32)) if modality == "video" else ("small2d", torch.randn(2, 1, 32, 40))
+    shallow, deep = build(name, widths=[4, 8]).eval(), build(name, widths=[4, 8], depth=2).eval()
+    convs = [m for m in deep.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(x.shape[1], 4), (4, 4), (4, 8), (8, 8)]
+    assert [c.stride[-1] for c in convs] == [2, 1, 2, 1]
+    with torch.no_grad():
+        assert deep.feature_map(x).shape == shallow.feature_map(x).shape
+    with pytest.raises(ValueError, match="depth"):
+        build(name, depth=0)
+
+
 @pytest.mark.parametrize("name", list(VIDEO_MAPS) + list(AUDIO_MAPS))
 def test_same_seed_same_encoder(name):
     torch.manual_seed(123)
@@ -257,8 +273,8 @@ def test_small3d_single_frame_path_equals_the_3d_convolutions() -> None:
     from avssl.models.video import small3d
 
     torch.manual_seed(0)
-    fast = small3d(widths=(8, 16, 16), temporal_strides=(1, 2, 2))
-    slow = small3d(widths=(8, 16, 16), temporal_strides=(1, 2, 2))
+    fast = small3d(widths=(8, 16, 16), temporal_strides=(1, 2, 2), depth=2)
+    slow = small3d(widths=(8, 16, 16), temporal_strides=(1, 2, 2), depth=2)
     slow.load_state_dict(fast.state_dict())
     x = torch.randn(4, 3, 1, 32, 32)
     for train in (True, False):

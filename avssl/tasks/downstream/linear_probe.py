@@ -106,7 +106,7 @@ def extract_features(
     for module in encoders.values():
         module.eval().to(device)
     finish = BatchTransform(views).to(device)
-    for batch in tqdm(make_loader(stream, data.num_workers), desc=f"features {split}", unit="batch",
+    for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"features {split}", unit="batch",
                       total=len(stream), leave=False):
         batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)
         for modality, module in encoders.items():

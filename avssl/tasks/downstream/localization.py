@@ -125,7 +125,7 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
     baselines: list[float] = []
     skipped = 0
     shown: dict[str, list[torch.Tensor]] = {"frame": [], "heatmap": [], "boxes": []}
-    for batch in tqdm(make_loader(stream, data.num_workers), desc=f"localization {cfg.split}", unit="batch",
+    for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"localization {cfg.split}", unit="batch",
                       total=len(stream), leave=False):
         frames = batch[VIDEO][:, :, batch[VIDEO].shape[2] // 2]  # uint8 B×3×H×W, the middle frame
         batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)

@@ -147,7 +147,7 @@ def load_clips(data: DataConfig, split: str, targets: tuple[str, ...], train: bo
         keys.append(NUM_STEMS)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     count = 0
-    for batch in tqdm(make_loader(stream, data.num_workers), desc=f"decode {split}", unit="batch",
+    for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"decode {split}", unit="batch",
                       total=len(stream), leave=False):
         for key in keys:
             parts[key].append(batch[key])
