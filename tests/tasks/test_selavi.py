@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from avssl.config import load_recipe
-from avssl.tasks.pretext.selavi import SeLaVi, gaussian_marginal, labeling_steps, swapped_prediction_loss
+from avssl.tasks.pretext.selavi import (SeLaVi, cross_modal_info_nce, gaussian_marginal, labeling_steps,
+                                        swapped_prediction_loss)
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -64,6 +65,34 @@ def test_first_epoch_only_fills_the_bank_then_labels_are_shared_and_balanced() -
     targets = model.labels[:, :4]
     expected = sum(0.5 * (F.cross_entropy(v[h], targets[h]) + F.cross_entropy(a[h], targets[h])) for h in range(2)) / 2
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cross_modal_info_nce_by_hand() -> None:
+    video = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=1)
+    audio = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0]]), dim=1)
+    s = (video @ audio.T / 0.5).tolist()  # [[1.6, 0], [1.92, 1.6]]
+    lse = lambda *x: torch.logsumexp(torch.tensor(x), 0).item()  # noqa: E731
+    video_to_audio = (lse(s[0][0], s[0][1]) - s[0][0] + lse(s[1][0], s[1][1]) - s[1][1]) / 2
+    audio_to_video = (lse(s[0][0], s[1][0]) - s[0][0] + lse(s[0][1], s[1][1]) - s[1][1]) / 2
+    assert cross_modal_info_nce(video, audio, 0.5).item() == pytest.approx((video_to_audio + audio_to_video) / 2)
+
+
+def test_contrastive_warmup_trains_the_encoders_before_the_first_labels() -> None:
+    model = _selavi("task.contrastive_warmup_epochs=3")
+    batch = _batch(list(range(8)))
+    out = model.training_step(batch, 0)
+    assert out["loss"].item() > 0 and int(model.labelings_done) == 0
+    out["loss"].backward()
+    assert model.video_encoder.blocks[0][0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.video_heads.parameters()), "no labels, no head gradient"
+    model.eval()
+    z_v = F.normalize(model.video_warmup_projection(model.video_encoder(batch["video"])), dim=1)
+    z_a = F.normalize(model.audio_warmup_projection(model.audio_encoder(batch["audio"])), dim=1)
+    assert model.training_step(batch, 0)["loss"].item() == pytest.approx(cross_modal_info_nce(z_v, z_a, 0.1).item(), rel=1e-5)
+    model.trainer = type("T", (), {"estimated_stepping_batches": 100, "max_epochs": 10})()  # 10 steps an epoch
+    assert model.schedule()[0] == 30, "first labelling at the end of the warm-up"
+    with pytest.raises(ValueError, match="contrastive_warmup_epochs"):
+        _selavi("task.contrastive_warmup_epochs=-1")
 
 
 def test_joint_log_probs_is_the_mean_of_the_modalities() -> None:

@@ -12,7 +12,11 @@ log-probabilities of every training video (keyed by the shard ``index``, gathere
 ranks, stored in float16). Epoch 0 only fills it (no gradient: it is the paper's pass of
 the random network over the data, and warms BatchNorm up); the labels are then solved
 ``task.num_labelings`` times, at steps spaced as (k / (n−1))^1.5 of the run (front-loaded,
-as in the paper), the first at the end of epoch 0.
+as in the paper), the first at the end of epoch 0. With ``task.contrastive_warmup_epochs``
+= W > 0 (not in the paper) the encoders first train W epochs with a cross-modal in-batch
+InfoNCE (per rank, like AVC's in-batch negatives) and the first labelling comes at the end
+of epoch W−1: labels solved from a random network lock in low-level features on small data
+(docs/methods/selavi.md).
 
 Not implemented from the paper: modality alignment of the audio head's output units
 (unneeded: labels are shared from the start) and decorrelated head groups.
@@ -57,6 +61,11 @@ class SeLaViConfig(TaskConfig):
     swav_temperature: float = 0.1  # online: prediction softmax(zᵀC/τ)
     swav_iterations: int = 3
     swav_freeze_prototypes_steps: int = 0  # online: no gradient to the prototypes for this many steps
+    # offline: train the encoders with a cross-modal in-batch InfoNCE for this many epochs
+    # before the first labelling (0: the paper, labels from the random network after epoch 0)
+    contrastive_warmup_epochs: int = 0
+    contrastive_temperature: float = 0.1
+    contrastive_dim: int = 128  # the warm-up's projection MLP [D, D, dim] with BatchNorm, L2-normalised
 
 
 def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tensor, epsilon: float,
@@ -67,6 +76,14 @@ def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tens
     log_p_video = F.log_softmax(video_scores / temperature, dim=1)
     log_p_audio = F.log_softmax(audio_scores / temperature, dim=1)
     return 0.5 * (-(codes[0] * log_p_audio).sum(1).mean() - (codes[1] * log_p_video).sum(1).mean())
+
+
+def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE of B×d L2-normalised embeddings: clip i's video against
+    every audio of the batch (its own is the positive) and the same for audio."""
+    logits = video @ audio.T / temperature
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def cluster_head(dim: int, k: int, dropout: float) -> nn.Sequential:
@@ -120,6 +137,11 @@ class SeLaVi(PretextTask):
         self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("labels", torch.full((h, n), -1, dtype=torch.long))
         self.register_buffer("labelings_done", torch.zeros((), dtype=torch.long))
+        if cfg.contrastive_warmup_epochs < 0:
+            raise ValueError(f"task.contrastive_warmup_epochs must be ≥ 0, got {cfg.contrastive_warmup_epochs}")
+        if cfg.contrastive_warmup_epochs:
+            self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
+            self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
         self._schedule: list[int] | None = None
         self._last_labeled_step = -1  # a step seen twice (gradient accumulation) labels once
         self._generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
@@ -157,7 +179,8 @@ class SeLaVi(PretextTask):
         if self._schedule is None:
             total = int(self.trainer.estimated_stepping_batches)
             per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
-            self._schedule = labeling_steps(total, per_epoch, self.task_config.num_labelings)
+            first = per_epoch * max(self.task_config.contrastive_warmup_epochs, 1)
+            self._schedule = labeling_steps(total, first, self.task_config.num_labelings)
         return self._schedule
 
     @torch.no_grad()
@@ -200,13 +223,22 @@ class SeLaVi(PretextTask):
             self.log_prob_bank[:, all_index] = all_log_probs.transpose(0, 1).to(self.log_prob_bank.dtype)
             self.seen[all_index] = True
         size = index.numel()
-        if int(self.labelings_done) == 0:  # epoch 0: filling the bank, nothing to learn yet
+        cfg: SeLaViConfig = self.task_config
+        if int(self.labelings_done) == 0 and cfg.contrastive_warmup_epochs:  # before the first labels
+            loss = cross_modal_info_nce(F.normalize(self.video_warmup_projection(video_features), dim=1),
+                                        F.normalize(self.audio_warmup_projection(audio_features), dim=1),
+                                        cfg.contrastive_temperature)
+            loss = loss + 0.0 * (video_logits.sum() + audio_logits.sum())  # every parameter in the graph (DDP)
+        elif int(self.labelings_done) == 0:  # epoch 0: filling the bank, nothing to learn yet
             loss = 0.0 * (video_logits.sum() + audio_logits.sum())
         else:
             targets = self.labels[:, index]  # H×B
             k = video_logits.shape[-1]
             loss = 0.5 * (F.cross_entropy(video_logits.reshape(-1, k), targets.reshape(-1))
                           + F.cross_entropy(audio_logits.reshape(-1, k), targets.reshape(-1)))
+            if cfg.contrastive_warmup_epochs:  # the warm-up projections stay in the graph for DDP, at zero gradient
+                loss = loss + 0.0 * sum(p.sum() for p in [*self.video_warmup_projection.parameters(),
+                                                           *self.audio_warmup_projection.parameters()])
             agree = (video_logits.argmax(-1) == targets).float().mean()
             self.log("train/video_head_accuracy", agree, on_epoch=True, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
