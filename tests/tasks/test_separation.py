@@ -129,6 +129,21 @@ def _toy_clips(count: int = 8) -> Clips:
     return Clips(video=video, audio=audio, label=label, index=torch.arange(count), boxes=boxes)
 
 
+def test_lr_decays_tenfold_at_the_given_fractions_of_the_steps() -> None:
+    from avssl.tasks.downstream.separation import lr_schedule
+
+    cfg = SeparationConfig(steps=10, lr=1e-3, lr_decay_at=[0.4, 0.8])
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    schedule, rates = lr_schedule(optimizer, cfg), []
+    for _ in range(cfg.steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([1e-3] * 4 + [1e-4] * 4 + [1e-5] * 2)
+    with pytest.raises(ValueError, match="lr_decay_at"):
+        SeparationConfig(lr_decay_at=[1.2])
+
+
 @pytest.mark.parametrize("mask_type", ["binary", "ratio"])
 def test_one_training_step_reduces_the_loss(mask_type: str) -> None:
     cfg = SeparationConfig(batch_size=6, unet_width=8, unet_levels=4, channels=8, log_bins=64, mask=mask_type)

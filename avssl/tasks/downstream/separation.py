@@ -79,6 +79,8 @@ class SeparationConfig:
     steps: int = 1500
     batch_size: int = 16
     lr: float = 1.0e-3
+    # the learning rate × 0.1 at these fractions of the steps (Sound of Pixels: epochs 40 and 80 of 100)
+    lr_decay_at: list[float] = field(default_factory=list)
     weight_decay: float = 1.0e-4
     train_split: str = "train"
     max_train_clips: int = 0  # 0: every clip of the train split
@@ -96,6 +98,8 @@ class SeparationConfig:
     def __post_init__(self) -> None:
         if self.mask not in MASK_TYPES:
             raise ValueError(f"separation.mask must be one of {MASK_TYPES}, got {self.mask!r}")
+        if any(not 0 < f < 1 for f in self.lr_decay_at):
+            raise ValueError(f"separation.lr_decay_at takes fractions of the steps in (0, 1), got {self.lr_decay_at}")
         if self.visual_reduce not in ("mean", "max"):
             raise ValueError(f"separation.visual_reduce must be 'mean' or 'max', got {self.visual_reduce!r}")
         if not self.harmonics or min(self.harmonics) <= 0:
@@ -326,10 +330,16 @@ def make_optimizer(model: SeparationModel, cfg: SeparationConfig) -> torch.optim
     return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: SeparationConfig) -> torch.optim.lr_scheduler.MultiStepLR:
+    """× 0.1 at each of ``cfg.lr_decay_at`` (fractions of ``cfg.steps``), stepped once a step."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [round(f * cfg.steps) for f in cfg.lr_decay_at], gamma=0.1)
+
+
 def train(model: SeparationModel, clips: Clips, features: VisualFeatures, cfg: SeparationConfig) -> list[float]:
     """``cfg.steps`` steps on random mixtures; the loss of every step."""
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
+    schedule = lr_schedule(optimizer, cfg)
     model.train()
     model.video_encoder.eval()  # BatchNorm statistics stay those of pretraining, even when fine-tuned
     model.video_encoder.requires_grad_(cfg.finetune_video)
@@ -340,6 +350,7 @@ def train(model: SeparationModel, clips: Clips, features: VisualFeatures, cfg: S
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     model.eval()
