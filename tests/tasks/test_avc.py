@@ -73,7 +73,8 @@ def _avc(**task: object) -> torch.nn.Module:
 def test_embedding_batchnorm_makes_the_loss_blind_to_embedding_offset_and_scale() -> None:
     torch.manual_seed(0)
     model = _avc(embedding_norm="batchnorm").train()
-    video, audio, index = torch.rand(8, 128), torch.rand(8, 128), torch.arange(8)
+    d = model.video_encoder.embedding_dim
+    video, audio, index = torch.rand(8, d), torch.rand(8, d), torch.arange(8)
     loss, _ = model.correspondence(video, audio, index, "in_batch")
     shifted, _ = model.correspondence(3 * video + 5, 0.5 * audio - 2, index, "in_batch")
     assert shifted.item() == pytest.approx(loss.item(), rel=1e-4)

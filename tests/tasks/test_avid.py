@@ -86,7 +86,8 @@ def test_training_step_updates_the_banks_of_the_batch_only() -> None:
 def test_projection_batchnorm_spreads_embeddings_with_a_shared_mean() -> None:
     # Pooled ReLU embeddings: all positive, a large shared mean. The paper's head maps them
     # to nearly one direction; projection_norm=batchnorm standardises before, inside, after.
-    x = 3.0 + 0.1 * torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    d = _avid().video_encoder.embedding_dim
+    x = 3.0 + 0.1 * torch.randn(64, d, generator=torch.Generator().manual_seed(0))
     off_diagonal = ~torch.eye(64, dtype=torch.bool)
     for norm, low, high in (("none", 0.95, 1.0), ("batchnorm", -0.1, 0.1)):
         head = _avid(f"task.projection_norm={norm}").video_head.train()
