@@ -45,6 +45,14 @@ def softmax_instance_loss(positive: torch.Tensor, negative: torch.Tensor) -> tor
     return (log_denominator[:, None] - positive).mean()
 
 
+def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE of B×d L2-normalised embeddings: clip i's video against
+    every audio of the batch (its own is the positive) and the same for audio."""
+    logits = video @ audio.T / temperature
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 class NCENormaliser(nn.Module):
     """Z, estimated once from the first batch's noise scores (mean of e^s⁻ over the
     batch and every rank), then fixed and saved in the checkpoint (METHODS.md §3.1)."""

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avssl.losses.nce import MemoryBank, NCENormaliser, cross_modal_scores, nce_loss, sample_excluding
+from avssl.losses.nce import (MemoryBank, NCENormaliser, cross_modal_info_nce, cross_modal_scores, nce_loss,
+                              sample_excluding)
 
 
 def test_nce_value_by_hand() -> None:
@@ -130,3 +131,13 @@ def test_softmax_instance_loss_by_hand() -> None:
     expected = [-math.log(math.exp(1) / (math.exp(1) + 1 + math.exp(2))),
                 -math.log(1 / (1 + math.exp(1) + math.exp(-1)))]
     assert softmax_instance_loss(pos, neg).item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+
+
+def test_cross_modal_info_nce_by_hand() -> None:
+    video = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=1)
+    audio = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0]]), dim=1)
+    s = (video @ audio.T / 0.5).tolist()  # [[1.6, 0], [1.92, 1.6]]
+    lse = lambda *x: torch.logsumexp(torch.tensor(x), 0).item()  # noqa: E731
+    video_to_audio = (lse(s[0][0], s[0][1]) - s[0][0] + lse(s[1][0], s[1][1]) - s[1][1]) / 2
+    audio_to_video = (lse(s[0][0], s[1][0]) - s[0][0] + lse(s[0][1], s[1][1]) - s[1][1]) / 2
+    assert cross_modal_info_nce(video, audio, 0.5).item() == pytest.approx((video_to_audio + audio_to_video) / 2)

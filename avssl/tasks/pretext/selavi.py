@@ -38,6 +38,7 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.losses.distributed import gather
+from avssl.losses.nce import cross_modal_info_nce
 from avssl.losses.sinkhorn import sinkhorn_knopp, swav_codes
 from avssl.metrics.clustering import clustering_scores
 from avssl.models.heads import MLP
@@ -76,14 +77,6 @@ def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tens
     log_p_video = F.log_softmax(video_scores / temperature, dim=1)
     log_p_audio = F.log_softmax(audio_scores / temperature, dim=1)
     return 0.5 * (-(codes[0] * log_p_audio).sum(1).mean() - (codes[1] * log_p_video).sum(1).mean())
-
-
-def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric in-batch InfoNCE of B×d L2-normalised embeddings: clip i's video against
-    every audio of the batch (its own is the positive) and the same for audio."""
-    logits = video @ audio.T / temperature
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def cluster_head(dim: int, k: int, dropout: float) -> nn.Sequential:
