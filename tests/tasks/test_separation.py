@@ -14,11 +14,13 @@ from tests.conftest import make_synth_shards
 from avssl.metrics.separation import separation_metrics
 from avssl.models.video import small3d
 from avssl.tasks.downstream.separation import (
-    Clips, SeparationConfig, box_cells, SeparationModel, VisualFeatures, evaluation_pairs, partners, training_batch,
+    Clips, SeparationConfig, box_cells, SeparationModel, VisualFeatures, evaluation_pairs, partners, score_sets,
+    training_batch,
     training_loss,
 )
 from avssl.tasks.downstream.spectral import (
-    StftSettings, apply_masks, mask_targets, stft, unwarp_log_frequency, warp_harmonics, warp_log_frequency,
+    StftSettings, apply_masks, mask_targets, predicted_masks, stft, unwarp_log_frequency, warp_harmonics,
+    warp_log_frequency,
 )
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -270,3 +272,44 @@ def test_complementary_masks_sum_to_one_and_swap_with_the_sources() -> None:
     logits = model(network_input, visual)
     torch.testing.assert_close(torch.sigmoid(logits).sum(1), torch.ones(1, 64, 63))
     torch.testing.assert_close(model(network_input, visual.flip(1)), logits.flip(1))
+
+
+def test_mask_sharpness_by_hand() -> None:
+    logits = torch.tensor([-2.0, 0.0, 0.5, 3.0])
+    torch.testing.assert_close(predicted_masks(logits, "binary"), torch.sigmoid(logits))
+    sharp = predicted_masks(logits, "binary", sharpness=2.0)
+    torch.testing.assert_close(sharp, 1 / (1 + torch.exp(-2 * logits)))
+    # two complementary sources (logits d and −d): p^2 / (p^2 + (1 − p)^2), still summing to 1
+    p = torch.sigmoid(logits)
+    torch.testing.assert_close(sharp, p**2 / (p**2 + (1 - p) ** 2))
+    torch.testing.assert_close(sharp + predicted_masks(-logits, "binary", sharpness=2.0), torch.ones(4))
+    assert sharp[1] == 0.5 and sharp[2] > p[2] and sharp[0] < p[0]  # undecided bins stay at ½, the rest lean further
+    torch.testing.assert_close(predicted_masks(logits, "ratio", ratio_max=5.0), 5.0 * torch.sigmoid(logits))
+
+
+@pytest.mark.parametrize("bad", [{"mask_sharpness": 0.0}, {"mask_sharpness": -1.0}, {"mask_sharpness": math.inf},
+                                 {"mask": "ratio", "mask_sharpness": 2.0}])
+def test_mask_sharpness_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="mask_sharpness"):
+        SeparationConfig(**bad)
+
+
+def test_score_sets_splits_one_pool_into_the_named_sets() -> None:
+    """The sets share one pool of spawned processes; each summary is that of its own mixtures."""
+    generator = torch.Generator().manual_seed(0)
+    references = torch.randn(5, 2, 4000, generator=generator, dtype=torch.float64)
+    mixtures = references.sum(1)
+    estimates = references + 0.3 * torch.randn(references.shape, generator=generator, dtype=torch.float64)
+    items = [(e.numpy(), r.numpy(), m.numpy()) for e, r, m in zip(estimates, references, mixtures)]
+    silent = (items[0][0], 0 * items[0][1], items[0][2])
+    sets = {"a": items[:3], "b": [*items[3:], silent], "empty": []}
+    pooled = score_sets(sets, workers=2)
+    assert list(pooled) == ["a", "b", "empty"]
+    for name, set_items in sets.items():
+        alone = score_sets({name: set_items}, workers=0)[name]
+        assert pooled[name] == pytest.approx(alone)
+    assert pooled["a"]["count"] == 3 and pooled["b"]["count"] == 2 and pooled["b"]["skipped_silent_reference"] == 1
+    expected = sum(separation_metrics(*item)["sdr"] for item in items[:3]) / 3
+    assert pooled["a"]["sdr_db"] == pytest.approx(expected)
+    assert pooled["empty"] == {**{k: None for k in pooled["empty"] if k.endswith("_db")}, "count": 0,
+                               "skipped_silent_reference": 0, "skipped_silent_estimate": 0}

@@ -24,6 +24,7 @@ and, with a frozen encoder, its feature maps are computed once.
 """
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import time
@@ -74,6 +75,8 @@ class SeparationConfig:
     ratio_max: float = 5.0
     complementary_masks: bool = True  # binary masks of two sources: logit differences, masks sum to 1
     soft_masks: bool = True  # estimates from the predicted probabilities (false: binarised at 0.5, as SoP)
+    # soft binary masks at inference: σ(sharpness · logit); 1: the probabilities as trained (chosen on val: docs/evaluation.md)
+    mask_sharpness: float = 1.0
     equal_level: bool = True  # scale every clip to the same RMS before the gain (and in test mixtures)
     gain_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     steps: int = 1500
@@ -100,6 +103,11 @@ class SeparationConfig:
             raise ValueError(f"separation.mask must be one of {MASK_TYPES}, got {self.mask!r}")
         if any(not 0 < f < 1 for f in self.lr_decay_at):
             raise ValueError(f"separation.lr_decay_at takes fractions of the steps in (0, 1), got {self.lr_decay_at}")
+        if not self.mask_sharpness > 0 or math.isinf(self.mask_sharpness):
+            raise ValueError(f"separation.mask_sharpness must be a positive number, got {self.mask_sharpness} "
+                             "(soft_masks: false binarises)")
+        if self.mask == "ratio" and self.mask_sharpness != 1.0:
+            raise ValueError("separation.mask_sharpness applies to binary masks only; ratio masks need 1.0")
         if self.visual_reduce not in ("mean", "max"):
             raise ValueError(f"separation.visual_reduce must be 'mean' or 'max', got {self.visual_reduce!r}")
         if not self.harmonics or min(self.harmonics) <= 0:
@@ -251,7 +259,7 @@ class SeparationModel(torch.nn.Module):
     def separate(self, mixture: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(estimates B×S×N, warped masks B×S×log_bins×T) for mixtures B×N."""
         spec, _, network_input = self.spectra(mixture)
-        masks = predicted_masks(self(network_input, visual), self.cfg.mask, self.cfg.ratio_max)
+        masks = predicted_masks(self(network_input, visual), self.cfg.mask, self.cfg.ratio_max, self.cfg.mask_sharpness)
         return apply_masks(spec, masks, self.stft_settings, mixture.shape[-1], self.cfg.mask,
                            binarize=not self.cfg.soft_masks), masks
 
@@ -394,16 +402,28 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def score_mixtures(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], workers: int, desc: str
-                   ) -> dict[str, float | int | None]:
-    """Mean scores (dB; None when nothing could be scored) and how many mixtures were skipped;
-    BSS Eval in ``workers`` spawned processes (0: in this one)."""
+Items = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (estimates S×L, references S×L, mixture L) per mixture
+
+
+def score_sets(sets: dict[str, Items], workers: int) -> dict[str, dict[str, float | int | None]]:
+    """Mean scores of each named set of mixtures (dB; None when nothing could be scored) and
+    how many were skipped; BSS Eval for all sets in one pool of ``workers`` spawned processes
+    (0: in this process; a pool costs seconds to start, so the sets share it)."""
+    items = [item for name in sets for item in sets[name]]
     if workers > 0 and len(items) > 1:
         with _single_threaded_children(), ProcessPoolExecutor(
                 workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-            results = list(tqdm(pool.map(_score, items, chunksize=4), total=len(items), desc=desc, leave=False))
+            results = list(tqdm(pool.map(_score, items, chunksize=4), total=len(items), desc="BSS Eval", leave=False))
     else:
-        results = [_score(item) for item in tqdm(items, desc=desc, leave=False)]
+        results = [_score(item) for item in tqdm(items, desc="BSS Eval", leave=False)]
+    summaries, start = {}, 0
+    for name, set_items in sets.items():
+        summaries[name] = _summary(results[start : start + len(set_items)])
+        start += len(set_items)
+    return summaries
+
+
+def _summary(results: list[dict[str, float] | str]) -> dict[str, float | int | None]:
     scored = [r for r in results if isinstance(r, dict)]
     summary: dict[str, float | int | None] = {}
     for key in ("sdr", "sir", "sar", "si_sdr", "sdr_improvement", "si_sdr_improvement", "sdr_mixture"):
@@ -431,7 +451,7 @@ class Separated:
     mixtures: np.ndarray  # M×L
     masks: np.ndarray  # M×2×log_bins×T, warped
 
-    def items(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def items(self) -> Items:
         return list(zip(self.estimates, self.references, self.mixtures))
 
 
@@ -539,12 +559,13 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     trained = time.time()
     test_features = VisualFeatures(model, test_clips, device)
     mixtures = separate_test_mixtures(model, test_clips, test_features, cfg)
-    results: dict[str, Any] = {"mixtures": score_mixtures(mixtures.items(), cfg.eval_workers, "score mixtures")}
+    sets = {"mixtures": mixtures.items()}
     if cfg.two_source_clips:
         two_source, missing_boxes = separate_two_source_clips(model, test_clips, test_features, cfg)
-        two = score_mixtures(two_source.items() if two_source else [], cfg.eval_workers, "score two-source clips")
-        two["skipped_missing_box"] = missing_boxes
-        results["two_source_clips"] = two
+        sets["two_source_clips"] = two_source.items() if two_source else []
+    results: dict[str, Any] = score_sets(sets, cfg.eval_workers)
+    if cfg.two_source_clips:
+        results["two_source_clips"]["skipped_missing_box"] = missing_boxes
     plot_separation(mixtures, model, run_dir / "separation.png", cfg.figure_mixtures)
     results["train"] = {"steps": cfg.steps, "clips": len(train_clips), "first_loss": float(np.mean(losses[:10])),
                         "last_loss": float(np.mean(losses[-10:]))}
@@ -554,5 +575,5 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
 
 
 __all__ = ["Clips", "box_cells", "SeparationConfig", "SeparationModel", "VisualFeatures", "load_clips", "partners",
-           "plot_separation", "run_separation", "score_mixtures", "separate_test_mixtures",
+           "plot_separation", "run_separation", "score_sets", "separate_test_mixtures",
            "separate_two_source_clips", "evaluation_pairs", "train", "training_batch", "training_loss"]

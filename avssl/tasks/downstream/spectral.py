@@ -130,10 +130,13 @@ def mask_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     raise ValueError(f"mask type must be one of {MASK_TYPES}, got {mask_type!r}")
 
 
-def predicted_masks(logits: torch.Tensor, mask_type: str, ratio_max: float = 5.0) -> torch.Tensor:
-    """Network output → mask values in the warped domain (before unwarping)."""
+def predicted_masks(logits: torch.Tensor, mask_type: str, ratio_max: float = 5.0, sharpness: float = 1.0
+                    ) -> torch.Tensor:
+    """Network output → mask values in the warped domain (before unwarping). Binary masks:
+    σ(``sharpness`` · logit), the predicted probability at 1; above 1 the mask leans further
+    towards the likelier source (for two complementary sources: p^s / (p^s + (1 − p)^s))."""
     if mask_type == "binary":
-        return torch.sigmoid(logits)
+        return torch.sigmoid(sharpness * logits)
     return ratio_max * torch.sigmoid(logits)
 
 
