@@ -15,8 +15,7 @@ from avssl.metrics.separation import separation_metrics
 from avssl.models.video import small3d
 from avssl.tasks.downstream.separation import (
     Clips, SeparationConfig, box_cells, SeparationModel, VisualFeatures, evaluation_pairs, partners, score_sets,
-    training_batch,
-    training_loss,
+    training_batch, training_loss,
 )
 from avssl.tasks.downstream.spectral import (
     StftSettings, apply_masks, mask_targets, predicted_masks, stft, unwarp_log_frequency, warp_harmonics,

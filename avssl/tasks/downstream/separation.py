@@ -409,7 +409,7 @@ def score_sets(sets: dict[str, Items], workers: int) -> dict[str, dict[str, floa
     """Mean scores of each named set of mixtures (dB; None when nothing could be scored) and
     how many were skipped; BSS Eval for all sets in one pool of ``workers`` spawned processes
     (0: in this process; a pool costs seconds to start, so the sets share it)."""
-    items = [item for name in sets for item in sets[name]]
+    items = [item for set_items in sets.values() for item in set_items]
     if workers > 0 and len(items) > 1:
         with _single_threaded_children(), ProcessPoolExecutor(
                 workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
