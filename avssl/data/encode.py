@@ -65,7 +65,12 @@ class MediaWriter:
                 # No B-frame pyramid: every B-frame is then a non-reference frame, which a
                 # reader seeking into a GOP skips without decoding (3 of every 4 frames
                 # before the window instead of 2 of 4 with x264's default pyramid).
-                params = ["b-pyramid=none"]
+                # No macroblock-tree rate control: with it, this build of x264 gave other
+                # bytes for the same frames on a second encode in one process (memory it
+                # reads before writing; `threads`, lookahead and psy options do not stop
+                # it), so neither the synthetic set nor the shards would be reproducible.
+                # Off, the same crf gives ~60 % larger, ~0.6 dB better files (docs/data-format.md).
+                params = ["b-pyramid=none", "mbtree=0"]
                 if gop_frames:
                     params += [f"keyint={gop_frames}", f"min-keyint={gop_frames}", "scenecut=0"]
                 options["x264-params"] = ":".join(params)
