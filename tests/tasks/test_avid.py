@@ -121,7 +121,7 @@ def test_batch_positives_and_batch_negatives_by_hand() -> None:
     got = model._instance_term(v, model.audio_bank, index, negatives, model.normalisers["v2a"], a)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     # the paper's setting ignores the partner: bank positive, bank negatives only
-    paper = _avid("task.loss=softmax", "task.temperature=0.5")
+    paper = _avid("task.loss=softmax", "task.positives=bank", "task.batch_negatives=false", "task.temperature=0.5")
     paper.audio_bank.bank = bank.clone()
     pos_bank = [float(qv[i] @ bank[index[i]]) / 0.5 for i in range(3)]
     neg_bank = [[float(qv[i] @ bank[j]) / 0.5 for j in negatives[i]] for i in range(3)]
@@ -133,7 +133,7 @@ def test_batch_positives_and_batch_negatives_by_hand() -> None:
 
 def test_in_batch_only_needs_batch_positives_and_negatives() -> None:
     with pytest.raises(ValueError, match="num_negatives=0"):
-        _avid("task.num_negatives=0")
+        _avid("task.num_negatives=0", "task.positives=bank")
     model = _avid("task.num_negatives=0", "task.positives=batch", "task.batch_negatives=true", "task.loss=softmax")
     v, a = torch.randn(4, 128), torch.randn(4, 128)
     loss = model.losses(v, a, torch.tensor([0, 1, 2, 3]))["xid"]

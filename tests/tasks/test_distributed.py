@@ -26,7 +26,10 @@ def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool) -> N
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     # projection_norm=none: BatchNorm in the head uses per-rank batch statistics (as any BN
     # under DDP without trainer.sync_batchnorm); this test checks the banks, Z and negatives.
-    overrides = ["task.num_instances=40", "task.num_negatives=16", "task.cma_positives=4", "task.cma_negatives=8",
+    # The paper's bank positives and negatives: the CPU recipe's in-batch negatives are per
+    # rank (as AVC's), so they differ with the number of processes by design.
+    overrides = ["task.positives=bank", "task.batch_negatives=false",
+                 "task.num_instances=40", "task.num_negatives=16", "task.cma_positives=4", "task.cma_negatives=8",
                  f"task.cma_start_epoch={0 if cma else 'null'}", "task.projection_norm=none"]
     config = load_recipe(RECIPES / "synth" / "avid_cma_small.yaml", overrides)
     torch.manual_seed(0)
