@@ -18,7 +18,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 def _selavi(*overrides: str) -> SeLaVi:
     config = load_recipe(RECIPES / "synth" / "selavi_small.yaml",
                          ["data.video.size=32", "task.num_instances=24", "task.num_clusters=3", "task.num_heads=2",
-                          *overrides])
+                          "task.contrastive_warmup_epochs=0", *overrides])  # the paper's (the CPU recipe warms up)
     return SeLaVi(OmegaConf.to_container(config, resolve=True))
 
 
