@@ -105,7 +105,7 @@ def test_other_pretext_tasks_train_and_export(tiny_shards: Path, tmp_path: Path,
     run_dir = tmp_path / method
     per_method = {
         "avts": ["task.hard_start_epoch=1"],
-        "avid_cma": ["task.num_negatives=8", "task.cma_start_epoch=1", "task.cma_positives=3", "task.cma_negatives=4"],
+        "avid_cma": ["task.cma_start_epoch=1", "task.cma_positives=3", "task.cma_negatives=4"],
         "selavi": ["task.num_labelings=3", "task.contrastive_warmup_epochs=1"],
     }[method]
     assert main(["pretrain", str(RECIPES / "synth" / recipe), f"data.shards={tiny_shards}", "data.num_workers=0",
