@@ -33,13 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import default_collate
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from avssl.data.cache import DecodedSplit
+from avssl.data.decode import CONTAINER_FORMATS
 from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import AugmentSettings, BatchTransform
 from avssl.data.views import AUDIO, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
 
 MANIFEST = "manifest.json"
-# Video entries a sample may hold, and the FFmpeg demuxer each one is opened with.
-CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "matroska"}
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,11 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         max_skip_fraction: float = 0.05,
         finish: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+        cache: DecodedSplit | None = None,
     ) -> None:
         """``finish``: applied to each collated batch inside the worker (the log-mel, when
-        the recipe computes it in the loader)."""
+        the recipe computes it in the loader). ``cache``: these shards already decoded into
+        memory (:mod:`avssl.data.cache`); the samples and their draws are the same."""
         super().__init__()
         if shards.num_samples == 0:
             raise ValueError("the shard list is empty")
@@ -158,6 +160,9 @@ class ShardStream(IterableDataset):
         self.seed = seed
         self.max_skip_fraction = max_skip_fraction
         self.finish = finish
+        if cache is not None and set(cache.samples) != set(shards.files):
+            raise ValueError("the decoded cache holds other shards than the stream reads")
+        self.cache = cache
         self.epoch = SharedEpoch()
         # (epoch, batches this rank already trained on in it): set by a resumed run, read by
         # the workers it forks; that epoch's first batches are then skipped without decoding
@@ -207,6 +212,11 @@ class ShardStream(IterableDataset):
 
     # -- iteration ----------------------------------------------------------------------
     def _raw_samples(self, plan: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+        if self.cache is not None:
+            for url, first, end in plan:
+                for position, sample in enumerate(self.cache.samples[url][first:end], start=first):
+                    yield {**sample, "__draw__": (url, position)}
+            return
         for url, first, end in plan:
             stream = wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url}])
             for position, sample in enumerate(stream):
@@ -253,10 +263,15 @@ class ShardStream(IterableDataset):
 
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
         meta = json.loads(sample["json"])
+        entries = {k: v for k, v in sample.items() if not k.startswith("__")} if self.sampler.spec.targets else None
+        if "__media__" in sample:  # decoded into memory: a DecodedMedia, or the error it gave
+            media = sample["__media__"]
+            if isinstance(media, Exception):
+                raise media
+            return self.sampler.clips(media, meta, rng, entries)
         video_key = next((k for k in CONTAINER_FORMATS if k in sample), None)
         if video_key is None:
             raise ValueError(f"sample {sample.get('__key__')} has no video entry")
-        entries = {k: v for k, v in sample.items() if not k.startswith("__")} if self.sampler.spec.targets else None
         return self.sampler(sample[video_key], meta, rng, container_format=CONTAINER_FORMATS[video_key],
                             pcm=sample.get("pcm"), entries=entries)
 
@@ -352,10 +367,16 @@ class DataConfig:
     # where audio gain, log-mel and masks run: "device" (batched on the GPU, the default) or
     # "loader" (batched in each worker: CPU training, where the main process is the bottleneck)
     audio_features: str = "device"
+    # "none": decode every window from the shards as it is drawn; "memory": decode each split
+    # whole once, before the workers start, and draw the same windows from RAM
+    # (avssl/data/cache.py: small sets on few cores, e.g. the CPU recipes)
+    cache: str = "none"
 
     def __post_init__(self) -> None:
         if self.audio_features not in ("device", "loader"):
             raise ValueError(f"data.audio_features must be 'device' or 'loader', got {self.audio_features!r}")
+        if self.cache not in ("none", "memory"):
+            raise ValueError(f"data.cache must be 'none' or 'memory', got {self.cache!r}")
 
 
 def base_views(config: DataConfig, extra_audio: dict[str, AudioView] | None = None,
@@ -383,6 +404,7 @@ class AVDataModule(pl.LightningDataModule):
         self._resume_position: dict[str, int] | None = None
         self.train_transform = BatchTransform(views, self.augment, audio=on_device)
         self.eval_transform = BatchTransform(self.eval_views, self.augment, audio=on_device)
+        self._decoded: dict[tuple[str, bool], DecodedSplit] = {}
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
         """Colour jitter, normalisation, audio gain, log-mel and masks on the device.
@@ -426,7 +448,19 @@ class AVDataModule(pl.LightningDataModule):
             seed=self.config.seed,
             max_skip_fraction=self.config.max_skip_fraction,
             finish=finish,
+            cache=self.decoded(split, keep_entries=bool(views.targets)) if self.config.cache == "memory" else None,
         )
+
+    def decoded(self, split: str, keep_entries: bool = False) -> DecodedSplit:
+        """``split`` decoded into memory, built on first use (in this process, before its
+        loader forks the workers that share it) and kept for the later loaders."""
+        key = (split, keep_entries)
+        if key not in self._decoded:
+            cached = DecodedSplit(ShardList.from_manifest(self.config.shards, split).files,
+                                  keep_entries=keep_entries, description=split)
+            print(f"data.cache=memory: {split}: {cached.summary()}", flush=True)
+            self._decoded[key] = cached
+        return self._decoded[key]
 
     def loader(self, dataset: ShardStream) -> DataLoader:
         return make_loader(dataset, self.config.num_workers)

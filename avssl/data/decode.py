@@ -19,6 +19,8 @@ import numpy as np
 # AAC frames overlap (MDCT): the first frame decoded after a seek is wrong, so audio seeks
 # land this far before the window and the extra samples are trimmed by timestamp.
 AUDIO_PREROLL_SECONDS = 0.25
+# Video entries a shard sample may hold, and the FFmpeg demuxer each one is opened with.
+CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "matroska"}
 
 
 class MonoResampler:
@@ -85,22 +87,26 @@ class StreamInfo:
 
 @dataclass(frozen=True)
 class PcmAudio:
-    """Little-endian int16 mono samples (a shard sample's ``pcm`` entry) whose first sample
-    plays at ``start`` seconds on the video's timeline."""
+    """Mono samples whose first sample plays at ``start`` seconds on the video's timeline:
+    little-endian int16 bytes (a shard sample's ``pcm`` entry) or a float32 array (an audio
+    stream decoded once, :mod:`avssl.data.cache`)."""
 
-    data: bytes
+    data: bytes | np.ndarray
     sample_rate: int
     start: float = 0.0
 
     def __post_init__(self) -> None:
-        if len(self.data) % 2:
+        if isinstance(self.data, np.ndarray):
+            if self.data.dtype != np.float32 or self.data.ndim != 1:
+                raise DecodeError(f"decoded audio must be a 1-d float32 array, got {self.data.dtype} {self.data.shape}")
+        elif len(self.data) % 2:
             raise DecodeError(f"pcm entry has an odd number of bytes ({len(self.data)}): not int16 samples")
         if self.sample_rate <= 0:
             raise DecodeError(f"pcm sample rate must be positive, got {self.sample_rate}")
 
     @property
     def num_samples(self) -> int:
-        return len(self.data) // 2
+        return self.data.size if isinstance(self.data, np.ndarray) else len(self.data) // 2
 
     @property
     def end(self) -> float:
@@ -112,11 +118,14 @@ class PcmAudio:
         rate = self.sample_rate
         count = int(round(seconds * rate))
         first = int(round((start_seconds - self.start) * rate))
-        samples = np.frombuffer(self.data, dtype="<i2")
+        if isinstance(self.data, np.ndarray):
+            samples, scale = self.data, np.float32(1)
+        else:
+            samples, scale = np.frombuffer(self.data, dtype="<i2"), np.float32(1 / 32768)
         out = np.zeros(count, np.float32)
         lo, hi = max(first, 0), min(first + count, samples.size)
         if hi > lo:
-            out[lo - first : hi - first] = samples[lo:hi] * np.float32(1 / 32768)
+            out[lo - first : hi - first] = samples[lo:hi] * scale
         if sample_rate == rate:
             return out
         import torch

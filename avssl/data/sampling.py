@@ -6,7 +6,7 @@ have data, and never padded differently from the positive.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from avssl.data.decode import DecodeError, MediaReader, PcmAudio, StreamInfo
 from avssl.data.targets import SampleTruth, clip_targets
 from avssl.data.transforms import AugmentSettings, VideoTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_VIDEO, VIDEO, AudioView, ViewSpec
+
+if TYPE_CHECKING:
+    from avssl.data.cache import DecodedMedia
 
 
 def _valid_range(info: StreamInfo, meta: dict[str, Any]) -> tuple[float, float]:
@@ -131,20 +134,24 @@ class ViewSampler:
         # A json with "fps" comes from `avssl shards`, which writes constant-rate video.
         with MediaReader(data, container_format=container_format, pcm=audio,
                          constant_frame_rate=bool(meta.get("fps"))) as reader:
-            info = reader.info
-            if self.spec.video and not info.has_video:
-                raise DecodeError("no video stream")
-            if self.spec.audio and not info.has_audio:
-                raise DecodeError("no audio stream")
-            lo, hi = _valid_range(info, meta)
-            truth = SampleTruth(entries or {}, meta, self.spec.mel.sample_rate) if self.spec.targets else None
-            clips = []
-            for clip_number, start in enumerate(self._anchor_starts(lo, hi, rng)):
-                clips.append(self._decode_clip(reader, start, lo, hi, rng, meta, clip_number, truth))
-            return clips
+            return self.clips(reader, meta, rng, entries)
+
+    def clips(self, reader: MediaReader | DecodedMedia, meta: dict[str, Any], rng: np.random.Generator,
+              entries: dict[str, bytes] | None = None) -> list[dict[str, torch.Tensor]]:
+        """The clips of one sample from an opened reader (a file being decoded, or one
+        decoded into memory: :mod:`avssl.data.cache`)."""
+        info = reader.info
+        if self.spec.video and not info.has_video:
+            raise DecodeError("no video stream")
+        if self.spec.audio and not info.has_audio:
+            raise DecodeError("no audio stream")
+        lo, hi = _valid_range(info, meta)
+        truth = SampleTruth(entries or {}, meta, self.spec.mel.sample_rate) if self.spec.targets else None
+        return [self._decode_clip(reader, start, lo, hi, rng, meta, clip_number, truth)
+                for clip_number, start in enumerate(self._anchor_starts(lo, hi, rng))]
 
     def _decode_clip(
-        self, reader: MediaReader, start: float, lo: float, hi: float, rng: np.random.Generator,
+        self, reader: MediaReader | DecodedMedia, start: float, lo: float, hi: float, rng: np.random.Generator,
         meta: dict[str, Any], clip_number: int, truth: SampleTruth | None,
     ) -> dict[str, torch.Tensor]:
         sample: dict[str, torch.Tensor] = {
