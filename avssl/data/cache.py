@@ -207,4 +207,26 @@ class DecodedSplit:
                 f"{self.seconds:.0f} s" + (f", {failed} could not be decoded" if failed else ""))
 
 
-__all__ = ["DecodedMedia", "DecodedSplit", "decode_media", "available_memory_bytes"]
+# Splits decoded in this process, kept for the next run that asks for them (`make demo` pretrains
+# four methods on the same shards in one process: one decode instead of four).
+_DECODED: dict[tuple, DecodedSplit] = {}
+
+
+def decoded_split(files: tuple[str, ...], *, keep_entries: bool = False, description: str = "") -> DecodedSplit:
+    """``files`` decoded into memory, or the copy this process already holds of the same
+    files (same paths, sizes and modification times)."""
+    key = (tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files), keep_entries)
+    if key not in _DECODED:
+        cached = DecodedSplit(files, keep_entries=keep_entries, description=description)
+        print(f"data.cache=memory: {description or 'split'}: {cached.summary()}", flush=True)
+        _DECODED[key] = cached
+    return _DECODED[key]
+
+
+def release_decoded() -> None:
+    """Drop every split this process holds decoded (its memory goes back once no loader uses it)."""
+    _DECODED.clear()
+
+
+__all__ = ["DecodedMedia", "DecodedSplit", "available_memory_bytes", "decode_media", "decoded_split",
+           "release_decoded"]

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import default_collate
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
-from avssl.data.cache import DecodedSplit
+from avssl.data.cache import DecodedSplit, decoded_split
 from avssl.data.decode import CONTAINER_FORMATS
 from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import AugmentSettings, BatchTransform
@@ -404,7 +404,6 @@ class AVDataModule(pl.LightningDataModule):
         self._resume_position: dict[str, int] | None = None
         self.train_transform = BatchTransform(views, self.augment, audio=on_device)
         self.eval_transform = BatchTransform(self.eval_views, self.augment, audio=on_device)
-        self._decoded: dict[tuple[str, bool], DecodedSplit] = {}
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
         """Colour jitter, normalisation, audio gain, log-mel and masks on the device.
@@ -452,15 +451,11 @@ class AVDataModule(pl.LightningDataModule):
         )
 
     def decoded(self, split: str, keep_entries: bool = False) -> DecodedSplit:
-        """``split`` decoded into memory, built on first use (in this process, before its
-        loader forks the workers that share it) and kept for the later loaders."""
-        key = (split, keep_entries)
-        if key not in self._decoded:
-            cached = DecodedSplit(ShardList.from_manifest(self.config.shards, split).files,
-                                  keep_entries=keep_entries, description=split)
-            print(f"data.cache=memory: {split}: {cached.summary()}", flush=True)
-            self._decoded[key] = cached
-        return self._decoded[key]
+        """``split`` decoded into memory (:func:`~avssl.data.cache.decoded_split`: built on
+        first use in this process, before its loader forks the workers that share it, and
+        kept for later loaders and runs)."""
+        return decoded_split(ShardList.from_manifest(self.config.shards, split).files, keep_entries=keep_entries,
+                             description=split)
 
     def loader(self, dataset: ShardStream) -> DataLoader:
         return make_loader(dataset, self.config.num_workers)
