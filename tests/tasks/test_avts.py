@@ -99,3 +99,23 @@ def test_in_batch_negatives_weigh_hard_ones_by_their_share() -> None:
     hard_term = torch.relu(0.99 - embedding_distance(v[chosen], hard[chosen])).pow(2).mean()
     expected = 0.5 * (positive + 0.75 * easy + 0.25 * hard_term)
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_contrastive_warmup_trains_cross_modal_info_nce_then_hands_over_to_the_margin_loss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _avts("task.negatives=in_batch", "task.contrastive_warmup_epochs=2",
+                  "task.contrastive_temperature=0.5").eval()
+    batch = _batch(6)
+    model.hard_fraction = 0.5  # ignored in the warm-up: no same-video negative is scored
+    out = model.training_step(batch, 0)  # epoch 0 < 2
+    _, v = model.embed_video(batch["video"])
+    _, a = model.embed_audio(batch["audio"])
+    v, a = torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(a, dim=-1)
+    logits = (v @ a.T / 0.5).double()
+    by_hand = -0.5 * (logits.log_softmax(1).diagonal().mean() + logits.log_softmax(0).diagonal().mean())
+    assert out["loss"].item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert set(out["terms"]) == {"info_nce"}
+    monkeypatch.setattr(AVTS, "current_epoch", property(lambda self: 2))
+    assert set(model.training_step(batch, 0)["terms"]) == {"margin"}
+    with pytest.raises(ValueError, match="contrastive_warmup_epochs must be ≥ 0"):
+        _avts("task.contrastive_warmup_epochs=-1")
