@@ -20,8 +20,9 @@ The share of hard negatives is set by the :class:`AVTSCurriculum` callback: 0 un
 ``task.hard_start_epoch``, then ``task.hard_fraction`` (paper: about 25 % hard, 75 % easy,
 positives kept at 50 %). Not in the paper: ``task.contrastive_warmup_epochs`` trains the
 first epochs with a cross-modal in-batch InfoNCE at ``task.contrastive_temperature`` on the
-same L2-normalised projections (SeLaVi's warm-up, AVID's CPU loss); the margin loss and the
-curriculum's hard negatives take over after it. Validation reports synchronisation accuracy: given a video
+same L2-normalised projections (SeLaVi's warm-up, AVID's CPU loss), the curriculum's
+same-video negatives as one more audio for their clip's video; the margin loss takes over
+after it. Validation reports synchronisation accuracy: given a video
 window and two audio windows of the same video, one aligned and one shifted by at least
 ``task.min_shift_seconds``, is the aligned one closer?
 """
@@ -190,13 +191,25 @@ class AVTS(PretextTask):
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
     def _warmup_step(self, batch: dict[str, torch.Tensor]) -> dict:
-        """Cross-modal in-batch InfoNCE on the projections (the same-video views unused)."""
+        """Cross-modal in-batch InfoNCE on the projections; a clip the curriculum gives a
+        same-video negative scores its video against that audio too (an extra column)."""
         video_features, v = self.embed_video(batch[VIDEO])
-        audio_features, a = self.embed_audio(batch[AUDIO])
+        size = v.shape[0]
+        kinds = self.negative_kinds(size, v.device)
+        sources = [batch[AUDIO]] + [batch[view] for kind, view in ((1, HARD), (2, SUPER_HARD))
+                                    if bool((kinds == kind).any())]
+        audio_features_all, a_all = self.embed_audio(torch.cat(sources))  # one pass: BN sees every window
+        a, audio_features = a_all[:size], audio_features_all[:size]
+        extra = None
+        if len(sources) > 1:
+            extra = a_all[size:2 * size]
+            if len(sources) == 3:
+                extra = torch.where((kinds == 2)[:, None], a_all[2 * size:], extra)
+            extra = F.normalize(extra, dim=-1)
         loss = cross_modal_info_nce(F.normalize(v, dim=-1), F.normalize(a, dim=-1),
-                                    self.task_config.contrastive_temperature)
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=v.shape[0])
-        self.log("train/info_nce", loss, on_epoch=True, batch_size=v.shape[0])
+                                    self.task_config.contrastive_temperature, extra, kinds > 0)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        self.log("train/info_nce", loss, on_epoch=True, batch_size=size)
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": {"info_nce": loss.detach()},
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
