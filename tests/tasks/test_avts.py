@@ -80,7 +80,9 @@ def test_sync_accuracy_counts_aligned_closer_than_shifted(monkeypatch: pytest.Mo
 
 
 def test_in_batch_negatives_weigh_hard_ones_by_their_share() -> None:
-    model = _avts("task.negatives=in_batch").eval()
+    # training mode: with fresh BatchNorm statistics in eval mode every clip embeds to ~the
+    # same point, and every distance is equal, so no weighing could be told apart
+    model = _avts("task.negatives=in_batch").train()
     batch = _batch(6)
     model.hard_fraction = 0.25
     torch.manual_seed(3)
@@ -106,7 +108,7 @@ def test_contrastive_warmup_trains_cross_modal_info_nce_then_hands_over_to_the_m
     """InfoNCE at τ on the projections; a clip the curriculum gave a hard negative also
     scores its video against its own shifted audio (one more column); then the margin loss."""
     model = _avts("task.negatives=in_batch", "task.contrastive_warmup_epochs=2",
-                  "task.contrastive_temperature=0.5").eval()
+                  "task.contrastive_temperature=0.5").train()  # eval: fresh BN, equal scores (see above)
     batch = _batch(6)
     model.hard_fraction = 0.5
     torch.manual_seed(1)
@@ -125,6 +127,7 @@ def test_contrastive_warmup_trains_cross_modal_info_nce_then_hands_over_to_the_m
         scores = [float(a[i] @ v[j]) / 0.5 for j in range(6)]
         by_hand += -(scores[i] - torch.tensor(scores).logsumexp(0)).item() / 12  # audio → video
     assert out["loss"].item() == pytest.approx(by_hand, rel=1e-5)
+    assert (v @ a.T).std() > 0.01, "scores that differ: the temperature matters"
     assert set(out["terms"]) == {"info_nce"}
     monkeypatch.setattr(AVTS, "current_epoch", property(lambda self: 2))
     assert set(model.training_step(batch, 0)["terms"]) == {"margin"}

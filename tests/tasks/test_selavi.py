@@ -75,14 +75,39 @@ def test_contrastive_warmup_trains_the_encoders_before_the_first_labels() -> Non
     out["loss"].backward()
     assert model.video_encoder.blocks[0][0].weight.grad.abs().sum() > 0
     assert all(p.grad is None or not p.grad.any() for p in model.video_heads.parameters()), "no labels, no head gradient"
-    model.eval()
+    # training mode (batch statistics): in eval mode fresh BatchNorm maps every clip to ~one
+    # point, all scores are equal and the loss is ln B whatever the temperature
     z_v = F.normalize(model.video_warmup_projection(model.video_encoder(batch["video"])), dim=1)
     z_a = F.normalize(model.audio_warmup_projection(model.audio_encoder(batch["audio"])), dim=1)
-    assert model.training_step(batch, 0)["loss"].item() == pytest.approx(cross_modal_info_nce(z_v, z_a, 0.1).item(), rel=1e-5)
+    assert (z_v @ z_a.T).std() > 0.01
+    assert model.task_config.contrastive_temperature == 0.5  # the recipe's
+    logits = (z_v @ z_a.T / 0.5).double()
+    by_hand = -0.5 * (logits.log_softmax(1).diagonal().mean() + logits.log_softmax(0).diagonal().mean())
+    assert model.training_step(batch, 0)["loss"].item() == pytest.approx(by_hand.item(), rel=1e-5)
     model.trainer = type("T", (), {"estimated_stepping_batches": 100, "max_epochs": 10})()  # 10 steps an epoch
     assert model.schedule()[0] == 30, "first labelling at the end of the warm-up"
     with pytest.raises(ValueError, match="contrastive_warmup_epochs"):
         _selavi("task.contrastive_warmup_epochs=-1")
+
+
+def test_contrastive_weight_keeps_the_info_nce_beside_the_clustering_loss() -> None:
+    model = _selavi("task.contrastive_warmup_epochs=1", "task.contrastive_weight=0.5", "task.head_dropout=0")
+    for start in range(0, 24, 8):
+        model.training_step(_batch(list(range(start, start + 8))), 0)
+    model.relabel()
+    batch = _batch(list(range(8)))
+    out = model.training_step(batch, 0)  # training mode (as the warm-up test), no head dropout
+    video, audio = model.video_encoder(batch["video"]), model.audio_encoder(batch["audio"])
+    v, a = model.head_logits(video, audio)
+    targets = model.labels[:, :8]
+    clustering = sum(0.5 * (F.cross_entropy(v[h], targets[h]) + F.cross_entropy(a[h], targets[h])) for h in range(2)) / 2
+    z_v = F.normalize(model.video_warmup_projection(video), dim=1)
+    z_a = F.normalize(model.audio_warmup_projection(audio), dim=1)
+    logits = (z_v @ z_a.T / 0.5).double()
+    info_nce = -0.5 * (logits.log_softmax(1).diagonal().mean() + logits.log_softmax(0).diagonal().mean())
+    assert out["loss"].item() == pytest.approx(clustering.item() + 0.5 * info_nce.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        _selavi("task.contrastive_weight=0.5")  # no warm-up: no projections
 
 
 def test_joint_log_probs_is_the_mean_of_the_modalities() -> None:

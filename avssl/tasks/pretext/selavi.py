@@ -16,7 +16,8 @@ as in the paper), the first at the end of epoch 0. With ``task.contrastive_warmu
 = W > 0 (not in the paper) the encoders first train W epochs with a cross-modal in-batch
 InfoNCE (per rank, like AVC's in-batch negatives) and the first labelling comes at the end
 of epoch W−1: labels solved from a random network lock in low-level features on small data
-(docs/methods/selavi.md).
+(docs/methods/selavi.md). ``task.contrastive_weight`` > 0 keeps that InfoNCE, at this weight,
+beside the clustering loss after the warm-up.
 
 Not implemented from the paper: modality alignment of the audio head's output units
 (unneeded: labels are shared from the start) and decorrelated head groups.
@@ -67,6 +68,7 @@ class SeLaViConfig(TaskConfig):
     contrastive_warmup_epochs: int = 0
     contrastive_temperature: float = 0.1
     contrastive_dim: int = 128  # the warm-up's projection MLP [D, D, dim] with BatchNorm, L2-normalised
+    contrastive_weight: float = 0.0  # after the warm-up: the InfoNCE kept beside the clustering loss, this weight
 
 
 def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tensor, epsilon: float,
@@ -132,6 +134,9 @@ class SeLaVi(PretextTask):
         self.register_buffer("labelings_done", torch.zeros((), dtype=torch.long))
         if cfg.contrastive_warmup_epochs < 0:
             raise ValueError(f"task.contrastive_warmup_epochs must be ≥ 0, got {cfg.contrastive_warmup_epochs}")
+        if cfg.contrastive_weight < 0 or (cfg.contrastive_weight and not cfg.contrastive_warmup_epochs):
+            raise ValueError("task.contrastive_weight must be ≥ 0, and > 0 only with task.contrastive_warmup_epochs "
+                             f"(its projections), got {cfg.contrastive_weight}")
         if cfg.contrastive_warmup_epochs:
             self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
             self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
@@ -218,9 +223,7 @@ class SeLaVi(PretextTask):
         size = index.numel()
         cfg: SeLaViConfig = self.task_config
         if int(self.labelings_done) == 0 and cfg.contrastive_warmup_epochs:  # before the first labels
-            loss = cross_modal_info_nce(F.normalize(self.video_warmup_projection(video_features), dim=1),
-                                        F.normalize(self.audio_warmup_projection(audio_features), dim=1),
-                                        cfg.contrastive_temperature)
+            loss = self._info_nce(video_features, audio_features)
             loss = loss + 0.0 * (video_logits.sum() + audio_logits.sum())  # every parameter in the graph (DDP)
         elif int(self.labelings_done) == 0:  # epoch 0: filling the bank, nothing to learn yet
             loss = 0.0 * (video_logits.sum() + audio_logits.sum())
@@ -229,7 +232,9 @@ class SeLaVi(PretextTask):
             k = video_logits.shape[-1]
             loss = 0.5 * (F.cross_entropy(video_logits.reshape(-1, k), targets.reshape(-1))
                           + F.cross_entropy(audio_logits.reshape(-1, k), targets.reshape(-1)))
-            if cfg.contrastive_warmup_epochs:  # the warm-up projections stay in the graph for DDP, at zero gradient
+            if cfg.contrastive_weight:
+                loss = loss + cfg.contrastive_weight * self._info_nce(video_features, audio_features)
+            elif cfg.contrastive_warmup_epochs:  # the warm-up projections stay in the graph for DDP, at zero gradient
                 loss = loss + 0.0 * sum(p.sum() for p in [*self.video_warmup_projection.parameters(),
                                                            *self.audio_warmup_projection.parameters()])
             agree = (video_logits.argmax(-1) == targets).float().mean()
@@ -238,6 +243,12 @@ class SeLaVi(PretextTask):
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": {"cross_entropy": loss.detach()},
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
+
+    def _info_nce(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """The warm-up's cross-modal in-batch InfoNCE on its projections."""
+        return cross_modal_info_nce(F.normalize(self.video_warmup_projection(video_features), dim=1),
+                                    F.normalize(self.audio_warmup_projection(audio_features), dim=1),
+                                    self.task_config.contrastive_temperature)
 
     def _online_step(self, batch: dict[str, torch.Tensor], video_features: torch.Tensor,
                      audio_features: torch.Tensor) -> dict:
