@@ -133,3 +133,23 @@ def test_contrastive_warmup_trains_cross_modal_info_nce_then_hands_over_to_the_m
     assert set(model.training_step(batch, 0)["terms"]) == {"margin"}
     with pytest.raises(ValueError, match="contrastive_warmup_epochs must be ≥ 0"):
         _avts("task.contrastive_warmup_epochs=-1")
+
+
+def test_contrastive_weight_adds_the_info_nce_to_the_margin_loss() -> None:
+    batch = _batch(6)
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = _avts("task.negatives=in_batch", f"task.contrastive_weight={weight}").train()
+        model.hard_fraction = 0.5
+        torch.manual_seed(2)
+        losses[weight] = model.training_step(batch, 0)
+    _, v = model.embed_video(batch["video"])  # the same weights (seed 0) and BatchNorm batch as the steps
+    _, a_all = model.embed_audio(torch.cat([batch["audio"], batch["audio_hard"]]))
+    v, a = torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(a_all[:6], dim=-1)
+    logits = (v @ a.T / 0.5).double()
+    info_nce = -0.5 * (logits.log_softmax(1).diagonal().mean() + logits.log_softmax(0).diagonal().mean())
+    assert set(losses[0.5]["terms"]) == {"margin", "info_nce"}
+    assert losses[0.5]["loss"].item() == pytest.approx(losses[0.0]["loss"].item() + 0.5 * info_nce.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="contrastive_weight must be ≥ 0"):
+        _avts("task.contrastive_weight=-1")

@@ -22,7 +22,8 @@ positives kept at 50 %). Not in the paper: ``task.contrastive_warmup_epochs`` tr
 first epochs with a cross-modal in-batch InfoNCE at ``task.contrastive_temperature`` on the
 same L2-normalised projections (SeLaVi's warm-up, AVID's CPU loss), the curriculum's
 same-video negatives as one more audio for their clip's video; the margin loss takes over
-after it. Validation reports synchronisation accuracy: given a video
+after it. ``task.contrastive_weight`` adds that InfoNCE (easy negatives only), at this
+weight, to the margin loss. Validation reports synchronisation accuracy: given a video
 window and two audio windows of the same video, one aligned and one shifted by at least
 ``task.min_shift_seconds``, is the aligned one closer?
 """
@@ -59,6 +60,7 @@ class AVTSConfig(TaskConfig):
     negatives: str = "paired"  # paired: one negative per clip (the paper) | in_batch: every other clip's audio too
     contrastive_warmup_epochs: int = 0  # not in the paper: epochs of cross-modal InfoNCE before the margin loss
     contrastive_temperature: float = 0.5
+    contrastive_weight: float = 0.0  # not in the paper: that InfoNCE added to the margin loss, this weight
 
 
 class AVTSCurriculum(pl.Callback):
@@ -92,6 +94,8 @@ class AVTS(PretextTask):
             raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
         if cfg.super_hard_fraction > 0 and not cfg.super_hard:
             raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
+        if cfg.contrastive_weight < 0:
+            raise ValueError(f"task.contrastive_weight must be ≥ 0, got {cfg.contrastive_weight}")
         if cfg.contrastive_warmup_epochs < 0 or cfg.contrastive_temperature <= 0:
             raise ValueError("task.contrastive_warmup_epochs must be ≥ 0 and task.contrastive_temperature > 0, got "
                              f"{cfg.contrastive_warmup_epochs} and {cfg.contrastive_temperature}")
@@ -178,6 +182,11 @@ class AVTS(PretextTask):
             distance = torch.cat([d_pos, d_neg])
             in_sync = torch.cat([torch.ones(size, device=v.device), torch.zeros(size, device=v.device)])
             loss = margin_contrastive_loss(distance, in_sync, cfg.margin)
+        terms = {"margin": loss.detach()}
+        if cfg.contrastive_weight:
+            info_nce = cross_modal_info_nce(F.normalize(v, dim=-1), F.normalize(a, dim=-1), cfg.contrastive_temperature)
+            terms["info_nce"] = info_nce.detach()
+            loss = loss + cfg.contrastive_weight * info_nce
         threshold = cfg.margin / 2
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         self.log("train/accuracy_positive", (d_pos < threshold).float().mean(), on_epoch=True, batch_size=size)
@@ -187,7 +196,7 @@ class AVTS(PretextTask):
                 self.log(f"train/accuracy_{name}", (d_neg[chosen] >= threshold).float().mean(), on_epoch=True,
                          batch_size=int(chosen.sum()))
         self.log_skipped(batch, "train")
-        return {"loss": loss, "terms": {"margin": loss.detach()},
+        return {"loss": loss, "terms": terms,
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
     def _warmup_step(self, batch: dict[str, torch.Tensor]) -> dict:
