@@ -144,9 +144,11 @@ def test_contrastive_weight_adds_the_info_nce_to_the_margin_loss() -> None:
         model.hard_fraction = 0.5
         torch.manual_seed(2)
         losses[weight] = model.training_step(batch, 0)
-    _, v = model.embed_video(batch["video"])  # the same weights (seed 0) and BatchNorm batch as the steps
-    _, a_all = model.embed_audio(torch.cat([batch["audio"], batch["audio_hard"]]))
-    v, a = torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(a_all[:6], dim=-1)
+    # the same weights (seed 0) and BatchNorm batches as the steps; the InfoNCE's own projections
+    video = model.video_encoder(batch["video"])
+    audio = model.audio_encoder(torch.cat([batch["audio"], batch["audio_hard"]]))[:6]
+    v = torch.nn.functional.normalize(model.video_contrastive(video), dim=-1)
+    a = torch.nn.functional.normalize(model.audio_contrastive(audio), dim=-1)
     logits = (v @ a.T / 0.5).double()
     info_nce = -0.5 * (logits.log_softmax(1).diagonal().mean() + logits.log_softmax(0).diagonal().mean())
     assert set(losses[0.5]["terms"]) == {"margin", "info_nce"}

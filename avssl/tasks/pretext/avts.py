@@ -23,7 +23,8 @@ first epochs with a cross-modal in-batch InfoNCE at ``task.contrastive_temperatu
 same L2-normalised projections (SeLaVi's warm-up, AVID's CPU loss), the curriculum's
 same-video negatives as one more audio for their clip's video; the margin loss takes over
 after it. ``task.contrastive_weight`` adds that InfoNCE (easy negatives only), at this
-weight, to the margin loss. Validation reports synchronisation accuracy: given a video
+weight, to the margin loss, on projections of its own (MLPs like the heads): on the heads
+the identity it pulls for fights the same-video negatives, and sync was not learned. Validation reports synchronisation accuracy: given a video
 window and two audio windows of the same video, one aligned and one shifted by at least
 ``task.min_shift_seconds``, is the aligned one closer?
 """
@@ -112,6 +113,9 @@ class AVTS(PretextTask):
 
         self.video_head = head(self.video_encoder.embedding_dim)
         self.audio_head = head(self.audio_encoder.embedding_dim)
+        if cfg.contrastive_weight:  # the InfoNCE's own projections: its identity pull stays out of the sync heads
+            self.video_contrastive = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.embedding_dim], batchnorm=True)
+            self.audio_contrastive = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.embedding_dim], batchnorm=True)
         self.hard_fraction = 0.0  # set each epoch by AVTSCurriculum
         self.super_hard_fraction = 0.0
 
@@ -184,7 +188,9 @@ class AVTS(PretextTask):
             loss = margin_contrastive_loss(distance, in_sync, cfg.margin)
         terms = {"margin": loss.detach()}
         if cfg.contrastive_weight:
-            info_nce = cross_modal_info_nce(F.normalize(v, dim=-1), F.normalize(a, dim=-1), cfg.contrastive_temperature)
+            info_nce = cross_modal_info_nce(F.normalize(self.video_contrastive(video_features), dim=-1),
+                                            F.normalize(self.audio_contrastive(audio_features), dim=-1),
+                                            cfg.contrastive_temperature)
             terms["info_nce"] = info_nce.detach()
             loss = loss + cfg.contrastive_weight * info_nce
         threshold = cfg.margin / 2
