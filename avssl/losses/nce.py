@@ -45,24 +45,12 @@ def softmax_instance_loss(positive: torch.Tensor, negative: torch.Tensor) -> tor
     return (log_denominator[:, None] - positive).mean()
 
 
-def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float,
-                         extra_audio: torch.Tensor | None = None, extra_mask: torch.Tensor | None = None
-                         ) -> torch.Tensor:
+def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric in-batch InfoNCE of B×d L2-normalised embeddings: clip i's video against
-    every audio of the batch (its own is the positive) and the same for audio.
-
-    ``extra_audio`` (B×d, where ``extra_mask`` is true): one more negative for clip i's
-    video, e.g. its own audio at another time (AVTS's hard negative), an extra column of the
-    video → audio logits."""
+    every audio of the batch (its own is the positive) and the same for audio."""
     logits = video @ audio.T / temperature
     target = torch.arange(logits.shape[0], device=logits.device)
-    video_logits = logits
-    if extra_audio is not None:
-        extra = (video * extra_audio).sum(-1) / temperature
-        if extra_mask is not None:
-            extra = extra.masked_fill(~extra_mask, float("-inf"))
-        video_logits = torch.cat([logits, extra[:, None]], dim=1)
-    return 0.5 * (F.cross_entropy(video_logits, target) + F.cross_entropy(logits.T, target))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 class NCENormaliser(nn.Module):

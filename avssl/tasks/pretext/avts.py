@@ -18,13 +18,11 @@ share: negatives = (1 − h)·mean(easy) + h·mean(hard), positives ½, negative
 
 The share of hard negatives is set by the :class:`AVTSCurriculum` callback: 0 until
 ``task.hard_start_epoch``, then ``task.hard_fraction`` (paper: about 25 % hard, 75 % easy,
-positives kept at 50 %). Not in the paper: ``task.contrastive_warmup_epochs`` trains the
-first epochs with a cross-modal in-batch InfoNCE at ``task.contrastive_temperature`` on the
-same L2-normalised projections (SeLaVi's warm-up, AVID's CPU loss), the curriculum's
-same-video negatives as one more audio for their clip's video; the margin loss takes over
-after it. ``task.contrastive_weight`` adds that InfoNCE (easy negatives only), at this
-weight, to the margin loss, on projections of its own (MLPs like the heads): on the heads
-the identity it pulls for fights the same-video negatives, and sync was not learned. Validation reports synchronisation accuracy: given a video
+positives kept at 50 %). Not in the paper: ``task.contrastive_weight`` adds a cross-modal
+in-batch InfoNCE at ``task.contrastive_temperature`` (AVID's CPU loss: every other clip's
+audio a negative), at this weight, to the margin loss, on projections of its own (MLPs like
+the heads): on the heads the identity it pulls for fights the same-video negatives, and sync
+was not learned (docs/methods/avts.md). Validation reports synchronisation accuracy: given a video
 window and two audio windows of the same video, one aligned and one shifted by at least
 ``task.min_shift_seconds``, is the aligned one closer?
 """
@@ -59,9 +57,8 @@ class AVTSConfig(TaskConfig):
     min_shift_seconds: float = 0.5  # hard negatives: at least this far (and never overlapping)
     embedding_norm: str = "none"  # none | batchnorm: standardise each projection before L2-normalising
     negatives: str = "paired"  # paired: one negative per clip (the paper) | in_batch: every other clip's audio too
-    contrastive_warmup_epochs: int = 0  # not in the paper: epochs of cross-modal InfoNCE before the margin loss
+    contrastive_weight: float = 0.0  # not in the paper: an in-batch InfoNCE added to the margin loss, this weight
     contrastive_temperature: float = 0.5
-    contrastive_weight: float = 0.0  # not in the paper: that InfoNCE added to the margin loss, this weight
 
 
 class AVTSCurriculum(pl.Callback):
@@ -95,11 +92,9 @@ class AVTS(PretextTask):
             raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
         if cfg.super_hard_fraction > 0 and not cfg.super_hard:
             raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
-        if cfg.contrastive_weight < 0:
-            raise ValueError(f"task.contrastive_weight must be ≥ 0, got {cfg.contrastive_weight}")
-        if cfg.contrastive_warmup_epochs < 0 or cfg.contrastive_temperature <= 0:
-            raise ValueError("task.contrastive_warmup_epochs must be ≥ 0 and task.contrastive_temperature > 0, got "
-                             f"{cfg.contrastive_warmup_epochs} and {cfg.contrastive_temperature}")
+        if cfg.contrastive_weight < 0 or cfg.contrastive_temperature <= 0:
+            raise ValueError("task.contrastive_weight must be ≥ 0 and task.contrastive_temperature > 0, got "
+                             f"{cfg.contrastive_weight} and {cfg.contrastive_temperature}")
         if cfg.embedding_norm not in ("batchnorm", "none"):
             raise ValueError(f"task.embedding_norm must be batchnorm or none, got {cfg.embedding_norm!r}")
 
@@ -153,13 +148,8 @@ class AVTS(PretextTask):
         kinds[(u >= self.hard_fraction) & (u < self.hard_fraction + self.super_hard_fraction)] = 2
         return kinds
 
-    def in_warmup(self) -> bool:
-        return self.current_epoch < self.task_config.contrastive_warmup_epochs
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         cfg: AVTSConfig = self.task_config
-        if self.in_warmup():
-            return self._warmup_step(batch)
         video_features, v = self.embed_video(batch[VIDEO])
         size = v.shape[0]
         kinds = self.negative_kinds(size, v.device)
@@ -203,30 +193,6 @@ class AVTS(PretextTask):
                          batch_size=int(chosen.sum()))
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": terms,
-                "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
-
-    def _warmup_step(self, batch: dict[str, torch.Tensor]) -> dict:
-        """Cross-modal in-batch InfoNCE on the projections; a clip the curriculum gives a
-        same-video negative scores its video against that audio too (an extra column)."""
-        video_features, v = self.embed_video(batch[VIDEO])
-        size = v.shape[0]
-        kinds = self.negative_kinds(size, v.device)
-        sources = [batch[AUDIO]] + [batch[view] for kind, view in ((1, HARD), (2, SUPER_HARD))
-                                    if bool((kinds == kind).any())]
-        audio_features_all, a_all = self.embed_audio(torch.cat(sources))  # one pass: BN sees every window
-        a, audio_features = a_all[:size], audio_features_all[:size]
-        extra = None
-        if len(sources) > 1:
-            extra = a_all[size:2 * size]
-            if len(sources) == 3:
-                extra = torch.where((kinds == 2)[:, None], a_all[2 * size:], extra)
-            extra = F.normalize(extra, dim=-1)
-        loss = cross_modal_info_nce(F.normalize(v, dim=-1), F.normalize(a, dim=-1),
-                                    self.task_config.contrastive_temperature, extra, kinds > 0)
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
-        self.log("train/info_nce", loss, on_epoch=True, batch_size=size)
-        self.log_skipped(batch, "train")
-        return {"loss": loss, "terms": {"info_nce": loss.detach()},
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
     def _in_batch_loss(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor, d_pos: torch.Tensor,
