@@ -18,7 +18,6 @@ from typing import Iterator
 from pathlib import Path
 
 from avssl.cli import main as avssl
-from avssl.data.cache import release_decoded
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 # results.json key → CPU recipe, and the held-out pretext metric reported for it.
@@ -127,7 +126,7 @@ def main() -> None:
         results[method] = entry
         timings[method] = time.time() - t
 
-    release_decoded()  # the pretraining recipes' decoded splits (data.cache: memory)
+    # the decoded splits (data.cache: memory) stay for the fine-tuning, whose recipe reads the same shards
     downstream(out, common, methods, results, timings, args.downstream)
 
     step("6/6 results")
