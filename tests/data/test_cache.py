@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.data.cache import DecodedSplit, decode_media
+from avssl.data.cache import DecodedSplit, decode_media, release_decoded
 from avssl.data.datamodule import AVDataModule, DataConfig, ShardList, ShardStream, make_loader
 from avssl.data.decode import MediaReader
 from avssl.data.sampling import ViewSampler
@@ -68,8 +68,11 @@ def test_evaluation_clips_and_targets_from_memory_equal_the_streamed_ones(synth_
                             batch_size=4, num_workers=0, cache=cache)
         module = AVDataModule(config, views)
         batches[cache] = list(module.loader(module.stream("val", train=False)))
-        if cache == "memory":
-            assert module.decoded("val", keep_entries=True) is module.decoded("val", keep_entries=True)
+        if cache == "memory":  # kept for the process's later runs, until released
+            kept = module.decoded("val", keep_entries=True)
+            assert module.decoded("val", keep_entries=True) is kept
+            release_decoded()
+            assert module.decoded("val", keep_entries=True) is not kept
     assert "boxes" in batches["none"][0]
     _assert_same(batches["none"], batches["memory"])
 
