@@ -24,7 +24,8 @@ import numpy as np
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from avssl.data.decode import CONTAINER_FORMATS, DecodeError, MediaReader, MonoResampler, PcmAudio, StreamInfo
+from avssl.data.decode import (CONTAINER_FORMATS, DecodeError, FrameWindow, MediaReader, MonoResampler, PcmAudio,
+                               StreamInfo, open_sample_media, sample_video_entry)
 
 # Sample entries that hold the media (decoded into the cache, their bytes dropped).
 MEDIA_ENTRIES = (*CONTAINER_FORMATS, "pcm")
@@ -59,8 +60,8 @@ class DecodedMedia:
 
     def read_frames(self, start_seconds: float, num_frames: int, fps: float) -> tuple[np.ndarray, float]:
         """:meth:`MediaReader.read_frames` from memory: the first frame whose timestamp is
-        at or after ``start_seconds``, then the frame on screen at each ``t_first + k / fps``
-        (the last one repeats past the end)."""
+        at or after ``start_seconds``, then the frames :class:`~avssl.data.decode.FrameWindow`
+        picks among those the file reader would have decoded (the same frames, ties included)."""
         if not self.info.has_video:
             raise DecodeError("no video stream")
         target_pts = int(np.floor(start_seconds / self.time_base))
@@ -68,19 +69,10 @@ class DecodedMedia:
         if first == len(self.pts):
             raise DecodeError(f"no video frame at or after {start_seconds:.3f}s")
         times = self.pts[first:] * self.time_base
-        t_first = float(times[0])
-        tolerance = 0.5 / (self.info.fps or fps)
-        # Only the frames the file reader decodes before it stops: where a wanted time plus
-        # the tolerance falls exactly on a frame's start (10 fps from 25), that frame is past
-        # its stop, and the one before it is picked there; so it is here.
-        margin = -tolerance if self.constant_frame_rate else tolerance
-        stop_time = t_first + (num_frames - 1) / fps + margin
-        past = times > stop_time if self.constant_frame_rate else times >= stop_time
-        last = int(np.argmax(past)) if past.any() else len(times) - 1
-        times = times[: last + 1]
-        wanted = t_first + np.arange(num_frames) / fps
-        picks = np.clip(np.searchsorted(times, wanted + tolerance, side="right") - 1, 0, len(times) - 1)
-        return self.frames[first + picks], t_first
+        window = FrameWindow(float(times[0]), num_frames, fps, self.info.fps, self.constant_frame_rate)
+        past = window.past(times)
+        times = times[: int(np.argmax(past)) + 1 if past.any() else len(times)]  # where the file reader stops
+        return self.frames[first + window.picks(times)], float(times[0])
 
     def read_audio(self, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
         if self.audio is None:
@@ -88,31 +80,29 @@ class DecodedMedia:
         return self.audio.read(start_seconds, seconds, sample_rate)
 
 
-def decode_media(data: bytes, *, container_format: str | None = None, pcm: PcmAudio | None = None,
-                 constant_frame_rate: bool = False) -> DecodedMedia:
-    """Decode a whole video (and its audio stream, unless ``pcm`` stands in for it)."""
-    with MediaReader(data, container_format=container_format, pcm=pcm,
-                     constant_frame_rate=constant_frame_rate) as reader:
-        info, frames, pts, time_base = reader.info, np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0, np.int64), 1.0
-        if reader.video is not None:
-            time_base = float(reader.video.time_base)
-            decoded = []
-            try:
-                for frame in reader.container.decode(reader.video):
-                    if frame.pts is not None:
-                        decoded.append((frame.pts, frame.to_ndarray(format="rgb24", threads=1)))
-            except Exception as error:  # av.FFmpegError: what was decoded before it is kept, as streaming does
-                if not decoded:
-                    raise DecodeError(f"video decode failed: {error}") from error
-            decoded.sort(key=lambda item: item[0])
-            if decoded:
-                pts = np.array([p for p, _ in decoded], np.int64)
-                frames = np.stack([f for _, f in decoded])
-        audio = pcm
-        if pcm is None and reader.audio is not None:
-            audio = _decoded_audio_stream(reader)
+def decode_media(reader: MediaReader) -> DecodedMedia:
+    """Decode the whole video of an opened reader (and its audio stream, unless the reader
+    has a PCM entry in its place)."""
+    info, frames, pts, time_base = reader.info, np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0, np.int64), 1.0
+    if reader.video is not None:
+        time_base = float(reader.video.time_base)
+        decoded = []
+        try:
+            for frame in reader.container.decode(reader.video):
+                if frame.pts is not None:
+                    decoded.append((frame.pts, frame.to_ndarray(format="rgb24", threads=1)))
+        except Exception as error:  # av.FFmpegError: what was decoded before it is kept, as streaming does
+            if not decoded:
+                raise DecodeError(f"video decode failed: {error}") from error
+        decoded.sort(key=lambda item: item[0])
+        if decoded:
+            pts = np.array([p for p, _ in decoded], np.int64)
+            frames = np.stack([f for _, f in decoded])
+    audio = reader.pcm
+    if audio is None and reader.audio is not None:
+        audio = _decoded_audio_stream(reader)
     return DecodedMedia(info=info, frames=frames, pts=pts, time_base=time_base, audio=audio,
-                        constant_frame_rate=constant_frame_rate)
+                        constant_frame_rate=reader.constant_frame_rate)
 
 
 def _decoded_audio_stream(reader: MediaReader) -> PcmAudio:
@@ -183,17 +173,10 @@ class DecodedSplit:
     @staticmethod
     def _decode(sample: dict[str, Any]) -> DecodedMedia | DecodeError:
         try:
-            meta = json.loads(sample["json"])
-            video_key = next((k for k in CONTAINER_FORMATS if k in sample), None)
-            if video_key is None:
-                raise DecodeError(f"sample {sample.get('__key__')} has no video entry")
-            pcm = None
-            if "pcm" in sample:
-                if not meta.get("sample_rate"):
-                    raise DecodeError("the sample has a pcm entry but its json gives no sample_rate")
-                pcm = PcmAudio(sample["pcm"], int(meta["sample_rate"]), float(meta.get("audio_start", 0.0)))
-            return decode_media(sample[video_key], container_format=CONTAINER_FORMATS[video_key], pcm=pcm,
-                                constant_frame_rate=bool(meta.get("fps")))
+            key, container_format = sample_video_entry(sample)
+            with open_sample_media(sample[key], json.loads(sample["json"]), container_format=container_format,
+                                   pcm=sample.get("pcm")) as reader:
+                return decode_media(reader)
         except Exception as error:  # a corrupt sample: kept as its error, skipped when drawn
             return error if isinstance(error, DecodeError) else DecodeError(str(error))
 
@@ -215,7 +198,8 @@ _DECODED: dict[tuple, DecodedSplit] = {}
 def decoded_split(files: tuple[str, ...], *, keep_entries: bool = False, description: str = "") -> DecodedSplit:
     """``files`` decoded into memory, or the copy this process already holds of the same
     files (same paths, sizes and modification times)."""
-    key = (tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files), keep_entries)
+    stats = [os.stat(f) for f in files]
+    key = (tuple((f, st.st_size, st.st_mtime_ns) for f, st in zip(files, stats)), keep_entries)
     if key not in _DECODED:
         cached = DecodedSplit(files, keep_entries=keep_entries, description=description)
         print(f"data.cache=memory: {description or 'split'}: {cached.summary()}", flush=True)

@@ -34,7 +34,7 @@ from torch.utils.data.dataloader import default_collate
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.cache import DecodedSplit, decoded_split
-from avssl.data.decode import CONTAINER_FORMATS
+from avssl.data.decode import sample_video_entry
 from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import AugmentSettings, BatchTransform
 from avssl.data.views import AUDIO, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
@@ -269,11 +269,9 @@ class ShardStream(IterableDataset):
             if isinstance(media, Exception):
                 raise media
             return self.sampler.clips(media, meta, rng, entries)
-        video_key = next((k for k in CONTAINER_FORMATS if k in sample), None)
-        if video_key is None:
-            raise ValueError(f"sample {sample.get('__key__')} has no video entry")
-        return self.sampler(sample[video_key], meta, rng, container_format=CONTAINER_FORMATS[video_key],
-                            pcm=sample.get("pcm"), entries=entries)
+        key, container_format = sample_video_entry(sample)
+        return self.sampler(sample[key], meta, rng, container_format=container_format, pcm=sample.get("pcm"),
+                            entries=entries)
 
     def _batches(
         self, samples: Iterator[dict[str, Any]], epoch: int, worker: int, target: int | None

@@ -136,6 +136,61 @@ class PcmAudio:
         return np.pad(resampled[:wanted], (0, max(wanted - resampled.size, 0)))
 
 
+class FrameWindow:
+    """Which decoded frames make a window of ``num_frames`` at ``fps`` that starts with the
+    frame at ``t_first``: the rule :class:`MediaReader` decodes by, and the in-memory reader
+    (:mod:`avssl.data.cache`) reuses, so that both pick the same frames, ties included.
+
+    Half a source frame of tolerance says which frame is "on screen" at a time. The last
+    wanted frame is the last one to start by (last wanted time + tolerance). Variable rate:
+    known only once a later frame shows up. Constant rate: the frame that starts within a
+    tolerance of the last wanted time is it (the next starts 2 × later); so at an exact tie
+    (10 fps read from 25) the earlier frame is picked.
+    """
+
+    def __init__(self, t_first: float, num_frames: int, fps: float, source_fps: float, constant_frame_rate: bool
+                 ) -> None:
+        self.num_frames, self.fps = num_frames, fps
+        self.tolerance = 0.5 / (source_fps or fps)
+        self.constant_frame_rate = constant_frame_rate
+        margin = -self.tolerance if constant_frame_rate else self.tolerance
+        self.stop_time = t_first + (num_frames - 1) / fps + margin
+
+    def past(self, t: float | np.ndarray) -> bool | np.ndarray:
+        """Whether a frame starting at ``t`` ends the decoding (it is the last one needed)."""
+        return t > self.stop_time if self.constant_frame_rate else t >= self.stop_time
+
+    def picks(self, times_sorted: np.ndarray) -> np.ndarray:
+        """Index into ``times_sorted`` (the decoded frames' start times, ascending, the first
+        one the window's first frame) of the frame on screen at each wanted time
+        ``times_sorted[0] + k / fps``: the last one that started by then (past the end the
+        last frame repeats)."""
+        wanted = float(times_sorted[0]) + np.arange(self.num_frames) / self.fps
+        picks = np.searchsorted(times_sorted, wanted + self.tolerance, side="right") - 1
+        return np.clip(picks, 0, len(times_sorted) - 1)
+
+
+def open_sample_media(data: bytes, meta: dict, *, container_format: str | None = None, pcm: bytes | None = None
+                      ) -> "MediaReader":
+    """The reader of one shard sample: its video ``data``, its raw ``pcm`` entry if it has
+    one (rate and start from the json ``meta``), constant-rate when the json says so."""
+    audio = None
+    if pcm is not None:
+        if not meta.get("sample_rate"):
+            raise DecodeError("the sample has a pcm entry but its json gives no sample_rate")
+        audio = PcmAudio(pcm, int(meta["sample_rate"]), float(meta.get("audio_start", 0.0)))
+    # A json with "fps" comes from `avssl shards`, which writes constant-rate video.
+    return MediaReader(data, container_format=container_format, pcm=audio, constant_frame_rate=bool(meta.get("fps")))
+
+
+def sample_video_entry(sample: dict) -> tuple[str, str]:
+    """(entry name, FFmpeg demuxer) of a shard sample's video file."""
+    key = next((k for k in CONTAINER_FORMATS if k in sample), None)
+    if key is None:
+        raise ValueError(f"sample {sample.get('__key__')} has no video entry")
+    return key, CONTAINER_FORMATS[key]
+
+
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     if value is None or time_base is None:
         return None
@@ -222,8 +277,6 @@ class MediaReader:
         stream = self.video
         tb = float(stream.time_base)  # float arithmetic: Fraction products cost ~10 µs per frame
         target_pts = int(np.floor(start_seconds / tb))
-        # Half a source frame of tolerance: which frame is "on screen" at a time.
-        tolerance = 0.5 / (self.info.fps or fps)
         self.container.seek(max(target_pts, 0), stream=stream, backward=True, any_frame=False)
         ctx = stream.codec_context
         # Before the window, frames no other frame refers to (B-frames) are not decoded.
@@ -232,11 +285,7 @@ class MediaReader:
         skipping = True
         times: list[float] = []
         frames: list[av.VideoFrame] = []
-        # The last wanted frame is the last one to start by (last wanted time + tolerance).
-        # Variable rate: known only once a later frame shows up. Constant rate: the frame that
-        # starts within a tolerance of the last wanted time is it (the next starts 2 × later).
-        margin = -tolerance if self.constant_frame_rate else tolerance
-        stop_time = float("inf")  # set by the first frame
+        window: FrameWindow | None = None  # set by the first frame
         latest = -float("inf")
         try:
             for packet in self.container.demux(stream):
@@ -248,12 +297,12 @@ class MediaReader:
                     if pts is None or pts < target_pts:
                         continue
                     t = pts * tb
-                    if not times:
-                        stop_time = t + (num_frames - 1) / fps + margin
+                    if window is None:
+                        window = FrameWindow(t, num_frames, fps, self.info.fps, self.constant_frame_rate)
                     times.append(t)
                     frames.append(frame)
                     latest = max(latest, t)
-                if latest > stop_time or (latest == stop_time and not self.constant_frame_rate):
+                if window is not None and window.past(latest):
                     break
         except av.FFmpegError as error:
             if not frames:
@@ -265,13 +314,8 @@ class MediaReader:
             raise DecodeError(f"no video frame at or after {start_seconds:.3f}s")
         order = np.argsort(times, kind="stable")
         times_sorted = np.asarray(times)[order]
-        t_first = float(times_sorted[0])
-        wanted = t_first + np.arange(num_frames) / fps
-        # The frame on screen at each wanted time: the last one that started by then.
-        picks = np.searchsorted(times_sorted, wanted + tolerance, side="right") - 1
-        picks = np.clip(picks, 0, len(times_sorted) - 1)
-        out = np.stack([frames[order[i]].to_ndarray(format="rgb24", threads=1) for i in picks])
-        return out, t_first
+        out = np.stack([frames[order[i]].to_ndarray(format="rgb24", threads=1) for i in window.picks(times_sorted)])
+        return out, float(times_sorted[0])
 
     def read_audio(self, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
         """Mono float32 waveform of ``seconds`` from ``start_seconds``, at ``sample_rate``.

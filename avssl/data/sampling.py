@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from avssl.data.decode import DecodeError, MediaReader, PcmAudio, StreamInfo
+from avssl.data.decode import DecodeError, MediaReader, StreamInfo, open_sample_media
 from avssl.data.targets import SampleTruth, clip_targets
 from avssl.data.transforms import AugmentSettings, VideoTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, T_VIDEO, VIDEO, AudioView, ViewSpec
@@ -126,14 +126,7 @@ class ViewSampler:
         """The clips of one sample: ``data`` is the video file, ``meta`` its json, ``pcm``
         the sample's raw audio entry if it has one (rate and start from ``meta``),
         ``entries`` its sidecars by entry name (ground truth for ``spec.targets``)."""
-        audio = None
-        if pcm is not None:
-            if not meta.get("sample_rate"):
-                raise DecodeError("the sample has a pcm entry but its json gives no sample_rate")
-            audio = PcmAudio(pcm, int(meta["sample_rate"]), float(meta.get("audio_start", 0.0)))
-        # A json with "fps" comes from `avssl shards`, which writes constant-rate video.
-        with MediaReader(data, container_format=container_format, pcm=audio,
-                         constant_frame_rate=bool(meta.get("fps"))) as reader:
+        with open_sample_media(data, meta, container_format=container_format, pcm=pcm) as reader:
             return self.clips(reader, meta, rng, entries)
 
     def clips(self, reader: MediaReader | DecodedMedia, meta: dict[str, Any], rng: np.random.Generator,

@@ -80,7 +80,8 @@ def test_evaluation_clips_and_targets_from_memory_equal_the_streamed_ones(synth_
 def test_frames_and_audio_from_memory_equal_the_file_readers(flash_clip: bytes) -> None:
     """Every window: before the first frame, between frames, past the end; other frame
     rates; the audio stream (AAC here) decoded once against the reader's seek-and-decode."""
-    media = decode_media(flash_clip, container_format="mp4")
+    with MediaReader(flash_clip, container_format="mp4") as opened:
+        media = decode_media(opened)
     assert media.frames.shape == (100, 48, 64, 3) and media.info.fps == 25.0
     rng = np.random.default_rng(0)
     starts = [-0.1, 0.0, 0.013, 1.98, 3.9, 3.99, 4.5, *rng.uniform(0, 4, 30)]
