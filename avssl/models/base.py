@@ -38,11 +38,11 @@ def conv_bn_relu_stack(conv: type[nn.Module], norm: type[nn.Module], in_channels
 def global_pool(feature_map: torch.Tensor, pooling: str) -> torch.Tensor:
     """B×C×… → B×C by averaging (``"avg"``) or taking the maximum (``"max"``) over all
     positions after the channel axis."""
-    flat = feature_map.flatten(2)
+    positions = tuple(range(2, feature_map.dim()))  # reduced in place: a channels-last map is not copied
     if pooling == "avg":
-        return flat.mean(dim=-1)
+        return feature_map.mean(dim=positions)
     if pooling == "max":
-        return flat.amax(dim=-1)
+        return feature_map.amax(dim=positions)
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
@@ -89,7 +89,12 @@ class Encoder(nn.Module):
         self.memory_format = torch.channels_last_3d if rank == 5 else torch.channels_last
         for parameter in self.parameters():
             if parameter.dim() == rank:
-                parameter.data = parameter.data.contiguous(memory_format=self.memory_format)
+                # Strides written out, not `.contiguous(memory_format=…)`: for one input channel
+                # (the audio encoders' first conv) that is a no-op, the layout stays ambiguous,
+                # and oneDNN then answers a 1-channel input with a contiguous output whose ReLU
+                # meets channels-last gradients in the backward pass (a strided copy: on the CPU
+                # demo the first block's backward took twice as long).
+                parameter.data = torch.empty_like(parameter.data, memory_format=self.memory_format).copy_(parameter.data)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

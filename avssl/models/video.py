@@ -109,8 +109,10 @@ class Small3D(Encoder):
         # One frame: every 3×3×3 conv sees zeros at its outer temporal taps (padding 1), so
         # it is the 2D conv of its middle slice — the same values and gradients for a third
         # of the work, and CPU 2D convolutions are faster still (the CPU recipes use 1 frame).
+        # squeeze, not x[:, :, 0]: the backward of a view keeps the gradient channels-last, where
+        # select's allocates a contiguous one that every ReLU and BatchNorm then reads strided.
         for conv, norm, relu in self.blocks:
-            frame = F.conv2d(x[:, :, 0], conv.weight[:, :, 1], None, conv.stride[1:], conv.padding[1:])
+            frame = F.conv2d(x.squeeze(2), conv.weight[:, :, 1], None, conv.stride[1:], conv.padding[1:])
             x = relu(norm(frame.unsqueeze(2)))
         return x
 

@@ -302,8 +302,37 @@ def test_channels_last_gives_the_same_embeddings_and_state(modality: str, shape:
     fast.load_state_dict(plain.state_dict())
     fast.use_channels_last()
     expected_format = torch.channels_last_3d if modality == "video" else torch.channels_last
-    conv = [p for p in fast.parameters() if p.dim() == len(shape)][-1]  # the first conv has 1 input channel (both layouts)
-    assert conv.is_contiguous(memory_format=expected_format) and not conv.is_contiguous()
+    convs = [p for p in fast.parameters() if p.dim() == len(shape)]
+    assert all(conv.is_contiguous(memory_format=expected_format) for conv in convs)
+    assert all(conv.stride(1) == 1 for conv in convs)  # written out even for one input channel (the audio's first conv)
     x = torch.randn(shape)
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.state_dict(), plain.state_dict())
+
+
+@pytest.mark.parametrize("modality,shape", [("video", (4, 3, 1, 32, 32)), ("audio", (4, 1, 32, 40))])
+def test_channels_last_training_keeps_every_gradient_channels_last(modality: str, shape: tuple[int, ...]) -> None:
+    """With ``use_channels_last`` on the CPU recipes' inputs (one frame; one-channel log-mel),
+    each conv-BN-ReLU output and the gradient that reaches it share the channels-last layout
+    (the last block excepted: its gradient comes from the global pool). A mismatch makes
+    every ReLU and BatchNorm backward read one of them strided, the slowest part of a step."""
+    from avssl.models.registry import build_audio_encoder, build_video_encoder
+
+    torch.manual_seed(0)
+    build = build_video_encoder if modality == "video" else build_audio_encoder
+    encoder = build("small3d" if modality == "video" else "small2d", widths=(8, 16, 16), depth=2).train()
+    encoder.use_channels_last()
+    layout = torch.channels_last_3d if modality == "video" else torch.channels_last
+    seen: list[tuple[bool, bool]] = []
+
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        index = len(seen)
+        seen.append((output.is_contiguous(memory_format=layout) and not output.is_contiguous(), False))
+        output.register_hook(lambda grad: seen.__setitem__(
+            index, (seen[index][0], grad.is_contiguous(memory_format=layout) and not grad.is_contiguous())))
+
+    for block in encoder.blocks:
+        block[2].register_forward_hook(record)
+    encoder(torch.randn(shape)).pow(2).sum().backward()
+    assert len(seen) == 6
+    assert seen[:-1] == [(True, True)] * 5
