@@ -364,6 +364,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--with-data", metavar="SHARDS", default=None,
                    help="also time the steps fed by the recipe's AVDataModule from these shards")
     p.add_argument("--workers", type=int, default=2, help="loader workers for --with-data")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of this process (default: torch's, one per core; "
+                        "`avssl pretrain` on a 2-core CPU with 2 workers uses 1)")
     p.add_argument("--num-instances", type=int, default=16384,
                    help="bank slots for AVID/SeLaVi when the recipe leaves them to the manifest")
     p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON")
@@ -372,6 +375,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     default = GPU_RECIPES if device.type == "cuda" else CPU_RECIPES
     recipes: list[str] = []
