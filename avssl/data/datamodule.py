@@ -18,7 +18,6 @@ import functools
 import json
 import math
 import multiprocessing as mp
-import os
 import random
 import warnings
 import zlib
@@ -370,18 +369,12 @@ class DataConfig:
     # whole once, before the workers start, and draw the same windows from RAM
     # (avssl/data/cache.py: small sets on few cores, e.g. the CPU recipes)
     cache: str = "none"
-    # added to the loader workers' niceness (Unix scheduling priority, 0–19): above 0 the
-    # training process runs first and the workers take the CPU time it leaves, for CPU
-    # training whose model step is the bottleneck (the CPU recipes: 19; docs/benchmarks.md)
-    worker_niceness: int = 0
 
     def __post_init__(self) -> None:
         if self.audio_features not in ("device", "loader"):
             raise ValueError(f"data.audio_features must be 'device' or 'loader', got {self.audio_features!r}")
         if self.cache not in ("none", "memory"):
             raise ValueError(f"data.cache must be 'none' or 'memory', got {self.cache!r}")
-        if not 0 <= self.worker_niceness <= 19:
-            raise ValueError(f"data.worker_niceness must lie in 0..19 (a niceness increment), got {self.worker_niceness}")
 
 
 def base_views(config: DataConfig, extra_audio: dict[str, AudioView] | None = None,
@@ -463,7 +456,7 @@ class AVDataModule(pl.LightningDataModule):
                              description=split)
 
     def loader(self, dataset: ShardStream) -> DataLoader:
-        return make_loader(dataset, self.config.num_workers, worker_niceness=self.config.worker_niceness)
+        return make_loader(dataset, self.config.num_workers)
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: where the training loader stands (:class:`ShardLoader`)."""
@@ -505,8 +498,7 @@ class ShardLoader(DataLoader):
     built); Lightning, seeing a stateful loader, also saves and reloads it, with the same values.
     """
 
-    def __init__(self, dataset: ShardStream, num_workers: int, single_pass: bool = False,
-                 worker_niceness: int = 0) -> None:
+    def __init__(self, dataset: ShardStream, num_workers: int, single_pass: bool = False) -> None:
         super().__init__(
             dataset,
             batch_size=None,
@@ -518,7 +510,6 @@ class ShardLoader(DataLoader):
             persistent_workers=num_workers > 0 and not single_pass,
             prefetch_factor=4 if num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous copies to the GPU
-            worker_init_fn=functools.partial(lower_worker_priority, worker_niceness) if worker_niceness else None,
         )
         # DataLoader refuses a sampler for an IterableDataset, but Lightning looks for
         # `loader.sampler.set_epoch`: install one that only forwards the epoch.
@@ -555,13 +546,7 @@ class ShardLoader(DataLoader):
         self.consumed = consumed
 
 
-def lower_worker_priority(niceness: int, worker_id: int) -> None:
-    """A loader worker's ``worker_init_fn``: add ``niceness`` to its scheduling niceness."""
-    os.nice(niceness)
-
-
-def make_loader(dataset: ShardStream, num_workers: int, single_pass: bool = False,
-                worker_niceness: int = 0) -> ShardLoader:
+def make_loader(dataset: ShardStream, num_workers: int, single_pass: bool = False) -> ShardLoader:
     """The loader of a ShardStream (training and validation; ``single_pass=True``: the
-    evaluation verbs, which read each split once); ``worker_niceness``: :func:`lower_worker_priority`."""
-    return ShardLoader(dataset, num_workers, single_pass, worker_niceness)
+    evaluation verbs, which read each split once)."""
+    return ShardLoader(dataset, num_workers, single_pass)

@@ -205,33 +205,6 @@ def test_single_pass_loader_stops_its_workers_at_the_end(shards: Path) -> None:
     gc.collect()
 
 
-def _with_niceness(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    import os
-
-    return {**batch, "niceness": torch.tensor(os.nice(0))}  # os.nice(0): the process's niceness
-
-
-def test_worker_niceness_lowers_the_workers_priority_only(shards: Path) -> None:
-    """``data.worker_niceness``: the workers run that much nicer (the training process keeps
-    its core), the batches are the same, and the training process's own priority is untouched."""
-    import os
-
-    from avssl.data.datamodule import DataConfig
-
-    own = os.nice(0)
-    batches = {}
-    for niceness in (0, 5):
-        stream = _stream(shards, 0, 1, 2, pad=False, shuffle=True, train=True, finish=_with_niceness)
-        batches[niceness] = list(make_loader(stream, 2, single_pass=True, worker_niceness=niceness))
-    assert {int(b["niceness"]) for b in batches[0]} == {own}
-    assert {int(b["niceness"]) for b in batches[5]} == {min(own + 5, 19)}
-    assert os.nice(0) == own
-    for plain, nicer in zip(batches[0], batches[5], strict=True):
-        assert torch.equal(plain["index"], nicer["index"]) and torch.equal(plain["video"], nicer["video"])
-    with pytest.raises(ValueError, match="data.worker_niceness must lie in 0..19"):
-        DataConfig(worker_niceness=-1)
-
-
 @pytest.mark.parametrize("audio_format", ["pcm", "aac"])
 def test_samples_written_by_avssl_shards_stream_with_clicks_on_flashes(tmp_path: Path, audio_format: str) -> None:
     """Through `avssl shards` (PCM member or AAC in the mp4) and ShardStream: in every clip
