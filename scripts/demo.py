@@ -5,17 +5,23 @@ pretrained encoders → exported checkpoints → downstream evaluation of the fi
 → results table and results.json.
 
 Every step is an `avssl` verb; a step whose output already exists is not redone
-(delete the demo folder to start over).
+(delete the demo folder to start over). After the shards, the steps form a small graph
+(:func:`run_steps`): with several methods they run two at a time on 2 cores (`--jobs`),
+each in its own process with its output in ``<out>/logs/<step>.log``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import multiprocessing.connection
 import os
+import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from avssl.cli import main as avssl
 
@@ -54,6 +60,125 @@ def run(*argv: str) -> None:
         raise SystemExit(f"avssl {argv[0]} failed with exit code {code}")
 
 
+# -- the step graph ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One step after the shards: ``run(threads)`` (``threads``: its intra-op thread count),
+    started once every step named in ``after`` has finished."""
+
+    name: str
+    run: Callable[[int], None]
+    after: tuple[str, ...] = ()
+
+
+def run_steps(steps: list[Step], jobs: int, log_dir: Path, cores: int) -> dict[str, float]:
+    """Run ``steps`` ``jobs`` at a time, each once the steps it comes ``after`` have finished,
+    the first ready one in list order whenever a slot frees; returns each step's wall seconds.
+
+    ``jobs == 1``: one after another in this process, output to the terminal, ``cores``
+    intra-op threads each. ``jobs > 1``: each step in a forked process (it shares what this
+    process has decoded into memory) with ``cores // jobs`` threads and its output in
+    ``log_dir/<name>.log``; the first failure stops the others and shows the end of its log.
+    Measured on 2 cores: a pretraining run keeps one core busy with the model and ~0.6 of
+    the other with its loader workers, and one more intra-op thread gains < 10 % (small
+    convolutions), so two runs side by side finish ~20 % sooner than one after the other."""
+    names = [s.name for s in steps]
+    missing = sorted({d for s in steps for d in s.after} - set(names))
+    if missing or len(set(names)) != len(names):
+        raise ValueError(f"steps: unknown dependencies {missing} or repeated names in {names}")
+    timings: dict[str, float] = {}
+    done: set[str] = set()
+    pending = list(steps)
+
+    def next_ready() -> Step | None:
+        ready = next((s for s in pending if done.issuperset(s.after)), None)
+        if ready is not None:
+            pending.remove(ready)
+        return ready
+
+    if jobs <= 1:
+        while pending:
+            ready = next_ready()
+            if ready is None:
+                raise ValueError(f"steps {[s.name for s in pending]} wait on each other")
+            started = step(ready.name)
+            ready.run(cores)
+            timings[ready.name] = time.time() - started
+            done.add(ready.name)
+        return timings
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, cores // jobs)
+    context = mp.get_context("fork")
+    running: dict[int, tuple[Step, mp.process.BaseProcess, float]] = {}
+    begin = time.time()
+
+    def say(message: str) -> None:
+        minutes, seconds = divmod(int(time.time() - begin), 60)
+        print(f"[{minutes:3d}:{seconds:02d}] {message}", flush=True)
+
+    try:
+        while pending or running:
+            while len(running) < jobs and (ready := next_ready()) is not None:
+                log = log_dir / f"{ready.name}.log"
+                sys.stdout.flush(), sys.stderr.flush()  # nothing buffered is written twice by the child
+                process = context.Process(target=_run_logged, args=(ready, log, threads), name=f"demo-{ready.name}")
+                process.start()
+                running[process.sentinel] = (ready, process, time.time())
+                say(f"{ready.name}: started, output in {log}")
+            if not running:
+                raise ValueError(f"steps {[s.name for s in pending]} wait on each other")
+            for sentinel in mp.connection.wait(list(running)):
+                finished, process, started = running.pop(sentinel)
+                process.join()
+                timings[finished.name] = time.time() - started
+                if process.exitcode != 0:
+                    log = log_dir / f"{finished.name}.log"
+                    raise SystemExit(f"demo step {finished.name} failed (exit code {process.exitcode}); "
+                                     f"the end of {log}:\n{_tail(log)}")
+                done.add(finished.name)
+                say(f"{finished.name}: finished in {timings[finished.name]:.0f} s")
+    finally:
+        for _, process, _ in running.values():  # a failure or Ctrl-C: stop the other steps too
+            process.terminate()
+            process.join()
+    return timings
+
+
+def _run_logged(step_: Step, log: Path, threads: int) -> None:
+    """A forked step: stdout and stderr (Lightning, tqdm, tracebacks) into ``log``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    handle = open(log, "w", buffering=1)  # one open file behind fds 1, 2 and Python's streams: one offset
+    os.dup2(handle.fileno(), 1)
+    os.dup2(handle.fileno(), 2)
+    sys.stdout = sys.stderr = handle
+    step_.run(threads)
+    handle.flush()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log, progress-bar redraws split into lines."""
+    try:
+        text = path.read_text(errors="replace").replace("\r", "\n")
+    except OSError:
+        return "(no log)"
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def decode_splits(shards: Path, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+    """Decode the splits the CPU recipes read (``data.cache: memory``) into this process
+    before the steps fork, so that they share one copy (copy-on-write) instead of decoding
+    one each."""
+    from avssl.data.cache import decoded_split
+    from avssl.data.datamodule import ShardList
+
+    for split in splits:
+        decoded_split(ShardList.from_manifest(str(shards), split).files, description=split)
+
+
+# -- the demo ---------------------------------------------------------------------------------
 def main() -> None:
     import torch
 
@@ -69,17 +194,21 @@ def main() -> None:
     parser.add_argument("--downstream", default="finetune,localize,separate",
                         help="downstream steps after pretraining (comma-separated; '' for none); "
                              "'events' adds AVE-style event localization to the localize step (~2 min more)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="steps run side by side after the shards (default: one per pretraining method, "
+                             "at most one per core; 1: one after another, output to the terminal)")
     args = parser.parse_args()
     out: Path = args.out
     synth, shards = out / "synth", out / "shards"
     timings = {}
+    begin = time.time()
 
-    t = step("1/6 synthetic audio-visual set")
+    t = step("1/5 synthetic audio-visual set")
     if not (synth / "labels.csv").exists():
         run("synth", "--out", str(synth), "--num-videos", str(args.num_videos), "--workers", str(args.workers))
     timings["synth"] = time.time() - t
 
-    t = step("2/6 shards")
+    t = step("2/5 shards")
     if not (shards / "manifest.json").exists():
         run("shards", "--videos", str(synth / "videos"), "--labels", str(synth / "labels.csv"), "--out", str(shards),
             "--short-side", "64", "--workers", str(args.workers))
@@ -90,47 +219,28 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; known: {sorted(METHODS)} or 'all'")
+    wanted = [s for s in args.downstream.split(",") if s]
+    unknown = sorted(set(wanted) - {"finetune", "localize", "separate", "events"})
+    if unknown:
+        raise SystemExit(f"unknown downstream step(s) {unknown}")
+    cores = os.cpu_count() or 1
+    jobs = args.jobs or max(1, min(len(methods), cores))
     common = [f"data.shards={shards}", f"data.num_workers={args.workers}"]
-    probe_recipe = str(RECIPES / "eval" / "synth_probe.yaml")
-    cache = f"probe.cache_dir={out / 'feature_cache'}"
+    steps = demo_steps(out, common, methods, wanted, args.epochs)
+    title = "3/5 probes, pretraining and downstream steps"
+    if jobs > 1:
+        t = step(f"{title}, {jobs} at a time (each in a process of its own)")
+        decode_splits(shards)  # before the steps fork: one copy for all of them
+        timings["decode"] = time.time() - t
+    else:
+        print(f"\n{title}, one after another", flush=True)
+    timings.update(run_steps(steps, jobs, out / "logs", cores))
 
-    t = step("3/6 linear probe of randomly initialised encoders")
-    run("probe", probe_recipe, *common, cache, "probe.encoders=random", f"run_dir={out / 'probe_random'}")
-    random_metrics = json.loads((out / "probe_random" / "metrics.json").read_text())
-    timings["probe_random"] = time.time() - t
-
-    results: dict = {}
-    for method in methods:
-        recipe, metric = METHODS[method]
-        t = step(f"4/6 {method}: pretraining (small encoders, CPU), then its linear probe")
-        pretrain_dir = out / method
-        export = pretrain_dir / "export"
-        if not (export / "model.json").exists():
-            run("pretrain", str(RECIPES / "synth" / recipe), *common, f"run_dir={pretrain_dir}",
-                f"trainer.max_epochs={args.epochs}")
-        run("probe", probe_recipe, *common, cache, f"probe.encoders={export}", f"run_dir={out / f'probe_{method}'}")
-        metrics = json.loads((out / f"probe_{method}" / "metrics.json").read_text())
-        log = _metrics_log(pretrain_dir)
-        entry = {
-            "probe": {m: {"random": random_metrics[m]["test_video_top1"], "pretrained": metrics[m]["test_video_top1"]}
-                      for m in ("video", "audio", "both")},
-            "pretext": {"val_" + metric.split("/")[1]: _last(log, metric)},  # e.g. val_accuracy
-        }
-        if method == "avts":
-            entry["sync_accuracy"] = _last(log, "test/sync_accuracy")
-        if method == "selavi":
-            heads = sorted(k for k in log[-1] if k.startswith("val/nmi_head")) if log else []
-            best = max(heads, key=lambda k: _last(log, k))  # chosen on val …
-            entry["nmi"] = _last(log, best.replace("val/", "test/"))  # … read on test
-            entry["best_head"] = int(best.removeprefix("val/nmi_head"))
-        results[method] = entry
-        timings[method] = time.time() - t
-
-    # the decoded splits (data.cache: memory) stay for the fine-tuning, whose recipe reads the same shards
-    downstream(out, common, methods, results, timings, args.downstream)
-
-    step("6/6 results")
+    step("4/5 results")
+    results = collect_results(out, methods, wanted)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    step("5/5 table")
+    random_metrics = json.loads((out / "probe_random" / "metrics.json").read_text())
     print(f"data: {manifest['num_samples']} videos ({manifest['hours']:.2f} h) in "
           f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
           f"{len(manifest['skipped'])} skipped")
@@ -148,39 +258,95 @@ def main() -> None:
         extras = {**entry["pretext"], **{k: entry[k] for k in ("sync_accuracy", "nmi") if k in entry}}
         print(f"{method} held-out pretext: " + ", ".join(f"{k} {v:.3f}" for k, v in extras.items()))
     print_downstream(results, methods)
-    print("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    overlap = f" ({jobs} steps at a time after the shards)" if jobs > 1 else ""
+    print("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+          + f"; total {time.time() - begin:.0f}{overlap}")
     print(f"written: {out / 'results.json'}")
 
 
-def downstream(out: Path, common: list[str], methods: list[str], results: dict, timings: dict, steps: str) -> None:
-    """Fine-tuning (first method), localization (every method and random init) and
-    separation (first method) on the same shards; adds their entries to ``results``."""
-    wanted = [s for s in steps.split(",") if s]
-    unknown = sorted(set(wanted) - {"finetune", "localize", "separate", "events"})
-    if unknown:
-        raise SystemExit(f"unknown downstream step(s) {unknown}")
-    first = methods[0]
+def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int) -> list[Step]:
+    """The steps after the shards, longest first: each method's pretraining and probe, then
+    the downstream steps of the first method, the random-init probe, localization (every
+    method and random init)."""
+    probe_recipe = str(RECIPES / "eval" / "synth_probe.yaml")
+    cache = f"probe.cache_dir={out / 'feature_cache'}"
     evals = RECIPES / "eval"
-    if "finetune" in wanted:
-        t = step(f"5/6 fine-tuning the {first} video encoder")
+    first = methods[0]
+
+    def pretrain_and_probe(method: str) -> Callable[[int], None]:
+        def go(threads: int) -> None:
+            recipe, _ = METHODS[method]
+            if not (out / method / "export" / "model.json").exists():
+                run("pretrain", str(RECIPES / "synth" / recipe), *common, f"run_dir={out / method}",
+                    f"trainer.max_epochs={epochs}")
+            run("probe", probe_recipe, *common, cache, f"probe.encoders={out / method / 'export'}",
+                f"run_dir={out / f'probe_{method}'}")
+        return go
+
+    def probe_random(threads: int) -> None:
+        run("probe", probe_recipe, *common, cache, "probe.encoders=random", f"run_dir={out / 'probe_random'}")
+
+    def finetune(threads: int) -> None:
         run("finetune", str(evals / "synth_finetune.yaml"), *common, f"finetune.encoders={out / first / 'export'}",
             f"run_dir={out / 'finetune'}")
+
+    def separate(threads: int) -> None:
+        with intra_op_threads(threads):  # its clips are decoded once, then trained on in memory: every core it has
+            run("separate", str(evals / "synth_separation.yaml"), *common,
+                f"separation.encoders={out / first / 'export'}", f"run_dir={out / 'separate'}")
+
+    def localize(threads: int) -> None:
+        recipe = str(evals / "synth_localization.yaml")
+        options = [f"localization.cache_dir={out / 'feature_cache'}",
+                   f"localization.events={'true' if 'events' in downstream else 'false'}"]
+        run("localize", recipe, *common, *options, "localization.checkpoint=random", f"run_dir={out / 'localize_random'}")
+        for method in methods:
+            run("localize", recipe, *common, *options,
+                f"localization.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
+                f"run_dir={out / f'localize_{method}'}")
+
+    steps = [Step(method, pretrain_and_probe(method)) for method in methods]
+    if "separate" in downstream:
+        steps.append(Step("separate", separate, after=(first,)))
+    if "finetune" in downstream:
+        steps.append(Step("finetune", finetune, after=(first,)))
+    steps.append(Step("probe_random", probe_random))
+    if "localize" in downstream:
+        steps.append(Step("localize", localize, after=tuple(methods)))
+    return steps
+
+
+def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dict:
+    """results.json from the steps' metrics files and logs."""
+    random_metrics = json.loads((out / "probe_random" / "metrics.json").read_text())
+    results: dict = {}
+    for method in methods:
+        _, metric = METHODS[method]
+        metrics = json.loads((out / f"probe_{method}" / "metrics.json").read_text())
+        log = _metrics_log(out / method)
+        entry = {
+            "probe": {m: {"random": random_metrics[m]["test_video_top1"], "pretrained": metrics[m]["test_video_top1"]}
+                      for m in ("video", "audio", "both")},
+            "pretext": {"val_" + metric.split("/")[1]: _last(log, metric)},  # e.g. val_accuracy
+        }
+        if method == "avts":
+            entry["sync_accuracy"] = _last(log, "test/sync_accuracy")
+        if method == "selavi":
+            heads = sorted(k for k in log[-1] if k.startswith("val/nmi_head")) if log else []
+            best = max(heads, key=lambda k: _last(log, k))  # chosen on val …
+            entry["nmi"] = _last(log, best.replace("val/", "test/"))  # … read on test
+            entry["best_head"] = int(best.removeprefix("val/nmi_head"))
+        results[method] = entry
+    first = methods[0]
+    if "finetune" in downstream:
         metrics = json.loads((out / "finetune" / "metrics.json").read_text())
         results["finetune"] = {"video": {"pretrained": metrics["test"]["video_top1"],
                                          "linear_probe": results[first]["probe"]["video"]["pretrained"],
                                          "method": first}}
-        timings["finetune"] = time.time() - t
-    if "localize" in wanted:
-        t = step("5/6 sound-source and event localization (random init, then each method)")
-        recipe = str(evals / "synth_localization.yaml")
-        options = [f"localization.cache_dir={out / 'feature_cache'}",
-                   f"localization.events={'true' if 'events' in wanted else 'false'}"]
-        run("localize", recipe, *common, *options, "localization.checkpoint=random", f"run_dir={out / 'localize_random'}")
+    if "localize" in downstream:
         random_loc = json.loads((out / "localize_random" / "metrics.json").read_text())
         results["localization"] = {}
         for method in methods:
-            run("localize", recipe, *common, *options, f"localization.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
-                f"run_dir={out / f'localize_{method}'}")
             loc = json.loads((out / f"localize_{method}" / "metrics.json").read_text())
             results["localization"][method] = {
                 "ciou": loc["ciou"], "auc": loc["auc"], "mean_ciou": loc["mean_ciou"], "rule": loc["rule"],
@@ -191,18 +357,13 @@ def downstream(out: Path, common: list[str], methods: list[str], results: dict, 
                 "event_segment_accuracy": loc.get("events", {}).get("segment_accuracy"),
                 "random_event_segment_accuracy": random_loc.get("events", {}).get("segment_accuracy"),
             }
-        timings["localize"] = time.time() - t
-    if "separate" in wanted:
-        t = step(f"5/6 mix-and-separate with the {first} video encoder")
-        with intra_op_threads(os.cpu_count() or 1):  # its clips are decoded once, then trained on in memory
-            run("separate", str(evals / "synth_separation.yaml"), *common, f"separation.encoders={out / first / 'export'}",
-                f"run_dir={out / 'separate'}")
+    if "separate" in downstream:
         metrics = json.loads((out / "separate" / "metrics.json").read_text())
         mixtures = metrics["mixtures"]
         results["separation"] = {k: mixtures[k] for k in ("sdr_db", "sir_db", "sar_db", "sdr_improvement_db")}
         results["separation"].update({"si_sdr_db": mixtures.get("si_sdr_db"), "method": first,
                                       "two_source_clips": metrics.get("two_source_clips")})
-        timings["separate"] = time.time() - t
+    return results
 
 
 def print_downstream(results: dict, methods: list[str]) -> None:
