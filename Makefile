@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 METHODS ?= avc
+JOBS ?=          # steps side by side after the shards (empty: one per method, at most one per core)
 
 .PHONY: install test test-fast demo clean
 
@@ -23,7 +24,7 @@ test-fast: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 demo: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS)
+	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS) $(if $(strip $(JOBS)),--jobs $(JOBS))
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

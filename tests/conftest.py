@@ -1,10 +1,13 @@
 """Shared test helpers: clips and shards made on the fly (no data is downloaded)."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,6 +16,17 @@ from avssl.data.encode import write_media
 
 FLASH_VALUE = 250
 BACKGROUND_VALUE = 30
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as module ``name`` (registered in sys.modules: its
+    dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def flash_click_clip(

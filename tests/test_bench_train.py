@@ -1,25 +1,13 @@
 """scripts/bench_train.py: the FLOP count against a hand count, and a 2-step CPU measurement."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def test_flop_count_and_model_only_measurement():
-    bench = _bench()
+    bench = load_script("bench_train")
 
     # One Conv2d, input without gradient: forward 2·Cin·Cout·k²·Hout·Wout per sample, its
     # backward the same again (weight gradient only); the bias is not counted.

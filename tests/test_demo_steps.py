@@ -2,27 +2,16 @@
 forked steps sharing the parent's memory, logs per step, a failure stopping the rest."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import load_script
 
-
-def _demo():
-    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_script"] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _demo()
+demo = load_script("demo")
 SHARED = {"value": None}  # set in the parent before the steps fork
 
 
