@@ -265,9 +265,12 @@ def main() -> None:
 
 
 def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int) -> list[Step]:
-    """The steps after the shards, longest first: each method's pretraining and probe, then
-    the downstream steps of the first method, the random-init probe, localization (every
-    method and random init)."""
+    """The steps after the shards: each method's pretraining and probe, the downstream
+    steps of the first method, the random-init probe, localization (every method and random
+    init). The separation comes right after the first method, before the other methods: at
+    one intra-op thread it cannot use a core the other slot leaves free, so it should not
+    be the step that runs alone at the end (a pretraining run alone uses both cores: its
+    loader workers take the second)."""
     probe_recipe = str(RECIPES / "eval" / "synth_probe.yaml")
     cache = f"probe.cache_dir={out / 'feature_cache'}"
     evals = RECIPES / "eval"
@@ -305,9 +308,10 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
                 f"localization.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
                 f"run_dir={out / f'localize_{method}'}")
 
-    steps = [Step(method, pretrain_and_probe(method)) for method in methods]
+    steps = [Step(first, pretrain_and_probe(first))]
     if "separate" in downstream:
         steps.append(Step("separate", separate, after=(first,)))
+    steps += [Step(method, pretrain_and_probe(method)) for method in methods[1:]]
     if "finetune" in downstream:
         steps.append(Step("finetune", finetune, after=(first,)))
     steps.append(Step("probe_random", probe_random))

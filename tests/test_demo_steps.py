@@ -87,3 +87,12 @@ def test_steps_that_cannot_start_are_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="wait on each other"):
         demo.run_steps([demo.Step("a", noop, after=("b",)), demo.Step("b", noop, after=("a",))], jobs=2,
                        log_dir=tmp_path, cores=2)
+
+
+def test_demo_graph_runs_downstream_steps_after_the_checkpoints_they_read(tmp_path: Path) -> None:
+    steps = demo.demo_steps(tmp_path, [], ["avc", "avts", "selavi"], ["finetune", "localize", "separate"], epochs=1)
+    after = {s.name: set(s.after) for s in steps}
+    assert after == {"avc": set(), "avts": set(), "selavi": set(), "separate": {"avc"}, "finetune": {"avc"},
+                     "probe_random": set(), "localize": {"avc", "avts", "selavi"}}
+    # the separation (one thread) is taken as soon as the first method ends, before the other methods
+    assert [s.name for s in steps].index("separate") < [s.name for s in steps].index("avts")

@@ -44,6 +44,24 @@ def test_train_geometry_is_torchvisions_random_resized_crop_and_flip(flip: bool)
         torch.testing.assert_close(out, expected.as_subclass(torch.Tensor), atol=1, rtol=0)
 
 
+def test_train_crop_scale_one_keeps_the_whole_frame_and_draws_only_the_flip() -> None:
+    # 40×60 frames: torchvision's RandomResizedCrop at scale (1, 1) rejects its ratio draws
+    # and falls back to (about) the whole frame; the transform takes the whole frame directly
+    settings = AugmentSettings(crop_scale=(1.0, 1.0), flip=True)
+    clip = _clip()
+    expected = v2.Resize((32, 32), antialias=True)(tv_tensors.Video(clip.permute(0, 3, 1, 2))).permute(1, 0, 2, 3)
+    flips = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out, box = VideoTransform(32, train=True, settings=settings).apply(clip)
+        assert (box.top, box.left, box.height, box.width) == (0, 0, 40, 60)
+        assert box.flipped == bool(torch.manual_seed(seed) and torch.rand(()) < 0.5), "the flip is the only draw"
+        flips.append(box.flipped)
+        torch.testing.assert_close(out, expected.flip(-1) if box.flipped else expected.as_subclass(torch.Tensor),
+                                   atol=0, rtol=0)
+    assert len(set(flips)) == 2
+
+
 def test_eval_geometry_is_resize_then_centre_crop() -> None:
     # 40×60 frames: the centre 40×40, resized to 32. Smooth content: cropping before the
     # antialiased resize differs from cropping after it only by the filter's taps at the edges.
