@@ -96,3 +96,12 @@ def test_demo_graph_runs_downstream_steps_after_the_checkpoints_they_read(tmp_pa
                      "probe_random": set(), "localize": {"avc", "avts", "selavi"}}
     # the separation (one thread) is taken as soon as the first method ends, before the other methods
     assert [s.name for s in steps].index("separate") < [s.name for s in steps].index("avts")
+
+
+def test_jobs_below_one_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                   tmp_path: Path) -> None:
+    monkeypatch.setattr("sys.argv", ["demo.py", "--out", str(tmp_path), "--jobs", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main()
+    assert exit_info.value.code == 2 and "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before the synthetic set is made
