@@ -63,8 +63,9 @@ def run(*argv: str) -> None:
 # -- the step graph ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
-    """One step after the shards: ``run(threads)`` (``threads``: its intra-op thread count),
-    started once every step named in ``after`` has finished."""
+    """One step after the shards: ``run(threads)`` (``threads``: the cores it may use; the
+    separation sets that many intra-op threads, `avssl pretrain` sets its own beside its
+    loader workers), started once every step named in ``after`` has finished."""
 
     name: str
     run: Callable[[int], None]
@@ -75,9 +76,9 @@ def run_steps(steps: list[Step], jobs: int, log_dir: Path, cores: int) -> dict[s
     """Run ``steps`` ``jobs`` at a time, each once the steps it comes ``after`` have finished,
     the first ready one in list order whenever a slot frees; returns each step's wall seconds.
 
-    ``jobs == 1``: one after another in this process, output to the terminal, ``cores``
-    intra-op threads each. ``jobs > 1``: each step in a forked process (it shares what this
-    process has decoded into memory) with ``cores // jobs`` threads and its output in
+    ``jobs == 1``: one after another in this process, output to the terminal, each given
+    ``cores``. ``jobs > 1``: each step in a forked process (it shares what this process has
+    decoded into memory) given ``cores // jobs``, torch's intra-op threads set to that, its output in
     ``log_dir/<name>.log``; the first failure stops the others and shows the end of its log.
     Measured on 2 cores: a pretraining run keeps one core busy with the model and ~0.6 of
     the other with its loader workers, and one more intra-op thread gains < 10 % (small
