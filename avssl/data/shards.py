@@ -922,7 +922,11 @@ def _commit(staging: Path, out_dir: Path, shard_names: list[str]) -> None:
     """Replace the previous output by the complete one in ``staging``."""
     previous = set(_listed_shards(out_dir / "manifest.json"))
     commit = {"shards": shard_names, "remove": sorted(previous - set(shard_names))}
-    _write_json(staging / COMMIT_FILE, commit)
+    try:
+        _write_json(staging / COMMIT_FILE, commit)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _move_into_place(staging, out_dir)
 
 
@@ -999,10 +1003,11 @@ def write_shards(
             raise _output_error(out_dir, error) from None
         try:
             report = _pack(jobs, skipped, settings, labels, staging, workers)
-            _commit(staging, out_dir, [Path(p).name for paths in report.shards.values() for p in paths])
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        # from here an interruption leaves a complete staging folder that the next start moves in
+        _commit(staging, out_dir, [Path(p).name for paths in report.shards.values() for p in paths])
     finally:
         os.close(lock)
     report.shards = {split: [str(out_dir / Path(p).name) for p in paths] for split, paths in report.shards.items()}
