@@ -188,7 +188,7 @@ def list_input_files(videos_dir: Path) -> tuple[list[Path], list[dict]]:
         return Path(path).relative_to(videos_dir).as_posix()
 
     def unreadable(error: OSError) -> None:
-        problems.append({"file": relative(error.filename), "reason": f"unreadable folder: {error.strerror}"})
+        problems.append({"file": relative(error.filename or videos_dir), "reason": f"unreadable folder: {error.strerror}"})
 
     searched = {os.path.realpath(videos_dir): "."}
     for folder, dirs, names in os.walk(videos_dir, onerror=unreadable, followlinks=True):

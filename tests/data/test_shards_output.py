@@ -205,6 +205,9 @@ def test_a_labels_row_with_more_fields_than_the_header_names_file_and_line(tmp_p
     with pytest.raises(shards.LabelsError, match="line 3: 3 fields"):  # before the output folder is touched
         write_shards(tmp_path, tmp_path / "out", labels_csv=labels)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError) as error:
+        write_shards(tmp_path, tmp_path / "out", labels_csv=tmp_path / "labels.tsv")
+    assert str(error.value) == f"labels file {tmp_path / 'labels.tsv'} does not exist"
 
 
 def test_videos_given_a_file_and_an_unwritable_out_are_one_line_errors(tmp_path):
@@ -220,6 +223,21 @@ def test_videos_given_a_file_and_an_unwritable_out_are_one_line_errors(tmp_path)
     with pytest.raises(NotADirectoryError) as error:
         write_shards(videos, blocker)
     assert str(error.value) == f"output folder {blocker} is a file"
+
+
+
+def test_an_output_folder_without_write_permission_is_a_one_line_error(tmp_path, monkeypatch):
+    """Tests run as root, which writes anywhere: the refusal is simulated where the writer
+    first writes into the folder (its staging folder)."""
+    videos = clips(tmp_path / "videos", ["a.mp4"])
+
+    def refused(**_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(shards.tempfile, "mkdtemp", refused)
+    with pytest.raises(PermissionError) as error:
+        write_shards(videos, tmp_path / "out", settings=ShardSettings(**SMALL))
+    assert str(error.value) == f"output folder {tmp_path / 'out'}: permission denied (cannot write there)"
 
 
 # --------------------------------------------------------------------------- default splits
