@@ -87,7 +87,9 @@ class ShardSettings:
             if value is not None and not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value}")
         if (self.val_fraction or 0.0) + (self.test_fraction or 0.0) >= 1.0:
-            problems.append(f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}")
+            problems.append(
+                f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}"
+            )
         if self.missing_audio not in ("skip", "silence"):
             problems.append(f"missing_audio must be 'skip' or 'silence', got {self.missing_audio!r}")
         if self.audio_format not in AUDIO_FORMATS:
@@ -188,7 +190,8 @@ def list_input_files(videos_dir: Path) -> tuple[list[Path], list[dict]]:
         return Path(path).relative_to(videos_dir).as_posix()
 
     def unreadable(error: OSError) -> None:
-        problems.append({"file": relative(error.filename or videos_dir), "reason": f"unreadable folder: {error.strerror}"})
+        reason = f"unreadable folder: {error.strerror}"
+        problems.append({"file": relative(error.filename or videos_dir), "reason": reason})
 
     searched = {os.path.realpath(videos_dir): "."}
     for folder, dirs, names in os.walk(videos_dir, onerror=unreadable, followlinks=True):
@@ -284,9 +287,10 @@ def read_labels(labels_csv: Path) -> Labels:
     are numbered 0..K-1. An empty label means unknown (-1). A malformed file raises
     :class:`LabelsError` naming the file, the line and the accepted format."""
     labels_csv = Path(labels_csv)
+    if labels_csv.is_dir():
+        raise IsADirectoryError(f"labels file {labels_csv} is a folder; give the csv file")
     if not labels_csv.is_file():
-        raise FileNotFoundError(f"labels file {labels_csv} does not exist" if not labels_csv.exists()
-                                else f"labels file {labels_csv} is not a file")
+        raise FileNotFoundError(f"labels file {labels_csv} does not exist")
     try:
         raw = _read_label_rows(labels_csv)
     except UnicodeDecodeError as error:
@@ -385,7 +389,8 @@ def stratified_split(
         num_test = _held_out_count(len(ids), test_fraction, len(ids) - 1)
         num_val = _held_out_count(len(ids), val_fraction, len(ids) - 1 - num_test)
         for position, video_id in enumerate(ids):
-            splits[video_id] = "test" if position < num_test else "val" if position < num_test + num_val else "train"
+            held_out = "test" if position < num_test else "val" if position < num_test + num_val else None
+            splits[video_id] = held_out or "train"
     return splits
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-import avssl.data.shards as shards
 from avssl.cli import main
+from avssl.data import shards
 from avssl.data.shards import ShardSettings, plan_jobs, read_labels, write_shards
 from tests.conftest import ROOT
 from tests.data.test_shards import make_clip, read_samples
 
-SMALL = dict(short_side=32, min_seconds=0.5, audio_format="aac")
+SMALL = {"short_side": 32, "min_seconds": 0.5, "audio_format": "aac"}
 SMALL_FLAGS = ["--short-side", "32", "--min-seconds", "0.5", "--audio-format", "aac"]
 
 
