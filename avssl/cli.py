@@ -41,6 +41,7 @@ def _shards(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate,
         gop_seconds=args.gop_seconds,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         missing_audio=args.missing_audio,
         audio_format=args.audio_format,
         min_seconds=args.min_seconds,
@@ -152,7 +153,10 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         "files with the same stem. Bad files are skipped and reported, never fatal.",
     )
     p.add_argument("--videos", type=Path, required=True, help="folder of videos (searched recursively)")
-    p.add_argument("--labels", type=Path, default=None, help="csv with columns id,label[,split]")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="csv with the header id,label[,split]: id = the video's path under --videos without "
+                        "extension (or its file name without extension), label = a class name or integer, "
+                        "split = train/val/test/… (optional)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
     p.add_argument("--short-side", type=int, default=d.short_side,
@@ -161,7 +165,11 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-rate", type=int, default=d.sample_rate, help="output audio rate (mono)")
     p.add_argument("--gop-seconds", type=float, default=d.gop_seconds, help="keyframe interval in seconds")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="fraction of videos held out as 'val' when labels.csv has no split column")
+                   help="share of the videos without a split held out as 'val' (per class with --labels; "
+                        "default: 0.1 when the labels file has no split column, else 0)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                   help="share of the videos without a split held out as 'test' (per class with --labels; "
+                        "default: 0.1 when the labels file has no split column, else 0)")
     p.add_argument("--missing-audio", choices=("skip", "silence"), default=d.missing_audio,
                    help="what to do with videos that have no audio stream")
     p.add_argument("--audio-format", choices=AUDIO_FORMATS, default=d.audio_format,
@@ -169,7 +177,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
                         "aac: mono AAC inside the mp4")
     p.add_argument("--min-seconds", type=float, default=d.min_seconds,
                    help="skip videos whose audio and video overlap for less than this (seconds)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split of the videos without one")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel processes (the output does not depend on it)")
     p.set_defaults(run=_shards)

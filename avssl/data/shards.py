@@ -19,12 +19,17 @@ module to build its parser.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
+import logging
 import math
+import os
 import re
-from dataclasses import asdict, dataclass, field
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -36,6 +41,11 @@ AUDIO_BITRATE = 48_000  # mono AAC at 16 kHz; the recommended format of DECODING
 TIMESTAMP_SLACK = Fraction(2, 1000)  # seconds
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+-\d{6}\.tar$")
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+STAGING_PREFIX = ".avssl-shards-"  # the writer's own staging folders inside --out (removed when stale)
+COMMIT_FILE = "commit.json"  # in a staging folder: its output is complete and being moved into place
+DEFAULT_HELD_OUT = (0.1, 0.1)  # (val, test) fractions when a labels file gives no split at all
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,14 +57,18 @@ class ShardSettings:
     fps: float = 25.0  # constant output frame rate
     sample_rate: int = 16000  # output audio rate (mono)
     gop_seconds: float = 1.0  # keyframe interval
-    val_fraction: float = 0.0  # held out as "val" when labels.csv has no split for a video
+    # Fractions of the videos without a split (no labels.csv row or no split value) held
+    # out as "val" and "test". None: 0.1 each when a labels file gives no split at all,
+    # else 0 (resolve_held_out); the manifest records the values used.
+    val_fraction: float | None = None
+    test_fraction: float | None = None
     missing_audio: str = "skip"  # or "silence": pack video-only files with a silent track
     # "pcm": audio as raw int16 mono beside a video-only mp4 (the sample's ``pcm`` entry);
     # ~2× the bytes of AAC, no audio decode or resampling when reading (DECODING.md §6).
     # "aac": mono AAC inside the mp4.
     audio_format: str = "pcm"
     min_seconds: float = 1.0  # skip videos whose audio-video overlap is shorter
-    seed: int = 0  # seeds the train/val hash
+    seed: int = 0  # seeds the split of the videos without one
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,8 +82,14 @@ class ShardSettings:
             problems.append(f"sample_rate must be within 8000..96000 Hz (AAC), got {self.sample_rate}")
         if not self.gop_seconds > 0:
             problems.append(f"gop_seconds must be > 0, got {self.gop_seconds}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {value}")
+        if (self.val_fraction or 0.0) + (self.test_fraction or 0.0) >= 1.0:
+            problems.append(
+                f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}"
+            )
         if self.missing_audio not in ("skip", "silence"):
             problems.append(f"missing_audio must be 'skip' or 'silence', got {self.missing_audio!r}")
         if self.audio_format not in AUDIO_FORMATS:
@@ -114,6 +134,14 @@ class SkipVideo(Exception):
     """Raised by :func:`reencode_video` for a file that cannot be packed; str = the reason."""
 
 
+class LabelsError(ValueError):
+    """The labels file cannot be read; the message names the file, the line and what is accepted."""
+
+
+class OutputBusyError(RuntimeError):
+    """Another ``avssl shards`` is writing into the same output folder."""
+
+
 # --------------------------------------------------------------------------- discovery
 
 
@@ -125,7 +153,7 @@ class VideoJob:
     source: str  # relative path, posix
     id: str  # relative path without extension
     key: str  # sanitised id: no dots, "/" → "__"
-    split: str
+    split: str | None  # None only while planning
     label: int
     label_name: str | None
     sidecars: tuple[tuple[str, Path], ...]  # (entry name, file)
@@ -136,16 +164,75 @@ def sample_key(video_id: str) -> str:
     return video_id.replace("\\", "/").replace("/", "__").replace(".", "_")
 
 
-def find_videos(videos_dir: Path) -> list[tuple[Path, list[tuple[str, Path]]]]:
+def _broken_link_reason(path: Path) -> str | None:
+    """Why the symlink ``path`` leads to no file (a loop, a missing target), else None."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"symlink loop: {path.name} -> {os.readlink(path)} never reaches a file"
+        if error.errno == errno.ENOENT:
+            return f"broken symlink: its target {os.readlink(path)} does not exist"
+        return f"unreadable symlink: {error.strerror}"
+    return None
+
+
+def list_input_files(videos_dir: Path) -> tuple[list[Path], list[dict]]:
+    """Every regular file under ``videos_dir`` (symlinks followed, folders too) and the
+    entries that lead to no file, as skip records ``{"file", "reason"}``: broken links,
+    symlink loops, a linked folder already searched, an unreadable folder. Nothing under
+    the folder is dropped without a record."""
+    videos_dir = Path(videos_dir)
+    files: list[Path] = []
+    problems: list[dict] = []
+
+    def relative(path: str | Path) -> str:
+        return Path(path).relative_to(videos_dir).as_posix()
+
+    def unreadable(error: OSError) -> None:
+        reason = f"unreadable folder: {error.strerror}"
+        problems.append({"file": relative(error.filename or videos_dir), "reason": reason})
+
+    searched = {os.path.realpath(videos_dir): "."}
+    for folder, dirs, names in os.walk(videos_dir, onerror=unreadable, followlinks=True):
+        kept = []
+        # real folders first, so that a link to one of them is the entry reported
+        for name in sorted(dirs, key=lambda d: (os.path.islink(os.path.join(folder, d)), d)):
+            path = Path(folder) / name
+            real = os.path.realpath(path)
+            if real in searched:
+                reason = f"symlink loop: points to the folder {searched[real]}, searched already"
+                problems.append({"file": relative(path), "reason": reason})
+                continue
+            searched[real] = relative(path)
+            kept.append(name)
+        dirs[:] = sorted(kept)
+        for name in names:
+            path = Path(folder) / name
+            reason = _broken_link_reason(path) if path.is_symlink() else None
+            if reason is not None:
+                problems.append({"file": relative(path), "reason": reason})
+            elif path.is_file():
+                files.append(path)
+            elif path.suffix.lower() in VIDEO_EXTENSIONS:
+                problems.append({"file": relative(path), "reason": "not a regular file"})
+    return files, problems
+
+
+def find_videos(
+    videos_dir: Path, files: list[Path] | None = None
+) -> list[tuple[Path, list[tuple[str, Path]]]]:
     """Videos under ``videos_dir`` (recursive, by extension), sorted by relative path, each
     with its sidecars ``(entry name, path)``: the other files of its folder named
     ``<stem>.<rest>``. A file that could belong to several videos (``a.b.json`` next to
-    ``a.mp4`` and ``a.b.mp4``) goes to the one with the longest stem."""
+    ``a.mp4`` and ``a.b.mp4``) goes to the one with the longest stem. ``files``: the
+    result of :func:`list_input_files` when the caller has it already."""
     videos_dir = Path(videos_dir)
+    if files is None:
+        files = list_input_files(videos_dir)[0]
     by_folder: dict[Path, list[Path]] = {}
-    for path in videos_dir.rglob("*"):
-        if path.is_file():
-            by_folder.setdefault(path.parent, []).append(path)
+    for path in files:
+        by_folder.setdefault(path.parent, []).append(path)
     sidecars: dict[Path, list[tuple[str, Path]]] = {}
     videos: list[Path] = []
     for files in by_folder.values():
@@ -186,32 +273,31 @@ class Labels:
     rows: dict[str, tuple[int, str | None, str | None]]
     classes: list[str] | None  # None when the labels are integers
 
+    @property
+    def has_splits(self) -> bool:
+        """Whether any row names a split (else the writer makes train/val/test itself)."""
+        return any(split is not None for _, _, split in self.rows.values())
+
+
+LABELS_FORMAT = "a header id,label[,split] then one row per video (quote a value that holds a comma)"
+
 
 def read_labels(labels_csv: Path) -> Labels:
     """Read ``id,label[,split]``. Integer labels are kept; otherwise the sorted class names
-    are numbered 0..K-1. An empty label means unknown (-1)."""
+    are numbered 0..K-1. An empty label means unknown (-1). A malformed file raises
+    :class:`LabelsError` naming the file, the line and the accepted format."""
     labels_csv = Path(labels_csv)
-    with labels_csv.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if "id" not in columns or "label" not in columns:
-            raise ValueError(
-                f"{labels_csv}: the header must name the columns id,label[,split]; found {columns}"
-            )
-        raw: dict[str, tuple[str, str | None]] = {}
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            video_id = row["id"].replace("\\", "/")
-            if not video_id:
-                continue
-            label, split = row["label"], row.get("split") or None
-            if split is not None and not SPLIT_NAME.match(split):
-                raise ValueError(f"{labels_csv} line {line}: split {split!r} must be letters, digits, _ or -")
-            if video_id in raw and raw[video_id] != (label, split):
-                raise ValueError(
-                    f"{labels_csv} line {line}: id {video_id!r} appears twice with different label/split"
-                )
-            raw[video_id] = (label, split)
+    if labels_csv.is_dir():
+        raise IsADirectoryError(f"labels file {labels_csv} is a folder; give the csv file")
+    if not labels_csv.is_file():
+        raise FileNotFoundError(f"labels file {labels_csv} does not exist")
+    try:
+        raw = _read_label_rows(labels_csv)
+    except UnicodeDecodeError as error:
+        raise LabelsError(f"{labels_csv}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                          f"expected {LABELS_FORMAT}") from None
+    except csv.Error as error:
+        raise LabelsError(f"{labels_csv}: not a csv file ({error}); expected {LABELS_FORMAT}") from None
     names = sorted({label for label, _ in raw.values() if label})
     if all(re.fullmatch(r"[+-]?\d+", name) for name in names):
         rows = {i: (int(label) if label else -1, None, split) for i, (label, split) in raw.items()}
@@ -221,20 +307,118 @@ def read_labels(labels_csv: Path) -> Labels:
     return Labels(rows, names)
 
 
-def hash_split(video_id: str, seed: int, val_fraction: float) -> str:
-    """"val" for a deterministic ``val_fraction`` of ids (hash of seed and id), else "train"."""
+def _read_label_rows(labels_csv: Path) -> dict[str, tuple[str, str | None]]:
+    """{id: (label text, split or None)} of the csv, every row checked."""
+    with labels_csv.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        columns = [c.strip() for c in header]
+        if "id" not in columns or "label" not in columns:
+            raise LabelsError(f"{labels_csv} line 1: the header must name the columns id,label[,split]; "
+                              f"found {columns}")
+        raw: dict[str, tuple[str, str | None]] = {}
+        for row in reader:
+            line = reader.line_num
+            if None in row:  # DictReader puts the fields beyond the header under the key None
+                raise LabelsError(
+                    f"{labels_csv} line {line}: {len(header) + len(row[None])} fields, but the header "
+                    f"has {len(header)} ({','.join(columns)}); expected {LABELS_FORMAT}"
+                )
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            video_id = row["id"].replace("\\", "/")
+            if not video_id:
+                continue
+            label, split = row["label"], row.get("split") or None
+            if split is not None and not SPLIT_NAME.match(split):
+                raise LabelsError(f"{labels_csv} line {line}: split {split!r} must be letters, digits, _ or -")
+            if video_id in raw and raw[video_id] != (label, split):
+                raise LabelsError(
+                    f"{labels_csv} line {line}: id {video_id!r} appears twice with different label/split"
+                )
+            raw[video_id] = (label, split)
+    return raw
+
+
+def resolve_held_out(settings: ShardSettings, labels: Labels | None) -> tuple[float, float]:
+    """(val, test) fractions for the videos without a split: the settings' values, and
+    where one is None 0.1 when a labels file gives no split at all, else 0."""
+    auto = DEFAULT_HELD_OUT if labels is not None and not labels.has_splits else (0.0, 0.0)
+    val = auto[0] if settings.val_fraction is None else settings.val_fraction
+    test = auto[1] if settings.test_fraction is None else settings.test_fraction
+    if val + test >= 1.0:
+        raise ValueError(f"invalid shard settings: val_fraction + test_fraction must be < 1, got {val} + {test}")
+    return val, test
+
+
+def _unit_hash(video_id: str, seed: int) -> float:
     digest = hashlib.sha256(f"{seed}\0{video_id}".encode()).digest()
-    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def hash_split(video_id: str, seed: int, val_fraction: float, test_fraction: float = 0.0) -> str:
+    """"test" for a deterministic ``test_fraction`` of ids, "val" for a ``val_fraction``,
+    else "train": a hash of (seed, id), so a video keeps its split when others are added."""
+    value = _unit_hash(video_id, seed)
+    if value < test_fraction:
+        return "test"
+    return "val" if value < test_fraction + val_fraction else "train"
+
+
+def _held_out_count(size: int, fraction: float, room: int) -> int:
+    """round(size × fraction), at least 1 when fraction > 0, at most ``room``."""
+    if fraction <= 0 or room <= 0:
+        return 0
+    return min(room, max(1, math.floor(size * fraction + 0.5)))
+
+
+def stratified_split(
+    labelled_ids: list[tuple[str, int]], seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, str]:
+    """{id: split} with each label's videos split on their own: ordered by a hash of
+    (seed, id), the first round(n × test_fraction) go to test, the next round(n ×
+    val_fraction) to val, the rest to train. Each held-out split gets at least one video
+    of a label while one stays in train: a label with 1 video is train only, with 2 train
+    and test, with 3 or more all three. Hand-written because scikit-learn's
+    ``train_test_split(stratify=…)`` refuses labels with fewer than 2 videos."""
+    by_label: dict[int, list[str]] = {}
+    for video_id, label in labelled_ids:
+        by_label.setdefault(label, []).append(video_id)
+    splits: dict[str, str] = {}
+    for ids in by_label.values():
+        ids.sort(key=lambda video_id: (_unit_hash(video_id, seed), video_id))
+        num_test = _held_out_count(len(ids), test_fraction, len(ids) - 1)
+        num_val = _held_out_count(len(ids), val_fraction, len(ids) - 1 - num_test)
+        for position, video_id in enumerate(ids):
+            held_out = "test" if position < num_test else "val" if position < num_test + num_val else None
+            splits[video_id] = held_out or "train"
+    return splits
+
+
+def split_rule(settings: ShardSettings, labels: Labels | None, val: float, test: float) -> dict:
+    """The manifest's record of how the videos without a split were split."""
+    if labels is not None:
+        method = "stratified"
+        text = ("videos with a split in the labels file keep it; the others, per label (no label: -1), "
+                "ordered by sha256(seed, id): round(n*test_fraction) to test and round(n*val_fraction) "
+                "to val, each at least 1 while 1 video stays in train; the rest to train")
+    else:
+        method = "hash"
+        text = ("per video, u = sha256(seed, id) as a number in [0, 1): test if u < test_fraction, "
+                "val if u < test_fraction + val_fraction, else train")
+    return {"method": method, "val_fraction": val, "test_fraction": test, "seed": settings.seed, "rule": text}
 
 
 def plan_jobs(
     videos_dir: Path, labels: Labels | None, settings: ShardSettings
 ) -> tuple[list[VideoJob], list[dict], set[str]]:
     """Everything decided before decoding: id, key, split, label and sidecars of each video.
-    Returns the jobs, the videos skipped already (duplicate keys) and the csv ids used."""
-    jobs, skipped, used_ids = [], [], set()
+    Returns the jobs, the entries skipped already (duplicate keys, broken links) and the
+    csv ids used. Videos without a split get one by :func:`stratified_split` when there is
+    a labels file, else by :func:`hash_split`."""
+    files, skipped = list_input_files(videos_dir)
+    planned, used_ids = [], set()
     owner_of_key: dict[str, str] = {}
-    for path, sidecars in find_videos(videos_dir):
+    for path, sidecars in find_videos(videos_dir, files):
         source = path.relative_to(videos_dir).as_posix()
         video_id = source[: -len(path.suffix)]
         key = sample_key(video_id)
@@ -250,9 +434,14 @@ def plan_jobs(
                     label, label_name, split = labels.rows[candidate]
                     used_ids.add(candidate)
                     break
-        if split is None:
-            split = hash_split(video_id, settings.seed, settings.val_fraction)
-        jobs.append(VideoJob(path, source, video_id, key, split, label, label_name, tuple(sidecars)))
+        planned.append(VideoJob(path, source, video_id, key, split, label, label_name, tuple(sidecars)))
+    val, test = resolve_held_out(settings, labels)
+    unsplit = [job for job in planned if job.split is None]
+    if labels is not None:
+        assigned = stratified_split([(job.id, job.label) for job in unsplit], settings.seed, val, test)
+    else:
+        assigned = {job.id: hash_split(job.id, settings.seed, val, test) for job in unsplit}
+    jobs = [job if job.split is not None else replace(job, split=assigned[job.id]) for job in planned]
     return jobs, skipped, used_ids
 
 
@@ -676,21 +865,97 @@ class _ShardSink:
             self._close(split)
 
 
-def _remove_previous_output(out_dir: Path) -> None:
-    """Delete the shards that an earlier run listed in its manifest, so that a smaller
-    re-run leaves no stale shard behind. Files the manifest does not list are left alone."""
-    manifest = out_dir / "manifest.json"
-    if not manifest.is_file():
-        return
+def _listed_shards(manifest_path: Path) -> list[str]:
+    """The shard file names a manifest lists (only names the writer makes: never a path)."""
     try:
-        old = json.loads(manifest.read_text())
+        old = json.loads(manifest_path.read_text())
         names = [entry["file"] for split in old.get("splits", {}).values() for entry in split.get("shards", [])]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return
-    for name in names:
-        if SHARD_NAME.match(str(name)):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [str(name) for name in names if SHARD_NAME.match(str(name))]
+
+
+def _output_error(out_dir: Path, error: OSError) -> OSError:
+    """One line saying why the output folder cannot be made or written to."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        blocker = next((p for p in [out_dir, *out_dir.parents] if p.exists() and not p.is_dir()), out_dir)
+        what = "is a file" if blocker == out_dir else f"cannot be made: {blocker} is a file"
+        return NotADirectoryError(f"output folder {out_dir} {what}")
+    if isinstance(error, PermissionError):
+        return PermissionError(f"output folder {out_dir}: permission denied (cannot write there)")
+    return type(error)(error.errno, f"output folder {out_dir}: {error.strerror}")
+
+
+def _lock_output(out_dir: Path) -> int:
+    """Make ``out_dir`` and take an exclusive lock on it (held until the descriptor is
+    closed), so that two writers never share it and a staging folder found there is stale."""
+    import fcntl
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise _output_error(out_dir, error) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise OutputBusyError(f"output folder {out_dir} is being written by another avssl shards") from None
+    return descriptor
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Finish a commit: the staging folder's shards, then skipped.json, then manifest.json
+    (the commit point) replace the files of ``out_dir``, then the previous output's shards
+    that the new manifest does not list are deleted. ``os.replace`` renames within one
+    file system and replaces a symlink at the target, never the file it points to.
+    Safe to run again after an interruption: what was moved already is not in staging."""
+    commit = json.loads((staging / COMMIT_FILE).read_text())
+    for name in commit["shards"]:
+        if (staging / name).exists():
+            os.replace(staging / name, out_dir / name)
+    for name in ("skipped.json", "manifest.json"):
+        if (staging / name).exists():
+            os.replace(staging / name, out_dir / name)
+    for name in commit["remove"]:
+        if SHARD_NAME.match(name):
             (out_dir / name).unlink(missing_ok=True)
-    manifest.unlink()
+    shutil.rmtree(staging)
+
+
+def _commit(staging: Path, out_dir: Path, shard_names: list[str]) -> None:
+    """Replace the previous output by the complete one in ``staging``."""
+    previous = set(_listed_shards(out_dir / "manifest.json"))
+    commit = {"shards": shard_names, "remove": sorted(previous - set(shard_names))}
+    try:
+        _write_json(staging / COMMIT_FILE, commit)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _move_into_place(staging, out_dir)
+
+
+def _clear_stale_staging(out_dir: Path) -> None:
+    """Staging folders of a run that was killed: one whose output was complete and being
+    moved is finished (the manifest is then consistent again); any other is deleted."""
+    for staging in sorted(out_dir.glob(STAGING_PREFIX + "*")):
+        if staging.is_symlink() or not staging.is_dir():
+            continue
+        if (staging / COMMIT_FILE).is_file():
+            log.warning("finishing the interrupted move of %s into %s", staging.name, out_dir)
+            _move_into_place(staging, out_dir)
+        else:
+            log.info("removing %s, left by an interrupted run", staging)
+            shutil.rmtree(staging)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write ``value`` to ``path`` through a temporary file beside it (never half a file)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    with open(temporary, "x", encoding="utf-8") as handle:
+        handle.write(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)
 
 
 def _results(jobs: list[VideoJob], settings: ShardSettings, workers: int) -> Iterator[tuple[str, Any, Any]]:
@@ -720,18 +985,50 @@ def write_shards(
     output (indices, shard contents) does not depend on ``workers``. A file that cannot be
     packed is skipped with a reason and reported at the end; ``num_packed == 0`` in the
     returned report means nothing could be packed.
+
+    The new output is built in a staging folder inside ``out_dir`` and replaces the
+    previous one only once complete (:func:`_commit`), so an error, a full disk or a kill
+    leaves the previous output as it was; the next run removes the stale staging folder.
     """
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    if not videos_dir.exists():
+        raise FileNotFoundError(f"videos folder {videos_dir} does not exist")
+    if not videos_dir.is_dir():
+        raise NotADirectoryError(f"videos folder {videos_dir} is a file; give the folder that holds the videos")
+    labels = read_labels(labels_csv) if labels_csv is not None else None
+    val, test = resolve_held_out(settings, labels)
+    settings = replace(settings, val_fraction=val, test_fraction=test)
+    lock = _lock_output(out_dir)
+    try:
+        _clear_stale_staging(out_dir)
+        jobs, skipped, used_ids = plan_jobs(videos_dir, labels, settings)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+        except OSError as error:
+            raise _output_error(out_dir, error) from None
+        try:
+            report = _pack(jobs, skipped, settings, labels, staging, workers)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        # from here an interruption leaves a complete staging folder that the next start moves in
+        _commit(staging, out_dir, [Path(p).name for paths in report.shards.values() for p in paths])
+    finally:
+        os.close(lock)
+    report.shards = {split: [str(out_dir / Path(p).name) for p in paths] for split, paths in report.shards.items()}
+    _print_summary(report, videos_dir, out_dir, labels, used_ids, len(jobs))
+    return report
+
+
+def _pack(
+    jobs: list[VideoJob], skipped: list[dict], settings: ShardSettings, labels: Labels | None,
+    staging: Path, workers: int,
+) -> ShardReport:
+    """Encode ``jobs`` into shards in ``staging`` and write its manifest.json and
+    skipped.json; the report's shard paths are in ``staging``."""
     from tqdm import tqdm
 
-    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
-    if not videos_dir.is_dir():
-        raise FileNotFoundError(f"videos folder {videos_dir} does not exist")
-    labels = read_labels(labels_csv) if labels_csv is not None else None
-    jobs, skipped, used_ids = plan_jobs(videos_dir, labels, settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_previous_output(out_dir)
-
-    sink = _ShardSink(out_dir, settings.shard_size)
+    sink = _ShardSink(staging, settings.shard_size)
     next_index: dict[str, int] = {}
     seconds: dict[str, float] = {}
     results = _results(jobs, settings, workers)
@@ -775,6 +1072,7 @@ def write_shards(
     manifest = {
         "format": "avssl-shards/1",
         "settings": asdict(settings),
+        "split_rule": split_rule(settings, labels, settings.val_fraction, settings.test_fraction),
         "classes": labels.classes if labels is not None else None,
         "splits": {
             split: {
@@ -788,18 +1086,15 @@ def write_shards(
         "hours": round(total_seconds / 3600, 6),
         "skipped": skipped,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
-
-    report = ShardReport(
+    _write_json(staging / "skipped.json", skipped)
+    _write_json(staging / "manifest.json", manifest)
+    return ShardReport(
         num_packed=sum(splits.values()),
         skipped=skipped,
         splits=splits,
         hours=total_seconds / 3600,
-        shards={split: [str(out_dir / entry["file"]) for entry in sink.files[split]] for split in splits},
+        shards={split: [str(staging / entry["file"]) for entry in sink.files[split]] for split in splits},
     )
-    _print_summary(report, videos_dir, out_dir, labels, used_ids, len(jobs))
-    return report
 
 
 def _print_summary(
