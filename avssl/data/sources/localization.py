@@ -90,7 +90,7 @@ def prepare_vggss(
     clip or the test release's ``frames/<file>.jpg`` + ``audio/<file>.wav``. Labels index
     the sorted class names of the json (the VGG-Sound names)."""
     root = Path(root)
-    path = first_existing([root / p for p in VGGSS_JSON], "VGG-SS annotations")
+    path = first_existing(root, VGGSS_JSON, "VGG-SS annotations")
     entries = read_vggss(path)
     classes = sorted({str(e.get("class", "")) for e in entries if e.get("class")})
     number = {name: k for k, name in enumerate(classes)}
