@@ -183,6 +183,23 @@ def partners(labels: torch.Tensor, first: torch.Tensor, generator: torch.Generat
     return scores.argmax(1)
 
 
+def check_mixable(labels: torch.Tensor, key: str, split: str, shards: str) -> None:
+    """A RecipeError unless ``labels`` hold two different values: every mixture, in training
+    and in the test set, pairs a clip with one of another label (:func:`partners`), which a
+    split of one label (or of one clip) cannot give. Run on decoding, before any training."""
+    from avssl.config import RecipeError
+
+    values = labels.unique().tolist()
+    if len(values) >= 2:
+        return
+    count = len(labels)
+    label = f"label {values[0]}" + (" (unlabelled)" if values[0] == -1 else "")
+    raise RecipeError(
+        f"separation.{key}={split}: {'its only clip has' if count == 1 else f'all {count} clips have'} {label} "
+        f"in {shards}; a mixture needs two clips of different labels: give split {split!r} clips of at least two "
+        f"labels (e.g. re-prepare with a larger share of it) or set separation.{key} to a split that has them")
+
+
 def box_cells(boxes: torch.Tensor, map_size: tuple[int, int], frame_size: int) -> torch.Tensor:
     """B×h×w: the feature-map cells whose centre lies in each box (x0, y0, x1, y1 in pixels of a
     ``frame_size`` frame, x1/y1 exclusive), and always the cell under the box centre; every
@@ -549,8 +566,10 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     device = _device(cfg.device)
     train_targets = (BOXES,) if cfg.pooling == "box" else ()
     train_clips = load_clips(data, cfg.train_split, train_targets, train=True, max_clips=cfg.max_train_clips)
+    check_mixable(train_clips.label, "train_split", cfg.train_split, data.shards)
     test_targets = (BOXES, STEMS) if cfg.two_source_clips else train_targets
     test_clips = load_clips(data, cfg.test_split, test_targets, train=False)
+    check_mixable(test_clips.label, "test_split", cfg.test_split, data.shards)
     decoded = time.time()
     model = SeparationModel(video_encoder, cfg, data.video.size).to(device)
     model.video_encoder.eval()
@@ -574,6 +593,6 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     return results
 
 
-__all__ = ["Clips", "box_cells", "SeparationConfig", "SeparationModel", "VisualFeatures", "load_clips", "partners",
+__all__ = ["Clips", "box_cells", "check_mixable", "SeparationConfig", "SeparationModel", "VisualFeatures", "load_clips", "partners",
            "plot_separation", "run_separation", "score_sets", "separate_test_mixtures",
            "separate_two_source_clips", "evaluation_pairs", "train", "training_batch", "training_loss"]
