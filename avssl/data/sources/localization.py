@@ -9,7 +9,7 @@ samples carry their boxes in a ``boxes.json`` sidecar (split ``test``).
      "time": 5.0 | null,               seconds into the clip of the annotated frame; null when
                                        the clip is one still image (every frame is the annotated
                                        one) or the release does not say (Flickr-SoundNet videos)
-     "map": "union" | "consensus",     how the boxes make the ground-truth map (METHODS.md 6.2):
+     "map": "union" | "consensus",     how the boxes make the ground-truth map (avssl localize):
                                        union = 1 inside any box (VGG-SS); consensus = min(1,
                                        boxes covering the pixel / 2) (Flickr-SoundNet's annotators)
      "source": "<annotation file>"}
