@@ -117,7 +117,7 @@ def check_numbering(numbers: Sequence[int], first: int, where: str, what: str, h
     if missing := sorted(set(range(first, max(counts, default=first) + 1)) - set(counts)):
         problems.append(f"{format_numbers(missing)} missing")
     if problems:
-        raise ValueError(f"{where}: {what} must be {first}, {first + 1}, … without gaps, each once; "
+        raise ValueError(f"{where}: {what} must be {first}, {first + 1}, … without gaps; "
                          f"{'; '.join(problems)}{hint}")
 
 

@@ -179,7 +179,7 @@ def test_class_list_numbering_names_what_is_wrong(tmp_path, indices, problem):
     _crlf(lists / "classInd.txt", [f"{k} Class{n}" for n, k in enumerate(indices)])
     with pytest.raises(ValueError) as error:
         read_ucf101_classes(lists)
-    assert str(error.value) == f"{lists / 'classInd.txt'}: the indices must be 1, 2, … without gaps, each once; {problem}"
+    assert str(error.value) == f"{lists / 'classInd.txt'}: the indices must be 1, 2, … without gaps; {problem}"
     _crlf(lists / "classInd.txt", ["1 ApplyEyeMakeup", "ApplyLipstick"])
     with pytest.raises(ValueError) as error:
         read_ucf101_classes(lists)

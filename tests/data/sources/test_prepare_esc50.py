@@ -123,6 +123,6 @@ def test_esc50_subset_csv_names_the_missing_targets(tmp_path, capsys):
     (root / "meta" / "esc50.csv").write_text("\n".join([HEADER, *rows]) + "\n")
     assert main(["prepare", "esc50", "--root", str(root), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (
-        f"avssl prepare esc50: {root / 'meta' / 'esc50.csv'}: the targets must be 0, 1, … without gaps, each once; "
+        f"avssl prepare esc50: {root / 'meta' / 'esc50.csv'}: the targets must be 0, 1, … without gaps; "
         "2-9, 11-37, 39-40 missing (a subset csv? the labels index all 50 classes: use the release's complete "
         "esc50.csv)\n")

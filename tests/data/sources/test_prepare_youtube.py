@@ -165,8 +165,8 @@ def test_audioset_multi_label_targets(tmp_path):
     (root / "class_labels_indices.csv").write_text('index,mid,display_name\n0,/m/09x0r,"Speech"\n2,/m/04rlf,"Music"\n')
     with pytest.raises(ValueError) as error:
         prepare_audioset(root, tmp_path / "x")
-    assert str(error.value) == (f"{root / 'class_labels_indices.csv'}: the indices must be 0, 1, … without gaps, "
-                                "each once; 1 missing")
+    assert str(error.value) == (f"{root / 'class_labels_indices.csv'}: the indices must be 0, 1, … without gaps; "
+                                "1 missing")
 
 
 def test_clip_stems_cover_the_usual_names():
