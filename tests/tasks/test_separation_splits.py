@@ -42,11 +42,14 @@ def _no_training(*args, **kwargs):
      "separation.train_split=duet: all 2 clips have label -1 (unlabelled) in {shards}; a mixture needs two clips of "
      "different labels: give split 'duet' clips of at least two labels (e.g. re-prepare with a larger share of it) or "
      "set separation.train_split to a split that has them"),
+    (["separation.test_split=tset"],
+     "separation.test_split=tset: split 'tset' not in {shards}/manifest.json (it has ['duet', 'test', 'train'])"),
 ])
-def test_a_split_without_two_labels_is_refused_before_training(
+def test_a_split_that_cannot_give_mixtures_is_refused_before_training(
         shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         override: list[str], message: str) -> None:
-    """Once, a one-clip test split failed with a traceback after the whole training."""
+    """Once, a one-clip test split failed with a traceback after the whole training, and an
+    unknown split with a KeyError traceback."""
     monkeypatch.setattr(separation, "train", _no_training)
     assert main(["separate", RECIPE, f"data.shards={shards}", f"run_dir={tmp_path / 'run'}", *SMALL, *override]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"avssl separate: {message.format(shards=shards)}"

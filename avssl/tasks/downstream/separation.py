@@ -183,6 +183,18 @@ def partners(labels: torch.Tensor, first: torch.Tensor, generator: torch.Generat
     return scores.argmax(1)
 
 
+def check_splits_exist(shards: str, cfg: SeparationConfig) -> None:
+    """A RecipeError naming the key when the train or test split is not in the shards'
+    manifest, before any split is decoded."""
+    from avssl.config import RecipeError
+
+    for key, split in (("train_split", cfg.train_split), ("test_split", cfg.test_split)):
+        try:
+            ShardList.from_manifest(shards, split)
+        except KeyError as error:
+            raise RecipeError(f"separation.{key}={split}: {error.args[0]}") from None
+
+
 def check_mixable(labels: torch.Tensor, key: str, split: str, shards: str) -> None:
     """A RecipeError unless ``labels`` hold two different values: every mixture, in training
     and in the test set, pairs a clip with one of another label (:func:`partners`), which a
@@ -564,6 +576,7 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     started = time.time()
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
+    check_splits_exist(data.shards, cfg)
     train_targets = (BOXES,) if cfg.pooling == "box" else ()
     train_clips = load_clips(data, cfg.train_split, train_targets, train=True, max_clips=cfg.max_train_clips)
     check_mixable(train_clips.label, "train_split", cfg.train_split, data.shards)
