@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from avssl.config import RecipeError
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
 from avssl.data.sampling import ViewSampler
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
@@ -186,8 +187,6 @@ def partners(labels: torch.Tensor, first: torch.Tensor, generator: torch.Generat
 def check_splits_exist(shards: str, cfg: SeparationConfig) -> None:
     """A RecipeError naming the key when the train or test split is not in the shards'
     manifest, before any split is decoded."""
-    from avssl.config import RecipeError
-
     for key, split in (("train_split", cfg.train_split), ("test_split", cfg.test_split)):
         try:
             ShardList.from_manifest(shards, split)
@@ -199,8 +198,6 @@ def check_mixable(labels: torch.Tensor, key: str, split: str, shards: str) -> No
     """A RecipeError unless ``labels`` hold two different values: every mixture, in training
     and in the test set, pairs a clip with one of another label (:func:`partners`), which a
     split of one label (or of one clip) cannot give. Run on decoding, before any training."""
-    from avssl.config import RecipeError
-
     values = labels.unique().tolist()
     if len(values) >= 2:
         return
@@ -606,6 +603,7 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     return results
 
 
-__all__ = ["Clips", "box_cells", "check_mixable", "SeparationConfig", "SeparationModel", "VisualFeatures", "load_clips", "partners",
+__all__ = ["Clips", "box_cells", "check_mixable", "check_splits_exist", "SeparationConfig", "SeparationModel",
+           "VisualFeatures", "load_clips", "partners",
            "plot_separation", "run_separation", "score_sets", "separate_test_mixtures",
            "separate_two_source_clips", "evaluation_pairs", "train", "training_batch", "training_loss"]
