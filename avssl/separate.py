@@ -15,7 +15,7 @@ METRIC_ROWS = ("sdr_db", "sir_db", "sar_db", "si_sdr_db", "sdr_improvement_db", 
 
 
 def format_table(results: dict[str, Any]) -> str:
-    rows = [f"{'test set':<17} " + " ".join(f"{k.removesuffix('_db'):>15}" for k in METRIC_ROWS) + f" {'count':>6}"]
+    rows = [f"{'scored set':<17} " + " ".join(f"{k.removesuffix('_db'):>15}" for k in METRIC_ROWS) + f" {'count':>6}"]
     for name in ("mixtures", "two_source_clips"):
         if name not in results:
             continue
@@ -35,9 +35,12 @@ def separation_from_recipe(config: DictConfig) -> dict[str, Any]:
         raise RecipeError(f"separation.encoders={cfg.encoders}: these encoders have no video encoder")
     results = run_separation(encoders["video"], data, cfg, run_dir)
     results["encoders"] = cfg.encoders
+    results["splits"] = {"train": cfg.train_split, "test": cfg.test_split}
     path = run_dir / "metrics.json"
     path.write_text(json.dumps(results, indent=2))
-    print(f"separation with video encoder {cfg.encoders} (test split, dB, means over sources then mixtures):\n"
+    held_out = "" if cfg.test_split != cfg.train_split else ", the split it was trained on: not held out"
+    print(f"separation with video encoder {cfg.encoders} (split {cfg.test_split}{held_out}; dB, means over sources "
+          f"then mixtures):\n"
           f"{format_table(results)}\n{results['seconds']['total']:.0f} s; "
           f"written: {path}, {run_dir / 'separation.png'}")
     return results

@@ -20,6 +20,7 @@ from avssl.data.sources.common import (
     PrepareError,
     PrepareReport,
     Sample,
+    check_numbering,
     default_settings,
     hashed_split,
     read_lines,
@@ -56,13 +57,13 @@ def read_ucf101_classes(lists_dir: Path) -> list[str]:
     """``classInd.txt``: lines ``<1-based index> <ClassName>`` → names by 0-based index."""
     path = require_file(lists_dir / "classInd.txt", "UCF101 class list")
     pairs = []
-    for line in read_lines(path):
-        index, name = line.split(maxsplit=1)
-        pairs.append((int(index), name.strip()))
-    pairs.sort()
-    if [i for i, _ in pairs] != list(range(1, len(pairs) + 1)):
-        raise ValueError(f"{path}: indices are not 1..{len(pairs)}")
-    return [name for _, name in pairs]
+    for number, line in enumerate(read_lines(path), start=1):
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise ValueError(f"{path} line {number}: expected '<1-based index> <ClassName>', got {line!r}")
+        pairs.append((int(fields[0]), fields[1].strip()))
+    check_numbering([i for i, _ in pairs], 1, str(path), "the indices")
+    return [name for _, name in sorted(pairs)]
 
 
 def _ucf_list(path: Path) -> list[str]:

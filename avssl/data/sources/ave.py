@@ -34,8 +34,8 @@ from avssl.data.sources.common import (
 NUM_SEGMENTS = 10
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 # The 28 categories in the order of the class indices used by the AVE code and its
-# follow-ups (the order of Annotations.txt). A release whose names differ falls back to
-# the order of first appearance in Annotations.txt.
+# follow-ups (the order of Annotations.txt). Any other name is refused: numbering the
+# classes some other way would silently change every label (and the background's).
 AVE_CATEGORIES = (
     "Church bell", "Male speech, man speaking", "Bark", "Fixed-wing aircraft, airplane", "Race car, auto racing",
     "Female speech, woman speaking", "Helicopter", "Violin, fiddle", "Flute", "Ukulele", "Frying (food)", "Truck",
@@ -58,6 +58,22 @@ def read_ave_lines(path: Path) -> list[tuple[str, str, str, int, int]]:
     return rows
 
 
+def check_categories(rows: list[tuple[str, str, str, int, int]], path: Path) -> None:
+    """A ValueError naming each category of ``rows`` that is not one of AVE's 28 (with the
+    closest name, when one is close), and the accepted names."""
+    import difflib
+
+    unknown = sorted({category for category, *_ in rows} - set(AVE_CATEGORIES))
+    if not unknown:
+        return
+    named = []
+    for category in unknown:
+        close = difflib.get_close_matches(category, AVE_CATEGORIES, n=1)
+        named.append(f"{category!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"{path}: {'categories' if len(unknown) > 1 else 'category'} {', '.join(named)} "
+                     f"not among AVE's 28: {'; '.join(AVE_CATEGORIES)}")
+
+
 def event_segments(events: list[tuple[int, int, int]], background: int) -> list[int]:
     """Per-second labels of a 10-s video from (label, start, end) events: segment s is
     in an event when start <= s < end; a later event wins where two overlap."""
@@ -77,8 +93,8 @@ def prepare_ave(
     if not (root / "Annotations.txt").is_file() and (root / "AVE_Dataset" / "Annotations.txt").is_file():
         root = root / "AVE_Dataset"
     annotations = read_ave_lines(require_file(root / "Annotations.txt", "AVE annotations"))
-    found = list(dict.fromkeys(category for category, *_ in annotations))
-    classes = list(AVE_CATEGORIES) if set(found) <= set(AVE_CATEGORIES) else found
+    check_categories(annotations, root / "Annotations.txt")
+    classes = list(AVE_CATEGORIES)
     number = {name: k for k, name in enumerate(classes)}
     events: dict[str, list[tuple[str, str, int, int]]] = {}
     for category, video_id, quality, start, end in annotations:

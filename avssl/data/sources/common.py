@@ -12,12 +12,15 @@ staging folder. Heavy imports happen inside functions (the CLI imports this modu
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -81,13 +84,41 @@ def require_file(path: Path, what: str) -> Path:
     return Path(path)
 
 
-def first_existing(candidates: Sequence[Path], what: str) -> Path:
-    """The first of ``candidates`` that is a file, else an error listing all of them."""
-    for path in candidates:
-        if Path(path).is_file():
-            return Path(path)
-    names = "\n  ".join(str(p) for p in candidates)
-    raise PrepareError(f"{what}: expected one of these files:\n  {names}")
+def first_existing(root: Path, names: Sequence[str], what: str) -> Path:
+    """The first of ``names`` (paths relative to ``root``) that is a file, else a one-line
+    error listing all of them."""
+    for name in names:
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    raise PrepareError(f"{what}: expected one of the files {', '.join(names)} under {root}")
+
+
+def format_numbers(numbers: Iterable[int]) -> str:
+    """Sorted integers with runs shortened: ``2-9, 11, 13-37``."""
+    runs: list[list[int]] = []
+    for number in sorted(set(numbers)):
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def check_numbering(numbers: Sequence[int], first: int, where: str, what: str, hint: str = "") -> None:
+    """A ValueError unless ``numbers`` are ``first``, ``first + 1``, … each once: the labels
+    index the class list, so a gap or a repeat would shift or merge classes. The message
+    names the missing, repeated and out-of-range numbers."""
+    counts = Counter(numbers)
+    problems = []
+    if below := [n for n in counts if n < first]:
+        problems.append(f"{format_numbers(below)} below {first}")
+    if repeated := [n for n, count in counts.items() if count > 1]:
+        problems.append(f"{format_numbers(repeated)} listed more than once")
+    if missing := sorted(set(range(first, max(counts, default=first) + 1)) - set(counts)):
+        problems.append(f"{format_numbers(missing)} missing")
+    if problems:
+        raise ValueError(f"{where}: {what} must be {first}, {first + 1}, … without gaps; "
+                         f"{'; '.join(problems)}{hint}")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -292,7 +323,7 @@ def write_benchmark(
             writer.writerow(["id", "label", "split"])
             writer.writerows((video_id, "" if label < 0 else label, split) for video_id, label, split in rows)
         shutil.copyfile(labels_csv, out_dir / "labels.csv")
-        report = write_shards(staging, out_dir, labels_csv=labels_csv, settings=settings, workers=workers)
+        report = _write_shards(staging, out_dir, labels_csv, settings, workers, quiet=not rows)
 
     extra = sorted(missing + duplicates + failed, key=lambda entry: entry["file"])
     manifest_path = out_dir / "manifest.json"
@@ -321,7 +352,21 @@ def write_benchmark(
     }
     (out_dir / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_missing(benchmark, missing, len(samples), out_dir)
+    if report.num_packed == 0:
+        print(f"{benchmark}: nothing packed: {len(present)} of the {len(samples)} listed clips were found under "
+              f"{root}; the reasons are in {out_dir / 'skipped.json'}")
     return PrepareReport(benchmark, out_dir, classes, len(samples), missing, report)
+
+
+def _write_shards(staging: Path, out_dir: Path, labels_csv: Path, settings: ShardSettings, workers: int,
+                  quiet: bool) -> ShardReport:
+    """The shard writer on the staging folder. With nothing staged (``quiet``) its summary,
+    which names the temporary staging folder as where no video was found, is not shown:
+    :func:`write_benchmark` says instead what was looked for under the release's root."""
+    if not quiet:
+        return write_shards(staging, out_dir, labels_csv=labels_csv, settings=settings, workers=workers)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return write_shards(staging, out_dir, labels_csv=labels_csv, settings=settings, workers=workers)
 
 
 def _print_missing(benchmark: str, missing: list[dict], listed: int, out_dir: Path) -> None:

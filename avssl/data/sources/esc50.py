@@ -16,6 +16,7 @@ from avssl.data.shards import ShardSettings
 from avssl.data.sources.common import (
     PrepareReport,
     Sample,
+    check_numbering,
     default_settings,
     hashed_split,
     require_file,
@@ -45,13 +46,14 @@ def prepare_esc50(
     if fold not in FOLDS:
         raise ValueError(f"fold must be one of {FOLDS}, got {fold}")
     root = Path(root)
-    rows = read_esc50(require_file(root / "meta" / "esc50.csv", "ESC-50 metadata"))
+    meta_csv = require_file(root / "meta" / "esc50.csv", "ESC-50 metadata")
+    rows = read_esc50(meta_csv)
     names: dict[int, str] = {}
     samples = []
     for row in rows:
         target, row_fold = int(row["target"]), int(row["fold"])
         if names.setdefault(target, row["category"]) != row["category"]:
-            raise ValueError(f"esc50.csv: target {target} names both {names[target]!r} and {row['category']!r}")
+            raise ValueError(f"{meta_csv}: target {target} names both {names[target]!r} and {row['category']!r}")
         audio = root / "audio" / row["filename"]
         source = row.get("src_file") or Path(row["filename"]).stem
         split = "test" if row_fold == fold else hashed_split(source, seed, val_fraction)
@@ -66,8 +68,8 @@ def prepare_esc50(
                         "esc10": row.get("esc10", "").lower() == "true",
                         "src_file": row.get("src_file"), "take": row.get("take")},
         ))
-    if sorted(names) != list(range(len(names))):
-        raise ValueError(f"esc50.csv: targets are not 0..{len(names) - 1}")
+    check_numbering(sorted(names), 0, str(meta_csv), "the targets",
+                    " (a subset csv? the labels index all 50 classes: use the release's complete esc50.csv)")
     classes = [names[k] for k in range(len(names))]
     options = {"fold": fold, "val_fraction": val_fraction, "seed": seed}
     settings = default_settings(settings, "esc50")

@@ -9,7 +9,7 @@ samples carry their boxes in a ``boxes.json`` sidecar (split ``test``).
      "time": 5.0 | null,               seconds into the clip of the annotated frame; null when
                                        the clip is one still image (every frame is the annotated
                                        one) or the release does not say (Flickr-SoundNet videos)
-     "map": "union" | "consensus",     how the boxes make the ground-truth map (METHODS.md 6.2):
+     "map": "union" | "consensus",     how the boxes make the ground-truth map (avssl localize):
                                        union = 1 inside any box (VGG-SS); consensus = min(1,
                                        boxes covering the pixel / 2) (Flickr-SoundNet's annotators)
      "source": "<annotation file>"}
@@ -90,7 +90,7 @@ def prepare_vggss(
     clip or the test release's ``frames/<file>.jpg`` + ``audio/<file>.wav``. Labels index
     the sorted class names of the json (the VGG-Sound names)."""
     root = Path(root)
-    path = first_existing([root / p for p in VGGSS_JSON], "VGG-SS annotations")
+    path = first_existing(root, VGGSS_JSON, "VGG-SS annotations")
     entries = read_vggss(path)
     classes = sorted({str(e.get("class", "")) for e in entries if e.get("class")})
     number = {name: k for k, name in enumerate(classes)}

@@ -21,6 +21,7 @@ from avssl.data.sources.common import (
     MediaIndex,
     PrepareReport,
     Sample,
+    check_numbering,
     default_settings,
     first_existing,
     hashed_split,
@@ -76,8 +77,12 @@ def _clip(index: MediaIndex, *, ytid: str, start: float, end: float | None, spli
 
 # --------------------------------------------------------------------------- Kinetics
 
-KINETICS_TRAIN = ("annotations/train.csv", "train.csv", "kinetics-400_train.csv", "kinetics_400_train.csv")
+# Where the releases put the csvs: the ActivityNet crawler (annotations/), DeepMind's
+# kinetics400.tar.gz (a kinetics400/ folder, validate.csv), the CVDF mirror (k400/annotations/).
+KINETICS_TRAIN = ("annotations/train.csv", "train.csv", "kinetics400/train.csv", "k400/annotations/train.csv",
+                  "kinetics-400_train.csv", "kinetics_400_train.csv")
 KINETICS_VAL = ("annotations/val.csv", "val.csv", "annotations/validate.csv", "validate.csv",
+                "kinetics400/validate.csv", "kinetics400/val.csv", "k400/annotations/val.csv",
                 "kinetics-400_val.csv", "kinetics_400_val.csv")
 
 
@@ -97,8 +102,8 @@ def _prepare_kinetics(
     settings: ShardSettings, workers: int,
 ) -> PrepareReport:
     root = Path(root)
-    train_csv = first_existing([root / p for p in KINETICS_TRAIN], f"{benchmark} training csv")
-    val_csv = first_existing([root / p for p in KINETICS_VAL], f"{benchmark} validation csv")
+    train_csv = first_existing(root, KINETICS_TRAIN, f"{benchmark} training csv")
+    val_csv = first_existing(root, KINETICS_VAL, f"{benchmark} validation csv")
     tables = {"train": read_kinetics_csv(train_csv), "val": read_kinetics_csv(val_csv)}
     if classes is None:
         classes = sorted({row["label"] for row in tables["train"]})
@@ -181,7 +186,7 @@ def prepare_vggsound(
     (``<ytid>_<start:06d>.mp4``). Splits ``train`` (minus the held-out ``val``) and
     ``test``; labels index the sorted class names."""
     root = Path(root)
-    path = first_existing([root / p for p in VGGSOUND_CSV], "VGG-Sound csv")
+    path = first_existing(root, VGGSOUND_CSV, "VGG-Sound csv")
     rows = read_vggsound_csv(path)
     classes = sorted({label for _, _, label, _ in rows})
     number = {name: k for k, name in enumerate(classes)}
@@ -208,9 +213,8 @@ def read_audioset_classes(path: Path) -> tuple[list[str], dict[str, int]]:
         rows = list(csv.DictReader(handle))
     if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
         raise ValueError(f"{path}: expected the columns index,mid,display_name")
+    check_numbering([int(r["index"]) for r in rows], 0, str(path), "the indices")
     by_index = {int(r["index"]): (r["mid"].strip(), r["display_name"].strip()) for r in rows}
-    if sorted(by_index) != list(range(len(by_index))):
-        raise ValueError(f"{path}: indices are not 0..{len(by_index) - 1}")
     return [by_index[k][1] for k in range(len(by_index))], {by_index[k][0]: k for k in by_index}
 
 
@@ -241,7 +245,7 @@ def prepare_audioset(
     root = Path(root)
 
     def find(name: str) -> Path:
-        return first_existing([root / name, root / "metadata" / name], f"AudioSet {name}")
+        return first_existing(root, (name, f"metadata/{name}"), f"AudioSet {name}")
 
     classes, number = read_audioset_classes(find("class_labels_indices.csv"))
     files = [(name, "train") for name in AUDIOSET_SUBSETS[subset]] + [("eval_segments.csv", "test")]

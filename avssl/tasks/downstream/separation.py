@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from avssl.config import RecipeError
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
 from avssl.data.sampling import ViewSampler
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
@@ -181,6 +182,31 @@ def partners(labels: torch.Tensor, first: torch.Tensor, generator: torch.Generat
         raise ValueError("mixing needs clips of at least two labels")
     scores = torch.rand(other.shape, generator=generator).masked_fill(~other, -1.0)
     return scores.argmax(1)
+
+
+def check_splits_exist(shards: str, cfg: SeparationConfig) -> None:
+    """A RecipeError naming the key when the train or test split is not in the shards'
+    manifest, before any split is decoded."""
+    for key, split in (("train_split", cfg.train_split), ("test_split", cfg.test_split)):
+        try:
+            ShardList.from_manifest(shards, split)
+        except KeyError as error:
+            raise RecipeError(f"separation.{key}={split}: {error.args[0]}") from None
+
+
+def check_mixable(labels: torch.Tensor, key: str, split: str, shards: str) -> None:
+    """A RecipeError unless ``labels`` hold two different values: every mixture, in training
+    and in the test set, pairs a clip with one of another label (:func:`partners`), which a
+    split of one label (or of one clip) cannot give. Run on decoding, before any training."""
+    values = labels.unique().tolist()
+    if len(values) >= 2:
+        return
+    count = len(labels)
+    label = f"label {values[0]}" + (" (unlabelled)" if values[0] == -1 else "")
+    raise RecipeError(
+        f"separation.{key}={split}: {'its only clip has' if count == 1 else f'all {count} clips have'} {label} "
+        f"in {shards}; a mixture needs two clips of different labels: give split {split!r} clips of at least two "
+        f"labels (e.g. re-prepare with a larger share of it) or set separation.{key} to a split that has them")
 
 
 def box_cells(boxes: torch.Tensor, map_size: tuple[int, int], frame_size: int) -> torch.Tensor:
@@ -547,10 +573,13 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     started = time.time()
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
+    check_splits_exist(data.shards, cfg)
     train_targets = (BOXES,) if cfg.pooling == "box" else ()
     train_clips = load_clips(data, cfg.train_split, train_targets, train=True, max_clips=cfg.max_train_clips)
+    check_mixable(train_clips.label, "train_split", cfg.train_split, data.shards)
     test_targets = (BOXES, STEMS) if cfg.two_source_clips else train_targets
     test_clips = load_clips(data, cfg.test_split, test_targets, train=False)
+    check_mixable(test_clips.label, "test_split", cfg.test_split, data.shards)
     decoded = time.time()
     model = SeparationModel(video_encoder, cfg, data.video.size).to(device)
     model.video_encoder.eval()
@@ -574,6 +603,7 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     return results
 
 
-__all__ = ["Clips", "box_cells", "SeparationConfig", "SeparationModel", "VisualFeatures", "load_clips", "partners",
+__all__ = ["Clips", "box_cells", "check_mixable", "check_splits_exist", "SeparationConfig", "SeparationModel",
+           "VisualFeatures", "load_clips", "partners",
            "plot_separation", "run_separation", "score_sets", "separate_test_mixtures",
            "separate_two_source_clips", "evaluation_pairs", "train", "training_batch", "training_loss"]

@@ -7,7 +7,7 @@ import pytest
 from prepare_fixtures import SMALL, SMALL_FLAGS, by_split, read_out, skipped_files, video
 
 from avssl.cli import main
-from avssl.data.sources.actions import prepare_hmdb51, prepare_ucf101
+from avssl.data.sources.actions import prepare_hmdb51, prepare_ucf101, read_ucf101_classes
 from avssl.data.sources.common import PrepareError, hashed_split
 
 UCF_CLASSES = ["ApplyEyeMakeup", "HandstandPushups", "JumpRope"]
@@ -168,3 +168,20 @@ def test_hmdb51_marks_folds_and_groups(tmp_path):
 
     with pytest.raises(PrepareError, match="testTrainMulti_7030_splits"):
         prepare_hmdb51(tmp_path / "empty", tmp_path / "x", settings=SMALL)
+
+
+@pytest.mark.parametrize("indices, problem", [
+    ([1, 2, 4, 7], "3, 5-6 missing"),
+    ([0, 1, 2, 2], "0 below 1; 2 listed more than once"),
+])
+def test_class_list_numbering_names_what_is_wrong(tmp_path, indices, problem):
+    lists = tmp_path / "ucfTrainTestlist"
+    _crlf(lists / "classInd.txt", [f"{k} Class{n}" for n, k in enumerate(indices)])
+    with pytest.raises(ValueError) as error:
+        read_ucf101_classes(lists)
+    assert str(error.value) == f"{lists / 'classInd.txt'}: the indices must be 1, 2, … without gaps; {problem}"
+    _crlf(lists / "classInd.txt", ["1 ApplyEyeMakeup", "ApplyLipstick"])
+    with pytest.raises(ValueError) as error:
+        read_ucf101_classes(lists)
+    assert str(error.value) == (f"{lists / 'classInd.txt'} line 2: expected '<1-based index> <ClassName>', "
+                                "got 'ApplyLipstick'")

@@ -111,3 +111,18 @@ def test_output_does_not_depend_on_workers(tmp_path):
     assert one.shards.splits == two.shards.splits and one.num_packed == 5
     for split, paths in one.shards.shards.items():
         assert [open(p, "rb").read() for p in paths] == [open(p, "rb").read() for p in two.shards.shards[split]]
+
+
+def test_esc50_subset_csv_names_the_missing_targets(tmp_path, capsys):
+    """An ESC-10-only csv (targets 0, 1, 10, 38, 41 here) once failed with 'targets are not 0..4'."""
+    root = tmp_path / "ESC-50"
+    (root / "meta").mkdir(parents=True)
+    rows = ["1-100032-A-0.wav,1,0,dog,True,100032,A", "1-100038-A-14.wav,1,1,rooster,True,100038,A",
+            "1-17367-A-10.wav,1,10,rain,True,17367,A", "1-57316-A-38.wav,1,38,clock_tick,True,57316,A",
+            "1-64398-A-41.wav,1,41,chainsaw,True,64398,A"]
+    (root / "meta" / "esc50.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    assert main(["prepare", "esc50", "--root", str(root), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"avssl prepare esc50: {root / 'meta' / 'esc50.csv'}: the targets must be 0, 1, … without gaps; "
+        "2-9, 11-37, 39-40 missing (a subset csv? the labels index all 50 classes: use the release's complete "
+        "esc50.csv)\n")

@@ -88,16 +88,42 @@ def test_ave_splits_and_per_second_events(tmp_path):
     assert report.missing[0]["reason"].startswith("missing: listed in testSet.txt")
 
 
-def test_event_segments_and_unknown_categories(tmp_path):
+def test_event_segments():
     assert event_segments([(1, -3, 2), (4, 8, 30)], background=9) == [1, 1, 9, 9, 9, 9, 9, 9, 4, 4]
+
+
+def _ave_lists(root, annotations: list[str], test_list: bool = True):
+    root.mkdir(exist_ok=True)
+    (root / "Annotations.txt").write_text("\n".join([AVE_HEADER, *annotations]) + "\n")
+    for name in ("trainSet.txt", "valSet.txt", "testSet.txt")[: 3 if test_list else 2]:
+        (root / name).write_text(annotations[0] + "\n")
+
+
+def test_ave_refuses_a_category_not_among_its_28(tmp_path):
+    """Once, an unknown name renumbered every class by first appearance (background 2, not 28)."""
     root = tmp_path / "ave"
-    root.mkdir()
-    (root / "Annotations.txt").write_text("Kazoo&abc&good&0&5\nBark&def&good&1&2\n")
-    for name in ("trainSet.txt", "valSet.txt"):
-        (root / name).write_text("Kazoo&abc&good&0&5\n")
+    _ave_lists(root, ["Kazoo&abc&good&0&5", "Bark&def&good&1&2", "Church Bell&ghi&good&1&2"])
+    with pytest.raises(ValueError) as error:
+        prepare_ave(root, tmp_path / "out", settings=SMALL)
+    assert str(error.value) == (
+        f"{root / 'Annotations.txt'}: categories 'Church Bell' (did you mean 'Church bell'?), 'Kazoo' "
+        "not among AVE's 28: " + "; ".join(AVE_CATEGORIES))
+    assert not (tmp_path / "out").exists()
+    (root / "testSet.txt").unlink()
+    _ave_lists(root, ["Goat&abc&good&0&5"], test_list=False)
     with pytest.raises(PrepareError, match="testSet.txt"):
         prepare_ave(root, tmp_path / "out", settings=SMALL)
+
+
+def test_nothing_found_names_the_root_not_the_staging_folder(tmp_path, capsys):
+    root = tmp_path / "ave"
+    _ave_lists(root, ["Goat&abc&good&0&5", "Bark&def&good&1&2"])
     (root / "testSet.txt").write_text("Bark&def&good&1&2\n")
-    report = prepare_ave(root, tmp_path / "out", settings=SMALL)
-    assert report.classes == ["Kazoo", "Bark"]  # not AVE's names: the order of first appearance
-    assert report.num_packed == 0 and len(report.missing) == 2
+    out = tmp_path / "out"
+    assert main(["prepare", "ave", "--root", str(root), "--out", str(out), *SMALL_FLAGS]) == 1
+    printed = capsys.readouterr().out
+    assert ".staging-" not in printed
+    assert printed.splitlines()[-1] == (
+        f"ave: nothing packed: 0 of the 2 listed clips were found under {root}; "
+        f"the reasons are in {out / 'skipped.json'}")
+    assert sorted(skipped_files(read_out(out)[0])) == ["AVE/abc.mp4", "AVE/def.mp4"]

@@ -13,6 +13,7 @@ from avssl.data.sources.youtube import (
     KINETICS_SOUNDS_CLASSES,
     clip_stems,
     prepare_audioset,
+    prepare_kinetics400,
     prepare_vggsound,
     read_audioset_segments,
 )
@@ -64,6 +65,22 @@ def test_kinetics400_val_csv_is_test_and_missing_clips_are_reported(tmp_path):
         "1p5D9oH8Zhs_000120_000130.*": f"missing: listed in annotations/train.csv, not found under {root}"}
     prepared = json.loads((out / "prepare.json").read_text())
     assert prepared["listed"] == 6 and prepared["missing"] == 1
+
+
+def test_kinetics400_finds_the_csvs_of_deepminds_archive(tmp_path):
+    """kinetics400.tar.gz unpacks to kinetics400/{train,validate,test}.csv."""
+    root = make_kinetics(tmp_path / "k400")
+    (root / "annotations").rename(root / "kinetics400")
+    (root / "kinetics400" / "val.csv").rename(root / "kinetics400" / "validate.csv")
+    report = prepare_kinetics400(root, tmp_path / "out", val_fraction=0.0, settings=SMALL)
+    assert report.shards.splits == {"test": 2, "train": 3}
+    assert report.missing[0]["reason"] == f"missing: listed in kinetics400/train.csv, not found under {root}"
+    (root / "kinetics400" / "train.csv").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        prepare_kinetics400(root, tmp_path / "out", settings=SMALL)
+    assert str(error.value) == (
+        "kinetics400 training csv: expected one of the files annotations/train.csv, train.csv, kinetics400/train.csv, "
+        f"k400/annotations/train.csv, kinetics-400_train.csv, kinetics_400_train.csv under {root}")
 
 
 def test_kinetics_sounds_is_a_class_subset(tmp_path, capsys):
@@ -145,6 +162,11 @@ def test_audioset_multi_label_targets(tmp_path):
     assert read_audioset_segments(root / "eval_segments.csv")[0][1:3] == (0.0, 10.0)
     with pytest.raises(ValueError, match="subset"):
         prepare_audioset(root, tmp_path / "x", subset="tiny")
+    (root / "class_labels_indices.csv").write_text('index,mid,display_name\n0,/m/09x0r,"Speech"\n2,/m/04rlf,"Music"\n')
+    with pytest.raises(ValueError) as error:
+        prepare_audioset(root, tmp_path / "x")
+    assert str(error.value) == (f"{root / 'class_labels_indices.csv'}: the indices must be 0, 1, … without gaps; "
+                                "1 missing")
 
 
 def test_clip_stems_cover_the_usual_names():
