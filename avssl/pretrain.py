@@ -147,6 +147,18 @@ def cpu_intra_op_threads(trainer_args: dict[str, Any], num_workers: int, cores: 
     return min(current, max(1, (cores or 1) // processes - num_workers))
 
 
+def node_cores(environ: dict[str, str] | None = None) -> int | None:
+    """The cores this node's training processes may use: inside a SLURM job step, what SLURM
+    allotted them (cpus per task × tasks on this node), else every core of the machine. A
+    task that took the whole machine's count would oversubscribe the cores SLURM gave its
+    neighbours (and multi-node runs would use another thread count than one node)."""
+    environ = os.environ if environ is None else environ
+    per_task, tasks = environ.get("SLURM_CPUS_PER_TASK"), environ.get("SLURM_NTASKS_PER_NODE")
+    if per_task and tasks and per_task.isdigit() and tasks.isdigit():
+        return int(per_task) * int(tasks)
+    return os.cpu_count()
+
+
 def _has_test_step(task: pl.LightningModule) -> bool:
     return type(task).test_step is not pl.LightningModule.test_step
 
@@ -170,10 +182,18 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     checkpoints = checkpoint_callbacks(config, run_dir)
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))
     trainer_args.setdefault("default_root_dir", str(run_dir))
-    threads = cpu_intra_op_threads(trainer_args, datamodule.config.num_workers, os.cpu_count(), torch.get_num_threads())
-    if threads is not None and threads != torch.get_num_threads():
-        print(f"CPU training: {threads} intra-op thread(s) beside {datamodule.config.num_workers} loader worker(s)")
-        torch.set_num_threads(threads)
+    threads = cpu_intra_op_threads(trainer_args, datamodule.config.num_workers, node_cores(), torch.get_num_threads())
+    if threads is not None:
+        # A count the user (or torchrun) set in OMP_NUM_THREADS wins. Otherwise ours goes there
+        # too: Lightning's DDP launcher resets the count to cores // local processes unless
+        # OMP_NUM_THREADS is set, which would undo this choice (and make a 2-node run compute
+        # with other thread counts, so other roundings, than 2 processes on one node).
+        given = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(given) if given.isdigit() and int(given) > 0 else threads
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if threads != torch.get_num_threads():
+            print(f"CPU training: {threads} intra-op thread(s) beside {datamodule.config.num_workers} loader worker(s)")
+            torch.set_num_threads(threads)
     resumed_at = int(torch.load(resume, map_location="cpu", mmap=True, weights_only=False)["global_step"]) if resume else None
     loggers = make_loggers(config, run_dir, resumed_at)
     monitors = OmegaConf.to_object(config.monitors)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avssl.pretrain import cpu_intra_op_threads
+import os
+
+from avssl.pretrain import cpu_intra_op_threads, node_cores
 
 
 @pytest.mark.parametrize("trainer,workers,cores,current,expected", [
@@ -26,3 +28,12 @@ def test_auto_accelerator_counts_as_cpu_only_without_cuda(monkeypatch: pytest.Mo
     assert cpu_intra_op_threads({}, 2, 4, 4) == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cpu_intra_op_threads({}, 2, 4, 4) is None
+
+
+def test_inside_a_slurm_job_the_cores_are_what_slurm_allotted_the_node_s_tasks() -> None:
+    assert node_cores({"SLURM_CPUS_PER_TASK": "1", "SLURM_NTASKS_PER_NODE": "2"}) == 2
+    assert node_cores({"SLURM_CPUS_PER_TASK": "8", "SLURM_NTASKS_PER_NODE": "4"}) == 32
+    assert node_cores({}) == os.cpu_count()
+    # one task per node on 2 nodes of a 2-core host: 1 thread each, as 2 tasks on one node get
+    assert cpu_intra_op_threads({"accelerator": "cpu", "devices": 1}, 0,
+                                node_cores({"SLURM_CPUS_PER_TASK": "1", "SLURM_NTASKS_PER_NODE": "1"}), 2) == 1
