@@ -193,3 +193,27 @@ def test_torchrun_with_two_nodes_on_one_host_matches_the_reference(workspace: Pa
             log.close()
         assert returncode == 0, Path(log.name).read_text()[-4000:]
     torch.testing.assert_close(_weights(run_dir), reference, rtol=0, atol=0)
+
+
+def test_the_time_limit_signal_checkpoints_and_requeues_the_job(cluster: dict[str, str], workspace: Path) -> None:
+    """The script asks SLURM for SIGUSR1 before the time limit (here 2 minutes, the signal 20–80 s before it:
+    SLURM may send it up to a minute early, and one that lands before Lightning is listening kills the tasks):
+    Lightning's SLURM handler writes hpc_ckpt_1.ckpt on every rank's signal and requeues the job, which comes
+    back, resumes from that checkpoint and trains to the end."""
+    job = _submit(cluster, workspace, "signalled", ["--nodes=1", "--ntasks-per-node=2", "--time=2",
+                                                    "--signal=SIGUSR1@20"], step_seconds=25.0)
+    deadline = time.monotonic() + 300
+    while (info := _job(cluster, job))["Restarts"] == "0" or info["JobState"] not in ("PENDING", "RUNNING", "COMPLETED"):
+        assert info["JobState"] in ("PENDING", "RUNNING", "COMPLETING"), (workspace / "signalled.out").read_text()[-4000:]
+        assert time.monotonic() < deadline, (workspace / "signalled.out").read_text()[-4000:]
+        time.sleep(0.5)
+    if info["JobState"] == "PENDING":  # the rest of the run gets more time and starts now
+        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10", "StartTime=now"], env=cluster, check=True)
+    info = _wait(cluster, job, workspace, "signalled")
+    assert info["Restarts"] == "1"
+    log = (workspace / "signalled.out").read_text()
+    assert "Handling auto-requeue signal" in log and "(restart 1)" in log
+    hpc = workspace / "signalled" / "hpc_ckpt_1.ckpt"
+    assert 0 < torch.load(hpc, weights_only=True)["global_step"] < STEPS, "saved in the middle of the run"
+    assert f"resumed from: {hpc}" in log
+    assert torch.load(workspace / "signalled" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS
