@@ -17,9 +17,10 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 USAGE_ERROR, DATA_ERROR = 2, 1
 # Paths the user named that are missing, of the wrong kind, or not writable.
