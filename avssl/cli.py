@@ -64,10 +64,24 @@ def _shards(args: argparse.Namespace) -> int:
     return 0 if report.num_packed > 0 else 1
 
 
+def check_shards(shards: str) -> None:
+    """A recipe verb's ``data.shards`` must be a folder written by `avssl shards`: said in one
+    line before anything starts (the loader would find out after the model is built)."""
+    folder, fix = Path(shards), "point data.shards at a folder written by `avssl shards`"
+    if folder.is_file():
+        raise NotADirectoryError(f"data.shards={shards} is a file; {fix}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.shards={shards}: no such folder; {fix}")
+    if not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(f"data.shards={shards} has no manifest.json; {fix}")
+
+
 def _recipe(args: argparse.Namespace):
     from avssl.config import load_recipe
 
-    return load_recipe(args.recipe, args.overrides)
+    config = load_recipe(args.recipe, args.overrides)
+    check_shards(str(config.data.shards))
+    return config
 
 
 def _pretrain(args: argparse.Namespace) -> int:
