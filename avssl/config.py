@@ -406,6 +406,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     config = _check_schema(node, Recipe, str(path))
     check_trainer_keys(OmegaConf.to_container(config.trainer), str(path))
     check_values(config)
+    data_config(config)  # the data dataclasses' own checks (__post_init__), here rather than at the first batch
     return config
 
 
