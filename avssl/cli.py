@@ -76,10 +76,14 @@ def check_shards(shards: str) -> None:
         raise FileNotFoundError(f"data.shards={shards} has no manifest.json; {fix}")
 
 
-def _recipe(args: argparse.Namespace):
-    from avssl.config import load_recipe
+def _recipe(args: argparse.Namespace, section: str | None = None, schema: type | None = None):
+    """The checked recipe: its keys and values, the verb's own ``section`` against its
+    ``schema``, then the shards folder (a recipe mistake is reported before a data one)."""
+    from avssl.config import check_section, load_recipe
 
     config = load_recipe(args.recipe, args.overrides)
+    if section is not None and schema is not None:
+        check_section(config, section, schema, where=str(args.recipe))
     check_shards(str(config.data.shards))
     return config
 
@@ -300,7 +304,8 @@ def _load(target: str) -> Any:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _load(EVALUATION_VERBS[args.command].run)(_recipe(args))
+    verb = EVALUATION_VERBS[args.command]
+    _load(verb.run)(_recipe(args, verb.section, _load(verb.schema)))
     return 0
 
 

@@ -307,3 +307,11 @@ def test_smoke_pretrain_prints_no_noise(tmp_path: Path) -> None:
     assert "checkpoint: " in done.stdout and "`max_steps=2` reached" in output
     for noise in ("Tip:", "litlogger", "litmodels", "LeafSpec", "(1 epochs)", "Traceback"):
         assert noise not in output, noise
+
+
+def test_a_recipe_mistake_is_reported_before_the_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avssl.tasks.downstream.separation import MASK_TYPES
+
+    code, err = run(["separate", str(RECIPES / "eval" / "synth_separation.yaml"), "separation.mask=soft",
+                     f"data.shards={tmp_path / 'missing'}"], capsys)
+    assert (code, err) == (2, f"avssl separate: separation.mask must be one of {MASK_TYPES}, got 'soft'\n")

@@ -79,14 +79,14 @@ def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> N
     ("trainer.max_epochs=two", "trainer.max_epochs: 'two' is not an integer"),
     ("trainer.max_epochs=true", "trainer.max_epochs: true is not an integer"),
     ("trainer.max_steps=0", "trainer.max_steps must be an integer >= 1, or -1 (no limit), got 0"),
-    ("trainer.devices=0", "trainer.devices must be a number of devices >= 1 (-1: all), a list of device indices, "
-                          "a string like '0,1', or 'auto', got 0"),
+    ("trainer.devices=0", ("trainer.devices must be a number of devices >= 1 (-1: all), a list of device indices, "
+                           "a string like '0,1', or 'auto', got 0")),
     ("trainer.num_nodes=0", "trainer.num_nodes must be an integer >= 1, got 0"),
     ("trainer.accumulate_grad_batches=0.5", "trainer.accumulate_grad_batches: 0.5 is not an integer"),
-    ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches must be a fraction in [0.0, 1.0] or a whole "
-                                      "number of batches >= 0, got 1.5"),
-    ("trainer.limit_train_batches=-1", "trainer.limit_train_batches must be a fraction in [0.0, 1.0] or a whole "
-                                       "number of batches >= 0, got -1"),
+    ("trainer.limit_val_batches=1.5", ("trainer.limit_val_batches must be a fraction in [0.0, 1.0] or a whole "
+                                       "number of batches >= 0, got 1.5")),
+    ("trainer.limit_train_batches=-1", ("trainer.limit_train_batches must be a fraction in [0.0, 1.0] or a whole "
+                                        "number of batches >= 0, got -1")),
     ("data.video.size=1.5", "data.video.size: 1.5 is not an integer"),
     ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1, got 0"),
     ("logger.wandb=maybe", "logger.wandb: 'maybe' is not true or false"),
