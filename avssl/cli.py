@@ -145,9 +145,8 @@ def _yaml(value: Any) -> str:
 
 def key_default(key: str, sections: dict[str, type] | None = None) -> Any:
     """The default of a recipe key: the Recipe schema's, or that of the schema ``sections``
-    gives for its section (``probe`` → ProbeConfig); for ``trainer.*``, a free dict, the base every recipe starts
-    from (recipes/pretrain/_base.yaml), else Lightning's."""
-    import dataclasses
+    gives for its section (``probe`` → ProbeConfig); for ``trainer.*``, a free dict, that of
+    the base every recipe starts from (recipes/pretrain/_base.yaml), else Lightning's."""
     import inspect
 
     from omegaconf import OmegaConf
@@ -167,7 +166,7 @@ def key_default(key: str, sections: dict[str, type] | None = None) -> Any:
         value, key = sections[section](), rest
     for part in key.split("."):
         value = getattr(value, part)
-    return list(value) if isinstance(value, tuple) else (value if not dataclasses.is_dataclass(value) else None)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _epilog(keys: Sequence[tuple[str, str]], example: str, sections: dict[str, type] | None = None) -> str:
