@@ -163,7 +163,7 @@ def test_export_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture
 
 # -- which exceptions are a user's mistake ------------------------------------------------------------
 def _raising(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
-    def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+    def export_checkpoint(checkpoint: Path, out: Path, **options: object) -> Path:
         raise error
 
     monkeypatch.setattr("avssl.export.export_checkpoint", export_checkpoint)
