@@ -4,13 +4,27 @@ Data verbs take flags (``avssl synth --num-videos 100 --out data/synth``); train
 evaluation verbs take a recipe and ``key=value`` overrides
 (``avssl pretrain recipes/synth/avc_small.yaml trainer.max_epochs=2``).
 Heavy imports happen inside each verb so that ``avssl --help`` is instant.
+
+A user's mistake (a recipe key, a path, the data) is one line on stderr,
+``avssl <verb>: <message>``, and exit status 2 (usage: the recipe or its keys) or 1 (the
+files or the data); ``AVSSL_DEBUG=1`` shows the traceback instead. Anything else is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
+
+USAGE_ERROR, DATA_ERROR = 2, 1
+# Paths the user named that are missing, of the wrong kind, or not writable.
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -51,10 +65,28 @@ def _shards(args: argparse.Namespace) -> int:
     return 0 if report.num_packed > 0 else 1
 
 
-def _recipe(args: argparse.Namespace):
-    from avssl.config import load_recipe
+def check_shards(shards: str) -> None:
+    """A recipe verb's ``data.shards`` must be a folder written by `avssl shards`: said in one
+    line before anything starts (the loader would find out after the model is built)."""
+    folder, fix = Path(shards), "point data.shards at a folder written by `avssl shards`"
+    if folder.is_file():
+        raise NotADirectoryError(f"data.shards={shards} is a file; {fix}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.shards={shards}: no such folder; {fix}")
+    if not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(f"data.shards={shards} has no manifest.json; {fix}")
 
-    return load_recipe(args.recipe, args.overrides)
+
+def _recipe(args: argparse.Namespace, section: str | None = None, schema: type | None = None):
+    """The checked recipe: its keys and values, the verb's own ``section`` against its
+    ``schema``, then the shards folder (a recipe mistake is reported before a data one)."""
+    from avssl.config import check_section, load_recipe
+
+    config = load_recipe(args.recipe, args.overrides)
+    if section is not None and schema is not None:
+        check_section(config, section, schema, where=str(args.recipe))
+    check_shards(str(config.data.shards))
+    return config
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -77,53 +109,232 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when the help is shown:
+    the defaults it lists come from the config dataclasses, whose modules import torch."""
+
+    def __init__(self, *args: Any, epilog_from: Callable[[], str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self.epilog_from is not None:
+            self.epilog = self.epilog_from()
+        return super().format_help()
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps a one-paragraph description; keeps text with line breaks (the epilog's key
+    table and example) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text:
+            return super()._fill_text(text, width, indent)
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def _yaml(value: Any) -> str:
+    """A default as a user would write it after ``key=``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml(v) for v in value) + "]"
+    return str(value)
+
+
+def key_default(key: str, sections: dict[str, type] | None = None) -> Any:
+    """The default of a recipe key: the Recipe schema's, or that of the schema ``sections``
+    gives for its section (``probe`` → ProbeConfig); for ``trainer.*``, a free dict, that of
+    the base every recipe starts from (recipes/pretrain/_base.yaml), else Lightning's."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from avssl.config import RECIPES_DIR, Recipe
+
+    section, _, rest = key.partition(".")
+    if section == "trainer":
+        base = OmegaConf.load(RECIPES_DIR / "pretrain" / "_base.yaml").get("trainer", {})
+        if rest in base:
+            return base[rest]
+        import pytorch_lightning as pl
+
+        return inspect.signature(pl.Trainer.__init__).parameters[rest].default
+    value: Any = Recipe()
+    if section in (sections or {}):
+        value, key = sections[section](), rest
+    for part in key.split("."):
+        value = getattr(value, part)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _epilog(keys: Sequence[tuple[str, str]], example: str, sections: dict[str, type] | None = None) -> str:
+    width = max(len(key) for key, _ in keys) + 1
+    lines = ["keys set most often, as key=value after the recipe (the defaults are the schema's; a recipe",
+             "may set its own" + ("; trainer.*: those of recipes/pretrain/_base.yaml, the base of every recipe):"
+                                  if any(key.startswith("trainer.") for key, _ in keys) else "):")]
+    for key, meaning in keys:
+        lines.append(f"  {key:<{width}} {meaning} (default: {_yaml(key_default(key, sections))})")
+    return "\n".join([*lines, "", "example:", f"  {example}"])
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key, e.g. trainer.max_epochs=2")
+    p.add_argument("recipe", type=Path, help="recipe YAML (see recipes/ and docs/recipes.md)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override any key of the recipe (the keys below, or any other it has)")
+
+
+PRETRAIN_KEYS = [
+    ("data.shards", "folder written by `avssl shards`"),
+    ("run_dir", "where checkpoints, logs and the export go"),
+    ("smoke", "true: 2 CPU steps at a small size, to check the recipe end to end"),
+    ("resume", "auto: continue from run_dir's newest checkpoint; or a .ckpt path"),
+    ("seed", "random seed"),
+    ("data.batch_size", "clips per batch, per GPU"),
+    ("data.num_workers", "DataLoader processes per GPU"),
+    ("trainer.max_epochs", "epochs to train (-1: no limit)"),
+    ("trainer.devices", "GPUs per node (or auto)"),
+    ("trainer.precision", "e.g. bf16-mixed, 32-true"),
+    ("logger.wandb", "also log to Weights & Biases (offline unless WANDB_MODE=online)"),
+    ("export.after_training", "write run_dir/export (safetensors + model.json) at the end"),
+    ("checkpoint.every_n_train_steps", "also checkpoint every N steps (0: at epoch ends only)"),
+]
+PRETRAIN_EXAMPLE = "avssl pretrain recipes/synth/avc_small.yaml data.shards=runs/demo/shards smoke=true"
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="self-supervised pretraining from a recipe")
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pretraining from a recipe",
+        description="Train the recipe's pretext task (AVC, AVTS, AVID+CMA or SeLaVi) on the shards with "
+        "PyTorch Lightning; checkpoints go to run_dir/checkpoints and, at the end, the encoders to "
+        "run_dir/export (docs/launching.md: GPUs, torchrun, SLURM, resume).",
+        formatter_class=_HelpFormatter,
+        epilog_from=lambda: _epilog(PRETRAIN_KEYS, PRETRAIN_EXAMPLE),
+    )
     _add_recipe_args(p)
     p.set_defaults(run=_pretrain)
 
 
-# Evaluation verbs: RECIPE [key=value …] → ``module.function(config)``, each writing
-# metrics.json into the recipe's run_dir (docs/evaluation.md).
-EVALUATION_VERBS: dict[str, tuple[str, str]] = {
-    "probe": ("avssl.probe:probe_from_recipe",
-              "linear probe and k-NN of frozen encoders (probe.encoders=EXPORT_DIR|CKPT|random)"),
-    "finetune": ("avssl.finetune:finetune_from_recipe",
-                 "fine-tune a pretrained encoder with a classifier (finetune.encoders=EXPORT_DIR|CKPT|random)"),
-    "localize": ("avssl.localize:localize_from_recipe",
-                 "sound-source localization (cIoU/AUC) and event localization (localization.checkpoint=CKPT|random)"),
-    "separate": ("avssl.separate:separation_from_recipe",
-                 "mix-and-separate with a visually conditioned U-Net, SDR/SIR/SAR/SI-SDR "
-                 "(separation.encoders=EXPORT_DIR|CKPT|random)"),
-    "cluster": ("avssl.cluster:cluster_from_recipe",
-                "k-means on frozen features, NMI/ARI/purity against labels (cluster.encoders=EXPORT_DIR|CKPT|random)"),
+_ENCODERS = "an `avssl export` folder, a Lightning .ckpt, or random"
+
+
+@dataclass(frozen=True)
+class EvaluationVerb:
+    """A recipe verb that writes metrics.json into the recipe's run_dir (docs/evaluation.md)."""
+
+    run: str  # module:function taking the loaded recipe
+    section: str  # the recipe section it reads
+    schema: str  # module:dataclass of that section
+    help: str
+    description: str
+    keys: tuple[tuple[str, str], ...]
+    example: str
+
+
+EVALUATION_VERBS: dict[str, EvaluationVerb] = {
+    "probe": EvaluationVerb(
+        "avssl.probe:probe_from_recipe", "probe", "avssl.tasks.downstream.linear_probe:ProbeConfig",
+        "linear probe and k-NN of frozen encoders (probe.encoders=EXPORT_DIR|CKPT|random)",
+        "Pool frozen features of each split, fit a logistic regression on train (weight decay chosen "
+        "on val) and a k-NN, and report top-1 on test per modality.",
+        (("probe.encoders", _ENCODERS), ("data.shards", "folder written by `avssl shards`"),
+         ("run_dir", "where metrics.json and the figures go"),
+         ("probe.modalities", "video, audio and/or both"),
+         ("probe.eval_clips_per_video", "clips averaged per test video"),
+         ("probe.knn", "also a k-NN classifier"), ("probe.batch_size", "clips per feature batch"),
+         ("probe.device", "auto, cpu or cuda")),
+        "avssl probe recipes/eval/synth_probe.yaml probe.encoders=runs/synth_avc_small/export "
+        "data.shards=runs/demo/shards"),
+    "finetune": EvaluationVerb(
+        "avssl.finetune:finetune_from_recipe", "finetune", "avssl.tasks.downstream.finetune:FinetuneConfig",
+        "fine-tune a pretrained encoder with a classifier (finetune.encoders=EXPORT_DIR|CKPT|random)",
+        "Train one pretrained encoder with a dropout + linear classifier on the train split and report "
+        "clip- and video-level top-1/top-5 on test.",
+        (("finetune.encoders", _ENCODERS), ("data.shards", "folder written by `avssl shards`"),
+         ("run_dir", "where metrics.json goes"), ("finetune.modality", "which encoder: video or audio"),
+         ("finetune.epochs", "training epochs"), ("finetune.lr", "the classifier's learning rate"),
+         ("finetune.num_classes", "null: the classes in the shards' manifest"),
+         ("finetune.accelerator", "auto, cpu or gpu")),
+        "avssl finetune recipes/eval/synth_finetune.yaml finetune.encoders=runs/synth_avc_small/export"),
+    "localize": EvaluationVerb(
+        "avssl.localize:localize_from_recipe", "localization", "avssl.tasks.downstream.localization:LocalizationConfig",
+        "sound-source localization (cIoU/AUC) and event localization (localization.checkpoint=CKPT|random)",
+        "Heatmaps of where the sound comes from, scored by cIoU/AUC against the sounding objects' boxes "
+        "beside a whole-image baseline, and temporal event localization.",
+        (("localization.checkpoint", "a pretext run's Lightning .ckpt, or random"),
+         ("data.shards", "folder written by `avssl shards` (with boxes)"),
+         ("run_dir", "where metrics.json and localization.png go"),
+         ("localization.split", "the split scored"), ("localization.rule", "cIoU binarisation: gt_area or median"),
+         ("localization.events", "also temporal event localization"),
+         ("localization.batch_size", "clips per batch"), ("localization.device", "auto, cpu or cuda")),
+        "avssl localize recipes/eval/synth_localization.yaml "
+        "localization.checkpoint=runs/synth_avc_small/checkpoints/last.ckpt"),
+    "separate": EvaluationVerb(
+        "avssl.separate:separation_from_recipe", "separation", "avssl.tasks.downstream.separation:SeparationConfig",
+        "mix-and-separate with a visually conditioned U-Net, SDR/SIR/SAR/SI-SDR "
+        "(separation.encoders=EXPORT_DIR|CKPT|random)",
+        "Train a U-Net conditioned on the video encoder's features to separate mixtures of two clips "
+        "and report SDR/SIR/SAR/SI-SDR on test mixtures.",
+        (("separation.encoders", _ENCODERS), ("data.shards", "folder written by `avssl shards`"),
+         ("run_dir", "where metrics.json and the figures go"), ("separation.steps", "training steps"),
+         ("separation.batch_size", "mixtures per step"),
+         ("separation.finetune_video", "also train the video encoder"),
+         ("separation.eval_workers", "processes for BSS Eval (0: this one)"),
+         ("separation.device", "auto, cpu or cuda")),
+        "avssl separate recipes/eval/synth_separation.yaml separation.encoders=runs/synth_avc_small/export"),
+    "cluster": EvaluationVerb(
+        "avssl.cluster:cluster_from_recipe", "cluster", "avssl.tasks.downstream.clustering:ClusterConfig",
+        "k-means on frozen features, NMI/ARI/purity against labels (cluster.encoders=EXPORT_DIR|CKPT|random)",
+        "Cluster frozen features of one split with k-means and score NMI, ARI and purity against the labels.",
+        (("cluster.encoders", _ENCODERS), ("data.shards", "folder written by `avssl shards`"),
+         ("run_dir", "where metrics.json goes"), ("cluster.modalities", "video, audio and/or both"),
+         ("cluster.num_clusters", "null: the classes in the manifest"), ("cluster.split", "the split clustered"),
+         ("cluster.batch_size", "clips per feature batch")),
+        "avssl cluster recipes/eval/synth_cluster.yaml cluster.encoders=runs/synth_avc_small/export"),
 }
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _load(target: str) -> Any:
     import importlib
 
-    module, function = EVALUATION_VERBS[args.command][0].split(":")
-    getattr(importlib.import_module(module), function)(_recipe(args))
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    verb = EVALUATION_VERBS[args.command]
+    _load(verb.run)(_recipe(args, verb.section, _load(verb.schema)))
     return 0
 
 
+def _evaluation_epilog(verb: EvaluationVerb) -> str:
+    return _epilog(verb.keys, verb.example, {verb.section: _load(verb.schema)})
+
+
 def _add_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
-    for verb, (_, help_text) in EVALUATION_VERBS.items():
-        p = sub.add_parser(verb, help=help_text)
+    for name, verb in EVALUATION_VERBS.items():
+        p = sub.add_parser(name, help=verb.help, description=verb.description + " Writes metrics.json into run_dir.",
+                           formatter_class=_HelpFormatter,
+                           epilog_from=lambda verb=verb: _evaluation_epilog(verb))
         _add_recipe_args(p)
         p.set_defaults(run=_evaluate)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="Lightning checkpoint → encoder safetensors + model.json")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p = sub.add_parser(
+        "export", help="Lightning checkpoint → encoder safetensors + model.json",
+        description="Write the encoders of an avssl training checkpoint as safetensors files with a "
+        "model.json that says what each expects as input (docs/models.md); read them back with "
+        "avssl.load_pretrained(folder) or give the folder to an evaluation verb.",
+        formatter_class=_HelpFormatter,
+        epilog="example:\n  avssl export runs/synth_avc_small/checkpoints/last.ckpt --out exported/",
+    )
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="a .ckpt written by `avssl pretrain` (e.g. RUN_DIR/checkpoints/last.ckpt)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="export folder to write (created; its encoder files and model.json are replaced)")
     p.set_defaults(run=_export)
 
 
@@ -202,22 +413,96 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avssl", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="avssl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser
 
 
+def _is_avssl_error(error: BaseException) -> bool:
+    """Raised on purpose by avssl (an error class of its own), so its message is for users."""
+    return any(cls.__module__.split(".")[0] == "avssl" for cls in type(error).__mro__)
+
+
+def exit_status(error: BaseException) -> int | None:
+    """The exit status of a user's mistake, or None for a bug (which keeps its traceback)."""
+    config = sys.modules.get("avssl.config")  # no RecipeError before it is imported; importing it costs seconds
+    if config is not None and isinstance(error, config.RecipeError):
+        return USAGE_ERROR
+    if isinstance(error, PATH_ERRORS):
+        return DATA_ERROR
+    if isinstance(error, (ValueError, RuntimeError)) and _is_avssl_error(error):
+        return DATA_ERROR  # DataError, LabelsError, ExportError, ...
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """The message on one line; an OSError from the system names its path."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        message = f"{error.filename}: {error.strerror}"
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning's advertisements ("💡 Tip: ... litlogger / litmodels"), logged at INFO
+    through rank_zero_info; nothing else of its log is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_TIPS_FILTER = _DropLightningTips()
+LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
+def quiet_third_party_noise() -> None:
+    """Hide what a user cannot act on: Lightning's tips, and torch's deprecation of the
+    ``LeafSpec`` class that Lightning's own ``_pytree`` still instantiates."""
+    for name in LIGHTNING_INFO_LOGGERS:
+        logging.getLogger(name).addFilter(_TIPS_FILTER)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
+
+
+class _PlainFormatter(logging.Formatter):
+    """INFO is the bare message (progress); a warning or error says what it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging() -> None:
+    """INFO and above to stderr, so that library progress shows; left alone when the
+    program embedding avssl configured logging itself."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def debugging() -> bool:
+    return os.environ.get("AVSSL_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from avssl.config import RecipeError
-
+    configure_logging()
+    quiet_third_party_noise()
     try:
         return int(args.run(args) or 0)
-    except RecipeError as error:
-        print(f"avssl {args.command}: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        status = exit_status(error)
+        if status is None or debugging():
+            raise
+        print(f"avssl {args.command}: {one_line(error)}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

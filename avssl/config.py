@@ -4,14 +4,21 @@ A recipe has the sections ``data``, ``model``, ``task``, ``trainer``, ``logger``
 ``export`` (DESIGN.md) and ``monitors`` (online probes during pretraining).
 ``base: other.yaml`` (relative to the recipe, or to recipes/) starts from another recipe.
 ``key=value`` overrides apply last. Every key is checked against the schema: an unknown
-key is an error that names it.
+key is an error that names it (and the nearest known key); a value of the wrong type or out
+of range is an error that names the key and what it accepts (``VALUE_RULES``).
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
+import math
+import re
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
@@ -120,14 +127,76 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     return OmegaConf.merge(_load_yaml_chain(_resolve_base(str(base), path), seen + (path,)), node)
 
 
+def _field_type(schema: type, dotted: str) -> Any:
+    """The declared type of ``dotted`` in a dataclass schema (None where the schema has no
+    such field, or the key is inside a free dict)."""
+    declared: Any = schema
+    for part in dotted.split("."):
+        declared = _without_none(declared)
+        if not dataclasses.is_dataclass(declared):
+            return None
+        declared = typing.get_type_hints(declared).get(part)
+    return declared
+
+
+def _without_none(declared: Any) -> Any:
+    args = [a for a in typing.get_args(declared) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(declared) and len(args) == 1 else declared
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _kind(declared: Any) -> str:
+    """``int | None`` → 'an integer or null': the words for a type in an error message."""
+    base = _without_none(declared)
+    origin = typing.get_origin(base) or base
+    if base in _KINDS:
+        words = _KINDS[base]
+    elif origin in (list, tuple):
+        words = "a list"
+    else:
+        words = "a mapping of keys" if origin is dict or dataclasses.is_dataclass(base) else str(base)
+    return words + (" or null" if base is not declared else "")
+
+
+def _plain_value(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML terms (true, null, 'two')."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _did_you_mean(name: str, known: Sequence[str], section: str = "") -> str:
+    """' (did you mean 'data.batch_size'?)' for a near miss of a known key, else ''."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean '{section}{match[0]}'?)" if match else ""
+
+
 def _check_schema(node: DictConfig, schema: type, where: str, prefix: str = "") -> DictConfig:
     structured = OmegaConf.structured(schema)
     OmegaConf.set_readonly(structured, False)
     try:
         return OmegaConf.merge(structured, node)
     except (ConfigKeyError, ConfigAttributeError) as error:
-        raise RecipeError(f"{where}: unknown key '{prefix}{error.full_key}'") from None
+        key = str(error.full_key)
+        parent, _, name = key.rpartition(".")
+        owner = _without_none(_field_type(schema, parent) if parent else schema)
+        known = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []
+        hint = _did_you_mean(name, known, prefix + (parent + "." if parent else ""))
+        raise RecipeError(f"{where}: unknown key '{prefix}{key}'{hint}") from None
     except ValidationError as error:
+        if error.full_key:
+            value = _plain_value(OmegaConf.select(node, str(error.full_key)))
+            declared = _field_type(schema, str(error.full_key))
+            if declared is not None:
+                raise RecipeError(f"{prefix}{error.full_key}: {_show(value)} is not {_kind(declared)}") from None
         raise RecipeError(f"{where}: bad value for '{prefix}{error.full_key}': {error.msg}") from None
 
 
@@ -137,7 +206,191 @@ def check_trainer_keys(trainer: dict[str, Any], where: str = "recipe") -> None:
     known = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
     for key in trainer:
         if key not in known:
-            raise RecipeError(f"{where}: unknown key 'trainer.{key}' (not a pytorch_lightning.Trainer argument)")
+            hint = _did_you_mean(key, sorted(known), "trainer.")
+            raise RecipeError(f"{where}: unknown key 'trainer.{key}' (not a pytorch_lightning.Trainer argument){hint}")
+
+
+# -- values: kinds and ranges -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Accepts:
+    """What one key accepts: a kind, checked first ("'two' is not an integer"), then a range
+    ("must be an integer >= 1, got 0"). The schema's types already hold for schema keys; the
+    kind matters for ``trainer``, a free dict handed to Lightning."""
+
+    kind: str
+    is_kind: Callable[[Any], bool]
+    in_range: Callable[[Any], bool]
+    accepted: str
+    nullable: bool = False
+
+    def problem(self, key: str, value: Any) -> str | None:
+        if value is None:
+            return None if self.nullable else f"{key}: null is not {self.kind}"
+        if not self.is_kind(value):
+            return f"{key}: {_show(value)} is not {self.kind}"
+        if not self.in_range(value):
+            return f"{key} must be {self.accepted}, got {_show(value)}"
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def integer(minimum: int, special: int | None = None, meaning: str = "", nullable: bool = False) -> Accepts:
+    """An integer >= ``minimum``, or the one ``special`` value (e.g. -1: no limit)."""
+    accepted = f"an integer >= {minimum}" + (f", or {special} ({meaning})" if special is not None else "")
+    return Accepts("an integer", _is_int, lambda v: v >= minimum or v == special, accepted, nullable)
+
+
+def number(low: float = -math.inf, high: float = math.inf, low_open: bool = False,
+           nullable: bool = False) -> Accepts:
+    """A number in [low, high] (or (low, high] with ``low_open``)."""
+    above = (lambda v: v > low) if low_open else (lambda v: v >= low)
+    if high == math.inf:
+        accepted = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        accepted = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    return Accepts("a number", _is_number, lambda v: above(v) and v <= high and not math.isnan(v), accepted, nullable)
+
+
+def one_of(choices: Sequence[Any], kind: str, nullable: bool = False) -> Accepts:
+    return Accepts(kind, lambda v: not isinstance(v, bool) and isinstance(v, (int, str)), lambda v: v in choices,
+                   "one of " + ", ".join(repr(c) for c in choices), nullable)
+
+
+FRACTION = number(0, 1)
+POSITIVE = number(0, low_open=True)
+NON_NEGATIVE = number(0)
+
+
+def _limit_batches() -> Accepts:
+    """Lightning's limit_*_batches: a float is a fraction of the batches, an int a count."""
+    return Accepts("a number", _is_number,
+                   lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0),
+                   "a fraction in [0.0, 1.0] or a whole number of batches >= 0", nullable=True)
+
+
+def _devices() -> Accepts:
+    def valid(value: Any) -> bool:
+        if _is_int(value):
+            return value >= 1 or value == -1
+        if isinstance(value, str):
+            return value == "auto" or re.fullmatch(r"\s*-?\d+\s*(,\s*\d+\s*)*,?", value) is not None
+        return bool(value) and all(_is_int(index) and index >= 0 for index in value)
+
+    return Accepts("a number of devices, a list of device indices or 'auto'",
+                   lambda v: not isinstance(v, bool) and isinstance(v, (int, str, list)), valid,
+                   "a number of devices >= 1 (-1: all), a list of device indices, a string like '0,1', or 'auto'")
+
+
+def _precisions() -> list[Any]:
+    """What ``Trainer(precision=...)`` accepts, read from Lightning's own type so it cannot drift."""
+    from lightning_fabric.plugins.precision.precision import _PRECISION_INPUT
+
+    def leaves(declared: Any) -> list[Any]:
+        args = typing.get_args(declared)
+        return [declared] if not args else [leaf for arg in args for leaf in leaves(arg)]
+
+    return leaves(_PRECISION_INPUT)
+
+
+# Values the schema's types allow but the code cannot use, and the trainer keys users set
+# most (Lightning checks these late, some with a bare assert). Keys of a section that is
+# absent are not checked.
+VALUE_RULES: dict[str, Accepts] = {
+    "seed": integer(0),
+    "data.batch_size": integer(1),
+    "data.eval_batch_size": integer(1, nullable=True),
+    "data.num_workers": integer(0),
+    "data.shuffle_buffer": integer(0),
+    "data.eval_clips_per_video": integer(1),
+    "data.max_skip_fraction": FRACTION,
+    "data.video.num_frames": integer(1),
+    "data.video.fps": POSITIVE,
+    "data.video.size": integer(1),
+    "data.audio.seconds": POSITIVE,
+    "data.audio.min_shift_seconds": NON_NEGATIVE,
+    "data.mel.sample_rate": integer(1),
+    "data.mel.n_mels": integer(1),
+    "data.mel.n_fft": integer(1),
+    "data.mel.window_seconds": POSITIVE,
+    "data.mel.hop_seconds": POSITIVE,
+    "checkpoint.every_n_train_steps": integer(0),
+    "checkpoint.every_n_epochs": integer(0),
+    "monitors.num_classes": integer(2, nullable=True),
+    "monitors.lr": POSITIVE,
+    "monitors.knn_k": integer(1),
+    "monitors.knn_temperature": POSITIVE,
+    "monitors.queue_size": integer(1),
+    "task.lr": POSITIVE,
+    "task.weight_decay": NON_NEGATIVE,
+    "task.warmup_epochs": integer(0),
+    "probe.batch_size": integer(1),
+    "probe.max_iter": integer(1),
+    "probe.train_clips_per_video": integer(1),
+    "probe.eval_clips_per_video": integer(1),
+    "probe.knn_k": integer(1),
+    "probe.knn_temperature": POSITIVE,
+    "finetune.num_classes": integer(2, nullable=True),
+    "finetune.epochs": integer(1),
+    "finetune.lr": POSITIVE,
+    "finetune.encoder_lr_scale": NON_NEGATIVE,
+    "finetune.weight_decay": NON_NEGATIVE,
+    "finetune.momentum": FRACTION,
+    "finetune.dropout": FRACTION,
+    "finetune.eval_clips_per_video": integer(1),
+    "localization.batch_size": integer(1),
+    "localization.contrast_audios": integer(0),
+    "localization.num_plot": integer(0),
+    "localization.event_clips_per_video": integer(1),
+    "separation.steps": integer(1),
+    "separation.batch_size": integer(1),
+    "separation.lr": POSITIVE,
+    "separation.weight_decay": NON_NEGATIVE,
+    "separation.max_train_clips": integer(0),
+    "separation.test_mixtures": integer(1),
+    "separation.max_two_source_clips": integer(0),
+    "separation.figure_mixtures": integer(0),
+    "separation.eval_workers": integer(0),
+    "cluster.num_clusters": integer(2, nullable=True),
+    "cluster.restarts": integer(1),
+    "cluster.batch_size": integer(1),
+    "trainer.max_epochs": integer(1, -1, "no limit", nullable=True),
+    "trainer.min_epochs": integer(0, nullable=True),
+    "trainer.max_steps": integer(1, -1, "no limit"),
+    "trainer.min_steps": integer(0, nullable=True),
+    "trainer.devices": _devices(),
+    "trainer.num_nodes": integer(1),
+    "trainer.precision": one_of(_precisions(), "a precision such as 'bf16-mixed'", nullable=True),
+    "trainer.accumulate_grad_batches": integer(1),
+    "trainer.limit_train_batches": _limit_batches(),
+    "trainer.limit_val_batches": _limit_batches(),
+    "trainer.limit_test_batches": _limit_batches(),
+    "trainer.limit_predict_batches": _limit_batches(),
+    "trainer.check_val_every_n_epoch": integer(1, nullable=True),
+    "trainer.num_sanity_val_steps": integer(0, -1, "all", nullable=True),
+    "trainer.gradient_clip_val": number(0, nullable=True),
+}
+
+_ABSENT = object()
+
+
+def check_values(node: DictConfig, prefix: str = "") -> None:
+    """Check every key of VALUE_RULES that ``node`` sets (``node`` is the ``prefix`` section)."""
+    for key, accepts in VALUE_RULES.items():
+        if not key.startswith(prefix):
+            continue
+        value = OmegaConf.select(node, key[len(prefix):], default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        problem = accepts.problem(key, _plain_value(value))
+        if problem:
+            raise RecipeError(problem)
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -152,26 +405,27 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         node = OmegaConf.merge(node, smoke_settings(node))
     config = _check_schema(node, Recipe, str(path))
     check_trainer_keys(OmegaConf.to_container(config.trainer), str(path))
+    check_values(config)
+    data_config(config)  # the data dataclasses' own checks (__post_init__), here rather than at the first batch
     return config
 
 
 def check_section(config: DictConfig, section: str, schema: type, where: str = "recipe") -> Any:
-    """Check one free-form section (``task``, ``probe``) against its dataclass; return it."""
+    """Check one free-form section (``task``, ``probe``) against its dataclass and
+    VALUE_RULES; return it. A value the schema's ``__post_init__`` refuses is a RecipeError too."""
     node = config.get(section) or OmegaConf.create({})
     checked = _check_schema(node, schema, where, prefix=f"{section}.")
-    return OmegaConf.to_object(checked)
+    check_values(checked, prefix=f"{section}.")
+    try:
+        return OmegaConf.to_object(checked)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
 
 
 def start_evaluation(config: DictConfig, section: str, schema: type) -> tuple[Any, Path]:
-    """An evaluation verb's opening: its checked section (a value the schema's
-    ``__post_init__`` refuses is a RecipeError too) and its run folder, created, with the
-    resolved recipe saved in it."""
-    try:
-        checked = check_section(config, section, schema)
-    except RecipeError:
-        raise
-    except ValueError as error:
-        raise RecipeError(str(error)) from None
+    """An evaluation verb's opening: its checked section and its run folder, created, with
+    the resolved recipe saved in it."""
+    checked = check_section(config, section, schema)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, run_dir / "config.yaml", resolve=True)

@@ -26,6 +26,7 @@ def finetune_from_recipe(config: DictConfig) -> dict[str, Any]:
     results["encoders"] = cfg.encoders
     path = write_metrics(results, run_dir)
     t = results["test"]
-    print(f"fine-tuned {cfg.modality} encoder of {cfg.encoders} ({cfg.epochs} epochs), test top-1 %: "
+    epochs = f"{cfg.epochs} epoch" + ("" if cfg.epochs == 1 else "s")
+    print(f"fine-tuned {cfg.modality} encoder of {cfg.encoders} ({epochs}), test top-1 %: "
           f"clip {t['clip_top1']:.1f}, video {t['video_top1']:.1f} (top-5 {t['video_top5']:.1f})\nwritten: {path}")
     return results

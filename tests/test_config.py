@@ -72,3 +72,68 @@ def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> N
         main([verb, "--help"])
     assert exit_info.value.code == 0
     assert "usage: avssl " + verb in capsys.readouterr().out
+
+
+# -- kinds and ranges, checked where the recipe is read ------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_epochs=two", "trainer.max_epochs: 'two' is not an integer"),
+    ("trainer.max_epochs=true", "trainer.max_epochs: true is not an integer"),
+    ("trainer.max_steps=0", "trainer.max_steps must be an integer >= 1, or -1 (no limit), got 0"),
+    ("trainer.devices=0", ("trainer.devices must be a number of devices >= 1 (-1: all), a list of device indices, "
+                           "a string like '0,1', or 'auto', got 0")),
+    ("trainer.num_nodes=0", "trainer.num_nodes must be an integer >= 1, got 0"),
+    ("trainer.accumulate_grad_batches=0.5", "trainer.accumulate_grad_batches: 0.5 is not an integer"),
+    ("trainer.limit_val_batches=1.5", ("trainer.limit_val_batches must be a fraction in [0.0, 1.0] or a whole "
+                                       "number of batches >= 0, got 1.5")),
+    ("trainer.limit_train_batches=-1", ("trainer.limit_train_batches must be a fraction in [0.0, 1.0] or a whole "
+                                        "number of batches >= 0, got -1")),
+    ("data.video.size=1.5", "data.video.size: 1.5 is not an integer"),
+    ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1, got 0"),
+    ("logger.wandb=maybe", "logger.wandb: 'maybe' is not true or false"),
+    ("monitors.knn_temperature=0", "monitors.knn_temperature must be a number > 0, got 0.0"),
+    ("probe.batch_size=0", "probe.batch_size must be an integer >= 1, got 0"),
+])
+def test_values_name_the_key_and_what_it_accepts(override: str, message: str) -> None:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(RECIPES / "synth" / "avc_small.yaml", [override])
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("override", ["trainer.max_epochs=-1", "trainer.devices=auto", "trainer.devices=[0,1]",
+                                      "trainer.devices=0,1", "trainer.precision=16", "trainer.precision=bf16-mixed",
+                                      "trainer.limit_val_batches=3", "trainer.limit_val_batches=0.25",
+                                      "data.eval_batch_size=null", "trainer.max_epochs=null"])
+def test_accepted_values_pass(override: str) -> None:
+    load_recipe(RECIPES / "synth" / "avc_small.yaml", [override])
+
+
+def test_precision_lists_what_lightning_accepts() -> None:
+    with pytest.raises(RecipeError, match=r"^trainer\.precision must be one of .*'bf16-mixed'.*, got 'bf32'$"):
+        load_recipe(RECIPES / "synth" / "avc_small.yaml", ["trainer.precision=bf32"])
+
+
+def test_unknown_keys_suggest_the_nearest() -> None:
+    recipe = RECIPES / "synth" / "avc_small.yaml"
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe, ["trainer.max_epoch=3"])
+    assert str(caught.value) == (f"{recipe}: unknown key 'trainer.max_epoch' (not a pytorch_lightning.Trainer "
+                                 "argument) (did you mean 'trainer.max_epochs'?)")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe, ["data.video.frames=4"])
+    assert str(caught.value) == f"{recipe}: unknown key 'data.video.frames' (did you mean 'data.video.num_frames'?)"
+
+
+def test_section_values_and_post_init_refusals_are_recipe_errors() -> None:
+    from avssl.tasks.downstream.separation import SeparationConfig
+
+    config = load_recipe(RECIPES / "eval" / "synth_separation.yaml", ["separation.mask=fuzzy"])
+    with pytest.raises(RecipeError, match=r"^separation\.mask must be one of"):
+        check_section(config, "separation", SeparationConfig)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(RECIPES / "eval" / "synth_separation.yaml", ["separation.steps=many"])
+    assert str(caught.value) == "separation.steps: 'many' is not an integer"
+    config = load_recipe(RECIPES / "eval" / "synth_separation.yaml")
+    config.separation.steps = 0
+    with pytest.raises(RecipeError) as caught:
+        check_section(config, "separation", SeparationConfig)
+    assert str(caught.value) == "separation.steps must be an integer >= 1, got 0"

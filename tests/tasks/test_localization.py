@@ -132,9 +132,11 @@ def test_localize_random_and_trained_checkpoint(tiny_shards: Path, tmp_path: Pat
 
 
 def test_export_folder_is_refused_with_a_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(FileNotFoundError, match="cross-modal head"):
-        main(["localize", str(RECIPES / "eval" / "synth_localization.yaml"), f"run_dir={tmp_path}",
-              f"localization.checkpoint={tmp_path}"])
+    (tmp_path / "manifest.json").write_text('{"splits": {}}')  # past the CLI's check of data.shards
+    assert main(["localize", str(RECIPES / "eval" / "synth_localization.yaml"), f"run_dir={tmp_path}",
+                 f"data.shards={tmp_path}", f"localization.checkpoint={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("avssl localize: ") and err.count("\n") == 1 and "cross-modal head" in err
 
 
 def test_unknown_localization_key_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
