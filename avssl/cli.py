@@ -93,6 +93,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     from avssl.pretrain import pretrain
 
     result = pretrain(_recipe(args))
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # under DDP every rank returns here: one report, not one per rank
+        return 0
     if result["resumed_from"]:
         print(f"resumed from: {result['resumed_from']}")
     print(f"run folder: {result['run_dir']}\ncheckpoint: {result['checkpoint']}")

@@ -135,7 +135,7 @@ def reference(cluster: dict[str, str], workspace: Path) -> dict:
 def test_sbatch_two_tasks_trains_to_the_end_and_exports(reference: dict, workspace: Path) -> None:
     log = (workspace / "one_node.out").read_text()
     assert "1 node(s) x 2 task(s)" in log and "main node 127.0.0.1" in log
-    assert log.count("exported encoders:") == 1, "rank 0 alone exports"
+    assert log.count("exported encoders:") == 1 and log.count("run folder:") == 1, "rank 0 alone exports and reports"
     assert reference, "weights trained"
 
 
