@@ -18,7 +18,7 @@ from torch import nn
 import avssl
 from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
 from avssl.data.views import MelSettings, VideoView
-from avssl.export import ExportError, export_checkpoint, load_pretrained
+from avssl.export import CheckpointError, ExportError, export_checkpoint, load_pretrained
 from avssl.models import MLP, build_encoders
 
 RECIPE = {
@@ -124,9 +124,9 @@ def test_lightning_checkpoint_loads_without_pickle(trained):
     assert loaded["hyper_parameters"]["config"] == RECIPE
 
 
-def test_export_writes_safetensors_and_model_json_only(exported):
+def test_export_writes_safetensors_model_json_and_card_only(exported):
     names = sorted(p.name for p in exported.iterdir())
-    assert names == ["audio_encoder.safetensors", "model.json", "video_encoder.safetensors"]
+    assert names == ["README.md", "audio_encoder.safetensors", "model.json", "video_encoder.safetensors"]
     for name in ("audio_encoder.safetensors", "video_encoder.safetensors"):
         path = exported / name
         assert path.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x04", b"PK")  # not a pickle, not torch's zip
@@ -228,7 +228,7 @@ def test_avid_conv2d_export_round_trip(tmp_path):
     _, audio_encoder = build_encoders(recipe["model"])
     ckpt = _fake_checkpoint(tmp_path / "a.ckpt", recipe, audio_encoder=audio_encoder)
     out = export_checkpoint(ckpt, tmp_path / "export")
-    assert sorted(p.name for p in out.iterdir()) == ["audio_encoder.safetensors", "model.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio_encoder.safetensors", "model.json"]
     pretrained = load_pretrained(out)
     assert pretrained.video_encoder is None and pretrained.spec["inputs"]["video"] is None
     assert pretrained.spec["audio_encoder"]["pooling"] == "max"
@@ -239,7 +239,7 @@ def test_avid_conv2d_export_round_trip(tmp_path):
 
 # -- errors --------------------------------------------------------------------------------------
 def test_missing_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(CheckpointError, match=r"nope.ckpt: no such checkpoint$"):
         export_checkpoint(tmp_path / "nope.ckpt", tmp_path / "out")
 
 
@@ -273,16 +273,17 @@ def test_weights_that_do_not_match_the_config(tmp_path):
         export_checkpoint(ckpt, tmp_path / "out")
 
 
-def test_checkpoint_that_needs_pickle(tmp_path):
+def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
     encoders = build_encoders(RECIPE["model"])
     recipe = OmegaConf.create(RECIPE)  # a DictConfig instead of a plain dict: not weights_only-loadable
     path = tmp_path / "omegaconf.ckpt"
     _fake_checkpoint(path, recipe, video_encoder=encoders.video_encoder, audio_encoder=encoders.audio_encoder)
-    with pytest.raises(ExportError, match="allow_pickle"):
-        export_checkpoint(path, tmp_path / "refused", allow_pickle=False)
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        out = export_checkpoint(path, tmp_path / "out")
-    assert json.loads((out / "model.json").read_text())["recipe"] == RECIPE
+    with pytest.raises(CheckpointError) as refused:
+        export_checkpoint(path, tmp_path / "refused")
+    message = str(refused.value)
+    assert message.startswith(f"{path}: refused: it holds objects that only pickle can rebuild")
+    assert "Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig" in message and "\n" not in message
+    assert not (tmp_path / "refused").exists()
 
 
 def test_load_pretrained_errors(exported, tmp_path):
