@@ -71,7 +71,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from avssl.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out)
+    out = export_checkpoint(args.checkpoint, args.out, license=args.license, evaluations=args.evaluation)
     print(f"exported to {out}")
     return 0
 
@@ -123,6 +123,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="Lightning checkpoint → encoder safetensors + model.json")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--license", default="unknown", help="the model card's licence (a Hub licence id, e.g. cc-by-4.0)")
+    p.add_argument("--evaluation", type=Path, action="append", default=[], metavar="METRICS_JSON",
+                   help="an evaluation verb's metrics.json to show in the model card (repeatable)")
     p.set_defaults(run=_export)
 
 

@@ -136,13 +136,16 @@ def find_resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
     reasons = []
     for path in candidates:
         try:
-            return path, _global_step(path)
+            step = _global_step(path)
         except CheckpointError as error:
-            log.warning("resume=auto: skipping %s", error)
             reasons.append(str(error))
-    if candidates:
-        raise CheckpointError(f"resume=auto: none of the {len(candidates)} checkpoint(s) of {run_dir} loads, so "
-                              f"nothing was started (the newest: {reasons[0]}); pass resume=PATH or resume=null")
+            continue
+        for reason in reasons:
+            log.warning("resume=auto: skipping %s", reason)
+        return path, step
+    if candidates:  # one line: every checkpoint and why it does not load
+        raise CheckpointError(f"resume=auto: no checkpoint of {run_dir} loads, nothing was started or changed "
+                              f"({'; '.join(reasons)}); pass resume=PATH or resume=null")
     return None
 
 
