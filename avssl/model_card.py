@@ -30,8 +30,8 @@ METHODS: dict[str, tuple[str, str]] = {
              "Cooperative Learning of Audio and Video Models from Self-Supervised Synchronization"),
     "avid": ("Audio-Visual Instance Discrimination with Cross-Modal Agreement (AVID+CMA)",
              "Audio-Visual Instance Discrimination with Cross-Modal Agreement"),
-    "selavi": ("Self-Labelling Videos (SeLaVi)", "Labelling Unlabelled Videos from Scratch with Multi-modal "
-               "Self-supervision"),
+    "selavi": ("Self-Labelling Videos (SeLaVi)",
+               "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision"),
 }
 # CSV columns that describe the run's speed or schedule, not what it learned.
 _NOT_FIGURES = ("lr-", "perf/", "epoch", "step")
@@ -154,35 +154,40 @@ def _torchvision_note(spec: Mapping[str, Any]) -> list[str]:
             "model.fc = torch.nn.Identity()  # the stored classifier is random and unused", "```", ""]
 
 
+def _training_lines(spec: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
+    recipe = spec["recipe"]
+    size = ", ".join(f"{data[k]:,} {k}" if isinstance(data[k], int) else f"{data[k]} {k}"
+                     for k in ("clips", "hours", "classes") if data.get(k) is not None)
+    in_split = f", {size} in the training split" if size else ""
+    checkpoint = Path(str(spec.get("source_checkpoint"))).name
+    return [f"- data: {data['name']} (`{data['shards']}`){in_split}",
+            f"- training steps: {spec.get('global_step')} (epoch {spec.get('epoch')})",
+            (f"- batch size: {(recipe.get('data') or {}).get('batch_size')}; seed: {recipe.get('seed')}; "
+             f"source checkpoint: `{checkpoint}`"),
+            "- recipe: the resolved recipe is `recipe` in `model.json`"]
+
+
+_SMOKE_NOTICE = ("> **Smoke export.** Trained with `smoke=true`: 2 steps at a shrunken input, to check a recipe end "
+                 "to end. These weights are not a trained model.")
+_USAGE = ["```python", "import avssl", "", 'pretrained = avssl.load_pretrained("path/to/this/folder")',
+          "video_encoder, audio_encoder = pretrained.video_encoder, pretrained.audio_encoder  # eval mode", "```", ""]
+
+
 def model_card(spec: Mapping[str, Any], pretext: Mapping[str, float], evaluations: Mapping[str, Any],
                license: str) -> str:
     """README.md for an export folder whose model.json is ``spec``."""
-    recipe = spec["recipe"]
-    task = str((recipe.get("task") or {}).get("name", "unknown"))
+    task = str((spec["recipe"].get("task") or {}).get("name", "unknown"))
     method, paper = METHODS.get(task, (task, ""))
-    data = _training_data(recipe)
+    data = _training_data(spec["recipe"])
     names = " + ".join(spec[k]["name"] for k in ("video_encoder", "audio_encoder") if spec.get(k))
-    size = ", ".join(f"{data[k]:,} {k}" if isinstance(data.get(k), int) else f"{data[k]} {k}"
-                     for k in ("clips", "hours", "classes") if data.get(k) is not None)
+    licence = f"`{license}`" + (" (not stated by whoever exported it: the terms of the training data apply)"
+                                if license == DEFAULT_LICENSE else "")
     lines = [_front_matter(task, data, license), f"# {method}: {names}", ""]
     if spec.get("smoke"):
-        lines += ["> **Smoke export.** Trained with `smoke=true`: 2 steps at a shrunken input, to check a recipe "
-                  "end to end. These weights are not a trained model.", ""]
-    lines += ["Encoders pretrained without labels by avssl. Load them with "
-              "`avssl.load_pretrained(\"path/to/this/folder\")`.", "",
-              "## Model", "", f"- method: {method}" + (f" (paper: \"{paper}\")" if paper else ""), "",
-              *_encoder_rows(spec), "",
-              "## Training", "", f"- data: {data['name']} (`{data['shards']}`)" + (f", {size} in the training split"
-                                                                                   if size else ""),
-              f"- training steps: {spec.get('global_step')} (epoch {spec.get('epoch')})",
-              f"- batch size: {(recipe.get('data') or {}).get('batch_size')}; "
-              f"seed: {recipe.get('seed')}; source checkpoint: `{Path(str(spec.get('source_checkpoint'))).name}`",
-              "- recipe: the resolved recipe is `recipe` in `model.json`", "",
-              "## Inputs", "", *_input_lines(spec["inputs"]), "",
-              "## Results", "", *_results_lines(pretext, evaluations),
-              "## Usage", "", "```python", "import avssl", "", "pretrained = avssl.load_pretrained(\"path/to/this/folder\")",
-              "video_encoder, audio_encoder = pretrained.video_encoder, pretrained.audio_encoder  # eval mode", "```", "",
-              *_torchvision_note(spec),
-              "## Licence", "", f"`{license}`" + (" (not stated by whoever exported it: the terms of the training data "
-                                                  "apply)" if license == DEFAULT_LICENSE else ""), ""]
+        lines += [_SMOKE_NOTICE, ""]
+    lines += ['Encoders pretrained without labels by avssl. Load them with `avssl.load_pretrained("path/to/this/folder")`.',
+              "", "## Model", "", f"- method: {method}" + (f' (paper: "{paper}")' if paper else ""), "",
+              *_encoder_rows(spec), "", "## Training", "", *_training_lines(spec, data), "",
+              "## Inputs", "", *_input_lines(spec["inputs"]), "", "## Results", "", *_results_lines(pretext, evaluations),
+              "## Usage", "", *_USAGE, *_torchvision_note(spec), "## Licence", "", licence, ""]
     return "\n".join(lines)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import stat
-import json
 import struct
 import warnings
 from pathlib import Path
@@ -13,10 +13,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torchvision
+import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
-import yaml
 
 import avssl
 from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
