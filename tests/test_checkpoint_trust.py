@@ -121,3 +121,16 @@ def test_a_text_file_named_ckpt(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["export", str(path), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (f"avssl export: {path} is not a PyTorch checkpoint (no torch.save zip archive "
                                        "in it: another kind of file, or one cut short)\n")
+
+
+def test_lightning_reads_through_the_same_loader(evil: tuple[Path, Path], real_checkpoint: Path) -> None:
+    # what Lightning calls to restore a run (resume, or an hpc_ckpt it finds by itself),
+    # whatever weights_only it passes
+    from avssl.export import CheckpointError
+    from avssl.pretrain import AtomicCheckpointIO
+
+    path, marker = evil
+    with pytest.raises(CheckpointError, match="refused: it holds objects that only pickle can rebuild"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert not marker.exists()
+    assert AtomicCheckpointIO().load_checkpoint(real_checkpoint, weights_only=False)["global_step"] == 2
