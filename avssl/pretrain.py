@@ -220,7 +220,7 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     resume, resumed_at = resolve_resume(config.resume, run_dir) or (None, None)  # vetted before anything is written
     if resume:
         log.info("resuming from %s (step %d)", resume, resumed_at)
-    if rank_zero_only.rank == 0:  # other ranks start while rank 0 may already be writing
+    if rank_zero_only.rank == 0:  # one rank cleans up: under torchrun or srun every rank starts at once
         remove_stale_temporaries(run_dir)
     save_resolved(config, run_dir)
     pl.seed_everything(config.seed, workers=True)
