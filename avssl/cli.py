@@ -108,7 +108,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from avssl.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out)
+    out = export_checkpoint(args.checkpoint, args.out, license=args.license, evaluations=args.evaluation)
     print(f"exported to {out}")
     return 0
 
@@ -339,6 +339,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="a .ckpt written by `avssl pretrain` (e.g. RUN_DIR/checkpoints/last.ckpt)")
     p.add_argument("--out", type=Path, required=True,
                    help="export folder to write (created; its encoder files and model.json are replaced)")
+    p.add_argument("--license", default="unknown", help="the model card's licence (a Hub licence id, e.g. cc-by-4.0)")
+    p.add_argument("--evaluation", type=Path, action="append", default=[], metavar="METRICS_JSON",
+                   help="an evaluation verb's metrics.json to show in the model card (repeatable)")
     p.set_defaults(run=_export)
 
 

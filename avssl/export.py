@@ -18,9 +18,13 @@ and have no file.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pickle
-import warnings
-from collections.abc import Mapping
+import re
+import shutil
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,8 +33,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from avssl.config import RecipeError
 from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
 from avssl.data.views import AudioView, MelSettings, VideoView
+from avssl.model_card import DEFAULT_LICENSE, MODEL_CARD, model_card, pretext_metrics, read_evaluations
 from avssl.models.base import Encoder, TorchvisionBackbone
 from avssl.models.registry import AUDIO_ENCODERS, VIDEO_ENCODERS, build_encoders, encoder_spec
 
@@ -41,11 +47,18 @@ VIDEO_LAYOUT = "B×3×T×H×W"
 AUDIO_LAYOUT = "B×1×F×T"
 _REGISTRIES = {"video_encoder": VIDEO_ENCODERS, "audio_encoder": AUDIO_ENCODERS}
 
-__all__ = ["ExportError", "PretrainedEncoders", "build_encoders", "export_checkpoint", "load_pretrained"]
+__all__ = ["CheckpointError", "ExportError", "PretrainedEncoders", "build_encoders", "export_checkpoint", "load_checkpoint", "load_pretrained"]
+
+log = logging.getLogger(__name__)
 
 
-class ExportError(ValueError):
-    """A checkpoint or export folder that cannot be used as it is; the message says why."""
+class ExportError(RecipeError):
+    """A checkpoint or export folder that cannot be used as it is; the message names the file
+    and says why (a :class:`~avssl.config.RecipeError`: the CLI prints it as one line)."""
+
+
+class CheckpointError(ExportError):
+    """A checkpoint avssl will not or cannot read: missing, damaged, or needing pickle."""
 
 
 # -- reading the checkpoint ---------------------------------------------------------------------
@@ -55,28 +68,44 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _load_checkpoint(path: Path, allow_pickle: bool) -> dict[str, Any]:
+# Why torch.load refused a file: the WeightsUnpickler's own line, without its advice to
+# re-run with weights_only=False.
+_REFUSAL = re.compile(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)")
+
+
+def _refusal_reason(error: Exception) -> str:
+    match = _REFUSAL.search(str(error))
+    return match.group(1).strip() if match else str(error).strip().splitlines()[0]
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The one way avssl reads a ``.ckpt`` (export, the evaluation verbs, ``resume``).
+
+    Only ``torch.load(weights_only=True)``: unpickling a file can run any code in it, and a
+    checkpoint is a file people download and share. avssl's own checkpoints hold tensors and
+    plain containers only, so they load; a file that needs more is refused
+    (:class:`CheckpointError`, one line naming the file and the reason), never retried
+    with pickle.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save's format; a file cut short has no central directory
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (no torch.save zip archive in it: "
+                              "another kind of file, or one cut short)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
-        if not allow_pickle:
-            raise ExportError(
-                f"{path} holds objects that torch.load(weights_only=True) refuses ({error}); "
-                "pass allow_pickle=True only if you trust this file (e.g. your own training run)"
-            ) from None
-        warnings.warn(
-            f"{path}: loading with weights_only=False (the checkpoint holds non-tensor objects); "
-            "only do this for checkpoints you wrote yourself",
-            stacklevel=3,
-        )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ExportError(f"{path} is not a readable PyTorch checkpoint: {error}") from None
+        raise CheckpointError(
+            f"{path}: refused: it holds objects that only pickle can rebuild, and unpickling a file can run "
+            f"code in it ({_refusal_reason(error)}); avssl loads checkpoints with weights_only=True only"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any other failure of a damaged file: one line, not a traceback
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason}") from None
     if not isinstance(checkpoint, Mapping):
-        raise ExportError(f"{path} is not a Lightning checkpoint (a dict), got {type(checkpoint).__name__}")
-    return checkpoint  # type: ignore[return-value]
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (a dict), got {type(checkpoint).__name__}")
+    return dict(checkpoint)
 
 
 def _recipe(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -153,14 +182,24 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"model.json: cannot write a {type(value).__name__} ({value!r}) as JSON")
 
 
+def _readable_mode() -> int:
+    """The mode a plain new file gets here (0o666 less the umask), e.g. 0o644: safetensors
+    creates its files 0o600, unreadable to the colleagues an export is shared with."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_encoder(encoder: Encoder, name: str, kwargs: dict[str, Any], key: str, out_dir: Path) -> dict[str, Any]:
     torchvision = isinstance(encoder, TorchvisionBackbone)
     module = encoder.backbone if torchvision else encoder
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     file = f"{key}.safetensors"
     convention = "torchvision" if torchvision else "avssl"
+    log.info("writing %s (%s, %d tensors)", file, name, len(tensors))
     save_file(tensors, str(out_dir / file),
               metadata={"avssl_format_version": str(FORMAT_VERSION), "encoder": name, "weights_convention": convention})
+    os.chmod(out_dir / file, _readable_mode())
     return {
         "name": name,
         "kwargs": kwargs,
@@ -176,21 +215,12 @@ def _write_encoder(encoder: Encoder, name: str, kwargs: dict[str, Any], key: str
     }
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, allow_pickle: bool = True) -> Path:
-    """Write the encoders of an avssl Lightning checkpoint to ``out_dir`` (created) as
-    safetensors + ``model.json``; returns ``out_dir``.
-
-    The checkpoint is read with ``torch.load(weights_only=True)``; a checkpoint that needs
-    pickle (non-tensor objects in it) is read with ``weights_only=False`` and a warning,
-    unless ``allow_pickle=False``. Nothing written needs pickle to read.
-    """
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    ckpt = _load_checkpoint(checkpoint, allow_pickle)
-    recipe = _recipe(ckpt, checkpoint)
+def _encoders_of(ckpt: Mapping[str, Any], recipe: Mapping[str, Any], checkpoint: Path
+                 ) -> tuple[dict[str, Encoder | None], dict[str, tuple[str, dict[str, Any]] | None]]:
+    """The recipe's encoders with the checkpoint's weights (strict), and their (name, kwargs)."""
     state_dict = ckpt.get("state_dict")
     if not isinstance(state_dict, Mapping):
         raise ExportError(f"{checkpoint} has no 'state_dict'")
-
     specs: dict[str, tuple[str, dict[str, Any]] | None] = {}
     for key in ENCODER_KEYS:
         try:
@@ -215,25 +245,86 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, allow_pickle:
         _load_strict(encoder, tensors, f"{checkpoint} ({key} = {specs[key][0]})")
     if all(e is None for e in encoders.values()):
         raise ExportError(f"{checkpoint}: the recipe names neither a video nor an audio encoder")
+    return encoders, specs
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+# What an export folder may hold: replacing a folder with anything else in it would delete
+# files that are not ours.
+EXPORT_FILES = frozenset({MODEL_JSON, MODEL_CARD, *(f"{key}.safetensors" for key in ENCODER_KEYS)})
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir}: a file, not a folder")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+        if foreign:
+            raise ExportError(f"--out {out_dir} holds files an export does not write ({', '.join(foreign[:5])}); "
+                              "give a new folder or an earlier export folder")
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """The complete export at ``staging`` becomes ``out_dir``; an earlier export there is
+    replaced only now (two renames: a kill between them leaves it as ``.NAME.old.PID``)."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    retired = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
+    os.replace(out_dir, retired)
+    os.replace(staging, out_dir)
+    shutil.rmtree(retired)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, license: str = DEFAULT_LICENSE,
+                      evaluations: Sequence[str | Path] = ()) -> Path:
+    """Write the encoders of an avssl Lightning checkpoint to ``out_dir`` as safetensors,
+    ``model.json`` and a model card (``README.md``); returns ``out_dir``.
+
+    The checkpoint is read by :func:`load_checkpoint` (``weights_only=True``, never pickle).
+    The folder is built beside ``out_dir`` and renamed into place when complete, so an
+    earlier export is never left half-overwritten. ``license`` goes into the card's front
+    matter; ``evaluations`` are ``metrics.json`` files of evaluation verbs shown in the card.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    log.info("reading checkpoint %s", checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    recipe = _recipe(ckpt, checkpoint)
+    encoders, specs = _encoders_of(ckpt, recipe, checkpoint)
+    _check_replaceable(out_dir)
+
     model_json: dict[str, Any] = {"format_version": FORMAT_VERSION}
-    for key in ENCODER_KEYS:
-        stale = out_dir / f"{key}.safetensors"
-        if encoders[key] is None:
-            if stale.exists():  # an earlier export into the same folder
-                stale.unlink()
-            model_json[key] = None
-        else:
-            name, kwargs = specs[key]  # type: ignore[misc]
-            model_json[key] = _write_encoder(encoders[key], name, kwargs, key, out_dir)
-    model_json["inputs"] = input_spec(recipe, encoders["video_encoder"] is not None, encoders["audio_encoder"] is not None)
-    model_json["recipe"] = recipe
-    model_json["source_checkpoint"] = str(checkpoint.resolve())
-    model_json["global_step"] = ckpt.get("global_step")
-    model_json["epoch"] = ckpt.get("epoch")
-    text = json.dumps(model_json, indent=2, ensure_ascii=False, default=_jsonable)
-    (out_dir / MODEL_JSON).write_text(text + "\n", encoding="utf-8")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()  # the default mode (0o777 less the umask), unlike tempfile.mkdtemp's 0o700
+    try:
+        for key in ENCODER_KEYS:
+            if encoders[key] is None:
+                model_json[key] = None
+            else:
+                name, kwargs = specs[key]  # type: ignore[misc]
+                model_json[key] = _write_encoder(encoders[key], name, kwargs, key, staging)
+        model_json["inputs"] = input_spec(recipe, encoders["video_encoder"] is not None,
+                                          encoders["audio_encoder"] is not None)
+        model_json["smoke"] = bool(recipe.get("smoke", False))
+        model_json["recipe"] = recipe
+        model_json["source_checkpoint"] = str(checkpoint.resolve())
+        model_json["global_step"] = ckpt.get("global_step")
+        model_json["epoch"] = ckpt.get("epoch")
+        log.info("writing %s", MODEL_JSON)
+        text = json.dumps(model_json, indent=2, ensure_ascii=False, default=_jsonable)
+        (staging / MODEL_JSON).write_text(text + "\n", encoding="utf-8")
+        log.info("writing %s (model card)", MODEL_CARD)
+        card = model_card(model_json, pretext_metrics(checkpoint, ckpt.get("global_step")),
+                          read_evaluations(evaluations), license)
+        (staging / MODEL_CARD).write_text(card, encoding="utf-8")
+        _move_into_place(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if model_json["smoke"]:
+        log.warning("%s is a smoke export (smoke=true: 2 training steps at a shrunken input); not a trained model",
+                    out_dir)
+    log.info("exported %s", out_dir)
     return out_dir
 
 
@@ -309,6 +400,8 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     """
     directory = Path(directory)
     spec = _read_spec(directory)
+    if spec.get("smoke"):
+        log.warning("%s is a smoke export (2 training steps at a shrunken input), not a trained model", directory)
     model_config: dict[str, Any] = {}
     for key in ENCODER_KEYS:
         entry = spec.get(key)

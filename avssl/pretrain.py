@@ -1,7 +1,9 @@
 """Recipe → task, data module, loggers, callbacks → Lightning Trainer → checkpoint (→ export)."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 import warnings
 from pathlib import Path
@@ -13,11 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_only
 
 from avssl.config import RecipeError, data_config, to_plain
 from avssl.csv_log import ResumableCSVLogger
 from avssl.data.datamodule import AVDataModule
 from avssl.tasks.throughput import ThroughputMonitor
+
+log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id"  # in the run folder: a resumed run continues the same wandb run
 
@@ -49,19 +54,32 @@ def save_resolved(config: DictConfig, run_dir: Path) -> Path:
     return path
 
 
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+# What AtomicCheckpointIO names a checkpoint while writing it (.last.ckpt.<pid>.tmp): the
+# only files remove_stale_temporaries deletes.
+TEMPORARY_CHECKPOINT = re.compile(r"\..+\.ckpt\.[0-9]+\.tmp")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file beside it, flushes it to disk and renames it
     into place (``os.replace``: atomic on one file system), so that a kill mid-write leaves
     the previous checkpoint whole. Lightning's own save goes through a temporary file in the
     system's temp folder and ``shutil.move``, which is a plain copy when that folder is on
-    another file system than the run folder (a local /tmp and a shared run folder on a cluster)."""
+    another file system than the run folder (a local /tmp and a shared run folder on a cluster).
+
+    Reads go through :func:`avssl.export.load_checkpoint` (``weights_only=True`` whatever
+    Lightning asks for), so no checkpoint Lightning restores, ``hpc_ckpt_*`` included, can
+    run code."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary = _temporary_name(path)
         try:
             with open(temporary, "wb") as handle:
                 torch.save(checkpoint, handle)
@@ -71,53 +89,91 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             temporary.unlink(missing_ok=True)
 
+    def load_checkpoint(self, path: Any, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        from avssl.export import load_checkpoint
 
-def is_complete_checkpoint(path: Path) -> bool:
-    """A torch.save zip whose central directory is intact (a write cut short has none)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+        return load_checkpoint(path)
 
 
-def find_resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run folder: ``checkpoints/*.ckpt``, or the
-    ``hpc_ckpt_<n>.ckpt`` Lightning writes when SLURM signals a job's end (None when there
-    is none). Checkpoints are written atomically (:class:`AtomicCheckpointIO`); an
-    incomplete file (copied in by hand, say) is skipped all the same."""
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill cut short (a 0-byte
+    ``.last.ckpt.<pid>.tmp`` each) from ``run_dir/checkpoints`` and ``run_dir``; only names
+    of :data:`TEMPORARY_CHECKPOINT`'s pattern. Called once at the start of a run, before any
+    save."""
+    removed = []
+    for folder in (run_dir / "checkpoints", run_dir):
+        for path in sorted(folder.glob(".*.tmp")) if folder.is_dir() else ():
+            if TEMPORARY_CHECKPOINT.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d stale temporary checkpoint file(s): %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
+
+
+def _global_step(path: Path) -> int:
+    """The step a checkpoint resumes at, read with the safe loader (the file is vetted here,
+    before Lightning opens it)."""
+    from avssl.export import CheckpointError, load_checkpoint
+
+    step = load_checkpoint(path).get("global_step")
+    if not isinstance(step, int):
+        raise CheckpointError(f"{path} has no global_step: not a Lightning training checkpoint")
+    return step
+
+
+def find_resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
+    """The newest checkpoint of a run folder that loads, and its step: ``checkpoints/*.ckpt``
+    or the ``hpc_ckpt_<n>.ckpt`` Lightning writes when SLURM signals a job's end, newest
+    first. Each one that does not load is skipped with a warning saying why; None when the
+    folder has no checkpoint; :class:`~avssl.export.CheckpointError` when it has some and none
+    loads (a silent fresh start would overwrite the run's history)."""
+    from avssl.export import CheckpointError
+
     found = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    reasons = []
     for path in candidates:
-        if is_complete_checkpoint(path):
-            return path
-        warnings.warn(f"skipping incomplete checkpoint {path}", stacklevel=2)
+        try:
+            step = _global_step(path)
+        except CheckpointError as error:
+            reasons.append(str(error))
+            continue
+        for reason in reasons:
+            log.warning("resume=auto: skipping %s", reason)
+        return path, step
+    if candidates:  # one line: every checkpoint and why it does not load
+        raise CheckpointError(f"resume=auto: no checkpoint of {run_dir} loads, nothing was started or changed "
+                              f"({'; '.join(reasons)}); pass resume=PATH or resume=null")
     return None
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
-    """``resume``: None (fresh), ``auto`` (the newest checkpoint of the run folder, or fresh)
-    or a checkpoint path, which must exist."""
+def resolve_resume(resume: str | None, run_dir: Path) -> tuple[str, int] | None:
+    """``resume``: None (fresh), ``auto`` (the newest checkpoint of the run folder that loads,
+    or fresh when there is none) or a checkpoint path, which must load; returns the
+    checkpoint and its step."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
         found = find_resume_checkpoint(run_dir)
-        return str(found) if found else None
+        return (str(found[0]), found[1]) if found else None
     if not Path(resume).is_file():
         raise RecipeError(f"resume={resume}: no such checkpoint")
-    return resume
+    return resume, _global_step(Path(resume))
 
 
 def checkpoint_callbacks(config: DictConfig, run_dir: Path) -> list[ModelCheckpoint]:
     """``last.ckpt`` at the end of every ``checkpoint.every_n_epochs`` epochs and, when set,
-    every ``checkpoint.every_n_train_steps`` steps (mid-epoch checkpoints resume exactly)."""
+    every ``checkpoint.every_n_train_steps`` steps (mid-epoch checkpoints resume exactly).
+    Both callbacks write the one ``last.ckpt``, whichever saves later (no version counter:
+    with one, the second would write ``last-v1.ckpt`` and leave ``last.ckpt`` behind)."""
     folder, every = run_dir / "checkpoints", config.checkpoint
-    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=every.every_n_epochs)]
+    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=every.every_n_epochs,
+                                 enable_version_counter=False)]
     if every.every_n_train_steps:
         callbacks.append(ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0,
-                                         every_n_train_steps=every.every_n_train_steps))
+                                         every_n_train_steps=every.every_n_train_steps, enable_version_counter=False))
     return callbacks
 
 
@@ -173,7 +229,11 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     from avssl.tasks.pretext import build_pretext_task
 
     run_dir = Path(config.run_dir)
-    resume = resolve_resume(config.resume, run_dir)
+    resume, resumed_at = resolve_resume(config.resume, run_dir) or (None, None)  # vetted before anything is written
+    if resume:
+        log.info("resuming from %s (step %d)", resume, resumed_at)
+    if rank_zero_only.rank == 0:  # one rank cleans up: under torchrun or srun every rank starts at once
+        remove_stale_temporaries(run_dir)
     save_resolved(config, run_dir)
     pl.seed_everything(config.seed, workers=True)
     task = build_pretext_task(to_plain(config))
@@ -194,7 +254,6 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
         if threads != torch.get_num_threads():
             print(f"CPU training: {threads} intra-op thread(s) beside {datamodule.config.num_workers} loader worker(s)")
             torch.set_num_threads(threads)
-    resumed_at = int(torch.load(resume, map_location="cpu", mmap=True, weights_only=False)["global_step"]) if resume else None
     loggers = make_loggers(config, run_dir, resumed_at)
     monitors = OmegaConf.to_object(config.monitors)
     callbacks: list[pl.Callback] = [*checkpoints, *build_monitors(monitors, config.data.shards, seed=config.seed)]
@@ -202,7 +261,7 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
         callbacks += [LearningRateMonitor(logging_interval="step"), ThroughputMonitor()]
     plugins = [AtomicCheckpointIO(), *(trainer_args.pop("plugins", None) or [])]
     trainer = pl.Trainer(logger=loggers or False, callbacks=callbacks, plugins=plugins, **trainer_args)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if _has_test_step(task) and datamodule.config.test_split:
         trainer.test(task, datamodule=datamodule)  # held-out pretext metrics (e.g. AVTS sync accuracy)
     last = run_dir / "checkpoints" / "last.ckpt"

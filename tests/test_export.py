@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torchvision
+import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
@@ -18,7 +21,7 @@ from torch import nn
 import avssl
 from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
 from avssl.data.views import MelSettings, VideoView
-from avssl.export import ExportError, export_checkpoint, load_pretrained
+from avssl.export import CheckpointError, ExportError, export_checkpoint, load_pretrained
 from avssl.models import MLP, build_encoders
 
 RECIPE = {
@@ -124,9 +127,9 @@ def test_lightning_checkpoint_loads_without_pickle(trained):
     assert loaded["hyper_parameters"]["config"] == RECIPE
 
 
-def test_export_writes_safetensors_and_model_json_only(exported):
+def test_export_writes_safetensors_model_json_and_card_only(exported):
     names = sorted(p.name for p in exported.iterdir())
-    assert names == ["audio_encoder.safetensors", "model.json", "video_encoder.safetensors"]
+    assert names == ["README.md", "audio_encoder.safetensors", "model.json", "video_encoder.safetensors"]
     for name in ("audio_encoder.safetensors", "video_encoder.safetensors"):
         path = exported / name
         assert path.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x04", b"PK")  # not a pickle, not torch's zip
@@ -228,7 +231,7 @@ def test_avid_conv2d_export_round_trip(tmp_path):
     _, audio_encoder = build_encoders(recipe["model"])
     ckpt = _fake_checkpoint(tmp_path / "a.ckpt", recipe, audio_encoder=audio_encoder)
     out = export_checkpoint(ckpt, tmp_path / "export")
-    assert sorted(p.name for p in out.iterdir()) == ["audio_encoder.safetensors", "model.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio_encoder.safetensors", "model.json"]
     pretrained = load_pretrained(out)
     assert pretrained.video_encoder is None and pretrained.spec["inputs"]["video"] is None
     assert pretrained.spec["audio_encoder"]["pooling"] == "max"
@@ -239,7 +242,7 @@ def test_avid_conv2d_export_round_trip(tmp_path):
 
 # -- errors --------------------------------------------------------------------------------------
 def test_missing_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(CheckpointError, match=r"nope.ckpt: no such checkpoint$"):
         export_checkpoint(tmp_path / "nope.ckpt", tmp_path / "out")
 
 
@@ -273,16 +276,17 @@ def test_weights_that_do_not_match_the_config(tmp_path):
         export_checkpoint(ckpt, tmp_path / "out")
 
 
-def test_checkpoint_that_needs_pickle(tmp_path):
+def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
     encoders = build_encoders(RECIPE["model"])
     recipe = OmegaConf.create(RECIPE)  # a DictConfig instead of a plain dict: not weights_only-loadable
     path = tmp_path / "omegaconf.ckpt"
     _fake_checkpoint(path, recipe, video_encoder=encoders.video_encoder, audio_encoder=encoders.audio_encoder)
-    with pytest.raises(ExportError, match="allow_pickle"):
-        export_checkpoint(path, tmp_path / "refused", allow_pickle=False)
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        out = export_checkpoint(path, tmp_path / "out")
-    assert json.loads((out / "model.json").read_text())["recipe"] == RECIPE
+    with pytest.raises(CheckpointError) as refused:
+        export_checkpoint(path, tmp_path / "refused")
+    message = str(refused.value)
+    assert message.startswith(f"{path}: refused: it holds objects that only pickle can rebuild")
+    assert "Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig" in message and "\n" not in message
+    assert not (tmp_path / "refused").exists()
 
 
 def test_load_pretrained_errors(exported, tmp_path):
@@ -310,3 +314,141 @@ def test_load_pretrained_errors(exported, tmp_path):
     (unknown / "model.json").write_text(json.dumps(spec))
     with pytest.raises(ExportError, match="format_version"):
         load_pretrained(unknown)
+
+
+# -- the folder as a whole: modes, atomic replacement, progress, model card ----------------------------
+def _tiny_export_checkpoint(path: Path, **recipe_changes) -> Path:
+    recipe = {**copy.deepcopy(RECIPE), **recipe_changes}
+    encoders = build_encoders(recipe["model"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _fake_checkpoint(path, recipe, video_encoder=encoders.video_encoder, audio_encoder=encoders.audio_encoder)
+
+
+def test_exported_files_are_readable_by_others(tmp_path):
+    ckpt = _tiny_export_checkpoint(tmp_path / "x.ckpt")
+    previous = os.umask(0o022)
+    try:
+        out = export_checkpoint(ckpt, tmp_path / "export")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {
+        name: "0o644" for name in ("README.md", "audio_encoder.safetensors", "model.json", "video_encoder.safetensors")}
+
+
+def test_export_logs_its_progress(tmp_path, caplog):
+    ckpt = _tiny_export_checkpoint(tmp_path / "x.ckpt")
+    with caplog.at_level("INFO", logger="avssl"):
+        export_checkpoint(ckpt, tmp_path / "export")
+    assert caplog.messages == [f"reading checkpoint {ckpt}", "writing video_encoder.safetensors (small3d, 12 tensors)",
+                               "writing audio_encoder.safetensors (small2d, 12 tensors)", "writing model.json",
+                               "writing README.md (model card)",
+                               "model card: no readable manifest at data/shards; the data size is left out",
+                               f"exported {tmp_path / 'export'}"]
+
+
+def test_an_earlier_export_is_replaced_only_by_a_complete_one(tmp_path, monkeypatch):
+    out = export_checkpoint(_tiny_export_checkpoint(tmp_path / "a.ckpt"), tmp_path / "export")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def dies(*args, **kwargs):  # a failure after the weights were written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("avssl.export.model_card", dies)
+    with pytest.raises(KeyboardInterrupt):
+        export_checkpoint(_tiny_export_checkpoint(tmp_path / "b.ckpt"), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "export"], "no temporary folder left"
+    monkeypatch.undo()
+    recipe_b = json.loads((export_checkpoint(tmp_path / "b.ckpt", out) / "model.json").read_text())
+    assert recipe_b["source_checkpoint"] == str((tmp_path / "b.ckpt").resolve())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "export"]
+
+
+def test_a_folder_with_other_files_is_not_replaced(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match=r"^--out .*mine holds files an export does not write \(notes.txt\); give a "
+                                          r"new folder or an earlier export folder$"):
+        export_checkpoint(_tiny_export_checkpoint(tmp_path / "a.ckpt"), folder)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_model_card(tmp_path):
+    shards = tmp_path / "vggsound" / "shards"
+    shards.mkdir(parents=True)
+    (shards / "manifest.json").write_text(json.dumps({"classes": ["a", "b", "c"], "splits": {
+        "train": {"num_samples": 1234, "hours": 3.4}, "val": {"num_samples": 10}}}))
+    data = {**RECIPE["data"], "shards": str(shards)}
+    ckpt = _tiny_export_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", data=data,
+                                   task={"name": "avc", "lr": 0.1})
+    (tmp_path / "run" / "csv").mkdir()
+    (tmp_path / "run" / "csv" / "metrics.csv").write_text(
+        "epoch,lr-Adam,online/video_knn_top1,perf/step_time,step,train/loss,val/accuracy\n"
+        "0,0.1,,0.5,3,0.9,\n0,,41.5,,4,,0.75\n0,,,,5,0.7,\n0,,99.0,,6,0.1,\n")  # step 6: after the checkpoint
+    probe = tmp_path / "probe_metrics.json"
+    probe.write_text(json.dumps({"video": {"test_clip_top1": 61.25, "weight_decay": 1e-4}, "num_clips": 30}))
+    out = export_checkpoint(ckpt, tmp_path / "export", license="cc-by-4.0", evaluations=[probe])
+    card = (out / "README.md").read_text()
+    assert _front_matter(card) == {"library_name": "avssl", "license": "cc-by-4.0",
+                                   "tags": ["avssl", "self-supervised-learning", "audio-visual", "video", "audio", "avc"],
+                                   "datasets": ["vggsound"], "pipeline_tag": "feature-extraction"}
+    assert "# Audio-Visual Correspondence (AVC): small3d + small2d\n" in card
+    assert '- method: Audio-Visual Correspondence (AVC) (paper: "Look, Listen and Learn")' in card
+    assert "| video | `small3d` {\"widths\": [4, 8]} | 8 | avg | " in card
+    assert f"- data: vggsound (`{shards}`), 1,234 clips, 3.4 hours, 3 classes in the training split" in card
+    assert "- training steps: 5 (epoch 0)" in card
+    assert "- video: 4 frames at 8.0 fps, 32×32 px, layout B×3×T×H×W" in card
+    assert "- audio: 0.5 s mono at 8000 Hz → logmel 32×51 (window 0.025 s, hop 0.01 s, n_fft 256)" in card
+    # the last value up to step 5 of each figure; no learning rate, no speed
+    assert "| online/video_knn_top1 | 41.5 |\n| train/loss | 0.7 |\n| val/accuracy | 0.75 |\n" in card
+    assert "lr-Adam" not in card and "perf/" not in card
+    assert f"Evaluation `{probe}`:" in card
+    assert "| video.test_clip_top1 | 61.25 |\n| video.weight_decay | 0.0001 |\n| num_clips | 30 |" in card
+    assert "## Licence\n\n`cc-by-4.0`\n" in card
+    for section in ("## Model", "## Training", "## Inputs", "## Results", "## Usage", "## Licence"):
+        assert f"\n{section}\n" in card
+    assert load_pretrained(out).spec["global_step"] == 5, "load_pretrained reads the same folder"
+
+
+def test_a_smoke_export_says_so(tmp_path, caplog):
+    ckpt = _tiny_export_checkpoint(tmp_path / "x.ckpt", smoke=True)
+    out = export_checkpoint(ckpt, tmp_path / "export")
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["smoke"] is True and spec["inputs"]["video"]["size"] == 32, "the input the weights were trained on"
+    card = (out / "README.md").read_text()
+    assert "> **Smoke export.** Trained with `smoke=true`: 2 steps at a shrunken input" in card
+    assert _front_matter(card)["license"] == "unknown"
+    with caplog.at_level("WARNING", logger="avssl.export"):
+        load_pretrained(out)
+    assert caplog.messages[-1] == f"{out} is a smoke export (2 training steps at a shrunken input), not a trained model"
+    assert json.loads((export_checkpoint(_tiny_export_checkpoint(tmp_path / "y.ckpt"), tmp_path / "e2")
+                       / "model.json").read_text())["smoke"] is False
+
+
+def test_the_documented_torchvision_loading_gives_the_same_embeddings(tmp_path):
+    """docs/models.md's snippet, run as written against an export of a max-pooled
+    R(2+1)D-18 (AVC's and AVID+CMA's video encoder)."""
+    torch.manual_seed(0)
+    recipe = _recipe_with(video_encoder={"name": "r2plus1d_18", "pooling": "max"}, audio_encoder=None)
+    encoder = build_encoders(recipe["model"]).video_encoder
+    out = export_checkpoint(_fake_checkpoint(tmp_path / "x.ckpt", recipe, video_encoder=encoder), tmp_path / "export")
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text()
+    snippet = next(block for block in docs.split("```python\n")[1:] if "AdaptiveMaxPool3d" in block).split("```")[0]
+    namespace: dict = {}
+    exec(snippet.replace("runs/avc/export", str(out)), namespace)
+    model = namespace["model"].eval()
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected = load_pretrained(out).video_encoder(clip)
+        torch.testing.assert_close(model(clip), expected)
+        stock = torchvision.models.video.r2plus1d_18()
+        stock.load_state_dict(load_file(str(out / "video_encoder.safetensors")))
+        stock.fc = nn.Identity()
+        assert (stock.eval()(clip) - expected).abs().max() > 0.05, "torchvision's own average pool differs"

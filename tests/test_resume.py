@@ -5,6 +5,7 @@ monitors) of the same run uninterrupted — on 1 process with 2 loader workers, 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, is_complete_checkpoint, resolve_resume
+from avssl.cli import main
+from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries, resolve_resume
 from avssl.config import RecipeError
 
 from tests.conftest import make_synth_shards
@@ -78,7 +80,7 @@ def _pretrain(driver: Path, recipe: str, overrides: list[str], kill_at: int = 0,
 
 
 def _final_state(run_dir: Path) -> dict:
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     return {"state_dict": checkpoint["state_dict"], "optimizer": checkpoint["optimizer_states"][0]["state"],
             "monitors": {k: v for k, v in checkpoint["callbacks"].items() if k.startswith("Online")},
             "global_step": checkpoint["global_step"],
@@ -91,8 +93,7 @@ def _kill_and_resume(tmp_path: Path, recipe: str, overrides: list[str], steps_pe
     _pretrain(driver, recipe, [*overrides, f"run_dir={tmp_path / 'straight'}"])
     interrupted = tmp_path / "interrupted"
     _pretrain(driver, recipe, [*overrides, f"run_dir={interrupted}"], kill_at=kill_at)
-    newest = find_resume_checkpoint(interrupted)
-    step = torch.load(newest, weights_only=False)["global_step"]
+    _, step = find_resume_checkpoint(interrupted)
     assert step == kill_at and step % steps_per_epoch, "killed in the middle of an epoch"
     _pretrain(driver, recipe, [*overrides, f"run_dir={interrupted}", "resume=auto"])
     expected, resumed = _final_state(tmp_path / "straight"), _final_state(interrupted)
@@ -140,25 +141,64 @@ def test_two_process_ddp_kill_and_resume(shards: Path, tmp_path: Path) -> None:
     _kill_and_resume(tmp_path, "avid_cma_small.yaml", overrides, steps_per_epoch=3, kill_at=5)
 
 
-def test_resume_auto_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+def _cut_short(path: Path, good: Path, newer_by: float) -> Path:
+    """A copy of ``good`` cut short mid-write, ``newer_by`` seconds newer."""
+    path.write_bytes(good.read_bytes()[:100])
+    os.utime(path, (good.stat().st_mtime + newer_by,) * 2)
+    return path
+
+
+def test_resume_auto_takes_the_newest_checkpoint_that_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     assert resolve_resume("auto", tmp_path) is None, "no checkpoint yet: a fresh start"
     good = folder / "epoch=0-step=4.ckpt"
     torch.save({"global_step": 4}, good)
-    broken = folder / "last.ckpt"  # newer, but cut short mid-write
-    broken.write_bytes(good.read_bytes()[:100])
-    os.utime(broken, (good.stat().st_mtime + 10,) * 2)
-    assert is_complete_checkpoint(good) and not is_complete_checkpoint(broken)
-    with pytest.warns(UserWarning, match="incomplete checkpoint"):
-        assert resolve_resume("auto", tmp_path) == str(good)
+    broken = _cut_short(folder / "last.ckpt", good, newer_by=10)
+    with caplog.at_level("WARNING", logger="avssl.pretrain"):
+        assert resolve_resume("auto", tmp_path) == (str(good), 4)
+    assert caplog.messages == [f"resume=auto: skipping {broken} is not a PyTorch checkpoint (no torch.save zip "
+                               "archive in it: another kind of file, or one cut short)"]
     hpc = tmp_path / "hpc_ckpt_1.ckpt"  # written by Lightning on SLURM's pre-emption signal
     torch.save({"global_step": 6}, hpc)
     os.utime(hpc, (good.stat().st_mtime + 20,) * 2)
-    assert resolve_resume("auto", tmp_path) == str(hpc)
+    assert resolve_resume("auto", tmp_path) == (str(hpc), 6)
     assert resolve_resume(None, tmp_path) is None
+    assert resolve_resume(str(good), tmp_path) == (str(good), 4)
     with pytest.raises(RecipeError, match="no such checkpoint"):
         resolve_resume(str(tmp_path / "missing.ckpt"), tmp_path)
+
+
+def test_resume_auto_stops_when_no_checkpoint_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "csv").mkdir()
+    history = run_dir / "csv" / "metrics.csv"
+    history.write_text("epoch,step,train/loss\n0,0,2.5\n0,1,2.25\n")
+    (run_dir / "config.yaml").write_text("the earlier run's recipe\n")
+    good = tmp_path / "good.ckpt"
+    torch.save({"global_step": 4}, good)
+    only = _cut_short(run_dir / "checkpoints" / "last.ckpt", good, newer_by=0)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    status = main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), f"run_dir={run_dir}", "resume=auto"])
+    assert status == 2
+    assert capsys.readouterr().err == (
+        f"avssl pretrain: resume=auto: no checkpoint of {run_dir} loads, nothing was started or changed ({only} is "
+        "not a PyTorch checkpoint (no torch.save zip archive in it: another kind of file, or one cut short)); "
+        "pass resume=PATH or resume=null\n")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "the history is untouched"
+
+
+def test_stale_temporaries_are_removed_at_start(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = [folder / ".last.ckpt.4242.tmp", folder / ".epoch=0-step=4.ckpt.17.tmp", tmp_path / ".hpc_ckpt_1.ckpt.9.tmp"]
+    kept = [folder / "last.ckpt", folder / ".notes.tmp", folder / "last.ckpt.4242.tmp", folder / ".last.ckpt.tmp",
+            tmp_path / ".config.yaml.12.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"")
+    assert remove_stale_temporaries(tmp_path) == sorted(stale[:2]) + stale[2:]
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
 
 
 def test_a_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,3 +215,21 @@ def test_a_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_path: Path, 
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["global_step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file left behind"
+
+
+def test_one_last_checkpoint_holds_the_final_step(shards: Path, tmp_path: Path) -> None:
+    # 24 training videos in batches of 4: 6 steps an epoch; stopped at step 3, a step
+    # checkpoint every 2 beside the end-of-epoch one (both write last.ckpt)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    stale = run_dir / "checkpoints" / ".last.ckpt.99999.tmp"  # a kill during an earlier save
+    stale.write_bytes(b"")
+    assert main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), f"data.shards={shards}", f"run_dir={run_dir}",
+                 "model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8,8,16,16]",
+                 "data.video.size=32", "data.batch_size=4", "data.num_workers=0", "data.cache=none",
+                 "trainer.max_epochs=1", "trainer.max_steps=3", "trainer.limit_val_batches=0",
+                 "checkpoint.every_n_train_steps=2", "export.after_training=true", "logger.wandb=false",
+                 "trainer.enable_progress_bar=false"]) == 0
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert json.loads((run_dir / "export" / "model.json").read_text())["global_step"] == 3

@@ -23,10 +23,10 @@ def build_pretext_task(config: dict[str, Any]) -> PretextTask:
 def load_pretext_task(checkpoint: str | Path) -> PretextTask:
     """A trained pretext task (encoders, heads, state) from its Lightning checkpoint, rebuilt
     from the recipe the checkpoint carries; in eval mode."""
-    from avssl.export import _load_checkpoint, _load_strict, _recipe
+    from avssl.export import _load_strict, _recipe, load_checkpoint
 
     path = Path(checkpoint)
-    ckpt = _load_checkpoint(path, allow_pickle=True)
+    ckpt = load_checkpoint(path)  # weights_only=True: a file that needs pickle is refused
     task = build_pretext_task(_recipe(ckpt, path))
     # as Lightning does before the weights: state whose shape training set (CMA's positive sets)
     task.on_load_checkpoint(ckpt)
