@@ -330,7 +330,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="Lightning checkpoint → encoder safetensors + model.json",
         description="Write the encoders of an avssl training checkpoint as safetensors files with a "
-        "model.json that says what each expects as input (docs/models.md); read them back with "
+        "model.json that says what each expects as input and a model card (README.md, the Hugging Face Hub's "
+        "layout; docs/models.md); read them back with "
         "avssl.load_pretrained(folder) or give the folder to an evaluation verb.",
         formatter_class=_HelpFormatter,
         epilog="example:\n  avssl export runs/synth_avc_small/checkpoints/last.ckpt --out exported/",
@@ -338,7 +339,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
                    help="a .ckpt written by `avssl pretrain` (e.g. RUN_DIR/checkpoints/last.ckpt)")
     p.add_argument("--out", type=Path, required=True,
-                   help="export folder to write (created; its encoder files and model.json are replaced)")
+                   help="export folder to write (an earlier export there is replaced once the new one is complete; "
+                   "a folder holding other files is refused)")
     p.add_argument("--license", default="unknown", help="the model card's licence (a Hub licence id, e.g. cc-by-4.0)")
     p.add_argument("--evaluation", type=Path, action="append", default=[], metavar="METRICS_JSON",
                    help="an evaluation verb's metrics.json to show in the model card (repeatable)")

@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from avssl.config import RecipeError
+from avssl.data.errors import DataError
 from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
 from avssl.data.views import AudioView, MelSettings, VideoView
 from avssl.model_card import DEFAULT_LICENSE, MODEL_CARD, model_card, pretext_metrics, read_evaluations
@@ -52,9 +52,9 @@ __all__ = ["CheckpointError", "ExportError", "PretrainedEncoders", "build_encode
 log = logging.getLogger(__name__)
 
 
-class ExportError(RecipeError):
+class ExportError(DataError):
     """A checkpoint or export folder that cannot be used as it is; the message names the file
-    and says why (a :class:`~avssl.config.RecipeError`: the CLI prints it as one line)."""
+    and says why (a data error: the CLI prints it as one line and exits with status 1)."""
 
 
 class CheckpointError(ExportError):

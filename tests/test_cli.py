@@ -271,9 +271,10 @@ def test_help_defaults_come_from_the_schemas() -> None:
 
 def test_export_help(capsys: pytest.CaptureFixture[str]) -> None:
     text = _help("export", capsys)
-    assert "usage: avssl export [-h] --out OUT CHECKPOINT" in text
-    assert "CHECKPOINT  a .ckpt written by `avssl pretrain`" in text
-    assert "--out OUT   export folder to write" in text
+    assert text.startswith("usage: avssl export [-h] --out OUT [--license LICENSE]") and "CHECKPOINT\n" in text
+    assert "CHECKPOINT            a .ckpt written by `avssl pretrain`" in text
+    assert "--out OUT             export folder to write" in text
+    assert "--license LICENSE     the model card's licence" in text
 
 
 # -- what the fine-tune verb prints -------------------------------------------------------------------
