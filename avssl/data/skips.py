@@ -74,6 +74,24 @@ def require_complete_split(report: dict[str, Any], allow_missing: bool) -> None:
     rank_zero_warn(f"{text}; reported on the rest (data.allow_missing_test_clips)")
 
 
+def split_clips(shards_dir: str, split: str, clips_per_video: int, clips_evaluated: int, *, test: bool,
+                allow_missing: bool = False, limit: float = 1.0) -> dict[str, Any]:
+    """The :func:`clip_report` of one split an evaluation verb read (the manifest gives the
+    samples expected). A ``test`` split must be whole (:func:`require_complete_split`);
+    another (a probe's train or val split) may lose up to ``limit`` of its samples."""
+    from avssl.data.datamodule import ShardList  # the data module imports this module
+
+    samples = ShardList.from_manifest(shards_dir, split).num_samples
+    report = clip_report(split, samples, clips_per_video, clips_evaluated)
+    if test:
+        require_complete_split(report, allow_missing)
+    else:
+        lost = -(-report["clips_missing"] // clips_per_video)  # samples: a lost sample takes all its clips
+        if lost > limit * samples:
+            raise DataError(over_limit_message(f"split {split!r}", lost, samples, limit))
+    return report
+
+
 class SkipMonitor(pl.Callback):
     """Per epoch: the training loader's counts summed over ranks, ``data.max_skip_fraction``
     applied to them, ``data/skipped`` and ``data/expected`` logged; at the end of fitting a
@@ -116,4 +134,4 @@ def skip_summary(history: list[dict[str, int]]) -> str:
 
 
 __all__ = ["SkipCounts", "SkipMonitor", "certainly_over_limit", "clip_report", "over_limit_message",
-           "require_complete_split", "skip_summary"]
+           "require_complete_split", "skip_summary", "split_clips"]

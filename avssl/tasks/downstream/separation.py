@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
+from avssl.data.skips import split_clips
 from avssl.data.sampling import ViewSampler
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
 from avssl.data.transforms import AugmentSettings, VideoBatchTransform
@@ -551,6 +552,8 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     train_clips = load_clips(data, cfg.train_split, train_targets, train=True, max_clips=cfg.max_train_clips)
     test_targets = (BOXES, STEMS) if cfg.two_source_clips else train_targets
     test_clips = load_clips(data, cfg.test_split, test_targets, train=False)
+    clips = split_clips(data.shards, cfg.test_split, 1, len(test_clips), test=True,
+                        allow_missing=data.allow_missing_test_clips)
     decoded = time.time()
     model = SeparationModel(video_encoder, cfg, data.video.size).to(device)
     model.video_encoder.eval()
@@ -569,6 +572,7 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     plot_separation(mixtures, model, run_dir / "separation.png", cfg.figure_mixtures)
     results["train"] = {"steps": cfg.steps, "clips": len(train_clips), "first_loss": float(np.mean(losses[:10])),
                         "last_loss": float(np.mean(losses[-10:]))}
+    results["clips"] = {"test": clips}
     results["seconds"] = {"decode": decoded - started, "train": trained - decoded, "evaluate": time.time() - trained,
                           "total": time.time() - started}
     return results
