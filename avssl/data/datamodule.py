@@ -563,10 +563,12 @@ class ShardLoader(DataLoader):
     state carries it (restored before the loader is built); Lightning, seeing a stateful
     loader, also saves and reloads it, with the same values.
 
-    Iterating sums the workers' ``skipped`` / ``expected`` counts of the epoch and stops
-    (:class:`~avssl.data.errors.DataError`) once this process alone lost more than
-    ``max_skip_fraction`` of the samples the manifest lists: the epoch is then over the limit
-    whatever the rest does (the limit on the run's totals: :class:`~avssl.data.skips.SkipMonitor`).
+    Iterating sums the workers' ``skipped`` / ``expected`` counts of the epoch and, unless
+    ``single_pass`` (the evaluation verbs, which check each split whole once read:
+    :func:`~avssl.data.skips.split_clips`), stops (:class:`~avssl.data.errors.DataError`) once
+    this process alone lost more than ``max_skip_fraction`` of the samples the manifest lists:
+    the epoch is then over the limit whatever the rest does (the limit on the run's totals:
+    :class:`~avssl.data.skips.SkipMonitor`).
     """
 
     def __init__(self, dataset: ShardStream, num_workers: int, single_pass: bool = False) -> None:
@@ -587,6 +589,7 @@ class ShardLoader(DataLoader):
         object.__setattr__(self, "sampler", _EpochSampler(dataset.epoch, self._new_epoch))
         self.stream = dataset
         self.consumed = 0
+        self.check_limit = not single_pass
         # lost samples of this epoch: those of the batches before a resume point, then each
         # batch's own (a batch is fetched before it is consumed; a checkpoint counts the consumed)
         self._counts_before = SkipCounts()
@@ -601,7 +604,7 @@ class ShardLoader(DataLoader):
         for batch in super().__iter__():
             self._batch_counts.append((int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum())))
             skipped = self.epoch_counts().skipped
-            if certainly_over_limit(skipped, samples, limit):
+            if self.check_limit and certainly_over_limit(skipped, samples, limit):
                 raise DataError(over_limit_message(f"epoch {self.stream.epoch.get()}", skipped, samples, limit))
             yield batch
 
