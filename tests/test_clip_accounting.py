@@ -68,3 +68,24 @@ def test_a_test_split_that_lost_clips_is_an_error_unless_allowed(
     if verb == "probe":  # the splits the probe fits and selects on are reported too, whole here
         assert clips["train"] == {"split": "train", "clips_expected": 11, "clips_evaluated": 11, "clips_missing": 0}
         assert clips["val"] == {"split": "val", "clips_expected": 21, "clips_evaluated": 21, "clips_missing": 0}
+
+
+@pytest.mark.slow
+def test_finetune_and_localize_report_clips_and_refuse_a_damaged_test_split(synth_shards: Path, tmp_path: Path) -> None:
+    from avssl.finetune import finetune_from_recipe
+    from avssl.localize import localize_from_recipe
+
+    damaged = _lose_last_test_sample(synth_shards, tmp_path / "shards")
+    runs = {"finetune": (finetune_from_recipe, "synth_finetune.yaml", ["finetune.epochs=1",
+                                                                        "finetune.eval_clips_per_video=2"], 2),
+            "localize": (localize_from_recipe, "synth_localization.yaml", ["localization.events=false"], 1)}
+    for verb, (run, recipe, extra, clips_per_video) in runs.items():
+        common = [f"data.shards={damaged}", *SMALL, *extra, f"run_dir={tmp_path / verb}"]
+        with pytest.warns(UserWarning, match="could not be read"), \
+                pytest.raises(DataError, match=f"^split 'test': {5 * clips_per_video} of {6 * clips_per_video} clips"):
+            run(load_recipe(RECIPES / "eval" / recipe, common))
+        with pytest.warns(UserWarning, match="could not be read"):
+            run(load_recipe(RECIPES / "eval" / recipe, [*common, "data.allow_missing_test_clips=true"]))
+        clips = json.loads((tmp_path / verb / "metrics.json").read_text())["clips"]
+        assert clips == {"test": {"split": "test", "clips_expected": 6 * clips_per_video,
+                                  "clips_evaluated": 5 * clips_per_video, "clips_missing": clips_per_video}}, verb

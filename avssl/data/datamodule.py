@@ -545,12 +545,20 @@ class AVDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.config.val_split:
             return []
-        return self.loader(self.stream(self.config.val_split, train=False))
+        return self.evaluation_loader(self.config.val_split)
 
     def test_dataloader(self) -> DataLoader | list:
         if not self.config.test_split:
             return []
-        return self.loader(self.stream(self.config.test_split, train=False))
+        return self.evaluation_loader(self.config.test_split)
+
+    def evaluation_loader(self, split: str) -> DataLoader:
+        """A validation or test loader: its losses are counted in the batches (``skipped``)
+        and logged, never a stop mid-pass (a test split's clips are checked whole by the verb
+        that reports them: :func:`~avssl.data.skips.split_clips`)."""
+        loader = self.loader(self.stream(split, train=False))
+        loader.check_limit = False
+        return loader
 
 
 class ShardLoader(DataLoader):
