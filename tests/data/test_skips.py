@@ -159,3 +159,22 @@ def test_training_on_a_damaged_shard_over_the_limit_stops(tmp_path: Path, clip: 
     with pytest.warns(UserWarning, match="samples 14 to 15 could not be read"), \
             pytest.raises(DataError, match="^epoch 0: 2 of the 32 samples the manifest lists were lost"):
         _fit(path, tmp_path)
+
+
+def test_a_checkpoint_counts_the_losses_of_the_batches_trained_on_and_a_resume_continues_them(
+        tmp_path: Path, clip: bytes) -> None:
+    clips = [clip] * 20
+    clips[2] = clips[13] = b"not an mp4"
+    path = write_test_shards(tmp_path, clips, per_shard=10)
+    loader = make_loader(_stream(path, pad=True), 0)
+    batches = iter(loader)
+    for _ in range(2):  # two batches trained on; the loop has fetched a third
+        next(batches)
+        loader.mark_consumed()
+    next(batches)
+    state = loader.state_dict()
+    assert (state["consumed"], state["skipped"], state["expected"]) == (2, 1, 9)  # sample 2 of the first 9 read
+    resumed = make_loader(_stream(path, pad=True), 0)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 3 and resumed.epoch_counts().as_dict() == {"skipped": 2, "expected": 20}
