@@ -19,7 +19,6 @@ batching happens inside each worker.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import math
@@ -356,6 +355,7 @@ class ShardStream(IterableDataset):
                 produced += 1
                 if produced % self.batch_size == 0:
                     emitted += 1
+                    lost.skipped = lost.expected = 0  # its losses were counted before the restart
                 continue
             try:
                 clips = self._decode(sample, self._sample_rng(sample, epoch))
@@ -600,28 +600,34 @@ class ShardLoader(DataLoader):
         self.check_limit = not single_pass
         # lost samples of this epoch: those of the batches before a resume point, then each
         # batch's own (a batch is fetched before it is consumed; a checkpoint counts the consumed)
-        self._counts_before = SkipCounts()
-        self._batch_counts: list[tuple[int, int]] = []
-        self._first_counted = 0  # the batch number _batch_counts starts at
+        self._counts = SkipCounts()  # this epoch's, through the last batch fetched
+        self._batch_counts: list[tuple[int, int]] = []  # each batch's own, from batch _first_counted on
+        self._first_counted = 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.consumed == 0:  # a new epoch (a resumed one starts where load_state_dict put it)
-            self._counts_before, self._batch_counts, self._first_counted = SkipCounts(), [], 0
+            self._counts, self._batch_counts, self._first_counted = SkipCounts(), [], 0
         samples = self.stream.shards.num_samples
         limit = self.stream.max_skip_fraction
         for batch in super().__iter__():
-            self._batch_counts.append((int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum())))
-            skipped = self.epoch_counts().skipped
-            if self.check_limit and certainly_over_limit(skipped, samples, limit):
-                raise DataError(over_limit_message(f"epoch {self.stream.epoch.get()}", skipped, samples, limit))
+            counts = (int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum()))
+            if self.consumed > self._first_counted:  # keep those of the batches not yet trained on
+                del self._batch_counts[: self.consumed - self._first_counted]
+                self._first_counted = self.consumed
+            self._batch_counts.append(counts)
+            self._counts.add(*counts)
+            if self.check_limit and certainly_over_limit(self._counts.skipped, samples, limit):
+                raise DataError(over_limit_message(f"epoch {self.stream.epoch.get()}", self._counts.skipped,
+                                                   samples, limit))
             yield batch
 
     def epoch_counts(self, batches: int | None = None) -> SkipCounts:
-        """Samples lost and settled in this epoch's batches fetched so far (or its first ``batches``)."""
-        counted = self._batch_counts if batches is None else self._batch_counts[: max(batches - self._first_counted, 0)]
-        total = SkipCounts(self._counts_before.skipped, self._counts_before.expected)
-        for skipped, expected in counted:
-            total.add(skipped, expected)
+        """Samples lost and settled in this epoch's batches fetched so far (or its first ``batches``:
+        those trained on, the few fetched ahead taken off)."""
+        total = SkipCounts(self._counts.skipped, self._counts.expected)
+        if batches is not None:
+            for skipped, expected in self._batch_counts[max(batches - self._first_counted, 0):]:
+                total.add(-skipped, -expected)
         return total
 
     def _new_epoch(self, epoch: int) -> None:
@@ -652,8 +658,7 @@ class ShardLoader(DataLoader):
         self.stream.epoch.set(epoch)
         self.stream.resume_position = (epoch, consumed) if consumed else None
         self.consumed = consumed
-        self._counts_before = (SkipCounts(int(state.get("skipped", 0)), int(state.get("expected", 0))) if consumed
-                               else SkipCounts())
+        self._counts = SkipCounts(int(state.get("skipped", 0)), int(state.get("expected", 0))) if consumed else SkipCounts()
         self._batch_counts, self._first_counted = [], consumed
 
 
