@@ -104,15 +104,14 @@ class SkipMonitor(pl.Callback):
         loader = self.datamodule.train_loader
         if loader is None:
             return
-        local = loader.epoch_counts()
-        counts = torch.tensor([local.skipped, local.expected], dtype=torch.float64, device=pl_module.device)
-        skipped, expected = (int(v) for v in trainer.strategy.reduce(counts, reduce_op="sum").tolist())
-        samples = loader.stream.shards.num_samples
+        local = torch.tensor(float(loader.epoch_counts().skipped), dtype=torch.float64, device=pl_module.device)
+        skipped = int(trainer.strategy.reduce(local, reduce_op="sum"))
+        samples = loader.stream.shards.num_samples  # all ranks' workers together settle every one
         self.datamodule.skip_history.append({"epoch": trainer.current_epoch, "skipped": skipped, "expected": samples})
         pl_module.log_dict({"data/skipped": float(skipped), "data/expected": float(samples)}, on_step=False,
                            on_epoch=True, sync_dist=False, batch_size=1)
         limit = loader.stream.max_skip_fraction
-        if skipped > limit * samples:
+        if certainly_over_limit(skipped, samples, limit):
             raise DataError(over_limit_message(f"epoch {trainer.current_epoch}", skipped, samples, limit))
         if skipped:
             rank_zero_warn(f"epoch {trainer.current_epoch}: {skipped} of {samples} training samples lost "
