@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
+from avssl.data.skips import split_clips
 from avssl.probe import load_encoders
 from avssl.tasks.downstream.clustering import ClusterConfig, cluster_features
 from avssl.tasks.downstream.linear_probe import _device, encoder_names, extract_features, write_metrics
@@ -23,10 +24,13 @@ def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:
         raise ValueError(f"cluster needs the {', '.join(missing)} encoder, which {cfg.encoders} does not have")
     features = extract_features({m: encoders[m] for m in needed}, data, cfg.split, 1, cfg.batch_size,
                                 _device(cfg.device), Path(cfg.cache_dir), encoder_id)
+    clips = split_clips(data.shards, cfg.split, 1, len(features.label), test=True,
+                        allow_missing=data.allow_missing_test_clips)
     if cfg.num_clusters is None and manifest_classes(data.shards):
         cfg.num_clusters = len(manifest_classes(data.shards))  # K = the number of classes
     results = cluster_features(features, cfg, seed=int(config.seed))
     results["encoders"] = cfg.encoders
+    results["clips"] = {"test": clips}
     path = write_metrics(results, run_dir)
     rows = ", ".join(f"{m} NMI {results[m]['nmi']:.3f} ARI {results[m]['ari']:.3f} purity {results[m]['purity']:.3f}"
                      for m in cfg.modalities)

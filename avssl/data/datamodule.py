@@ -9,6 +9,11 @@ slice is padded with repeats of its own samples up to the same whole number of b
 so every rank runs the same number of steps and nothing is dropped. Padding is at most
 ``batch_size`` samples per worker and is counted.
 
+Lost samples are counted against the manifest's per-shard counts (:mod:`avssl.data.skips`):
+a shard missing at the start stops the run before training; one that becomes unreadable, a
+tar cut short or with a damaged header, and undecodable media are counted as ``skipped`` in
+the batches and limited by ``data.max_skip_fraction`` on the run's totals.
+
 webdataset does the tar reading and the shuffle buffer (raw bytes, before decoding);
 batching happens inside each worker.
 """
@@ -35,9 +40,11 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.cache import DecodedSplit, decoded_split
 from avssl.data.decode import sample_video_entry
+from avssl.data.errors import DataError
 from avssl.data.sampling import ViewSampler
+from avssl.data.skips import SkipCounts, SkipMonitor, certainly_over_limit, over_limit_message
 from avssl.data.transforms import AugmentSettings, BatchTransform
-from avssl.data.views import AUDIO, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
+from avssl.data.views import AUDIO, EXPECTED, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
 
 MANIFEST = "manifest.json"
 
@@ -52,6 +59,16 @@ class ShardList:
     @property
     def num_samples(self) -> int:
         return sum(self.counts)
+
+    def require_files(self) -> None:
+        """Stop before any work when a shard the manifest lists is not there (its samples
+        would otherwise be silently missing from every epoch)."""
+        missing = [f for f in self.files if not Path(f).is_file()]
+        if missing:
+            lost = sum(c for f, c in zip(self.files, self.counts) if f in set(missing))
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise DataError(f"{len(missing)} of the {len(self.files)} shards listed in the manifest are missing "
+                            f"({lost} of {self.num_samples} samples): {shown}; rewrite the shards (`avssl shards`)")
 
     @classmethod
     def from_manifest(cls, shards_dir: str | Path, split: str) -> "ShardList":
@@ -148,6 +165,7 @@ class ShardStream(IterableDataset):
         super().__init__()
         if shards.num_samples == 0:
             raise ValueError("the shard list is empty")
+        shards.require_files()
         self.shards = shards
         self.sampler = sampler
         self.batch_size = batch_size
@@ -211,20 +229,35 @@ class ShardStream(IterableDataset):
         return plan
 
     # -- iteration ----------------------------------------------------------------------
-    def _raw_samples(self, plan: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+    def _raw_samples(self, plan: list[tuple[str, int, int]], lost: SkipCounts) -> Iterator[dict[str, Any]]:
+        """The planned samples in order; those the shard no longer holds (an unreadable
+        file, a tar cut short or with a damaged header: tar reading stops there) are
+        added to ``lost``, checked against the manifest's count."""
         if self.cache is not None:
             for url, first, end in plan:
-                for position, sample in enumerate(self.cache.samples[url][first:end], start=first):
+                held = self.cache.samples[url][first:end]
+                for position, sample in enumerate(held, start=first):
                     yield {**sample, "__draw__": (url, position)}
+                self._count_lost(lost, url, first + len(held), end)
             return
         for url, first, end in plan:
             stream = wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url}])
+            read = 0  # positions the tar gave
             for position, sample in enumerate(stream):
+                read = position + 1
                 if position >= end:
                     break
                 if position >= first:
                     sample["__draw__"] = (url, position)  # names the sample's random draws
                     yield sample
+            self._count_lost(lost, url, max(read, first), end)
+
+    @staticmethod
+    def _count_lost(lost: SkipCounts, url: str, reached: int, end: int) -> None:
+        if reached < end:
+            lost.add(end - reached, end - reached)
+            warnings.warn(f"{url}: samples {reached} to {end - 1} could not be read (the shard is missing, cut "
+                          f"short or damaged); {end - reached} counted as skipped", stacklevel=2)
 
     def batches_to_skip(self, epoch: int, worker: int) -> int:
         """Batches this worker skips in ``epoch`` to resume after ``resume_position``: the
@@ -244,13 +277,29 @@ class ShardStream(IterableDataset):
         worker_seed = int(rng.integers(2**31))
         seed_cpu_draws(worker_seed)
         random.seed(worker_seed)
-        samples: Iterator[dict[str, Any]] = self._raw_samples(self.worker_plan(epoch, worker))
+        lost = SkipCounts()  # filled by the tar reading, reported with the next batch
+        samples: Iterator[dict[str, Any]] = self._raw_samples(self.worker_plan(epoch, worker), lost)
         if self.shuffle and self.shuffle_buffer > 1:
             samples = wds.filters.shuffle(
                 bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(worker_seed)
             )(samples)
         target = self.samples_per_worker if self.pad else None
-        yield from self._batches(samples, epoch, worker, target)
+        yield from self._with_counts(self._batches(samples, epoch, worker, target, lost), lost)
+
+    @staticmethod
+    def _with_counts(batches: Iterator[dict[str, torch.Tensor]], lost: SkipCounts
+                     ) -> Iterator[dict[str, torch.Tensor]]:
+        """Each batch one step late, so that samples found lost after the last batch was
+        made (the end of a shard cut short) are still reported, with that last batch."""
+        held = None
+        for batch in batches:
+            if held is not None:
+                yield held
+            held = batch
+        if held is not None:
+            held[SKIPPED] += lost.skipped
+            held[EXPECTED] += lost.expected
+            yield held
 
     def _sample_rng(self, sample: dict[str, Any], epoch: int) -> np.random.Generator:
         """The random draws of one sample in one epoch (windows, crop, flip), seeded by the
@@ -274,47 +323,46 @@ class ShardStream(IterableDataset):
                             entries=entries)
 
     def _batches(
-        self, samples: Iterator[dict[str, Any]], epoch: int, worker: int, target: int | None
+        self, samples: Iterator[dict[str, Any]], epoch: int, worker: int, target: int | None, lost: SkipCounts
     ) -> Iterator[dict[str, torch.Tensor]]:
+        """``lost``: samples lost since the previous batch (the tar reading adds those it
+        could not read, decoding those it could not decode), reported with each batch."""
         pending: list[dict[str, torch.Tensor]] = []
         kept: list[dict[str, torch.Tensor]] = []  # for padding
-        produced = seen = skipped = skipped_since_batch = emitted = 0
+        produced = emitted = 0
         # resuming: the first batches of this epoch were trained on before the restart
         fast_forward = self.batches_to_skip(epoch, worker) * self.batch_size
 
         def emit(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
-            nonlocal skipped_since_batch, emitted
+            nonlocal emitted
             emitted += 1
+            skipped, expected = lost.skipped, lost.expected
+            lost.skipped = lost.expected = 0
             if emitted * self.batch_size <= fast_forward:
-                return None
+                return None  # trained on, and counted, before the restart
             batch = default_collate(items)
             if self.finish is not None:
                 seed_cpu_draws(zlib.crc32(f"{self.seed}-{epoch}-{self.rank}-{worker}-{emitted}".encode()))
                 batch = self.finish(batch)
-            batch[SKIPPED] = torch.tensor([skipped_since_batch], dtype=torch.int64)
-            skipped_since_batch = 0
+            batch[SKIPPED] = torch.tensor([skipped], dtype=torch.int64)
+            batch[EXPECTED] = torch.tensor([expected], dtype=torch.int64)
             return batch
 
         for sample in samples:
-            seen += 1
             if produced < fast_forward and len(kept) >= self.batch_size:
                 # trained on before the restart: counted, not decoded (a training sample is one
                 # window; `pending` is empty here, the first batch having filled `kept`)
                 produced += 1
                 if produced % self.batch_size == 0:
                     emitted += 1
+                    lost.skipped = lost.expected = 0  # its losses were counted before the restart
                 continue
             try:
                 clips = self._decode(sample, self._sample_rng(sample, epoch))
-            except Exception as error:  # corrupt sample: count, never fatal below the limit
-                skipped += 1
-                skipped_since_batch += 1
-                if seen >= 20 and skipped / seen > self.max_skip_fraction:
-                    raise RuntimeError(
-                        f"{skipped} of {seen} samples failed to decode (limit {self.max_skip_fraction:.0%}); "
-                        f"last: {sample.get('__url__')}:{sample.get('__key__')}: {error}"
-                    ) from error
+            except Exception:  # corrupt sample: counted; the limit applies to the run's totals (ShardLoader)
+                lost.add(1, 1)
                 continue
+            lost.add(0, 1)
             for clip in clips:
                 if target is not None and produced >= target:
                     break
@@ -328,7 +376,8 @@ class ShardStream(IterableDataset):
                     pending = []
         if target is not None:
             if produced < target and not kept:
-                raise RuntimeError("no sample of this worker's slice could be decoded")
+                raise DataError(f"no sample of rank {self.rank}'s worker {worker} could be read or decoded in "
+                                f"epoch {epoch}: the shards are missing or damaged")
             i = 0
             while produced < target:  # pad with repeats of this worker's own samples
                 pending.append(kept[i % len(kept)])
@@ -360,7 +409,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     test_split: str | None = "test"
-    max_skip_fraction: float = 0.05
+    max_skip_fraction: float = 0.05  # of the samples the manifest lists, per epoch (avssl/data/skips.py)
+    # evaluation: a test split that lost clips is an error unless this is true (then a warning)
+    allow_missing_test_clips: bool = False
     augment: dict[str, Any] = field(default_factory=dict)
     # where audio gain, log-mel and masks run: "device" (batched on the GPU, the default) or
     # "loader" (batched in each worker: CPU training, where the main process is the bottleneck)
@@ -400,6 +451,7 @@ class AVDataModule(pl.LightningDataModule):
         on_device = config.audio_features == "device"
         self.train_loader: ShardLoader | None = None
         self._resume_position: dict[str, int] | None = None
+        self.skip_history: list[dict[str, int]] = []  # per training epoch (SkipMonitor)
         self.train_transform = BatchTransform(views, self.augment, audio=on_device)
         self.eval_transform = BatchTransform(self.eval_views, self.augment, audio=on_device)
 
@@ -417,6 +469,13 @@ class AVDataModule(pl.LightningDataModule):
             loader.mark_consumed()
         transform = (self.train_transform if training else self.eval_transform).to(next(iter(batch.values())).device)
         return transform(batch, train=training)
+
+    def setup(self, stage: str) -> None:
+        """Adds the :class:`~avssl.data.skips.SkipMonitor` to the trainer (first: its
+        epoch's count is in the data module's state before a checkpoint saves it)."""
+        trainer = self.trainer
+        if trainer is not None and not any(isinstance(c, SkipMonitor) for c in trainer.callbacks):
+            trainer.callbacks.insert(0, SkipMonitor(self))
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -452,21 +511,27 @@ class AVDataModule(pl.LightningDataModule):
         """``split`` decoded into memory (:func:`~avssl.data.cache.decoded_split`: built on
         first use in this process, before its loader forks the workers that share it, and
         kept for later loaders and runs)."""
-        return decoded_split(ShardList.from_manifest(self.config.shards, split).files, keep_entries=keep_entries,
-                             description=split)
+        shards = ShardList.from_manifest(self.config.shards, split)
+        shards.require_files()
+        return decoded_split(shards.files, keep_entries=keep_entries, description=split)
 
     def loader(self, dataset: ShardStream) -> DataLoader:
         return make_loader(dataset, self.config.num_workers)
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: where the training loader stands (:class:`ShardLoader`)."""
-        return {"train_position": self.train_loader.state_dict()} if self.train_loader is not None else {}
+        """Saved in every checkpoint: where the training loader stands (:class:`ShardLoader`)
+        and the samples lost in each finished epoch."""
+        state: dict[str, Any] = {"skip_history": list(self.skip_history)}
+        if self.train_loader is not None:
+            state["train_position"] = self.train_loader.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Lightning restores the data module before anything builds the loader (a scheduler
         # asking for estimated_stepping_batches builds it before the loops are restored,
         # too early for Lightning's own restore of a stateful loader): keep it for then.
         self._resume_position = state.get("train_position")
+        self.skip_history = list(state.get("skip_history", []))
 
     def train_dataloader(self) -> DataLoader:
         self.train_loader = self.loader(self.stream(self.config.train_split, train=True))
@@ -480,12 +545,20 @@ class AVDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.config.val_split:
             return []
-        return self.loader(self.stream(self.config.val_split, train=False))
+        return self.evaluation_loader(self.config.val_split)
 
     def test_dataloader(self) -> DataLoader | list:
         if not self.config.test_split:
             return []
-        return self.loader(self.stream(self.config.test_split, train=False))
+        return self.evaluation_loader(self.config.test_split)
+
+    def evaluation_loader(self, split: str) -> DataLoader:
+        """A validation or test loader: its losses are counted in the batches (``skipped``)
+        and logged, never a stop mid-pass (a test split's clips are checked whole by the verb
+        that reports them: :func:`~avssl.data.skips.split_clips`)."""
+        loader = self.loader(self.stream(split, train=False))
+        loader.check_limit = False
+        return loader
 
 
 class ShardLoader(DataLoader):
@@ -493,9 +566,17 @@ class ShardLoader(DataLoader):
 
     Stateful (``state_dict`` / ``load_state_dict``): the epoch and the number of batches the
     training loop has consumed in it (:meth:`mark_consumed`, called by the data module once
-    per training batch). A run resumed from a mid-epoch checkpoint continues with the next
-    batch of that epoch. The data module's state carries it (restored before the loader is
-    built); Lightning, seeing a stateful loader, also saves and reloads it, with the same values.
+    per training batch), and the samples lost in those batches. A run resumed from a
+    mid-epoch checkpoint continues with the next batch of that epoch. The data module's
+    state carries it (restored before the loader is built); Lightning, seeing a stateful
+    loader, also saves and reloads it, with the same values.
+
+    Iterating sums the workers' ``skipped`` / ``expected`` counts of the epoch and, unless
+    ``single_pass`` (the evaluation verbs, which check each split whole once read:
+    :func:`~avssl.data.skips.split_clips`), stops (:class:`~avssl.data.errors.DataError`) once
+    this process alone lost more than ``max_skip_fraction`` of the samples the manifest lists:
+    the epoch is then over the limit whatever the rest does (the limit on the run's totals:
+    :class:`~avssl.data.skips.SkipMonitor`).
     """
 
     def __init__(self, dataset: ShardStream, num_workers: int, single_pass: bool = False) -> None:
@@ -516,6 +597,38 @@ class ShardLoader(DataLoader):
         object.__setattr__(self, "sampler", _EpochSampler(dataset.epoch, self._new_epoch))
         self.stream = dataset
         self.consumed = 0
+        self.check_limit = not single_pass
+        # lost samples of this epoch: those of the batches before a resume point, then each
+        # batch's own (a batch is fetched before it is consumed; a checkpoint counts the consumed)
+        self._counts = SkipCounts()  # this epoch's, through the last batch fetched
+        self._batch_counts: list[tuple[int, int]] = []  # each batch's own, from batch _first_counted on
+        self._first_counted = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.consumed == 0:  # a new epoch (a resumed one starts where load_state_dict put it)
+            self._counts, self._batch_counts, self._first_counted = SkipCounts(), [], 0
+        samples = self.stream.shards.num_samples
+        limit = self.stream.max_skip_fraction
+        for batch in super().__iter__():
+            counts = (int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum()))
+            if self.consumed > self._first_counted:  # keep those of the batches not yet trained on
+                del self._batch_counts[: self.consumed - self._first_counted]
+                self._first_counted = self.consumed
+            self._batch_counts.append(counts)
+            self._counts.add(*counts)
+            if self.check_limit and certainly_over_limit(self._counts.skipped, samples, limit):
+                raise DataError(over_limit_message(f"epoch {self.stream.epoch.get()}", self._counts.skipped,
+                                                   samples, limit))
+            yield batch
+
+    def epoch_counts(self, batches: int | None = None) -> SkipCounts:
+        """Samples lost and settled in this epoch's batches fetched so far (or its first ``batches``:
+        those trained on, the few fetched ahead taken off)."""
+        total = SkipCounts(self._counts.skipped, self._counts.expected)
+        if batches is not None:
+            for skipped, expected in self._batch_counts[max(batches - self._first_counted, 0):]:
+                total.add(-skipped, -expected)
+        return total
 
     def _new_epoch(self, epoch: int) -> None:
         if epoch != self.stream.epoch.get():
@@ -526,10 +639,11 @@ class ShardLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         epoch, consumed = self.stream.epoch.get(), self.consumed
+        counts = self.epoch_counts(consumed)
         if consumed >= len(self.stream):  # a checkpoint at the end of an epoch: the next one starts
-            epoch, consumed = epoch + 1, 0
+            epoch, consumed, counts = epoch + 1, 0, SkipCounts()
         return {"epoch": epoch, "consumed": consumed, "workers": self.stream.num_workers,
-                "world_size": self.stream.world_size}
+                "world_size": self.stream.world_size, "skipped": counts.skipped, "expected": counts.expected}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         epoch, consumed = int(state["epoch"]), int(state["consumed"])
@@ -544,6 +658,8 @@ class ShardLoader(DataLoader):
         self.stream.epoch.set(epoch)
         self.stream.resume_position = (epoch, consumed) if consumed else None
         self.consumed = consumed
+        self._counts = SkipCounts(int(state.get("skipped", 0)), int(state.get("expected", 0))) if consumed else SkipCounts()
+        self._batch_counts, self._first_counted = [], consumed
 
 
 def make_loader(dataset: ShardStream, num_workers: int, single_pass: bool = False) -> ShardLoader:

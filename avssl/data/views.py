@@ -16,8 +16,12 @@ key                shape / dtype               meaning
 ``t_video``        B float32                   start of the first returned frame (seconds)
 ``t_audio``        B float32                   start of the aligned audio window (seconds)
 ``t_<name>``       B float32                   start of each extra audio view
-``skipped``        1 int64                     corrupt samples skipped by the worker since
-                                               its previous batch (for per-epoch logging)
+``skipped``        1 int64                     samples of the worker's share that were lost
+                                               since its previous batch: undecodable, or
+                                               never read (missing or damaged shard)
+``expected``       1 int64                     samples of the worker's share settled since
+                                               its previous batch (decoded or lost): summed
+                                               over an epoch, what the manifest promised
 ``boxes``          B×4×4 float32               sounding-object boxes (x0, y0, x1, y1) in
                                                output-frame pixels, NaN rows unused
                                                (target ``boxes``, evaluation)
@@ -48,6 +52,7 @@ CLIP = "clip"
 T_VIDEO = "t_video"
 T_AUDIO = "t_audio"
 SKIPPED = "skipped"
+EXPECTED = "expected"
 
 TARGET_NAMES = ("boxes", "stems", "event", "labels")  # avssl/data/targets.py
 AUDIO_OFFSETS = ("aligned", "shifted", "overlapping")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from avssl.data.datamodule import ShardList, ShardStream, make_loader, slice_bounds
+from avssl.data.errors import DataError
 from avssl.data.sampling import ViewSampler, shifted_window_start
 from avssl.data.transforms import BatchTransform
 from avssl.data.views import AudioView, VideoView, ViewSpec
@@ -123,11 +124,12 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path) -> None:
     assert 10 not in {int(i) for b in batches for i in b["index"]}
 
 
-def test_too_many_corrupt_samples_stop_with_a_clear_error(tmp_path: Path) -> None:
+def test_a_worker_with_nothing_decodable_stops_with_a_clear_error(tmp_path: Path) -> None:
     path = write_test_shards(tmp_path, [b"garbage"] * 25, per_shard=25)
     stream = ShardStream(ShardList.from_manifest(path, "train"), ViewSampler(SPEC, train=False), batch_size=4,
                          shuffle=False, max_skip_fraction=0.1)
-    with pytest.raises(RuntimeError, match="failed to decode"):
+    with pytest.raises(DataError, match="^no sample of rank 0's worker 0 could be read or decoded in epoch 0: "
+                                        "the shards are missing or damaged$"):
         list(make_loader(stream, 0))
 
 

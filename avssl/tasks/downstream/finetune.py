@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.datamodule import AVDataModule, DataConfig, base_views
+from avssl.data.skips import split_clips
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.metrics.classification import top_k_accuracy, video_level_scores
 
@@ -139,8 +140,10 @@ def run_finetune(encoder: nn.Module, data: DataConfig, cfg: FinetuneConfig, num_
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     trainer.test(model, datamodule=datamodule, verbose=False)
     test = accuracy_report(model._scores.pop("test"))
+    clips = split_clips(data.shards, cfg.test_split, cfg.eval_clips_per_video, test["num_clips"], test=True,
+                        allow_missing=data.allow_missing_test_clips)
     return {"modality": cfg.modality, "test": test, "val": val, "epochs": cfg.epochs,
-            "lr": cfg.lr, "encoder_lr": cfg.lr * cfg.encoder_lr_scale}
+            "lr": cfg.lr, "encoder_lr": cfg.lr * cfg.encoder_lr_scale, "clips": {"test": clips}}
 
 
 __all__ = ["FineTuner", "FinetuneConfig", "accuracy_report", "run_finetune"]

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
 from avssl.data.sampling import ViewSampler
+from avssl.data.skips import split_clips
 from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, VIDEO
 from avssl.metrics.classification import mean_average_precision, top_k_accuracy, video_level_scores
@@ -262,14 +263,18 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
     device = _device(cfg.device)
     cache = Path(cfg.cache_dir)
     splits = {}
+    clip_counts: dict[str, dict[str, Any]] = {}  # evaluated vs expected, per split (avssl/data/skips.py)
     targets = ("labels",) if cfg.multilabel else ()
     for name, split, clips in (("train", cfg.train_split, cfg.train_clips_per_video),
                                ("val", cfg.val_split, cfg.eval_clips_per_video),
                                ("test", cfg.test_split, cfg.eval_clips_per_video)):
         splits[name] = extract_features(used, data, split, clips, cfg.batch_size, device, cache, encoder_id, targets)
+        clip_counts[name] = split_clips(data.shards, split, clips, len(splits[name].label), test=name == "test",
+                                        allow_missing=data.allow_missing_test_clips, limit=data.max_skip_fraction)
     if cfg.multilabel:
         results = {m: probe_multilabel(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
         results["num_clips"] = {k: int(len(v.label)) for k, v in splits.items()}
+        results["clips"] = clip_counts
         return results
     if (splits["train"].label < 0).any():
         raise ValueError(f"split {cfg.train_split!r} has unlabelled samples (label -1): a probe needs labels")
@@ -278,6 +283,7 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
         for m in cfg.modalities:
             results[m]["knn_clip_top1"] = knn_top1(splits["train"], splits["test"], m, cfg)
     results["num_clips"] = {k: int(len(v.label)) for k, v in splits.items()}
+    results["clips"] = clip_counts
     return results
 
 

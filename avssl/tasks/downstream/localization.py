@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
+from avssl.data.skips import split_clips
 from avssl.data.sampling import ViewSampler
 from avssl.data.targets import BACKGROUND, BOXES
 from avssl.data.transforms import BatchTransform
-from avssl.data.views import AUDIO, VIDEO
+from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.metrics.localization import ciou, ciou_auc, ciou_success_rate, ground_truth_map, whole_image_baseline
 from avssl.tasks.downstream.linear_probe import Features, ProbeConfig, extract_features, probe_modality
 from avssl.tasks.pretext.base import PretextTask
@@ -123,10 +124,11 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
     task.eval().to(device)
     cious: dict[str, list[float]] = {"gt_area": [], "median": []}
     baselines: list[float] = []
-    skipped = 0
+    skipped = evaluated = 0
     shown: dict[str, list[torch.Tensor]] = {"frame": [], "heatmap": [], "boxes": []}
     for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"localization {cfg.split}", unit="batch",
                       total=len(stream), leave=False):
+        evaluated += len(batch[INDEX])
         frames = batch[VIDEO][:, :, batch[VIDEO].shape[2] // 2]  # uint8 B×3×H×W, the middle frame
         batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)
         maps = heatmaps(task, batch[VIDEO], batch[AUDIO], cfg.map, cfg.contrast_audios).cpu()
@@ -142,12 +144,13 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
                 shown["frame"].append(frames[i])
                 shown["heatmap"].append(maps[i])
                 shown["boxes"].append(batch[BOXES][i].cpu())
+    clips = split_clips(data.shards, cfg.split, 1, evaluated, test=True, allow_missing=data.allow_missing_test_clips)
     if not baselines:
         raise ValueError(f"split {cfg.split!r}: no clip with a sounding object on screen: nothing to localize")
     rules = [cfg.rule] + [r for r in cious if r != cfg.rule]
     results: dict[str, Any] = {"rule": cfg.rule, **localization_scores(cious[cfg.rule], baselines),
                                "by_rule": {r: localization_scores(cious[r], baselines) for r in rules},
-                               "clips_without_box": skipped}
+                               "clips_without_box": skipped, "clips": {"test": clips}}
     return results, {k: torch.stack(v) for k, v in shown.items() if v}
 
 
@@ -155,11 +158,14 @@ def event_localization(encoders: dict[str, torch.nn.Module], data: DataConfig, c
                        device: torch.device, cache: Path | None, encoder_id: str) -> dict[str, Any]:
     """Segment accuracy (%) of a linear classifier on frozen video + audio features of each
     segment, 29-way on AVE, (categories + background) here."""
-    splits = {}
+    splits, clips = {}, {}
     for name, split in (("train", cfg.event_train_split), ("val", cfg.event_val_split), ("test", cfg.split)):
         features = extract_features(encoders, data, split, cfg.event_clips_per_video, cfg.batch_size, device,
                                     cache, encoder_id, targets=("event",))
         splits[name] = features
+        clips[name] = split_clips(data.shards, split, cfg.event_clips_per_video, len(features.label),
+                                  test=name == "test", allow_missing=data.allow_missing_test_clips,
+                                  limit=data.max_skip_fraction)
     num_categories = int(max(f.extra["event"].max() for f in splits.values())) + 1
     relabelled = {}
     for name, f in splits.items():
@@ -169,7 +175,8 @@ def event_localization(encoders: dict[str, torch.nn.Module], data: DataConfig, c
     result = probe_modality(relabelled["train"], relabelled["val"], relabelled["test"], "both", ProbeConfig())
     background = float((relabelled["test"].label == num_categories).mean() * 100)
     return {"segment_accuracy": result["test_clip_top1"], "weight_decay": result["weight_decay"],
-            "background_share": background, "segments": {k: int(len(v.label)) for k, v in relabelled.items()}}
+            "background_share": background, "segments": {k: int(len(v.label)) for k, v in relabelled.items()},
+            "clips": clips}
 
 
 def plot_localization(shown: dict[str, torch.Tensor], path: Path, title: str) -> Path:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from avssl.config import RecipeError
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
+from avssl.data.skips import split_clips
 from avssl.data.sampling import ViewSampler
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
 from avssl.data.transforms import AugmentSettings, VideoBatchTransform
@@ -580,6 +581,8 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     test_targets = (BOXES, STEMS) if cfg.two_source_clips else train_targets
     test_clips = load_clips(data, cfg.test_split, test_targets, train=False)
     check_mixable(test_clips.label, "test_split", cfg.test_split, data.shards)
+    clips = split_clips(data.shards, cfg.test_split, 1, len(test_clips), test=True,
+                        allow_missing=data.allow_missing_test_clips)
     decoded = time.time()
     model = SeparationModel(video_encoder, cfg, data.video.size).to(device)
     model.video_encoder.eval()
@@ -598,6 +601,7 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     plot_separation(mixtures, model, run_dir / "separation.png", cfg.figure_mixtures)
     results["train"] = {"steps": cfg.steps, "clips": len(train_clips), "first_loss": float(np.mean(losses[:10])),
                         "last_loss": float(np.mean(losses[-10:]))}
+    results["clips"] = {"test": clips}
     results["seconds"] = {"decode": decoded - started, "train": trained - decoded, "evaluate": time.time() - trained,
                           "total": time.time() - started}
     return results
