@@ -210,7 +210,8 @@ def test_full_scale_recipe_smoke_run_learns_in_every_phase(recipe: Path, shards:
 def test_every_method_smokes_in_bf16_mixed_on_the_cpu(method: str, shards: Path, tmp_path: Path,
                                                       steps: list[Step]) -> None:
     recipe = next(p for p in FULL_SCALE if p.parent.name == method)
-    assert main(_smoke_args(recipe, shards, tmp_path / "run", *SMALL_ENCODERS)) == 0
+    # channels-last too: the layout a GPU recipe turns on for its bf16 convolutions
+    assert main(_smoke_args(recipe, shards, tmp_path / "run", *SMALL_ENCODERS, "model.channels_last=true")) == 0
     _assert_every_phase_learns(steps, PHASES[method], "bf16-mixed")
 
 
