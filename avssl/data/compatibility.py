@@ -43,7 +43,7 @@ def window_seconds(views: ViewSpec) -> float:
     video = views.video.seconds if views.video is not None else 0.0
     aligned = views.audio.get(AUDIO)
     needed = max(video, aligned.seconds if aligned is not None else 0.0)
-    for name, view in views.audio.items():
+    for view in views.audio.values():
         if view.offset == "shifted":
             needed = max(needed, max(view.seconds, view.min_shift_seconds) + view.seconds)
         elif view.offset == "overlapping":

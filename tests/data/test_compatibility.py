@@ -12,7 +12,11 @@ import pytest
 
 from avssl.cli import main
 from avssl.config import RecipeError, data_config, load_recipe
-from avssl.data.compatibility import ShardsMismatchWarning, check_shards_fit_recipe, window_seconds
+from avssl.data.compatibility import (
+    ShardsMismatchWarning,
+    check_shards_fit_recipe,
+    window_seconds,
+)
 from avssl.data.datamodule import base_views
 from avssl.data.shards import ShardSettings
 from avssl.data.views import AudioView
@@ -44,10 +48,10 @@ def _check(recipe: Path, shards: Path, *overrides: str, extra_audio: dict | None
 def test_default_shards_under_the_48k_224_avc_recipe_warn_with_both_values_and_the_flags(tmp_path: Path) -> None:
     shards = _manifest(tmp_path / "s")
     assert _check(AVC, shards) == [
-        f"data.mel.sample_rate is 48000 Hz but the shards in {shards} hold audio at 16000 Hz: it is upsampled, "
-        "with nothing above 8000 Hz; rewrite them with `avssl shards --sample-rate 48000`",
-        f"data.video.size is 224 px but the shards in {shards} have a short side of 128 px: frames are upscaled; "
-        "rewrite them with `avssl shards --short-side 224` (or more)",
+        (f"data.mel.sample_rate is 48000 Hz but the shards in {shards} hold audio at 16000 Hz: it is upsampled, "
+         "with nothing above 8000 Hz; rewrite them with `avssl shards --sample-rate 48000`"),
+        (f"data.video.size is 224 px but the shards in {shards} have a short side of 128 px: frames are upscaled; "
+         "rewrite them with `avssl shards --short-side 224` (or more)"),
     ]
 
 
@@ -59,15 +63,15 @@ def test_shards_written_as_the_recipe_header_says_fit_without_a_word(tmp_path: P
 
 def test_selavi_at_30_fps_on_25_fps_shards_warns_that_frames_repeat(tmp_path: Path) -> None:
     shards = _manifest(tmp_path / "s", sample_rate=24000)
-    assert _check(SELAVI, shards) == [f"data.video.fps is 30 but the shards in {shards} are at 25 fps: frames repeat; "
-                                      "rewrite them with `avssl shards --fps 30`"]
+    assert _check(SELAVI, shards) == [(f"data.video.fps is 30 but the shards in {shards} are at 25 fps: frames "
+                                       "repeat; rewrite them with `avssl shards --fps 30`")]
 
 
 def test_avid_two_second_audio_on_shards_that_keep_one_second_videos_warns(tmp_path: Path) -> None:
     shards = _manifest(tmp_path / "s", sample_rate=24000)
-    assert _check(AVID, shards) == [f"a clip needs 2 s of video but the shards in {shards} keep videos from 1 s: "
-                                    "shorter ones are padded, or skipped when a same-video negative does not fit; "
-                                    "`avssl shards --min-seconds 2` leaves them out"]
+    assert _check(AVID, shards) == [(f"a clip needs 2 s of video but the shards in {shards} keep videos from 1 s: "
+                                     "shorter ones are padded, or skipped when a same-video negative does not fit; "
+                                     "`avssl shards --min-seconds 2` leaves them out")]
 
 
 def test_avts_hard_negatives_need_room_beside_the_aligned_window(tmp_path: Path) -> None:
