@@ -243,11 +243,13 @@ def test_a_real_run_never_resumes_a_smoke_run(shards: Path, tmp_path: Path, caps
 
 @pytest.mark.slow
 def test_two_process_smoke_run(shards: Path, tmp_path: Path) -> None:
-    """The GPU run's DDP path on the CPU: 2 processes (gloo), AVID then CMA with banks
-    gathered across ranks, started as a user starts it (Lightning re-launches the command)."""
+    """The GPU run's DDP path on the CPU: 2 processes (gloo) in bf16-mixed and channels-last,
+    AVID then CMA with banks gathered across ranks, started as a user starts it (Lightning
+    re-launches the command); the small encoders keep it short."""
     run_dir = tmp_path / "ddp"
     command = [sys.executable, "-m", "avssl.cli", *_smoke_args(AVID, shards, run_dir, "trainer.devices=2",
-                                                                 "trainer.strategy=ddp", FLOAT32)]
+                                                                 "trainer.strategy=ddp", *SMALL_ENCODERS,
+                                                                 "model.channels_last=true")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "WANDB_MODE": "offline"}
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
