@@ -87,7 +87,9 @@ class Recipe:
     # auto: continue from the newest checkpoint in run_dir/checkpoints (a fresh start if none);
     # a path: that checkpoint; null: a fresh start (avssl pretrain only)
     resume: str | None = None
-    smoke: bool = False  # 2 training steps on the CPU at a shrunken size: checks a recipe end to end
+    # 2 CPU training steps per phase of the method at a shrunken size, in <run_dir>-smoke:
+    # rehearses a recipe end to end (config.smoke_settings)
+    smoke: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: dict[str, Any] = field(default_factory=dict)
@@ -400,9 +402,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise RecipeError(f"overrides must look like key=value, got {bad}")
-    node = OmegaConf.merge(node, OmegaConf.from_dotlist(list(overrides)))
-    if node.get("smoke"):
-        node = OmegaConf.merge(node, smoke_settings(node))
+    user = OmegaConf.from_dotlist(list(overrides))
+    node = OmegaConf.merge(node, user)
+    if node.get("smoke"):  # the user's key=value win over the smoke settings
+        node = OmegaConf.merge(node, smoke_settings(node), user)
+        node.run_dir = smoke_run_dir(str(node.get("run_dir") or Recipe.run_dir))
     config = _check_schema(node, Recipe, str(path))
     check_trainer_keys(OmegaConf.to_container(config.trainer), str(path))
     check_values(config)
@@ -432,30 +436,82 @@ def start_evaluation(config: DictConfig, section: str, schema: type) -> tuple[An
     return checked, run_dir
 
 
-SMOKE_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true",
-                 "max_epochs": 1, "max_steps": 2, "limit_val_batches": 0, "limit_test_batches": 0,
-                 "num_sanity_val_steps": 0, "log_every_n_steps": 1, "check_val_every_n_epoch": 1}
+SMOKE_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+                 "max_steps": -1, "limit_train_batches": 2, "limit_val_batches": 0, "limit_test_batches": 0,
+                 "num_sanity_val_steps": 0, "log_every_n_steps": 1, "check_val_every_n_epoch": 1,
+                 "sync_batchnorm": False}  # SyncBatchNorm runs on CUDA only; one CPU process has nothing to sync
 
 
 # Method constants that count training instances: at most this many in a smoke run, whose
 # shards hold a few dozen videos (a bank needs more instances than negatives drawn from it).
 SMOKE_TASK_LIMITS = {"num_negatives": 8, "cma_positives": 2, "cma_negatives": 4, "num_clusters": 4}
 
+# float16 autocast is CUDA's; the CPU's autocast runs bfloat16 (every other precision runs as written)
+CPU_PRECISION = {"16-mixed": "bf16-mixed", "16": "bf16-mixed", "16-true": "bf16-true"}
+
+SMOKE_SUFFIX = "-smoke"
+
+
+def smoke_run_dir(run_dir: str) -> str:
+    """A smoke run's own folder, ``<run_dir>-smoke``: the real run's ``resume=auto`` never
+    finds a smoke checkpoint."""
+    run_dir = run_dir.rstrip("/")
+    return run_dir if run_dir.endswith(SMOKE_SUFFIX) else run_dir + SMOKE_SUFFIX
+
+
+def smoke_phases(task: Any) -> tuple[int, dict[str, Any]]:
+    """The smoke run's epochs and the task keys that move each phase switch to epoch 1, so
+    that 2 steps of every phase run: AVTS easy, then hard (and super-hard) negatives;
+    AVID, then CMA (positives re-solved every epoch); SeLaVi filling its label bank (or its
+    contrastive warm-up), then labels by Sinkhorn and the heads' cross-entropy."""
+    name, changes = task.get("name"), {}
+    if name == "avts":
+        changes["hard_start_epoch"] = min(int(task.get("hard_start_epoch", 1)), 1)
+    elif name == "avid" and task.get("cma_start_epoch") is not None:
+        changes.update(cma_start_epoch=min(int(task.cma_start_epoch), 1), cma_resample_epochs=1)
+    elif name == "selavi" and task.get("variant", "offline") == "offline":
+        changes["contrastive_warmup_epochs"] = min(int(task.get("contrastive_warmup_epochs", 0)), 1)
+    else:
+        return 1, changes
+    return 2, changes
+
+
+def refuse_smoke_mix(checkpoint: dict[str, Any], config: dict[str, Any]) -> None:
+    """RecipeError when a checkpoint's run and this run differ in ``smoke`` (its saved
+    recipe is in the checkpoint's hyper-parameters)."""
+    saved = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    was_smoke, is_smoke = bool(saved.get("smoke", False)), bool(config.get("smoke", False))
+    if was_smoke == is_smoke:
+        return
+    if was_smoke:
+        raise RecipeError(f"resume: that checkpoint is from a smoke run (smoke=true, run_dir {saved.get('run_dir')}); "
+                          "a real run never continues one: start it fresh (resume=null) or from its own checkpoint")
+    raise RecipeError(f"resume: that checkpoint is from a real run (run_dir {saved.get('run_dir')}); "
+                      "a smoke run starts fresh in its own folder: drop resume")
+
 
 def smoke_settings(node: DictConfig) -> DictConfig:
-    """What ``smoke=true`` changes: 2 training steps of batch 4 on one CPU process, no
-    validation, frames at most 32 px and 4 frames, no wandb, no export, and the constants of
-    SMOKE_TASK_LIMITS capped. The encoders, the other method constants, the audio window and
-    the spectrogram stay as written."""
+    """What ``smoke=true`` changes: 2 training steps of batch 4 per phase of the method
+    (:func:`smoke_phases`) in one CPU process, no validation, frames at most 32 px and 4
+    frames, no wandb, no export, and the constants of SMOKE_TASK_LIMITS capped. The
+    encoders, ``model.channels_last`` and ``model.compile``, the precision (float16 as the
+    CPU's bfloat16), ``data.audio_features``, the other method constants, the audio window
+    and the spectrogram stay as written: it rehearses the GPU run but for CUDA itself.
+    The run folder is :func:`smoke_run_dir`; ``load_recipe`` applies the user's
+    ``key=value`` again on top."""
     video = node.get("data", {}).get("video")
     task = node.get("task", {})
+    trainer = node.get("trainer", {})
+    epochs, phase_keys = smoke_phases(task)
     settings: dict[str, Any] = {
-        "trainer": {**SMOKE_TRAINER, **({"val_check_interval": 1.0} if "val_check_interval" in node.get("trainer", {})
-                                        else {})},
+        "trainer": {**SMOKE_TRAINER, "max_epochs": epochs,
+                    **({"val_check_interval": 1.0} if "val_check_interval" in trainer else {}),
+                    **({"precision": CPU_PRECISION[str(trainer.get("precision"))]}
+                       if str(trainer.get("precision")) in CPU_PRECISION else {})},
         "data": {"batch_size": 4, "eval_batch_size": None, "num_workers": 0},
         "logger": {"wandb": False}, "export": {"after_training": False}, "checkpoint": {"every_n_train_steps": 0},
-        "task": {key: min(int(task[key]), limit) for key, limit in SMOKE_TASK_LIMITS.items()
-                 if task.get(key) is not None},
+        "task": {**{key: min(int(task[key]), limit) for key, limit in SMOKE_TASK_LIMITS.items()
+                    if task.get(key) is not None}, **phase_keys},
     }
     if video is not None:
         settings["data"]["video"] = {"size": min(int(video.get("size", 32)), 32),

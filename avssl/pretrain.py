@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from avssl.config import RecipeError, data_config, to_plain
 from avssl.csv_log import ResumableCSVLogger
+from avssl.data.compatibility import check_shards_fit_recipe
 from avssl.data.datamodule import AVDataModule
 from avssl.tasks.throughput import ThroughputMonitor
 
@@ -239,6 +240,7 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     task = build_pretext_task(to_plain(config))
     speed_up_encoders(task, config.model.channels_last, config.model.compile)
     datamodule = AVDataModule(data_config(config), views=task.views(), eval_views=task.eval_views())
+    check_shards_fit_recipe(config, datamodule.views)  # warns, or stops, naming the `avssl shards` flags
     checkpoints = checkpoint_callbacks(config, run_dir)
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))
     trainer_args.setdefault("default_root_dir", str(run_dir))

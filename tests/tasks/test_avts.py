@@ -54,6 +54,22 @@ def test_negative_kinds_follow_the_fractions() -> None:
     assert abs((kinds == 1).float().mean().item() - 0.25) < 0.03 and not (kinds == 2).any()
 
 
+def test_every_batch_holds_each_kind_at_its_share() -> None:
+    """A kind whose share is a whole number of clips is drawn exactly that often in every
+    batch (one draw per clip left 4 clips at 25 % without a hard negative 32 % of the time);
+    a fractional share is rounded up or down at random, right on average."""
+    model = _avts("task.super_hard=true")
+    model.hard_fraction, model.super_hard_fraction = 0.25, 0.25
+    torch.manual_seed(0)
+    for _ in range(200):
+        kinds = model.negative_kinds(4, torch.device("cpu"))
+        assert torch.bincount(kinds, minlength=3).tolist() == [2, 1, 1]
+    model.super_hard_fraction = 0.0
+    model.hard_fraction = 0.3
+    counts = [int((model.negative_kinds(5, torch.device("cpu")) == 1).sum()) for _ in range(2000)]
+    assert set(counts) == {1, 2} and abs(sum(counts) / 2000 - 1.5) < 0.06
+
+
 def test_hard_negatives_are_the_shifted_audio() -> None:
     """With every negative hard and the hard window identical to the aligned one, the
     negatives sit at the positives' distance: the loss is then exactly computable."""

@@ -119,6 +119,7 @@ class AVID(PretextTask):
 
     # -- state that changes shape (positive sets appear when CMA starts) ------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         stored = checkpoint["state_dict"].get("positives")
         if stored is not None:
             self.positives = torch.zeros_like(stored)

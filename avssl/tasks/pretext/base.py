@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from avssl.config import Recipe, check_section, data_config
+from avssl.config import Recipe, check_section, data_config, refuse_smoke_mix
 from avssl.data.datamodule import DataConfig, ShardList, base_views
 from avssl.data.views import SKIPPED, AudioView, ViewSpec
 from avssl.models.registry import build_encoders
@@ -45,6 +45,11 @@ class PretextTask(pl.LightningModule):
         self.task_config = check_section(recipe, "task", self.config_class)
         self.data_config: DataConfig = data_config(recipe)
         self.video_encoder, self.audio_encoder = build_encoders(config["model"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A real run never continues a smoke run (tiny banks, a shrunken schedule), nor a
+        smoke run a real one: ``resume`` naming the other kind is refused."""
+        refuse_smoke_mix(checkpoint, self.hparams["config"])
 
     def require_both_encoders(self) -> None:
         """Cross-modal methods need a video and an audio encoder."""

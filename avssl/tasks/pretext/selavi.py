@@ -198,7 +198,9 @@ class SeLaVi(PretextTask):
                 self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
             return
         step = int(self.global_step)
-        if step in self.schedule() and bool(self.seen.all()) and self._last_labeled_step != step:
+        # Rows never seen (a video skipped as undecodable, an epoch cut short) keep the
+        # uniform prior and get labels by the marginals: requiring every row left the labels unsolved.
+        if step in self.schedule() and bool(self.seen.any()) and self._last_labeled_step != step:
             self.relabel()
             self._last_labeled_step = step
 
