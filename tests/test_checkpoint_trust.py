@@ -37,7 +37,7 @@ def real_checkpoint(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     run_dir = tmp_path_factory.mktemp("real") / "run"
     assert main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), "smoke=true", f"data.shards={shards}",
                  f"run_dir={run_dir}", "trainer.enable_progress_bar=false"]) == 0
-    return run_dir / "checkpoints" / "last.ckpt"
+    return run_dir.with_name("run-smoke") / "checkpoints" / "last.ckpt"  # a smoke run's own folder
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_pretrain_resume_path_refuses(evil: tuple[Path, Path], shards: Path, tmp
 def test_pretrain_resume_auto_refuses(evil: tuple[Path, Path], shards: Path, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     path, marker = evil
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "run-smoke"  # a smoke run's own folder
     (run_dir / "checkpoints").mkdir(parents=True)
     dropped = run_dir / "checkpoints" / "last.ckpt"
     shutil.copy(path, dropped)

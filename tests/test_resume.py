@@ -180,7 +180,11 @@ def test_resume_auto_stops_when_no_checkpoint_loads(tmp_path: Path, capsys: pyte
     torch.save({"global_step": 4}, good)
     only = _cut_short(run_dir / "checkpoints" / "last.ckpt", good, newer_by=0)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    status = main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), f"run_dir={run_dir}", "resume=auto"])
+    shards = tmp_path / "shards"  # only read once the resume choice is made
+    shards.mkdir()
+    (shards / "manifest.json").write_text('{"splits": {}}')
+    status = main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), f"run_dir={run_dir}", "resume=auto",
+                   f"data.shards={shards}"])
     assert status == 1  # the run folder's files are the problem: a data error
     assert capsys.readouterr().err == (
         f"avssl pretrain: resume=auto: no checkpoint of {run_dir} loads, nothing was started or changed ({only} is "
