@@ -108,8 +108,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from avssl.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out, license=args.license, evaluations=args.evaluation)
-    print(f"exported to {out}")
+    export_checkpoint(args.checkpoint, args.out, license=args.license, evaluations=args.evaluation)  # logs "exported OUT"
     return 0
 
 
