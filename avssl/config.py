@@ -1,7 +1,7 @@
 """Recipes: OmegaConf YAML with a schema, inheritance and command-line overrides.
 
 A recipe has the sections ``data``, ``model``, ``task``, ``trainer``, ``logger``,
-``export`` (DESIGN.md) and ``monitors`` (online probes during pretraining).
+``export`` (docs/design.md) and ``monitors`` (online probes during pretraining).
 ``base: other.yaml`` (relative to the recipe, or to recipes/) starts from another recipe.
 ``key=value`` overrides apply last. Every key is checked against the schema: an unknown
 key is an error that names it (and the nearest known key); a value of the wrong type or out

@@ -39,7 +39,7 @@ from avssl.data.sampling import ViewSampler
 from avssl.data.transforms import AudioBatchTransform
 from avssl.data.views import AudioView, VideoView, ViewSpec
 
-SENSOR_NOISE = 16.0  # calibrated: ffmpeg then decodes the 128p shards at DECODING.md's rate for real video
+SENSOR_NOISE = 16.0  # calibrated: ffmpeg then decodes the 128p shards at docs/decoding.md's rate for real video
 SPEC = ViewSpec(video=VideoView(num_frames=16, fps=25.0, size=112), audio={"audio": AudioView(seconds=1.0)})
 
 

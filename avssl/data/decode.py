@@ -1,9 +1,9 @@
 """Decoding windows from the bytes of one video with PyAV.
 
-The recipe follows DECODING.md §6: open the in-memory file once, seek the video stream to
+The recipe follows docs/decoding.md: open the in-memory file once, seek the video stream to
 the keyframe before the window, skip non-reference frames until the window starts, keep
 frames by presentation time, and cut the audio at the time of the first frame actually
-returned (never at the requested time: a seek lands on a keyframe, METHODS.md §2.6).
+returned (never at the requested time: a seek lands on a keyframe, docs/methods/avts.md).
 Audio comes from the file's audio stream, or from raw PCM stored beside a video-only file
 (:class:`PcmAudio`, the shard writer's default: no decode, no resampling).
 """
@@ -28,7 +28,7 @@ class MonoResampler:
 
     The downmix is the plain mean of the channels (it never clips, and 5.1 or stereo give
     the same level as mono); the rate change is swresample's. The shard writer and the
-    reader both use this class, so written and read audio share one gain (DECODING.md §7.7).
+    reader both use this class, so written and read audio share one gain (docs/decoding.md, pitfall 7).
     """
 
     def __init__(self, sample_rate: int) -> None:

@@ -22,7 +22,7 @@ class MediaWriter:
 
     ``video_codec=None`` or ``audio_codec=None`` leaves that stream out.
     ``gop_frames`` fixes the keyframe interval (no scene-cut keyframes), which is what
-    makes seeking cheap for readers (DECODING.md §6).
+    makes seeking cheap for readers (docs/decoding.md).
     """
 
     def __init__(

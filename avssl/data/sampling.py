@@ -1,6 +1,6 @@
 """ViewSampler: turn one shard sample (mp4 bytes + json) into the windows a task declared.
 
-Window placement follows DESIGN.md: the video window comes first; every audio window is
+Window placement follows docs/design.md: the video window comes first; every audio window is
 placed relative to the first frame actually returned, inside the range where both streams
 have data, and never padded differently from the positive.
 """

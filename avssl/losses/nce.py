@@ -1,5 +1,5 @@
 """Noise-contrastive estimation with a memory bank (Wu et al. 2018), as AVID uses it
-(METHODS.md §3.1), and the memory bank itself.
+("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021), and the memory bank itself.
 
 With a fixed normaliser Z and K noise samples, a score s = xᵀm/τ has
 
@@ -38,7 +38,7 @@ def nce_loss(positive: torch.Tensor, negative: torch.Tensor, log_z: torch.Tensor
 def softmax_instance_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """−log softmax of the positive among itself and the K negatives (InfoNCE over the
     bank), averaged over the batch; with several positives (B×P) their terms are averaged.
-    METHODS.md §3.5.2's alternative to NCE: no normaliser Z to estimate."""
+    docs/methods/avid_cma.md's alternative to NCE: no normaliser Z to estimate."""
     if positive.dim() == 1:
         positive = positive[:, None]
     log_denominator = torch.logsumexp(torch.cat([positive, negative], dim=1), dim=1)
@@ -55,7 +55,7 @@ def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: 
 
 class NCENormaliser(nn.Module):
     """Z, estimated once from the first batch's noise scores (mean of e^s⁻ over the
-    batch and every rank), then fixed and saved in the checkpoint (METHODS.md §3.1)."""
+    batch and every rank), then fixed and saved in the checkpoint ("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""The mix-and-separate networks (METHODS.md §7.3): a U-Net over the log-frequency
+"""The mix-and-separate networks ("The Sound of Pixels", ECCV 2018): a U-Net over the log-frequency
 spectrogram that outputs K feature maps, a visual projection to K channels, and the
 Sound-of-Pixels "linear" synthesiser that combines them into one mask per visual vector.
 """

@@ -1,5 +1,5 @@
 """Online monitors: a linear probe and a k-NN classifier trained on the embeddings a
-pretext task returns, while it trains (DESIGN.md "Methods, losses and monitors";
+pretext task returns, while it trains (docs/design.md "Methods, losses and monitors";
 docs/monitors.md).
 
 Both are Lightning callbacks. They read ``outputs["embeddings"]`` (modality → B×D) of

@@ -1,4 +1,4 @@
-"""AVC: audio-visual correspondence (L³-Net, METHODS.md §1).
+"""AVC: audio-visual correspondence (L³-Net, "Look, Listen and Learn", ICCV 2017).
 
 Does this frame go with this sound? Embeddings of both modalities are fused by the L³
 head (concatenate → FC → ReLU → FC) into one correspondence logit, trained with binary
@@ -36,7 +36,7 @@ from avssl.tasks.pretext.base import PretextTask, TaskConfig, paired_negative_pe
 class AVCConfig(TaskConfig):
     name: str = "avc"
     negatives: str = "in_batch"  # paired | in_batch
-    head: str = "l3"  # l3 (concatenate → MLP, L³-Net) | distance (AVE-Net, METHODS.md §1.5)
+    head: str = "l3"  # l3 (concatenate → MLP, L³-Net) | distance (AVE-Net, "Objects that Sound", ECCV 2018)
     fusion_hidden: int = 128
     embedding_dim: int = 128  # the distance head's projection size
     embedding_norm: str = "batchnorm"  # batchnorm | none: standardise each embedding before the head

@@ -1,5 +1,5 @@
 """AVTS: audio-visual temporal synchronisation with curriculum negatives (Korbar et al.
-2018, METHODS.md §2).
+2018, "Cooperative Learning of Audio and Video Models from Self-Supervised Synchronization", NeurIPS 2018).
 
 Is this audio in sync with this video? Each modality's embedding goes through a small
 projection head and is L2-normalised; pairs are scored by their distance d and trained
