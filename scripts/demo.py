@@ -80,9 +80,12 @@ def run_steps(steps: list[Step], jobs: int, log_dir: Path, cores: int) -> dict[s
     ``cores``. ``jobs > 1``: each step in a forked process (it shares what this process has
     decoded into memory) given ``cores // jobs``, torch's intra-op threads set to that, its output in
     ``log_dir/<name>.log``; the first failure stops the others and shows the end of its log.
-    Measured on 2 cores: a pretraining run keeps one core busy with the model and ~0.6 of
-    the other with its loader workers, and one more intra-op thread gains < 10 % (small
-    convolutions), so two runs side by side finish ~20 % sooner than one after the other."""
+    Two runs side by side finish sooner than one after the other (docs/benchmarks.md).
+
+    Hand-written because no well-kept mechanism fits: ``concurrent.futures`` reuses worker
+    processes (no fresh fork after the decode, so no copy-on-write sharing of the decoded
+    splits), cannot stop a running task when another fails and has no per-task log
+    redirection; ``make -j`` would decode the splits once per step process."""
     names = [s.name for s in steps]
     missing = sorted({d for s in steps for d in s.after} - set(names))
     if missing or len(set(names)) != len(names):
