@@ -142,7 +142,7 @@ def separation_row_label(scores: dict[str, float] | str) -> str:
     scored (``silent_reference`` / ``silent_estimate``)."""
     if isinstance(scores, str):
         return f"not scored: {scores.replace('_', ' ')}"
-    return f"SDR {scores['sdr']:.2f} dB (mixture {scores['sdr_mixture']:.2f} dB)"
+    return f"SDR {scores['sdr']:.2f} dB\n(mixture itself {scores['sdr_mixture']:.2f} dB)"
 
 
 def separation_figure(spectrograms: np.ndarray, scores: Sequence[dict[str, float] | str], sample_rate: int,
@@ -167,12 +167,12 @@ def separation_figure(spectrograms: np.ndarray, scores: Sequence[dict[str, float
                 ax.set_title(titles[column], fontsize=9)
             ax.tick_params(labelsize=7)
         axes[row, 0].set_yticks(ticks, tick_labels)
-        axes[row, 0].set_ylabel(f"mixture {row}\nfrequency (Hz)", fontsize=8)
-        axes[row, 1].text(0.02, 0.97, separation_row_label(scores[row]), transform=axes[row, 1].transAxes,
-                          fontsize=8, color="white", va="top", ha="left",
+        axes[row, 0].set_ylabel(f"mixture {row}", fontsize=9)
+        axes[row, 0].text(0.03, 0.96, separation_row_label(scores[row]), transform=axes[row, 0].transAxes,
+                          fontsize=7, color="white", va="top", ha="left",
                           bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "linewidth": 0})
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)", fontsize=8)
+    fig.supylabel("frequency (Hz, log-frequency rows)", fontsize=8)
+    fig.supxlabel("time (s)", fontsize=8)
     colorbar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.01)
     colorbar.set_label("magnitude (dB re. the mixture's peak)", fontsize=8)
     colorbar.ax.tick_params(labelsize=7)
@@ -190,16 +190,19 @@ def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.nd
     side = max(3.2, 0.32 * num_classes + 1.6)
     fig = new_figure(side * len(truths) + 0.6, side + 0.8)
     axes = fig.subplots(1, len(truths), squeeze=False)[0]
-    for ax, (modality, truth) in zip(axes, truths.items()):
-        counts = confusion_matrix(truth, predictions[modality], labels=list(range(num_classes)))
+    tables = {m: confusion_matrix(truth, predictions[m], labels=list(range(num_classes))) for m, truth in truths.items()}
+    norm = Normalize(0, max(1, max(int(t.max()) for t in tables.values())))
+    for ax, (modality, counts) in zip(axes, tables.items()):
         display = ConfusionMatrixDisplay(counts, display_labels=names)
         display.plot(ax=ax, colorbar=False, cmap="Blues", include_values=num_classes <= 20, xticks_rotation="vertical",
                      text_kw={"fontsize": 7})
+        display.im_.set_norm(norm)
         accuracy = 100 * np.trace(counts) / max(1, counts.sum())
-        ax.set_title(f"{modality}: top-1 {accuracy:.1f} % of {counts.sum()}", fontsize=9)
+        ax.set_title(f"{modality}: top-1 {accuracy:.1f} % ({counts.sum()} videos)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("predicted class", fontsize=8)
         ax.set_ylabel("true class", fontsize=8)
+    fig.colorbar(ScalarMappable(norm, "Blues"), ax=axes.tolist(), shrink=0.8, pad=0.01).set_label("videos", fontsize=8)
     fig.suptitle(fit_title(subtitle, side * len(truths)), fontsize=TITLE_SIZE)
     return fig
 
@@ -271,15 +274,15 @@ def contingency_figure(labels: np.ndarray, clusters: dict[str, np.ndarray], clas
     side = max(3.2, 0.32 * max(len(classes), max(len(np.unique(c)) for c in clusters.values())) + 1.8)
     fig = new_figure(side * len(clusters) + 0.8, side + 0.6)
     axes = fig.subplots(1, len(clusters), squeeze=False)[0]
-    image = None
+    tables = {m: contingency_matrix(labels, ids) for m, ids in clusters.items()}
+    norm = Normalize(0, max(1, max(int(t.max()) for t in tables.values())))
     for ax, (modality, ids) in zip(axes, clusters.items()):
-        table = contingency_matrix(labels, ids)
-        order = matched_cluster_order(table)
-        table = table[:, order]
+        order = matched_cluster_order(tables[modality])
+        table = tables[modality][:, order]
         names = np.unique(ids)[order]
-        image = ax.imshow(table, cmap="Blues", aspect="auto", interpolation="nearest")
+        ax.imshow(table, cmap="Blues", norm=norm, aspect="auto", interpolation="nearest")
         if table.size <= 400:
-            threshold = table.max() / 2
+            threshold = norm.vmax / 2
             for (r, c), value in np.ndenumerate(table):
                 ax.text(c, r, str(value), ha="center", va="center", fontsize=7,
                         color="white" if value > threshold else "black")
@@ -290,7 +293,7 @@ def contingency_figure(labels: np.ndarray, clusters: dict[str, np.ndarray], clas
         s = scores.get(modality, {})
         ax.set_title(f"{modality}: NMI {s.get('nmi', float('nan')):.2f}, ARI {s.get('ari', float('nan')):.2f}, "
                      f"purity {s.get('purity', float('nan')):.2f}", fontsize=9)
-    fig.colorbar(image, ax=axes.tolist(), shrink=0.8, pad=0.01).set_label("clips", fontsize=8)
+    fig.colorbar(ScalarMappable(norm, "Blues"), ax=axes.tolist(), shrink=0.8, pad=0.01).set_label("clips", fontsize=8)
     fig.suptitle(fit_title(subtitle, side * len(clusters)), fontsize=TITLE_SIZE)
     return fig
 

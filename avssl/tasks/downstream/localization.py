@@ -145,7 +145,7 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
                 shown["boxes"].append(batch[BOXES][i].cpu())
                 marked = int(gt.gt(0).sum()) if cfg.rule == "gt_area" else None  # the rule's pixel count
                 shown["predicted"].append(binarize_heatmap(maps[i], marked))
-                shown["ciou"].append(torch.tensor(cious[cfg.rule][-1]))
+                shown["ciou"].append(torch.tensor(cious[cfg.rule][-1], dtype=torch.float64))
     if not baselines:
         raise ValueError(f"split {cfg.split!r}: no clip with a sounding object on screen: nothing to localize")
     rules = [cfg.rule] + [r for r in cious if r != cfg.rule]
