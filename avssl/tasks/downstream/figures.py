@@ -180,6 +180,23 @@ def separation_figure(spectrograms: np.ndarray, scores: Sequence[dict[str, float
 
 
 # -- classification and clustering ---------------------------------------------------------------
+def _names_on_first_panel_only(axes: np.ndarray) -> None:
+    """Panels side by side share their rows (the classes): name them once, on the left."""
+    for ax in axes[1:]:
+        ax.tick_params(labelleft=False)
+        ax.set_ylabel("")
+
+
+def _count_colorbar(fig: Figure, norm: Normalize, axes: np.ndarray, unit: str) -> None:
+    """One colour bar for panels of counts drawn on the same ``norm``, integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    colorbar = fig.colorbar(ScalarMappable(norm, "Blues"), ax=axes.tolist(), shrink=0.8, pad=0.01)
+    colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    colorbar.set_label(unit, fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
+
+
 def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.ndarray], class_names: Sequence[str],
                      num_classes: int, subtitle: str) -> Figure:
     """One confusion matrix per modality (rows true, columns predicted), counts of
@@ -202,7 +219,8 @@ def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.nd
         ax.tick_params(labelsize=7)
         ax.set_xlabel("predicted class", fontsize=8)
         ax.set_ylabel("true class", fontsize=8)
-    fig.colorbar(ScalarMappable(norm, "Blues"), ax=axes.tolist(), shrink=0.8, pad=0.01).set_label("videos", fontsize=8)
+    _names_on_first_panel_only(axes)
+    _count_colorbar(fig, norm, axes, "videos")
     fig.suptitle(fit_title(subtitle, side * len(truths)), fontsize=TITLE_SIZE)
     return fig
 
@@ -293,7 +311,8 @@ def contingency_figure(labels: np.ndarray, clusters: dict[str, np.ndarray], clas
         s = scores.get(modality, {})
         ax.set_title(f"{modality}: NMI {s.get('nmi', float('nan')):.2f}, ARI {s.get('ari', float('nan')):.2f}, "
                      f"purity {s.get('purity', float('nan')):.2f}", fontsize=9)
-    fig.colorbar(ScalarMappable(norm, "Blues"), ax=axes.tolist(), shrink=0.8, pad=0.01).set_label("clips", fontsize=8)
+    _names_on_first_panel_only(axes)
+    _count_colorbar(fig, norm, axes, "clips")
     fig.suptitle(fit_title(subtitle, side * len(clusters)), fontsize=TITLE_SIZE)
     return fig
 
