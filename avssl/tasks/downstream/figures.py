@@ -18,7 +18,6 @@ half a PNG.
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import textwrap
@@ -36,7 +35,6 @@ from matplotlib.patches import Rectangle
 if TYPE_CHECKING:
     from avssl.tasks.downstream.linear_probe import Features, ProbeFit
 
-log = logging.getLogger(__name__)
 
 DPI = 100
 TITLE_SIZE = 9
@@ -230,6 +228,8 @@ def project_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ratios); a single feature gives a second coordinate of zeros."""
     from sklearn.decomposition import PCA
 
+    if len(features) < 2:  # nothing to project: one point at the origin
+        return np.zeros((len(features), 2)), np.zeros(2)
     components = min(2, features.shape[1], len(features))
     pca = PCA(n_components=components, random_state=0).fit(features)
     coordinates = pca.transform(features)
