@@ -94,6 +94,7 @@ def _localization_inputs(count: int = 3) -> tuple[torch.Tensor, ...]:
 
 def test_localization_figure_has_colour_scale_each_clips_ciou_and_a_title_inside() -> None:
     frames, heat, boxes, predicted = _localization_inputs()
+    boxes[2, 1] = torch.tensor([20.0, 24.0, 40.0, 36.0])  # an object half out of the 32-pixel frame
     cious = [1.0, 0.25, 0.0]
     title = "/very/long/" + "/".join(["experiment_folder"] * 30) + "/last.ckpt: cIoU@0.5 0.333, rule gt_area"
     fig = figures.localization_figure(frames, heat, boxes, predicted, cious, title, "gt_area")
@@ -102,6 +103,10 @@ def test_localization_figure_has_colour_scale_each_clips_ciou_and_a_title_inside
     assert [ax.get_title() for ax in heat_axes] == ["cIoU 1.00", "cIoU 0.25", "cIoU 0.00"]
     colorbars = [ax for ax in fig.axes if "score" in ax.get_ylabel()]
     assert len(colorbars) == 1 and colorbars[0].get_ylim() == (0.0, 1.0)
+    frame_axes = [ax for ax in fig.axes if ax.get_images() and ax not in colorbars]
+    assert len(frame_axes) == 6
+    assert all(ax.get_xlim() == (-0.5, 31.5) and ax.get_ylim() == (31.5, -0.5) for ax in frame_axes), \
+        "every panel shows exactly its frame, whatever the boxes"
     assert _inside_figure(fig, fig._suptitle), "the title is wrapped to the figure's width"
     assert "…" in fig._suptitle.get_text()
 

@@ -104,10 +104,13 @@ def localization_figure(frames: torch.Tensor, heatmaps: torch.Tensor, boxes: tor
             for x0, y0, x1, y1 in boxes[i].tolist():
                 if not math.isnan(x0):
                     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", linewidth=1.2))
+            rows, columns = heat.shape
+            ax.set_xlim(-0.5, columns - 0.5)  # a box reaching past the frame must not widen the panel
+            ax.set_ylim(rows - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0, 0].set_ylabel("frame, boxes", fontsize=9)
-    axes[1, 0].set_ylabel(f"heatmap, {rule} pixels", fontsize=9)
+    axes[1, 0].set_ylabel(f"heatmap\n(dashed: {rule} pixels)", fontsize=9)
     colorbar = fig.colorbar(scale, ax=axes[1, :].tolist(), shrink=0.9, pad=0.01)
     colorbar.set_label("score (per clip,\nmin 0 – max 1)", fontsize=8)
     colorbar.ax.tick_params(labelsize=7)
