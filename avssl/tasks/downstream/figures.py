@@ -57,7 +57,8 @@ def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(temporary, format="png", dpi=dpi)
+        # tight: a label longer than foreseen widens the picture instead of being cut off
+        fig.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.08)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -72,6 +73,11 @@ def fit_title(text: str, width_inches: float, fontsize: float = TITLE_SIZE, max_
              for word in text.split()]
     return "\n".join(textwrap.wrap(" ".join(words), chars, max_lines=max_lines, placeholder=" …",
                                    break_long_words=True, break_on_hyphens=False))
+
+
+def label_inches(labels: Sequence[str], fontsize: float = 7) -> float:
+    """About how long the longest of ``labels`` is on paper (inches)."""
+    return max((len(label) for label in labels), default=0) * fontsize * CHAR_WIDTH_EM / 72
 
 
 def class_name(names: Sequence[str], label: int) -> str:
@@ -205,8 +211,9 @@ def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.nd
     from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
     names = [class_name(class_names, c) for c in range(num_classes)]
-    side = max(3.2, 0.32 * num_classes + 1.6)
-    fig = new_figure(side * len(truths) + 0.6, side + 0.8)
+    side = max(2.4, 0.32 * num_classes)  # a panel of 0.32-inch cells
+    margin = label_inches(names)  # the class names beside and (rotated) below the first panel
+    fig = new_figure(len(truths) * (side + 0.4) + margin + 1.4, side + margin + 1.4)
     axes = fig.subplots(1, len(truths), squeeze=False)[0]
     tables = {m: confusion_matrix(truth, predictions[m], labels=list(range(num_classes))) for m, truth in truths.items()}
     norm = Normalize(0, max(1, max(int(t.max()) for t in tables.values())))
@@ -222,7 +229,7 @@ def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.nd
         ax.set_ylabel("true class", fontsize=8)
     _names_on_first_panel_only(axes)
     _count_colorbar(fig, norm, axes, "videos")
-    fig.suptitle(fit_title(subtitle, side * len(truths)), fontsize=TITLE_SIZE)
+    fig.suptitle(fit_title(subtitle, fig.get_figwidth()), fontsize=TITLE_SIZE)
     return fig
 
 
@@ -254,7 +261,8 @@ def embedding_figure(features: dict[str, np.ndarray], labels: np.ndarray, class_
     cmap = "tab10" if num_classes <= 10 else ("tab20" if num_classes <= 20 else "turbo")
     norm = Normalize(-0.5, max(num_classes, 10 if cmap == "tab10" else 20 if cmap == "tab20" else num_classes) - 0.5)
     scale = ScalarMappable(norm, cmap)
-    fig = new_figure(3.4 * len(features) + (1.8 if legend else 0.8), 3.7)
+    names = [class_name(class_names, int(c)) for c in classes]
+    fig = new_figure(3.4 * len(features) + (label_inches(names) + 0.8 if legend else 0.8), 3.7)
     axes = fig.subplots(1, len(features), squeeze=False)[0]
     for ax, (modality, x) in zip(axes, features.items()):
         coordinates, ratios = project_2d(x)
@@ -271,7 +279,7 @@ def embedding_figure(features: dict[str, np.ndarray], labels: np.ndarray, class_
                    title_fontsize=8, markerscale=1.5, frameon=False)
     else:
         fig.colorbar(scale, ax=axes.tolist(), pad=0.01).set_label("class id", fontsize=8)
-    fig.suptitle(fit_title(subtitle, 3.4 * len(features)), fontsize=TITLE_SIZE)
+    fig.suptitle(fit_title(subtitle, fig.get_figwidth()), fontsize=TITLE_SIZE)
     return fig
 
 
@@ -292,8 +300,9 @@ def contingency_figure(labels: np.ndarray, clusters: dict[str, np.ndarray], clas
     from sklearn.metrics.cluster import contingency_matrix
 
     classes = np.unique(labels)
-    side = max(3.2, 0.32 * max(len(classes), max(len(np.unique(c)) for c in clusters.values())) + 1.8)
-    fig = new_figure(side * len(clusters) + 0.8, side + 0.6)
+    side = max(2.4, 0.32 * max(len(classes), max(len(np.unique(c)) for c in clusters.values())))
+    margin = label_inches([class_name(class_names, int(c)) for c in classes])  # the class names on the left
+    fig = new_figure(len(clusters) * (side + 0.4) + margin + 1.4, side + 1.5)
     axes = fig.subplots(1, len(clusters), squeeze=False)[0]
     tables = {m: contingency_matrix(labels, ids) for m, ids in clusters.items()}
     norm = Normalize(0, max(1, max(int(t.max()) for t in tables.values())))
@@ -316,7 +325,7 @@ def contingency_figure(labels: np.ndarray, clusters: dict[str, np.ndarray], clas
                      f"purity {s.get('purity', float('nan')):.2f}", fontsize=9)
     _names_on_first_panel_only(axes)
     _count_colorbar(fig, norm, axes, "clips")
-    fig.suptitle(fit_title(subtitle, side * len(clusters)), fontsize=TITLE_SIZE)
+    fig.suptitle(fit_title(subtitle, fig.get_figwidth()), fontsize=TITLE_SIZE)
     return fig
 
 
