@@ -213,7 +213,7 @@ def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.nd
     names = [class_name(class_names, c) for c in range(num_classes)]
     side = max(2.4, 0.32 * num_classes)  # a panel of 0.32-inch cells
     margin = label_inches(names)  # the class names beside and (rotated) below the first panel
-    fig = new_figure(len(truths) * (side + 0.4) + margin + 1.4, side + margin + 1.4)
+    fig = new_figure(len(truths) * (side + 0.4) + margin + 1.4, side + margin + 1.0)
     axes = fig.subplots(1, len(truths), squeeze=False)[0]
     tables = {m: confusion_matrix(truth, predictions[m], labels=list(range(num_classes))) for m, truth in truths.items()}
     norm = Normalize(0, max(1, max(int(t.max()) for t in tables.values())))
@@ -222,6 +222,8 @@ def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.nd
         display.plot(ax=ax, colorbar=False, cmap="Blues", include_values=num_classes <= 20, xticks_rotation="vertical",
                      text_kw={"fontsize": 7})
         display.im_.set_norm(norm)
+        for text, count in zip(np.ravel(display.text_ if display.text_ is not None else []), counts.ravel()):
+            text.set_color("white" if norm(count) > 0.5 else "black")  # the shared scale's contrast
         accuracy = 100 * np.trace(counts) / max(1, counts.sum())
         ax.set_title(f"{modality}: top-1 {accuracy:.1f} % ({counts.sum()} videos)", fontsize=9)
         ax.tick_params(labelsize=7)
