@@ -115,8 +115,6 @@ def test_shown_ciou_is_the_metric_of_the_shown_heatmap(tmp_path: Path, monkeypat
                                                         tiny_shards: Path) -> None:
     """`avssl localize`: the cIoU printed over each clip is ``ciou`` of that clip's heatmap
     and boxes under the recipe's rule; the outlined pixels are the rule's."""
-    from avssl.tasks.downstream import localization
-
     seen = {}
     real = figures.localization_figure
 
@@ -167,7 +165,7 @@ def test_separation_figure_axes_colour_bar_and_each_rows_sdr() -> None:
 
 def test_plot_separation_shows_the_scores_of_its_own_mixtures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avssl.models.video import small3d
-    from avssl.tasks.downstream.separation import SeparationConfig, SeparationModel, Separated, plot_separation
+    from avssl.tasks.downstream.separation import Separated, SeparationConfig, SeparationModel, plot_separation
 
     rng = np.random.default_rng(1)
     references = rng.normal(size=(3, 2, 2000))

@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -215,7 +216,8 @@ def confusion_figure(truths: dict[str, np.ndarray], predictions: dict[str, np.nd
     margin = label_inches(names)  # the class names beside and (rotated) below the first panel
     fig = new_figure(len(truths) * (side + 0.4) + margin + 1.4, side + margin + 1.0)
     axes = fig.subplots(1, len(truths), squeeze=False)[0]
-    tables = {m: confusion_matrix(truth, predictions[m], labels=list(range(num_classes))) for m, truth in truths.items()}
+    classes = list(range(num_classes))
+    tables = {m: confusion_matrix(truth, predictions[m], labels=classes) for m, truth in truths.items()}
     norm = Normalize(0, max(1, max(int(t.max()) for t in tables.values())))
     for ax, (modality, counts) in zip(axes, tables.items()):
         display = ConfusionMatrixDisplay(counts, display_labels=names)
