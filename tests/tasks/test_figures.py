@@ -276,3 +276,14 @@ def test_cluster_writes_a_contingency_table_that_matches_its_purity(tiny_shards:
         assert table.max(axis=0).sum() / table.sum() == pytest.approx(metrics[modality]["purity"])
     assert seen["class_names"] == json.loads((tiny_shards / "manifest.json").read_text())["classes"]
     assert _is_png(run_dir / "contingency.png") and _is_png(run_dir / "embedding.png")
+
+
+def test_each_fold_of_the_fold_protocol_gets_its_figures(tiny_shards: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "folds"
+    assert main(["probe", str(RECIPES / "eval" / "synth_probe.yaml"), f"data.shards={tiny_shards}", *SMALL,
+                 f"run_dir={run_dir}", f"probe.cache_dir={tmp_path / 'cache'}", "probe.weight_decays=[1e-3]",
+                 "probe.max_iter=5", "probe.knn=false", "probe.modalities=[audio]",
+                 f"probe.fold_shards=[{tiny_shards},{tiny_shards}]"]) == 0
+    for fold in ("fold0", "fold1"):
+        assert _is_png(run_dir / fold / "confusion.png", low=2_000) and _is_png(run_dir / fold / "embedding.png")
+    assert not (run_dir / "confusion.png").exists()
