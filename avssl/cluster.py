@@ -26,13 +26,15 @@ def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:
                                 _device(cfg.device), Path(cfg.cache_dir), encoder_id)
     clips = split_clips(data.shards, cfg.split, 1, len(features.label), test=True,
                         allow_missing=data.allow_missing_test_clips)
-    if cfg.num_clusters is None and manifest_classes(data.shards):
-        cfg.num_clusters = len(manifest_classes(data.shards))  # K = the number of classes
-    results = cluster_features(features, cfg, seed=int(config.seed))
+    class_names = manifest_classes(data.shards)
+    if cfg.num_clusters is None and class_names:
+        cfg.num_clusters = len(class_names)  # K = the number of classes
+    results = cluster_features(features, cfg, seed=int(config.seed), figures_dir=run_dir, class_names=class_names)
     results["encoders"] = cfg.encoders
     results["clips"] = {"test": clips}
     path = write_metrics(results, run_dir)
     rows = ", ".join(f"{m} NMI {results[m]['nmi']:.3f} ARI {results[m]['ari']:.3f} purity {results[m]['purity']:.3f}"
                      for m in cfg.modalities)
-    print(f"k-means (K={results['num_clusters']}) on {cfg.split} features of {cfg.encoders}: {rows}\nwritten: {path}")
+    print(f"k-means (K={results['num_clusters']}) on {cfg.split} features of {cfg.encoders}: {rows}\n"
+          f"written: {path}, {run_dir / 'contingency.png'}, {run_dir / 'embedding.png'}")
     return results

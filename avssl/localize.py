@@ -43,7 +43,7 @@ def localize_from_recipe(config: DictConfig) -> dict[str, Any]:
     if shown:
         title = (f"{cfg.checkpoint}: cIoU@0.5 {results['ciou']:.3f} (whole image {results['whole_image_ciou']:.3f}), "
                  f"rule {cfg.rule}")
-        results["plot"] = str(plot_localization(shown, run_dir / "localization.png", title))
+        results["plot"] = str(plot_localization(shown, run_dir / "localization.png", title, cfg.rule))
     if cfg.events:
         encoders = {"video": task.video_encoder, "audio": task.audio_encoder}
         results["events"] = event_localization(encoders, data, cfg, device, Path(cfg.cache_dir), encoder_id)

@@ -79,13 +79,15 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def cross_validate(encoders: dict, data: DataConfig, probe: ProbeConfig, encoder_id: str) -> dict[str, Any]:
+def cross_validate(encoders: dict, data: DataConfig, probe: ProbeConfig, encoder_id: str, run_dir: Path
+                   ) -> dict[str, Any]:
     """The fold protocol (ESC-50, METHODS.md §5.2): one probe per fold's shard set
     (`avssl prepare esc50 --fold k`: train = the other folds, test = fold k), and the mean
-    of each test metric over the folds."""
+    of each test metric over the folds; each fold's figures in ``run_dir/fold<k>``."""
     from dataclasses import replace
 
-    folds = [run_linear_probe(encoders, replace(data, shards=shards), probe, encoder_id) for shards in probe.fold_shards]
+    folds = [run_linear_probe(encoders, replace(data, shards=shards), probe, encoder_id, run_dir / f"fold{k}")
+             for k, shards in enumerate(probe.fold_shards)]
     results: dict[str, Any] = {"folds": folds, "fold_shards": list(probe.fold_shards)}
     for modality in probe.modalities:
         keys = [k for k, v in folds[0][modality].items() if k.startswith("test_") or k == "knn_clip_top1"]
@@ -98,11 +100,13 @@ def probe_from_recipe(config: DictConfig) -> dict[str, Any]:
     probe, run_dir = start_evaluation(config, "probe", ProbeConfig)
     encoders, data, encoder_id = load_encoders(config, probe.encoders, run_dir)
     if probe.fold_shards:
-        results = cross_validate(encoders, data, probe, encoder_id)
+        results = cross_validate(encoders, data, probe, encoder_id, run_dir)
     else:
-        results = run_linear_probe(encoders, data, probe, encoder_id)
+        results = run_linear_probe(encoders, data, probe, encoder_id, figures_dir=run_dir)
     results["encoders"] = probe.encoders
     path = write_metrics(results, run_dir)
     where = f"mean of {len(probe.fold_shards)} folds" if probe.fold_shards else "test split"
-    print(f"linear probe of {probe.encoders} ({where}, top-1 %):\n{format_table(results)}\nwritten: {path}")
+    figures = f"{run_dir}/fold*/" if probe.fold_shards else run_dir
+    figures = "" if probe.multilabel else f"; confusion.png, embedding.png in {figures}"
+    print(f"linear probe of {probe.encoders} ({where}, top-1 %):\n{format_table(results)}\nwritten: {path}{figures}")
     return results

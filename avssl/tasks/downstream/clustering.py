@@ -5,7 +5,8 @@ Labels are used only to score, never to cluster."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -41,8 +42,10 @@ def kmeans(x: np.ndarray, k: int, restarts: int, seed: int = 0) -> np.ndarray:
     return best
 
 
-def cluster_features(features: Features, cfg: ClusterConfig, seed: int = 0) -> dict[str, Any]:
-    """NMI/ARI/purity of k-means on each modality's (and both's) standardised features."""
+def cluster_features(features: Features, cfg: ClusterConfig, seed: int = 0, figures_dir: Path | None = None,
+                     class_names: Sequence[str] = ()) -> dict[str, Any]:
+    """NMI/ARI/purity of k-means on each modality's (and both's) standardised features; with
+    ``figures_dir``, the contingency tables and the embedding map there."""
     known = features.label >= 0
     if not known.any():
         raise ValueError(f"split {cfg.split!r} has no labels: clustering is scored against labels")
@@ -51,12 +54,18 @@ def cluster_features(features: Features, cfg: ClusterConfig, seed: int = 0) -> d
                         features.clip[known])
     k = cfg.num_clusters or int(labels.max()) + 1
     results: dict[str, Any] = {"num_clusters": k, "num_samples": int(known.sum())}
+    standardised, assignments = {}, {}
     for modality in cfg.modalities:
         if modality not in MODALITIES:
             raise ValueError(f"cluster.modalities: {modality!r} is not one of {MODALITIES}")
         x = standardiser(labelled, modality)(labelled).double().numpy()  # standardised on the split itself
         ids = kmeans(x, k, cfg.restarts, seed)
         results[modality] = clustering_scores(torch.from_numpy(ids), torch.from_numpy(labels))
+        standardised[modality], assignments[modality] = x, ids
+    if figures_dir is not None:
+        from avssl.tasks.downstream.figures import write_cluster_figures
+
+        write_cluster_figures(standardised, labels, assignments, results, class_names, cfg.split, figures_dir)
     return results
 
 

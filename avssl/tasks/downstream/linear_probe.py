@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
+from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader, manifest_classes
 from avssl.data.sampling import ViewSampler
 from avssl.data.skips import split_clips
 from avssl.data.transforms import BatchTransform
@@ -170,9 +170,10 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
 
 def _search_weight_decay(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, cfg: ProbeConfig,
                          evaluate: Callable[[torch.nn.Linear, str], tuple[float, float]], metric: str,
-                         ) -> dict[str, Any]:
+                         ) -> tuple[dict[str, Any], torch.nn.Linear]:
     """Fit one classifier per weight decay, keep the best on val by the video-level score
-    (``evaluate(model, split)`` → (clip, video) scores), report it on test."""
+    (``evaluate(model, split)`` → (clip, video) scores), report it on test; (the report, the
+    chosen classifier)."""
     search = {}
     best = None
     for wd in cfg.weight_decays:
@@ -184,12 +185,27 @@ def _search_weight_decay(x_train: torch.Tensor, y_train: torch.Tensor, num_class
     assert best is not None
     clip_score, video_score = evaluate(best[2], "test")
     return {f"test_clip_{metric}": clip_score, f"test_video_{metric}": video_score, "weight_decay": best[1],
-            f"val_video_{metric}": best[0], "search": search}
+            f"val_video_{metric}": best[0], "search": search}, best[2]
+
+
+@dataclass
+class ProbeFit:
+    """A probe's report, its chosen classifier and the train-statistics standardiser it reads
+    features through (the figures predict the test split again with them)."""
+
+    results: dict[str, Any]
+    classifier: torch.nn.Linear
+    standardise: Callable[[Features], torch.Tensor]
 
 
 def probe_modality(train: Features, val: Features, test: Features, modality: str, cfg: ProbeConfig
                    ) -> dict[str, Any]:
     """Choose the weight decay on val (video-level top-1), report test top-1."""
+    return fit_probe(train, val, test, modality, cfg).results
+
+
+def fit_probe(train: Features, val: Features, test: Features, modality: str, cfg: ProbeConfig) -> ProbeFit:
+    """:func:`probe_modality`, keeping the chosen classifier."""
     standardise = standardiser(train, modality)
     num_classes = int(max(train.label.max(), val.label.max(), test.label.max())) + 1
     splits = {"val": val, "test": test}
@@ -202,8 +218,9 @@ def probe_modality(train: Features, val: Features, test: Features, modality: str
         return (top_k_accuracy(scores, labels, 1),
                 top_k_accuracy(*video_level_scores(scores, labels, index, apply_softmax=False), 1))
 
-    return _search_weight_decay(standardise(train), torch.from_numpy(train.label).long(), num_classes, cfg,
-                                evaluate, "top1")
+    results, classifier = _search_weight_decay(standardise(train), torch.from_numpy(train.label).long(), num_classes,
+                                               cfg, evaluate, "top1")
+    return ProbeFit(results, classifier, standardise)
 
 
 def multi_hot(padded: np.ndarray, num_classes: int) -> np.ndarray:
@@ -233,7 +250,7 @@ def probe_multilabel(train: Features, val: Features, test: Features, modality: s
         return mean_average_precision(scores, y), mean_average_precision(video_scores, y[first])
 
     y_train = torch.from_numpy(multi_hot(train.extra["labels"], num_classes))
-    return _search_weight_decay(standardise(train), y_train, num_classes, cfg, evaluate, "map")
+    return _search_weight_decay(standardise(train), y_train, num_classes, cfg, evaluate, "map")[0]
 
 
 def knn_top1(train: Features, test: Features, modality: str, cfg: ProbeConfig) -> float:
@@ -250,8 +267,9 @@ def knn_top1(train: Features, test: Features, modality: str, cfg: ProbeConfig) -
 
 
 def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg: ProbeConfig,
-                     encoder_id: str) -> dict[str, Any]:
-    """Features for train/val/test (cached), then one probe per requested modality."""
+                     encoder_id: str, figures_dir: Path | None = None) -> dict[str, Any]:
+    """Features for train/val/test (cached), then one probe per requested modality; with
+    ``figures_dir``, its confusion matrices and embedding map there (single-label sets)."""
     for modality in cfg.modalities:
         if modality not in MODALITIES:
             raise ValueError(f"probe.modalities: {modality!r} is not one of {MODALITIES}")
@@ -278,7 +296,12 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
         return results
     if (splits["train"].label < 0).any():
         raise ValueError(f"split {cfg.train_split!r} has unlabelled samples (label -1): a probe needs labels")
-    results = {m: probe_modality(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
+    fits = {m: fit_probe(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
+    results = {m: fit.results for m, fit in fits.items()}
+    if figures_dir is not None:
+        from avssl.tasks.downstream.figures import write_probe_figures
+
+        write_probe_figures(fits, splits["test"], manifest_classes(data.shards), figures_dir)
     if cfg.knn:
         for m in cfg.modalities:
             results[m]["knn_clip_top1"] = knn_top1(splits["train"], splits["test"], m, cfg)

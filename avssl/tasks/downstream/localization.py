@@ -39,7 +39,8 @@ from avssl.data.sampling import ViewSampler
 from avssl.data.targets import BACKGROUND, BOXES
 from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.metrics.localization import ciou, ciou_auc, ciou_success_rate, ground_truth_map, whole_image_baseline
+from avssl.metrics.localization import (binarize_heatmap, ciou, ciou_auc, ciou_success_rate, ground_truth_map,
+                                        whole_image_baseline)
 from avssl.tasks.downstream.linear_probe import Features, ProbeConfig, extract_features, probe_modality
 from avssl.tasks.pretext.base import PretextTask
 
@@ -125,7 +126,7 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
     cious: dict[str, list[float]] = {"gt_area": [], "median": []}
     baselines: list[float] = []
     skipped = evaluated = 0
-    shown: dict[str, list[torch.Tensor]] = {"frame": [], "heatmap": [], "boxes": []}
+    shown: dict[str, list[torch.Tensor]] = {"frame": [], "heatmap": [], "boxes": [], "predicted": [], "ciou": []}
     for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"localization {cfg.split}", unit="batch",
                       total=len(stream), leave=False):
         evaluated += len(batch[INDEX])
@@ -144,6 +145,9 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
                 shown["frame"].append(frames[i])
                 shown["heatmap"].append(maps[i])
                 shown["boxes"].append(batch[BOXES][i].cpu())
+                marked = int(gt.gt(0).sum()) if cfg.rule == "gt_area" else None  # the rule's pixel count
+                shown["predicted"].append(binarize_heatmap(maps[i], marked))
+                shown["ciou"].append(torch.tensor(cious[cfg.rule][-1], dtype=torch.float64))
     clips = split_clips(data.shards, cfg.split, 1, evaluated, test=True, allow_missing=data.allow_missing_test_clips)
     if not baselines:
         raise ValueError(f"split {cfg.split!r}: no clip with a sounding object on screen: nothing to localize")
@@ -179,32 +183,13 @@ def event_localization(encoders: dict[str, torch.nn.Module], data: DataConfig, c
             "clips": clips}
 
 
-def plot_localization(shown: dict[str, torch.Tensor], path: Path, title: str) -> Path:
-    """A grid: each clip's frame, its heatmap over it, and the ground-truth boxes."""
-    import matplotlib
+def plot_localization(shown: dict[str, torch.Tensor], path: Path, title: str, rule: str = "gt_area") -> Path:
+    """``localization.png``: each shown clip's frame and boxes, its heatmap on a colour scale
+    with the pixels ``rule`` marks outlined, and its cIoU (:mod:`~avssl.tasks.downstream.figures`)."""
+    from avssl.tasks.downstream.figures import localization_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    count = len(shown["frame"])
-    fig, axes = plt.subplots(2, count, figsize=(1.8 * count, 3.8), squeeze=False)
-    for i in range(count):
-        frame = shown["frame"][i].permute(1, 2, 0).numpy()
-        heat = shown["heatmap"][i].numpy()
-        for row, ax in enumerate(axes[:, i]):
-            ax.imshow(frame)
-            if row == 1:
-                ax.imshow((heat - heat.min()) / (np.ptp(heat) + 1e-9), cmap="jet", alpha=0.5)
-            for x0, y0, x1, y1 in shown["boxes"][i].tolist():
-                if not np.isnan(x0):
-                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", linewidth=1.2))
-            ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(localization_figure(shown["frame"], shown["heatmap"], shown["boxes"], shown["predicted"],
+                                           shown["ciou"].tolist(), title, rule), path, dpi=110)
 
 
 __all__ = ["LocalizationConfig", "evaluate_localization", "event_localization", "heatmaps", "localization_scores",

@@ -524,39 +524,22 @@ def separate_two_source_clips(model: SeparationModel, clips: Clips, features: Vi
     return _run(model, clips.audio[rows], clips.stems[rows, :2], visual, cfg.batch_size), int((~has_boxes).sum())
 
 
-def plot_separation(separated: Separated, model: SeparationModel, path: Path, count: int) -> None:
-    """Mixture, estimated and true log-frequency spectrograms of the first ``count`` mixtures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_separation(separated: Separated, model: SeparationModel, path: Path, count: int,
+                    sample_rate: int = 16000) -> None:
+    """``separation.png``: mixture, estimated and true log-frequency spectrograms of the first
+    ``count`` mixtures, each row with its SDR (:mod:`~avssl.tasks.downstream.figures`)."""
+    from avssl.tasks.downstream.figures import save_figure, separation_figure
 
     count = min(count, len(separated.mixtures))
     if count == 0:
         return
-
-    def logmag(wave: np.ndarray) -> np.ndarray:
-        _, magnitude, _ = model.spectra(torch.from_numpy(wave).float().reshape(1, -1))
-        return torch.log(magnitude[0, 0] + 1e-4).numpy()
-
-    titles = ["mixture", "estimate 1", "true 1", "estimate 2", "true 2"]
-    fig, axes = plt.subplots(count, len(titles), figsize=(2.4 * len(titles), 2.0 * count), squeeze=False)
+    rows = []
     for row in range(count):
         panels = [separated.mixtures[row], separated.estimates[row, 0], separated.references[row, 0],
                   separated.estimates[row, 1], separated.references[row, 1]]
-        images = [logmag(p) for p in panels]
-        low, high = np.percentile(images[0], 5), images[0].max()
-        for ax, image, title in zip(axes[row], images, titles):
-            ax.imshow(image, origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=9)
-        axes[row, 0].set_ylabel(f"mixture {row}\nlog-frequency", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        rows.append(model.spectra(torch.from_numpy(np.stack(panels)).float())[1][:, 0].numpy())
+    scores = [_score(item) for item in separated.items()[:count]]
+    save_figure(separation_figure(np.stack(rows), scores, sample_rate, model.stft_settings.hop), path)
 
 
 # -- the whole protocol ---------------------------------------------------------------------
@@ -598,7 +581,7 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     results: dict[str, Any] = score_sets(sets, cfg.eval_workers)
     if cfg.two_source_clips:
         results["two_source_clips"]["skipped_missing_box"] = missing_boxes
-    plot_separation(mixtures, model, run_dir / "separation.png", cfg.figure_mixtures)
+    plot_separation(mixtures, model, run_dir / "separation.png", cfg.figure_mixtures, data.mel.sample_rate)
     results["train"] = {"steps": cfg.steps, "clips": len(train_clips), "first_loss": float(np.mean(losses[:10])),
                         "last_loss": float(np.mean(losses[-10:]))}
     results["clips"] = {"test": clips}
