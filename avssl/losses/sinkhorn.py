@@ -5,16 +5,34 @@ sums r (cluster sizes): Q = diag(β)·P^λ·diag(α), α and β by alternating s
 samples may be split over ranks (each holds its rows): the column sums are all-reduced,
 so every rank gets the labels of its own rows under the global constraint.
 
-Runs in float64 as SeLaVi does; P^λ is formed row-wise relative to the row maximum (a
-per-row factor that β absorbs), so λ = 20 does not underflow a whole row.
+Runs in float64 as SeLaVi does. Two iterations, the same fixed point:
+
+* probability domain (fast: two matrix–vector products a step): P^λ is formed row-wise
+  relative to the row maximum (a per-row factor that β absorbs). Exact while every entry
+  that can carry mass stays a normal float64 (> e^−708), i.e. while
+  λ·(row max − row min) + log N + log(1/min r) stays under `PROBABILITY_DOMAIN_LIMIT`.
+* log domain (log α, log β by `torch.logsumexp`, ~3–5× slower a step): used beyond that
+  limit, where e^(λ·gap) underflows, a whole column can vanish and the plan misses its
+  marginals (the stabilised iteration of "Stabilized Sparse Scaling Algorithms for
+  Entropy Regularized Transport Problems", Schmitzer 2019, §3.1, without the sparsity).
+
+The choice is made once per call, from one pass over the scores, identically on every rank.
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
 import torch
 
 from avssl.losses.distributed import all_reduce
+
+logger = logging.getLogger(__name__)
+
+#: e^−708 is float64's smallest normal number; the margin of 58 covers the scalings' range
+#: (K, the gauge of α and β) so that every entry of the plan that can matter stays normal.
+PROBABILITY_DOMAIN_LIMIT = 650.0
 
 
 @dataclass
@@ -22,10 +40,30 @@ class SinkhornResult:
     plan: torch.Tensor  # local rows of Q (N_local×K), rows sum to 1/N, columns (global) to r
     iterations: int
     column_error: float  # max |column sum − r| after the last iteration
+    tolerance: float = 0.0  # the requested column_error
+    log_domain: bool = False  # which iteration ran (see the module docstring)
 
     @property
     def labels(self) -> torch.Tensor:
         return self.plan.argmax(dim=1)
+
+    @property
+    def converged(self) -> bool:
+        return self.column_error < self.tolerance
+
+
+def needs_log_domain(scores: torch.Tensor, column_marginal: torch.Tensor, total: int) -> bool:
+    """Whether the probability-domain iteration could underflow on these λ·log P scores
+    (all ranks' rows): λ·(largest row range) + log N + log(1/smallest positive r) against
+    `PROBABILITY_DOMAIN_LIMIT`. Non-finite scores (log 0) always take the log domain."""
+    if scores.shape[0]:
+        local_spread = (scores.max(dim=1).values - scores.min(dim=1).values).max()
+    else:
+        local_spread = torch.zeros((), dtype=scores.dtype, device=scores.device)
+    spread = float(all_reduce(local_spread, "max"))
+    smallest_share = float(column_marginal[column_marginal > 0].min())
+    budget = spread + math.log(total) - math.log(smallest_share)
+    return not math.isfinite(budget) or budget > PROBABILITY_DOMAIN_LIMIT
 
 
 @torch.no_grad()
@@ -42,7 +80,7 @@ def sinkhorn_knopp(
     ``column_marginal``: the K cluster-size fractions r (sum 1); uniform (equipartition)
     when omitted. Rows get c = 1/N with N the number of samples over all ranks. Stops when
     every column sum is within ``tolerance`` of r (checked every ``check_every`` steps) or
-    after ``max_iterations``.
+    after ``max_iterations``; then it logs a warning and ``result.converged`` is False.
     """
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs must be N×K, got shape {tuple(log_probs.shape)}")
@@ -53,23 +91,62 @@ def sinkhorn_knopp(
         raise ValueError("no samples to label")
     r = (torch.full((k,), 1.0 / k, dtype=torch.float64, device=scores.device) if column_marginal is None
          else column_marginal.to(scores.device, torch.float64) / column_marginal.sum())
-    c = 1.0 / total
-    # P^λ up to a per-row factor (absorbed by β), and a global factor so no column is all-zero.
+    log_domain = needs_log_domain(scores, r, total)
+    solve = _log_domain_iteration if log_domain else _probability_domain_iteration
+    plan, iteration, error = solve(scores, r, 1.0 / total, tolerance, max_iterations, check_every)
+    if not error < tolerance:
+        logger.warning("Sinkhorn–Knopp stopped after %d iterations with a column-sum error of %.3g "
+                       "(tolerance %.3g, %s domain): the cluster sizes miss their marginal", iteration, error,
+                       tolerance, "log" if log_domain else "probability")
+    return SinkhornResult(plan=plan, iterations=iteration, column_error=error, tolerance=tolerance,
+                          log_domain=log_domain)
+
+
+def _probability_domain_iteration(scores: torch.Tensor, r: torch.Tensor, c: float, tolerance: float,
+                                  max_iterations: int, check_every: int) -> tuple[torch.Tensor, int, float]:
+    """α, β on P^λ / (row max of P^λ): two matrix–vector products a step."""
+    tiny = torch.finfo(torch.float64).tiny
     kernel = torch.exp(scores - scores.max(dim=1, keepdim=True).values)
-    alpha = torch.ones(k, dtype=torch.float64, device=scores.device)
-    beta = torch.full((num_local,), c, dtype=torch.float64, device=scores.device)
+    alpha = torch.ones(r.numel(), dtype=torch.float64, device=scores.device)
+    beta = torch.full((scores.shape[0],), c, dtype=torch.float64, device=scores.device)
     error, iteration = float("inf"), 0
     column_mass = all_reduce(kernel.T @ beta)  # Σ_n β_n P_nk over all ranks
     for iteration in range(1, max_iterations + 1):
-        alpha = r / column_mass.clamp_min(torch.finfo(torch.float64).tiny)
-        beta = c / (kernel @ alpha).clamp_min(torch.finfo(torch.float64).tiny)
+        alpha = r / column_mass.clamp_min(tiny)
+        beta = c / (kernel @ alpha).clamp_min(tiny)
         column_mass = all_reduce(kernel.T @ beta)  # for the check and the next α
         if iteration % check_every == 0 or iteration == max_iterations:
             error = float(all_reduce((column_mass * alpha - r).abs().max(), "max"))
             if error < tolerance:
                 break
-    plan = beta[:, None] * kernel * alpha[None, :]
-    return SinkhornResult(plan=plan, iterations=iteration, column_error=error)
+    return beta[:, None] * kernel * alpha[None, :], iteration, error
+
+
+def _log_domain_iteration(scores: torch.Tensor, r: torch.Tensor, c: float, tolerance: float,
+                          max_iterations: int, check_every: int) -> tuple[torch.Tensor, int, float]:
+    """log α, log β by log-sum-exp over λ·log P: no entry under- or overflows."""
+    log_r, log_c = r.log(), math.log(c)
+    log_beta = torch.full((scores.shape[0],), log_c, dtype=torch.float64, device=scores.device)
+    log_alpha = torch.zeros_like(r)
+    error, iteration = float("inf"), 0
+    column_log_mass = _global_column_logsumexp(scores + log_beta[:, None])
+    for iteration in range(1, max_iterations + 1):
+        log_alpha = log_r - column_log_mass
+        log_beta = log_c - torch.logsumexp(scores + log_alpha[None, :], dim=1)
+        column_log_mass = _global_column_logsumexp(scores + log_beta[:, None])
+        if iteration % check_every == 0 or iteration == max_iterations:
+            error = float((torch.exp(column_log_mass + log_alpha) - r).abs().max())
+            if error < tolerance:
+                break
+    return torch.exp(scores + log_beta[:, None] + log_alpha[None, :]), iteration, error
+
+
+def _global_column_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """log Σ_n exp(x_nk) over the rows of every rank (K values, the same on all ranks)."""
+    local = torch.logsumexp(x, dim=0)
+    peak = all_reduce(local, "max")
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    return peak + torch.log(all_reduce(torch.exp(local - peak)))
 
 
 @torch.no_grad()

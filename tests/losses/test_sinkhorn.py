@@ -1,11 +1,16 @@
-"""Sinkhorn–Knopp: marginals, agreement with a direct reference, precision."""
+"""Sinkhorn–Knopp: marginals, agreement with a direct reference and with POT (the log domain
+where the probability domain underflows), precision."""
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
+import ot
 import pytest
 import torch
 
-from avssl.losses.sinkhorn import sinkhorn_knopp
+from avssl.losses.sinkhorn import PROBABILITY_DOMAIN_LIMIT, needs_log_domain, sinkhorn_knopp
 
 
 def _reference(log_p: np.ndarray, lam: float, r: np.ndarray, iterations: int = 20000) -> np.ndarray:
@@ -53,3 +58,51 @@ def test_confident_predictions_with_lambda_20_do_not_underflow() -> None:
 def test_bad_shape_is_an_error() -> None:
     with pytest.raises(ValueError, match="N×K"):
         sinkhorn_knopp(torch.zeros(3))
+
+
+def _disliked_cluster(shift: float, n: int = 1000, k: int = 10) -> torch.Tensor:
+    """Log-probabilities of n samples that all put cluster 0 about ``shift`` nats below the rest."""
+    g = torch.Generator().manual_seed(0)
+    logits = 0.3 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    logits[:, 0] -= shift
+    return torch.log_softmax(logits, dim=1)
+
+
+def _pot_plan(log_p: torch.Tensor, lam: float) -> np.ndarray:
+    n, k = log_p.shape
+    return ot.sinkhorn(np.full(n, 1 / n), np.full(k, 1 / k), -log_p.numpy(), 1 / lam, method="sinkhorn_log",
+                       numItermax=20000, stopThr=1e-12)
+
+
+@pytest.mark.parametrize(("shift", "log_domain"), [(10.0, False), (30.0, True)])
+def test_matches_pot_on_both_sides_of_the_underflow_limit(shift: float, log_domain: bool) -> None:
+    # λ = 50: cluster 0's entries sit e^(−50·10) (representable) or e^(−50·30) (0 in float64)
+    # below their row's maximum; the probability domain lost that column (sizes 0, 107–115).
+    log_p = _disliked_cluster(shift)
+    result = sinkhorn_knopp(log_p, lam=50.0, tolerance=1e-10)
+    assert result.log_domain is log_domain
+    assert result.converged and result.column_error < 1e-10
+    reference = _pot_plan(log_p, 50.0)
+    np.testing.assert_allclose(result.plan.numpy(), reference, atol=1e-10, rtol=0)
+    torch.testing.assert_close(result.labels, torch.from_numpy(reference.argmax(1)))
+    assert torch.bincount(result.labels, minlength=10)[0] == 101
+
+
+def test_the_domain_follows_the_spread_of_the_scores() -> None:
+    r = torch.full((10,), 0.1, dtype=torch.float64)
+    row = torch.zeros(1, 10, dtype=torch.float64)
+    row[0, 0] = -(PROBABILITY_DOMAIN_LIMIT - math.log(1000) - math.log(10)) + 1.0
+    assert not needs_log_domain(row, r, total=1000)
+    row[0, 0] -= 2.0
+    assert needs_log_domain(row, r, total=1000)
+    assert needs_log_domain(torch.tensor([[0.0, -math.inf]], dtype=torch.float64), r[:2] * 5, total=1)
+
+
+def test_not_reaching_the_marginals_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    log_p = _disliked_cluster(30.0)
+    with caplog.at_level(logging.WARNING, logger="avssl.losses.sinkhorn"):
+        result = sinkhorn_knopp(log_p, lam=50.0, tolerance=1e-10, max_iterations=20)
+    assert not result.converged and result.iterations == 20
+    assert caplog.messages == [f"Sinkhorn–Knopp stopped after 20 iterations with a column-sum error of "
+                               f"{result.column_error:.3g} (tolerance 1e-10, log domain): the cluster sizes "
+                               f"miss their marginal"]
