@@ -80,7 +80,8 @@ def sinkhorn_knopp(
     ``column_marginal``: the K cluster-size fractions r (sum 1); uniform (equipartition)
     when omitted. Rows get c = 1/N with N the number of samples over all ranks. Stops when
     every column sum is within ``tolerance`` of r (checked every ``check_every`` steps) or
-    after ``max_iterations``; then it logs a warning and ``result.converged`` is False.
+    after ``max_iterations`` (then ``result.converged`` is False: the caller decides whether
+    ``result.column_error`` is good enough, as `SeLaVi.relabel` does).
     """
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs must be N×K, got shape {tuple(log_probs.shape)}")
@@ -94,10 +95,8 @@ def sinkhorn_knopp(
     log_domain = needs_log_domain(scores, r, total)
     solve = _log_domain_iteration if log_domain else _probability_domain_iteration
     plan, iteration, error = solve(scores, r, 1.0 / total, tolerance, max_iterations, check_every)
-    if not error < tolerance:
-        logger.warning("Sinkhorn–Knopp stopped after %d iterations with a column-sum error of %.3g "
-                       "(tolerance %.3g, %s domain): the cluster sizes miss their marginal", iteration, error,
-                       tolerance, "log" if log_domain else "probability")
+    logger.debug("Sinkhorn–Knopp: %d iterations, column-sum error %.3g, %s domain", iteration, error,
+                 "log" if log_domain else "probability")
     return SinkhornResult(plan=plan, iterations=iteration, column_error=error, tolerance=tolerance,
                           log_domain=log_domain)
 
