@@ -28,12 +28,12 @@ def load_baseline(path: str) -> Callable:
     return module.sinkhorn_knopp
 
 
-def bench(solver: Callable, log_probs: torch.Tensor, device: str) -> tuple[float, int, float, str]:
-    solver(log_probs[: min(log_probs.shape[0], 1000)], lam=20.0, tolerance=1e-6)  # warm-up
+def bench(solver: Callable, log_probs: torch.Tensor, device: str, **options) -> tuple[float, int, float, str]:
+    solver(log_probs[: min(log_probs.shape[0], 1000)], lam=20.0, tolerance=1e-6, **options)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    result = solver(log_probs, lam=20.0, tolerance=1e-6)
+    result = solver(log_probs, lam=20.0, tolerance=1e-6, **options)
     if device == "cuda":
         torch.cuda.synchronize()
     domain = "log" if getattr(result, "log_domain", False) else "prob"
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="a sinkhorn.py of another revision, timed alternately with this one")
     parser.add_argument("--repeats", type=int, default=1, help="timings of each solver per size (alternating)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--log-domain", action="store_true", help="also time the current solver forced to the log domain")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,6 +64,10 @@ def main() -> None:
                 for label, solver in solvers:
                     seconds, iterations, error, domain = bench(solver, log_probs, device)
                     print(f"{name:<28} {label:<9} {n:>9} {k:>6} {seconds:>8.2f} {iterations:>6} {error:>9.1e} {domain}",
+                          flush=True)
+                if args.log_domain:
+                    seconds, iterations, error, domain = bench(sinkhorn_knopp, log_probs, device, domain="log")
+                    print(f"{name:<28} {'current':<9} {n:>9} {k:>6} {seconds:>8.2f} {iterations:>6} {error:>9.1e} {domain}",
                           flush=True)
 
 

@@ -74,6 +74,7 @@ def sinkhorn_knopp(
     tolerance: float = 1e-9,
     max_iterations: int = 2000,
     check_every: int = 10,
+    domain: str = "auto",
 ) -> SinkhornResult:
     """Transport plan for ``log_probs`` (N_local×K log-probabilities of this rank's samples).
 
@@ -81,7 +82,8 @@ def sinkhorn_knopp(
     when omitted. Rows get c = 1/N with N the number of samples over all ranks. Stops when
     every column sum is within ``tolerance`` of r (checked every ``check_every`` steps) or
     after ``max_iterations`` (then ``result.converged`` is False: the caller decides whether
-    ``result.column_error`` is good enough, as `SeLaVi.relabel` does).
+    ``result.column_error`` is good enough, as `SeLaVi.relabel` does). ``domain``: "auto"
+    (`needs_log_domain` decides), or "probability" / "log" to force one (tests, benchmarks).
     """
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs must be N×K, got shape {tuple(log_probs.shape)}")
@@ -92,7 +94,9 @@ def sinkhorn_knopp(
         raise ValueError("no samples to label")
     r = (torch.full((k,), 1.0 / k, dtype=torch.float64, device=scores.device) if column_marginal is None
          else column_marginal.to(scores.device, torch.float64) / column_marginal.sum())
-    log_domain = needs_log_domain(scores, r, total)
+    if domain not in ("auto", "probability", "log"):
+        raise ValueError(f"domain must be 'auto', 'probability' or 'log', got {domain!r}")
+    log_domain = needs_log_domain(scores, r, total) if domain == "auto" else domain == "log"
     solve = _log_domain_iteration if log_domain else _probability_domain_iteration
     plan, iteration, error = solve(scores, r, 1.0 / total, tolerance, max_iterations, check_every)
     logger.debug("Sinkhorn–Knopp: %d iterations, column-sum error %.3g, %s domain", iteration, error,

@@ -3,13 +3,20 @@ where the probability domain underflows), precision."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import ot
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from avssl.losses.sinkhorn import PROBABILITY_DOMAIN_LIMIT, needs_log_domain, sinkhorn_knopp
+from avssl.losses.sinkhorn import (
+    PROBABILITY_DOMAIN_LIMIT,
+    needs_log_domain,
+    sinkhorn_knopp,
+)
 
 
 def _reference(log_p: np.ndarray, lam: float, r: np.ndarray, iterations: int = 20000) -> np.ndarray:
@@ -57,6 +64,16 @@ def test_confident_predictions_with_lambda_20_do_not_underflow() -> None:
 def test_bad_shape_is_an_error() -> None:
     with pytest.raises(ValueError, match="N×K"):
         sinkhorn_knopp(torch.zeros(3))
+    with pytest.raises(ValueError, match="^domain must be 'auto', 'probability' or 'log', got 'exp'$"):
+        sinkhorn_knopp(torch.zeros(3, 2), domain="exp")
+
+
+def test_both_domains_reach_the_same_plan_where_both_are_safe() -> None:
+    g = torch.Generator().manual_seed(2)
+    log_p = torch.log_softmax(3 * torch.randn(200, 8, generator=g, dtype=torch.float64), dim=1)
+    plans = [sinkhorn_knopp(log_p, lam=20.0, tolerance=1e-12, domain=d) for d in ("probability", "log")]
+    assert [p.log_domain for p in plans] == [False, True] and plans[0].iterations == plans[1].iterations
+    torch.testing.assert_close(plans[1].plan, plans[0].plan, atol=1e-14, rtol=1e-9)
 
 
 def _disliked_cluster(shift: float, n: int = 1000, k: int = 10) -> torch.Tensor:
@@ -101,3 +118,23 @@ def test_stopping_short_of_the_tolerance_is_reported() -> None:
     result = sinkhorn_knopp(_disliked_cluster(30.0), lam=50.0, tolerance=1e-10, max_iterations=20)
     assert not result.converged and result.iterations == 20 and result.log_domain
     assert 1e-10 < result.column_error < 0.1
+
+
+def _two_rank_log_domain(rank: int, world: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    log_p = _disliked_cluster(30.0, n=200, k=5)
+    rows = slice(rank * 200 // world, (rank + 1) * 200 // world)
+    result = sinkhorn_knopp(log_p[rows], lam=50.0, tolerance=1e-10)
+    torch.save({"plan": result.plan, "log_domain": result.log_domain, "iterations": result.iterations},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes (gloo)
+def test_log_domain_over_two_ranks_matches_one(tmp_path: Path) -> None:
+    single = sinkhorn_knopp(_disliked_cluster(30.0, n=200, k=5), lam=50.0, tolerance=1e-10)
+    mp.spawn(_two_rank_log_domain, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert single.log_domain and all(p["log_domain"] for p in parts)
+    assert {p["iterations"] for p in parts} == {single.iterations}
+    torch.testing.assert_close(torch.cat([p["plan"] for p in parts]), single.plan, atol=1e-15, rtol=1e-9)

@@ -13,8 +13,13 @@ from avssl.config import load_recipe
 from avssl.losses.nce import cross_modal_info_nce
 from avssl.losses.sinkhorn import SinkhornResult
 from avssl.tasks.pretext import selavi as selavi_module
-from avssl.tasks.pretext.selavi import (SeLaVi, check_cluster_sizes, gaussian_marginal, labeling_steps,
-                                        swapped_prediction_loss)
+from avssl.tasks.pretext.selavi import (
+    SeLaVi,
+    check_cluster_sizes,
+    gaussian_marginal,
+    labeling_steps,
+    swapped_prediction_loss,
+)
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -192,8 +197,8 @@ def test_cluster_sizes_rule_passes_warns_or_stops(caplog: pytest.LogCaptureFixtu
         check_cluster_sizes(_result(0.002), marginal, head=0)  # 1 % of the smallest target: silent
         assert caplog.messages == []
         check_cluster_sizes(_result(0.02), marginal, head=1)
-    assert caplog.messages == ["SeLaVi head 1: Sinkhorn–Knopp stopped after 2000 iterations with cluster masses off "
-                               "by up to 10.0% of the smallest target (column error 0.02); the labels are used"]
+    assert caplog.messages == [("SeLaVi head 1: Sinkhorn–Knopp stopped after 2000 iterations with cluster masses "
+                                "off by up to 10.0% of the smallest target (column error 0.02); the labels are used")]
     with pytest.raises(RuntimeError, match=r"^SeLaVi head 2: Sinkhorn–Knopp stopped after 2000 iterations with "
                                            r"cluster masses off by up to 100\.0% of the smallest target \(column "
                                            r"error 0\.2\): the labels do not follow the cluster-size marginal; "
