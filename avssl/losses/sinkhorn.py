@@ -11,10 +11,11 @@ Runs in float64 as SeLaVi does. Two iterations, the same fixed point:
   relative to the row maximum (a per-row factor that β absorbs). Exact while every entry
   that can carry mass stays a normal float64 (> e^−708), i.e. while
   λ·(row max − row min) + log N + log(1/min r) stays under `PROBABILITY_DOMAIN_LIMIT`.
-* log domain (log α, log β by `torch.logsumexp`, ~3–5× slower a step): used beyond that
-  limit, where e^(λ·gap) underflows, a whole column can vanish and the plan misses its
-  marginals (the stabilised iteration of "Stabilized Sparse Scaling Algorithms for
-  Entropy Regularized Transport Problems", Schmitzer 2019, §3.1, without the sparsity).
+* log domain (the potentials log α, log β absorbed into the kernel, "Stabilized Sparse
+  Scaling Algorithms for Entropy Regularized Transport Problems", Schmitzer 2019, §3.1,
+  without the sparsity): used beyond that limit, where e^(λ·gap) underflows, a whole column
+  can vanish and the plan misses its marginals. The same matrix–vector products a step,
+  plus an exp pass over N×K whenever the scalings are absorbed.
 
 The choice is made once per call, from one pass over the scores, identically on every rank.
 """
@@ -127,29 +128,70 @@ def _probability_domain_iteration(scores: torch.Tensor, r: torch.Tensor, c: floa
 
 def _log_domain_iteration(scores: torch.Tensor, r: torch.Tensor, c: float, tolerance: float,
                           max_iterations: int, check_every: int) -> tuple[torch.Tensor, int, float]:
-    """log α, log β by log-sum-exp over λ·log P: no entry under- or overflows."""
-    log_r, log_c = r.log(), math.log(c)
-    log_beta = torch.full((scores.shape[0],), log_c, dtype=torch.float64, device=scores.device)
-    log_alpha = torch.zeros_like(r)
+    """Scaling with the potentials absorbed into the kernel (log β → f, log α → g):
+    K̃ = exp(λ·log P + f + g) is the current plan, so an entry that underflows is one whose
+    mass is below e^−708 at that point; α, β scale K̃ as in the probability domain and are
+    absorbed again (one exp pass) once either leaves [e^−ABSORB, e^ABSORB]. The first f, g
+    come from one exact log-sum-exp step each, so no column starts empty. Matrix–vector
+    products a step, like the probability domain, rather than two exp passes."""
+    tiny = torch.finfo(torch.float64).tiny
+    buffer = torch.empty_like(scores)
+    log_beta = torch.full((scores.shape[0],), math.log(c), dtype=torch.float64, device=scores.device)
+    log_alpha = r.log() - _column_logsumexp(scores, log_beta, buffer)
+    log_beta = math.log(c) - _row_logsumexp(scores, log_alpha, buffer)
+    kernel = _absorbed_kernel(scores, log_beta, log_alpha, buffer)
+    alpha, beta = torch.ones_like(log_alpha), torch.ones_like(log_beta)
     error, iteration = float("inf"), 0
-    column_log_mass = _global_column_logsumexp(scores + log_beta[:, None])
+    column_mass = all_reduce(kernel.T @ beta)
     for iteration in range(1, max_iterations + 1):
-        log_alpha = log_r - column_log_mass
-        log_beta = log_c - torch.logsumexp(scores + log_alpha[None, :], dim=1)
-        column_log_mass = _global_column_logsumexp(scores + log_beta[:, None])
+        alpha = r / column_mass.clamp_min(tiny)
+        beta = c / (kernel @ alpha).clamp_min(tiny)
+        column_mass = all_reduce(kernel.T @ beta)
         if iteration % check_every == 0 or iteration == max_iterations:
-            error = float((torch.exp(column_log_mass + log_alpha) - r).abs().max())
+            error = float(all_reduce((column_mass * alpha - r).abs().max(), "max"))
             if error < tolerance:
                 break
-    return torch.exp(scores + log_beta[:, None] + log_alpha[None, :]), iteration, error
+        if _needs_absorbing(alpha, beta):
+            log_alpha, log_beta = log_alpha + alpha.log(), log_beta + beta.log()
+            kernel = _absorbed_kernel(scores, log_beta, log_alpha, kernel)
+            alpha, beta = torch.ones_like(alpha), torch.ones_like(beta)
+            column_mass = all_reduce(kernel.T @ beta)
+    return beta[:, None] * kernel * alpha[None, :], iteration, error
 
 
-def _global_column_logsumexp(x: torch.Tensor) -> torch.Tensor:
-    """log Σ_n exp(x_nk) over the rows of every rank (K values, the same on all ranks)."""
-    local = torch.logsumexp(x, dim=0)
-    peak = all_reduce(local, "max")
+#: `_log_domain_iteration` absorbs α and β into the kernel once either passes e^±ABSORB.
+ABSORB = 50.0
+
+
+def _needs_absorbing(alpha: torch.Tensor, beta: torch.Tensor) -> bool:
+    """Whether a scaling left [e^−ABSORB, e^ABSORB] on any rank (the same answer on all)."""
+    local = torch.stack([alpha.log().abs().max(), beta.log().abs().max() if beta.numel() else alpha.new_zeros(())])
+    return bool(all_reduce(local.max(), "max") > ABSORB)
+
+
+def _absorbed_kernel(scores: torch.Tensor, log_beta: torch.Tensor, log_alpha: torch.Tensor,
+                     out: torch.Tensor) -> torch.Tensor:
+    """exp(scores + log β_n + log α_k) written into ``out`` (no N×K allocation)."""
+    torch.add(scores, log_beta[:, None], out=out)
+    return out.add_(log_alpha[None, :]).exp_()
+
+
+def _column_logsumexp(scores: torch.Tensor, log_beta: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """log Σ_n exp(scores_nk + log β_n) over the rows of every rank (K values, the same on all
+    ranks), in ``buffer``: `torch.logsumexp` would allocate N×K temporaries."""
+    torch.add(scores, log_beta[:, None], out=buffer)
+    local_peak = buffer.amax(dim=0) if buffer.shape[0] else scores.new_full((scores.shape[1],), -math.inf)
+    peak = all_reduce(local_peak, "max")
     peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    return peak + torch.log(all_reduce(torch.exp(local - peak)))
+    return peak + all_reduce(buffer.sub_(peak[None, :]).exp_().sum(dim=0)).log()
+
+
+def _row_logsumexp(scores: torch.Tensor, log_alpha: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """log Σ_k exp(scores_nk + log α_k) of this rank's rows, in ``buffer``."""
+    torch.add(scores, log_alpha[None, :], out=buffer)
+    peak = buffer.amax(dim=1, keepdim=True) if buffer.shape[1] else buffer.new_zeros(buffer.shape[0], 1)
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    return (peak + buffer.sub_(peak).exp_().sum(dim=1, keepdim=True).log()).squeeze(1)
 
 
 @torch.no_grad()
