@@ -1,11 +1,12 @@
 """Classification metrics (METHODS.md §5): top-k accuracy, clip → video score averaging and
-multi-label mean average precision. Accuracy and AP come from torchmetrics."""
+multi-label mean average precision. AP comes from torchmetrics; top-k accuracy is a few lines
+of torch, for a stated rule on ties."""
 from __future__ import annotations
 
 import warnings
 
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
+from torchmetrics.functional.classification import multilabel_average_precision
 
 
 def _check_scores(scores: torch.Tensor, n: int, what: str) -> None:
@@ -15,16 +16,29 @@ def _check_scores(scores: torch.Tensor, n: int, what: str) -> None:
 
 def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """Percentage of rows of `scores` (N×C, logits or probabilities) whose `k` highest classes
-    contain `labels` (N, int). torchmetrics `multiclass_accuracy(top_k=k, average="micro")`."""
+    contain `labels` (N, int).
+
+    Ties are shared: a row whose label ties with others at the k-th place counts the chance
+    that a uniformly random order of the tied classes keeps the label, (k − #higher) / #tied
+    (so a constant row scores k/C). Hand-written: torchmetrics takes `torch.topk`'s
+    unspecified order of the tied classes (an all-zero row's top-1 is class 0, its top-2
+    classes 2 and 3), scikit-learn the highest class indices first."""
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D, got {tuple(labels.shape)}")
     _check_scores(scores, labels.numel(), "labels")
     num_classes = scores.shape[1]
     if not 1 <= k <= num_classes:
         raise ValueError(f"top-{k} accuracy needs 1 <= k <= number of classes ({num_classes})")
-    accuracy = multiclass_accuracy(scores.float(), labels.long(), num_classes=num_classes, top_k=k,
-                                   average="micro")
-    return 100.0 * float(accuracy)
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    labels = labels.long()
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+        raise ValueError(f"labels must be in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    label_scores = scores.gather(1, labels[:, None])
+    higher = (scores > label_scores).sum(dim=1)
+    tied = (scores == label_scores).sum(dim=1)  # the label included
+    credit = ((k - higher).clamp(min=0).double() / tied).clamp(max=1)
+    return 100.0 * float(credit.mean())
 
 
 def video_level_scores(clip_scores: torch.Tensor, clip_labels: torch.Tensor, video_index: torch.Tensor,

@@ -17,7 +17,8 @@ def ground_truth_map(boxes: Sequence[Sequence[float]] | torch.Tensor, height: in
     """A height×width float map from boxes (xmin, ymin, xmax, ymax) in pixels of that map.
 
     A box covers rows ymin..ymax−1 and columns xmin..xmax−1 (coordinates truncated to
-    integers and clipped to the image, as LVS's `int(...)` and `max(x, 0)`). `combine`:
+    integers and clipped to the image, as LVS's `int(...)` and `max(x, 0)`): a box wholly left
+    of or above the image covers nothing. `combine`:
     "union" (VGG-SS): 1 where any box lies, else 0; "consensus" (Flickr-SoundNet, one box per
     annotator): the sum of the box masks / 2, clipped at 1, so one annotator gives 0.5 and two
     or more give 1. Rescale coordinates to the map (×224, or 256 → 224) before calling."""
@@ -29,17 +30,23 @@ def ground_truth_map(boxes: Sequence[Sequence[float]] | torch.Tensor, height: in
         if len(box) != 4:
             raise ValueError(f"a box is (xmin, ymin, xmax, ymax), got {box}")
         xmin, ymin, xmax, ymax = (int(c) for c in box)
-        xmin, xmax = max(xmin, 0), min(xmax, width)
-        ymin, ymax = max(ymin, 0), min(ymax, height)
+        # every coordinate into 0..size: a negative end would index from the far side
+        xmin, xmax = (min(max(x, 0), width) for x in (xmin, xmax))
+        ymin, ymax = (min(max(y, 0), height) for y in (ymin, ymax))
         counts[ymin:ymax, xmin:xmax] += 1
     return (counts > 0).float() if combine == "union" else (counts / 2).clamp(max=1)
 
 
 def binarize_heatmap(heatmap: torch.Tensor, num_pixels: int | None = None) -> torch.Tensor:
     """LVS's rule: the pixels strictly above the value at index ⌊HW/2⌋ of the sorted map.
-    With distinct values that is HW/2 − 1 pixels for even HW (one short of "exactly half");
-    a constant map selects nothing. LVS min-max normalises first, which changes no ranking
-    and is skipped here. ``num_pixels`` instead marks that many highest pixels (the
+    With distinct values that is HW/2 − 1 pixels for even HW (one short of "exactly half").
+    LVS min-max normalises first (skipped here: it changes no ranking), then sets the pixels
+    above that value to 1 and those below 1 to 0, so its maxima (normalised to exactly 1) stay
+    marked even when none is above it: a saturated map (the middle value is the maximum)
+    marks every maximum pixel. A constant map LVS does not normalise: it marks every pixel
+    when the value is ≥ 0 and none when it is negative; so does this. (Pixels within float32
+    rounding of the maximum, which LVS's normalisation would also round to 1, are not
+    matched.) ``num_pixels`` instead marks that many highest pixels (the
     "top-k fraction" rule METHODS.md §6.2 mentions; with k = the ground truth's area it asks
     where, not how much: objects far smaller than half the frame cannot reach cIoU 0.5
     under the median rule). Returns a bool map."""
@@ -55,7 +62,12 @@ def binarize_heatmap(heatmap: torch.Tensor, num_pixels: int | None = None) -> to
         chosen[flat.argsort(descending=True, stable=True)[:num_pixels]] = True
         return chosen.view_as(heatmap)
     threshold = flat.sort().values[flat.numel() // 2]
-    return heatmap > threshold
+    peak = flat.max()
+    if threshold < peak:
+        return heatmap > threshold
+    if flat.min() < peak:  # saturated
+        return heatmap == peak
+    return torch.full_like(heatmap, bool(peak >= 0), dtype=torch.bool)  # constant
 
 
 def ciou(heatmap: torch.Tensor, gt_map: torch.Tensor, *, binarized: bool = False, rule: str = "median") -> float:

@@ -16,6 +16,29 @@ def test_top5_succeeds_where_top1_fails() -> None:
     assert top_k_accuracy(scores, labels, k=5) == pytest.approx(200 / 3)
 
 
+def test_top_k_shares_ties_at_the_kth_place() -> None:
+    # a constant row is chance (k/C) whatever the label; torchmetrics followed torch.topk's
+    # order (top-1 of an all-zero row: class 0 only, top-2: classes 2 and 3)
+    zeros = torch.zeros(4, 4)
+    labels = torch.arange(4)
+    assert top_k_accuracy(zeros, labels, k=1) == pytest.approx(25.0)
+    assert top_k_accuracy(zeros, labels, k=2) == pytest.approx(50.0)
+    assert top_k_accuracy(zeros, labels, k=4) == pytest.approx(100.0)
+    # label 1 tied with 2 and 3 below class 0: top-2 keeps it with chance 1/3, top-3 with 2/3
+    row = torch.tensor([[5.0, 1.0, 1.0, 1.0, 0.0]])
+    assert top_k_accuracy(row, torch.tensor([1]), k=1) == 0.0
+    assert top_k_accuracy(row, torch.tensor([1]), k=2) == pytest.approx(100 / 3)
+    assert top_k_accuracy(row, torch.tensor([1]), k=3) == pytest.approx(200 / 3)
+    assert top_k_accuracy(row, torch.tensor([1]), k=4) == 100.0
+
+
+def test_top_k_input_errors() -> None:
+    with pytest.raises(ValueError, match="^labels must be in 0..2, got 0..3$"):
+        top_k_accuracy(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="^scores contain NaN$"):
+        top_k_accuracy(torch.tensor([[0.0, float("nan")]]), torch.tensor([0]))
+
+
 def test_top_k_rejects_k_above_the_number_of_classes() -> None:
     with pytest.raises(ValueError, match="number of classes"):
         top_k_accuracy(torch.zeros(2, 3), torch.tensor([0, 1]), k=5)

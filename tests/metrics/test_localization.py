@@ -32,12 +32,34 @@ def test_boxes_are_truncated_and_clipped_to_the_image() -> None:
     assert gt.sum() == 2 * 2 and gt[4:, :2].eq(1).all()  # x 0..1, y 4..5
 
 
+def test_boxes_outside_the_image_cover_nothing() -> None:
+    # a negative end was a Python slice from the far side: (−10, −10, −3, −2) covered rows 0..3, columns 0..4
+    assert ground_truth_map([(-10, -10, -3, -2)], H, W).sum() == 0
+    assert ground_truth_map([(-10, 1, -1, 4), (9, 0, 12, 6), (0, 7, 8, 9)], H, W).sum() == 0
+    assert ground_truth_map([(-10, -10, -3, -2), BOX], H, W).equal(ground_truth_map([BOX], H, W))
+
+
 def test_median_rule_keeps_pixels_strictly_above_the_middle_value() -> None:
     heatmap = torch.arange(48.0).reshape(H, W)
     mask = binarize_heatmap(heatmap)
     assert int(mask.sum()) == 23  # values 25..47: one short of half, as LVS's sort()[HW // 2]
     assert bool(mask.flatten()[25:].all()) and not bool(mask.flatten()[:25].any())
-    assert int(binarize_heatmap(torch.full((H, W), 0.3)).sum()) == 0
+
+
+def test_median_rule_on_saturated_maps_keeps_every_maximum_as_lvs() -> None:
+    # more than half the pixels at the maximum: nothing is above the middle value, but LVS's
+    # `pred[pred > t] = 1; pred[pred < 1] = 0` leaves its normalised maxima (1) marked
+    heatmap = torch.zeros(H, W)
+    heatmap.view(-1)[:30] = 2.0
+    heatmap.view(-1)[30:35] = 1.0
+    mask = binarize_heatmap(heatmap)
+    assert mask.equal(heatmap == 2.0) and int(mask.sum()) == 30
+    gt = ground_truth_map([(0, 0, 8, 3)], H, W)  # rows 0-2: the first 24 pixels
+    assert ciou(heatmap, gt) == pytest.approx(24 / (24 + 6))
+    # a constant map: LVS skips the normalisation, so 1 + value stays ≥ 1 exactly when value ≥ 0
+    assert int(binarize_heatmap(torch.full((H, W), 0.3)).sum()) == 48
+    assert int(binarize_heatmap(torch.zeros(H, W)).sum()) == 48
+    assert int(binarize_heatmap(torch.full((H, W), -0.3)).sum()) == 0
 
 
 def test_heatmap_equal_to_the_box_gives_one() -> None:

@@ -1,6 +1,7 @@
 """SeLaVi: labelling schedule, shared labels from both modalities, the bank, the loss."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,15 @@ from omegaconf import OmegaConf
 
 from avssl.config import load_recipe
 from avssl.losses.nce import cross_modal_info_nce
-from avssl.tasks.pretext.selavi import SeLaVi, gaussian_marginal, labeling_steps, swapped_prediction_loss
+from avssl.losses.sinkhorn import SinkhornResult
+from avssl.tasks.pretext import selavi as selavi_module
+from avssl.tasks.pretext.selavi import (
+    SeLaVi,
+    check_cluster_sizes,
+    gaussian_marginal,
+    labeling_steps,
+    swapped_prediction_loss,
+)
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -161,3 +170,46 @@ def test_online_variant_trains_without_a_bank_and_freezes_prototypes() -> None:
 def test_variant_is_checked() -> None:
     with pytest.raises(ValueError, match="variant"):
         _selavi("task.variant=swav")
+
+
+def test_relabel_labels_every_cluster_when_one_is_disliked_by_all() -> None:
+    # λ = 50 and cluster 0 thirty nats below the others for every sample: e^(−1500) is 0 in
+    # float64, so the probability-domain iteration lost cluster 0 (no label, column error 1/3)
+    model = _selavi("task.lam=50.0", "task.marginal_std=0.0")
+    g = torch.Generator().manual_seed(0)
+    logits = 0.3 * torch.randn(2, 24, 3, generator=g)
+    logits[..., 0] -= 30.0
+    model.log_prob_bank.copy_(torch.log_softmax(logits, dim=-1).half())
+    model.seen.fill_(True)
+    model.relabel()
+    for head in range(2):
+        assert torch.bincount(model.labels[head], minlength=3).tolist() == [8, 8, 8]
+
+
+def _result(column_error: float) -> SinkhornResult:
+    return SinkhornResult(plan=torch.eye(3, dtype=torch.float64), iterations=2000, column_error=column_error,
+                          tolerance=1e-9)
+
+
+def test_cluster_sizes_rule_passes_warns_or_stops(caplog: pytest.LogCaptureFixture) -> None:
+    marginal = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="avssl.tasks.pretext.selavi"):
+        check_cluster_sizes(_result(0.002), marginal, head=0)  # 1 % of the smallest target: silent
+        assert caplog.messages == []
+        check_cluster_sizes(_result(0.02), marginal, head=1)
+    assert caplog.messages == [("SeLaVi head 1: Sinkhorn–Knopp stopped after 2000 iterations with cluster masses "
+                                "off by up to 10.0% of the smallest target (column error 0.02); the labels are used")]
+    with pytest.raises(RuntimeError, match=r"^SeLaVi head 2: Sinkhorn–Knopp stopped after 2000 iterations with "
+                                           r"cluster masses off by up to 100\.0% of the smallest target \(column "
+                                           r"error 0\.2\): the labels do not follow the cluster-size marginal; "
+                                           r"lower task\.lam$"):
+        check_cluster_sizes(_result(0.2), marginal, head=2)
+
+
+def test_relabel_stops_on_labels_that_miss_the_marginal(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _selavi("task.marginal_std=0.0")
+    model.seen.fill_(True)
+    monkeypatch.setattr(selavi_module, "sinkhorn_knopp", lambda *args, **kwargs: _result(0.2))
+    with pytest.raises(RuntimeError, match="SeLaVi head 0: .* off by up to 60.0% of the smallest target"):
+        model.relabel()
+    assert (model.labels == -1).all() and int(model.labelings_done) == 0
