@@ -1,4 +1,4 @@
-"""Sound-source localization metrics (METHODS.md §6.2, the LVS test code's rules): ground-truth
+"""Sound-source localization metrics ("Localizing Visual Sounds the Hard Way", CVPR 2021, the LVS test code's rules): ground-truth
 maps from boxes, the median-threshold binarisation, consensus IoU, cIoU@0.5 and the AUC of the
 success-rate curve. Small torch code: no maintained library implements these rules."""
 from __future__ import annotations
@@ -47,7 +47,7 @@ def binarize_heatmap(heatmap: torch.Tensor, num_pixels: int | None = None) -> to
     when the value is ≥ 0 and none when it is negative; so does this. (Pixels within float32
     rounding of the maximum, which LVS's normalisation would also round to 1, are not
     matched.) ``num_pixels`` instead marks that many highest pixels (the
-    "top-k fraction" rule METHODS.md §6.2 mentions; with k = the ground truth's area it asks
+    "top-k fraction" rule the LVS paper mentions; with k = the ground truth's area it asks
     where, not how much: objects far smaller than half the frame cannot reach cIoU 0.5
     under the median rule). Returns a bool map."""
     if heatmap.dim() != 2:

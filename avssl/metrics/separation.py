@@ -1,4 +1,4 @@
-"""Source-separation metrics (METHODS.md §7.6, the Sound-of-Pixels protocol): BSS Eval
+"""Source-separation metrics ("The Sound of Pixels", ECCV 2018, the Sound-of-Pixels protocol): BSS Eval
 SDR/SIR/SAR from mir_eval, SI-SDR from torchmetrics, and their improvement over the mixture."""
 from __future__ import annotations
 

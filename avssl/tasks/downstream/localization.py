@@ -1,4 +1,4 @@
-"""Sound-source localization and temporal event localization (METHODS.md §6).
+"""Sound-source localization and temporal event localization ("Localizing Visual Sounds the Hard Way", CVPR 2021).
 
 Heatmaps (zero-shot), from the pretext method's own cross-modal score
 (:meth:`~avssl.tasks.pretext.base.PretextTask.pair_scores`) and the video encoder's last
@@ -11,7 +11,7 @@ feature map A (time-averaged), upsampled bilinearly to the frame:
   of the batch, so that what goes with any sound (texture, edges) cancels and what goes
   with *this* sound stays (the idea of LVS's negatives, without training).
 * ``per_location``: the score of the audio with every location's feature vector, LVS's
-  cosine map for methods whose encoders share a space (METHODS.md §6.1).
+  cosine map for methods whose encoders share a space ("Localizing Visual Sounds the Hard Way", CVPR 2021).
 
 Scored with cIoU against the sounding objects' boxes (union map), under the recipe's
 binarisation rule, with AUC over cIoU thresholds and the whole-image baseline (a map that

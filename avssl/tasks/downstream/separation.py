@@ -1,4 +1,4 @@
-"""Mix-and-separate (The Sound of Pixels, METHODS.md §7) at CPU-demo scale.
+"""Mix-and-separate ("The Sound of Pixels", ECCV 2018) at CPU-demo scale.
 
 Training: two clips of different labels from the train split, each scaled to one RMS
 (``equal_level``), given a gain from ``gain_range``, halved and summed. A U-Net on the

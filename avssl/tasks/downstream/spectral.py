@@ -1,4 +1,4 @@
-"""Spectrogram pieces of mix-and-separate (METHODS.md §7.2, §7.4): STFT magnitude and phase,
+"""Spectrogram pieces of mix-and-separate ("The Sound of Pixels", ECCV 2018): STFT magnitude and phase,
 the Sound-of-Pixels log-frequency warp and its inverse, mask targets and their losses, and
 masked reconstruction with the mixture phase.
 

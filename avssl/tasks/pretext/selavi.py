@@ -1,5 +1,4 @@
-"""SeLaVi: audio-visual self-labelling by optimal transport (Asano et al. 2020, METHODS.md
-§4.1–4.2).
+"""SeLaVi: audio-visual self-labelling by optimal transport (Asano et al. 2020, "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020).
 
 Each modality has ``task.num_heads`` classification heads (dropout → FC → BN → ReLU →
 dropout → FC to K). For every head, one label per training video is shared by both
@@ -22,7 +21,7 @@ beside the clustering loss after the warm-up.
 Not implemented from the paper: modality alignment of the audio head's output units
 (unneeded: labels are shared from the start) and decorrelated head groups.
 
-``task.variant: online`` is the streaming SwAV-style form (METHODS.md §4.4): each
+``task.variant: online`` is the streaming SwAV-style form ("Unsupervised Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020): each
 modality → projection MLP → 128-d, L2-normalised; K shared prototypes (unit norm, re-
 normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations, equipartition
 over the global batch) without gradient; cross-modal swapped prediction
@@ -310,7 +309,7 @@ class SeLaVi(PretextTask):
 
     def _log_clustering(self, stage: str) -> None:
         """``{stage}/nmi_head{h}`` for every head, their best and mean. Pick the head on
-        val and read it on test: picking on test is label peeking (METHODS.md §4.5)."""
+        val and read it on test: picking on test is label peeking (docs/methods/selavi.md)."""
         if not self._clusters:
             return
         clusters, labels = torch.cat(self._clusters).T, torch.cat(self._cluster_labels)
