@@ -40,21 +40,29 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from avssl.data.cache import DecodedSplit, decoded_split
 from avssl.data.decode import sample_video_entry
+from avssl.data import remote
 from avssl.data.errors import DataError
+from avssl.data.remote import MANIFEST
 from avssl.data.sampling import ViewSampler
 from avssl.data.skips import SkipCounts, SkipMonitor, certainly_over_limit, over_limit_message
 from avssl.data.transforms import AugmentSettings, BatchTransform
 from avssl.data.views import AUDIO, EXPECTED, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
 
-MANIFEST = "manifest.json"
-
-
 @dataclass(frozen=True)
 class ShardList:
-    """The shards of one split and how many samples each holds (from manifest.json)."""
+    """The shards of one split and how many samples each holds (from manifest.json).
+
+    ``files``: what opens each shard (a path, a URL or a ``pipe:`` command: :mod:`avssl.data.remote`);
+    ``names``: its file name in the manifest (what seeds its samples' draws, so a split read
+    from a server draws what it draws from a local copy)."""
 
     files: tuple[str, ...]
     counts: tuple[int, ...]
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            object.__setattr__(self, "names", tuple(Path(f).name for f in self.files))
 
     @property
     def num_samples(self) -> int:
@@ -62,8 +70,10 @@ class ShardList:
 
     def require_files(self) -> None:
         """Stop before any work when a shard the manifest lists is not there (its samples
-        would otherwise be silently missing from every epoch)."""
-        missing = [f for f in self.files if not Path(f).is_file()]
+        would otherwise be silently missing from every epoch): a local file, or an http(s)
+        URL whose HEAD request fails. A ``pipe:`` command is only run to read (its failures
+        are counted as lost samples then)."""
+        missing = remote.unreachable(self.files)
         if missing:
             lost = sum(c for f, c in zip(self.files, self.counts) if f in set(missing))
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -71,26 +81,26 @@ class ShardList:
                             f"({lost} of {self.num_samples} samples): {shown}; rewrite the shards (`avssl shards`)")
 
     @classmethod
-    def from_manifest(cls, shards_dir: str | Path, split: str) -> "ShardList":
-        shards_dir = Path(shards_dir)
-        path = shards_dir / MANIFEST
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: point data.shards at a folder written by `avssl shards`")
-        manifest = json.loads(path.read_text())
+    def from_manifest(cls, shards: str | Path, split: str) -> "ShardList":
+        """``shards``: ``data.shards``, a folder, its URL or a list of shards (:mod:`avssl.data.remote`)."""
+        manifest = remote.read_manifest(str(shards))
         splits = manifest.get("splits", {})
         if split not in splits:
-            raise KeyError(f"split {split!r} not in {path} (it has {sorted(splits)})")
+            raise KeyError(f"split {split!r} not in {remote.manifest_location(str(shards))} (it has {sorted(splits)})")
         entries = splits[split]["shards"]
+        names = [e["file"] for e in entries]
         return cls(
-            files=tuple(str(shards_dir / e["file"]) for e in entries),
+            files=tuple(remote.shard_specs(str(shards), manifest, split, names)),
             counts=tuple(int(e["num_samples"]) for e in entries),
+            names=tuple(Path(n).name for n in names),
         )
 
 
-def manifest_classes(shards_dir: str | Path) -> list[str]:
+def manifest_classes(shards: str | Path) -> list[str]:
     """The class names `avssl shards` recorded in the manifest (empty when unlabelled)."""
-    path = Path(shards_dir) / MANIFEST
-    return list(json.loads(path.read_text()).get("classes") or []) if path.exists() else []
+    if remote.is_local_folder(str(shards)) and not (Path(shards) / MANIFEST).exists():
+        return []
+    return list(remote.read_manifest(str(shards)).get("classes") or [])
 
 
 def slice_bounds(num_samples: int, num_slices: int, slice_id: int) -> tuple[int, int]:
@@ -181,6 +191,7 @@ class ShardStream(IterableDataset):
         if cache is not None and set(cache.samples) != set(shards.files):
             raise ValueError("the decoded cache holds other shards than the stream reads")
         self.cache = cache
+        self._draw_names = dict(zip(shards.files, shards.names))
         self.epoch = SharedEpoch()
         # (epoch, batches this rank already trained on in it): set by a resumed run, read by
         # the workers it forks; that epoch's first batches are then skipped without decoding
@@ -306,7 +317,8 @@ class ShardStream(IterableDataset):
         sample itself: the same whichever worker decodes it and whatever was skipped before
         it, which is what lets a resumed run skip batches without decoding them."""
         url, position = sample["__draw__"]
-        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(Path(url).name.encode()), position])
+        name = self._draw_names[url]  # the manifest's file name: the same draws from a server as from a folder
+        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(name.encode()), position])
         seed_cpu_draws(int(rng.integers(2**63 - 1)))  # the crop and flip draw from torch
         return rng
 
