@@ -216,6 +216,7 @@ def _rank_batches(rank: int, world: int, init_file: str, url: str, out: str) -> 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes import torch and Lightning: about a minute on 2 shared cores
 def test_two_processes_read_from_a_url_the_batches_of_the_local_folder(shards: Path, tmp_path: Path) -> None:
     with serve(shards) as url:
         mp.spawn(_rank_batches, args=(2, str(tmp_path / "init"), url, str(tmp_path)), nprocs=2, join=True)
