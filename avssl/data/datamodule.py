@@ -278,12 +278,22 @@ class ShardStream(IterableDataset):
         consumed = self.resume_position[1]
         return max(0, (consumed - worker + self.num_workers - 1) // self.num_workers)
 
+    def resume_shift(self, epoch: int) -> int:
+        """Which planned worker's batches the loader's worker 0 gives in ``epoch``. The loader
+        asks its workers in turn from worker 0, but a run resumed after ``consumed`` batches
+        continues with batch ``consumed``, planned worker ``consumed % W``'s: each loader
+        worker then plays the part of the planned worker this far ahead of it (0 when not
+        resuming; without it, a resume at an odd batch with 2 workers swapped each pair)."""
+        if self.resume_position is None or self.resume_position[0] != epoch:
+            return 0
+        return self.resume_position[1] % self.num_workers
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.num_workers:
             raise RuntimeError(f"dataset planned for {self.num_workers} workers, loader has {info.num_workers}")
         epoch = self.epoch.get()
+        worker = ((info.id if info is not None else 0) + self.resume_shift(epoch)) % self.num_workers
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         worker_seed = int(rng.integers(2**31))
         seed_cpu_draws(worker_seed)

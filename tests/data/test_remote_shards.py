@@ -122,10 +122,12 @@ def test_a_brace_list_over_http_and_a_pipe_command_give_the_batches_of_the_local
         assert remote.manifest_location(braces) == f"{url}manifest.json"
         _assert_same(_batches(_stream(braces), 0), local)
         assert ShardList.from_manifest(braces, "val").files == (f"{url}val-000000.tar", f"{url}val-000001.tar")
-    command = f"pipe:cat {shards}/train-{{000000..000004}}.tar"
-    assert remote.manifest_location(command) == f"pipe:cat {shards}/manifest.json"
+    # a command with more after the file name (as `aws s3 cp s3://… -`): the draws follow the file name
+    command = f"pipe:cat {shards}/train-{{000000..000004}}.tar | cat"
+    assert remote.manifest_location(command) == f"pipe:cat {shards}/manifest.json | cat"
     listed = ShardList.from_manifest(command, "train")
-    assert listed.files[4] == f"pipe:cat {shards}/train-000004.tar"
+    assert listed.files[4] == f"pipe:cat {shards}/train-000004.tar | cat"
+    assert listed.names[4] == "train-000004.tar"
     _assert_same(_batches(_stream(command), 0), local)
 
 
@@ -186,8 +188,10 @@ def test_a_connection_dropped_mid_shard_is_counted_as_lost_samples(shards: Path)
                     f"or damaged); {5 - read} counted as skipped"]
 
 
-def test_exact_resume_on_a_url_continues_with_the_next_batches(shards: Path) -> None:
-    """The loader state of a local run after 3 training batches, resumed from the server."""
+@pytest.mark.parametrize("resume_from", ["folder", "url"])
+def test_exact_resume_continues_with_the_next_batches(shards: Path, resume_from: str) -> None:
+    """The loader state of a local run after 3 training batches (an odd batch with 2 workers:
+    the next batch is worker 1's), resumed from the folder or from the server."""
     workers = 2
     local = make_loader(_stream(shards, workers), workers)
     local.sampler.set_epoch(1)
@@ -199,10 +203,13 @@ def test_exact_resume_on_a_url_continues_with_the_next_batches(shards: Path) -> 
             state = local.state_dict()
     assert state["epoch"] == 1 and state["consumed"] == 3
     with serve(shards) as url:
-        resumed = make_loader(_stream(url, workers), workers)
+        resumed = make_loader(_stream(url if resume_from == "url" else shards, workers), workers)
         resumed.load_state_dict(state)
         rest = list(resumed)
+        resumed.sampler.set_epoch(2)  # the epoch after the resumed one starts at its first batch again
+        next_epoch = list(resumed)
     _assert_same(rest, reference[3:])
+    _assert_same(next_epoch, _batches(_stream(shards, workers), workers, epoch=2))
 
 
 def _rank_batches(rank: int, world: int, init_file: str, url: str, out: str) -> None:
