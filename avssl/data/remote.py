@@ -113,9 +113,25 @@ def read_manifest(location: str) -> dict[str, Any]:
             text = stream.read()
         return json.loads(text)
     except Exception as error:  # curl's exit status, a shell error, bad JSON: one line that names the place
-        reason = " ".join(str(error).split())[:200]
+        reason = _reason(error, where)
         raise DataError(f"data.shards={location}: could not read its manifest from {where} ({reason}); "
                         f"check the address and that manifest.json sits beside the shards") from error
+
+
+# curl's exit statuses a wrong address gives (curl(1), "EXIT CODES")
+_CURL_EXITS = {6: "could not resolve the host", 7: "could not connect", 22: "the server answered with an HTTP error",
+               28: "timed out"}
+
+
+def _reason(error: Exception, where: str) -> str:
+    """The opener's failure in a few words (webdataset's message repeats the whole command)."""
+    status = re.search(r"\bexit (\d+)", str(error))
+    if status is None:
+        return " ".join(str(error).split())[:200]
+    code = int(status.group(1))
+    if is_url(where):
+        return f"curl exit status {code}" + (f": {_CURL_EXITS[code]}" if code in _CURL_EXITS else "")
+    return f"the command's exit status {code}"
 
 
 def shard_specs(location: str, manifest: dict[str, Any], split: str, files: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ starts and stops; it serves the test's own shards folder and nothing else."""
 from __future__ import annotations
 
 import contextlib
+import json
 import http.server
 import os
 import shutil
@@ -154,9 +155,16 @@ def test_a_shard_missing_on_the_server_stops_before_reading_and_a_missing_manife
         assert str(error.value) == (f"1 of the 5 shards listed in the manifest are missing (5 of 22 samples): "
                                     f"{url}train-000003.tar; rewrite the shards (`avssl shards`)")
         (copy / "manifest.json").unlink()
-        with pytest.raises(DataError, match=rf"^data.shards={url}sub/: could not read its manifest from "
-                                            rf"{url}sub/manifest.json \(.*exit 22.*\); check the address"):
+        with pytest.raises(DataError) as error:
             ShardList.from_manifest(url + "sub/", "train")
+        assert str(error.value) == (f"data.shards={url}sub/: could not read its manifest from {url}sub/manifest.json "
+                                    f"(curl exit status 22: the server answered with an HTTP error); check the "
+                                    f"address and that manifest.json sits beside the shards")
+    with pytest.raises(DataError) as error:
+        ShardList.from_manifest(f"pipe:cat {copy}/gone/train-{{000000..000004}}.tar", "train")
+    assert str(error.value) == (f"data.shards=pipe:cat {copy}/gone/train-{{000000..000004}}.tar: could not read its "
+                                f"manifest from pipe:cat {copy}/gone/manifest.json (the command's exit status 1); "
+                                f"check the address and that manifest.json sits beside the shards")
 
 
 def _data_offset(shard: Path, member: str) -> int:
@@ -230,3 +238,43 @@ def test_two_processes_read_from_a_url_the_batches_of_the_local_folder(shards: P
     for rank in range(2):
         local = _batches(_stream(shards, 1, rank=rank, world=2), 1, epoch=1)
         _assert_same(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), local)
+
+
+def test_the_memory_cache_decodes_a_split_read_from_a_url(shards: Path) -> None:
+    """data.cache=memory reads the shards through the same opener: the batches of streaming."""
+    from avssl.data.cache import release_decoded
+
+    try:
+        with serve(shards) as url:
+            module = AVDataModule(DataConfig(shards=url, batch_size=3, num_workers=0, cache="memory"), SPEC)
+            stream = module.stream("train", train=True)
+            assert stream.cache is not None and stream.cache.num_samples == NUM_SAMPLES
+        _assert_same(_batches(stream, 0, epoch=1), _batches(_stream(shards), 0, epoch=1))  # the server is gone
+    finally:
+        release_decoded()
+
+
+def test_avssl_probe_on_a_url_reports_the_figures_of_the_local_folder(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The evaluation verbs take data.shards through the same ShardList: a whole `avssl probe`
+    (random encoders, 12 videos) from the server, and a wrong address in one line."""
+    from avssl.cli import main
+    from tests.conftest import make_synth_shards
+
+    local = make_synth_shards(tmp_path, num_videos=12, seconds=1.0)
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "eval" / "synth_probe.yaml")
+    common = ["probe.modalities=[video]", "probe.eval_clips_per_video=1", "data.num_workers=0", "data.batch_size=4",
+              f"probe.cache_dir={tmp_path / 'features'}"]
+    assert main(["probe", recipe, f"data.shards={local}", f"run_dir={tmp_path / 'local'}", *common]) == 0
+    with serve(local) as url:
+        assert main(["probe", recipe, f"data.shards={url}", f"run_dir={tmp_path / 'url'}", *common]) == 0
+        capsys.readouterr()
+        assert main(["probe", recipe, f"data.shards={url}nowhere/", f"run_dir={tmp_path / 'none'}", *common]) == 1
+    assert capsys.readouterr().err == (
+        f"avssl probe: data.shards={url}nowhere/: could not read its manifest from {url}nowhere/manifest.json (curl "
+        f"exit status 22: the server answered with an HTTP error); check the address and that manifest.json sits "
+        f"beside the shards\n")
+    figures = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("local", "url")]
+    assert figures[1]["video"] == figures[0]["video"]
+    assert figures[1]["clips"] == figures[0]["clips"]
+    assert [figures[1]["clips"][s]["clips_evaluated"] for s in ("train", "val", "test")] == [6, 3, 3]
