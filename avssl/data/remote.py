@@ -3,8 +3,8 @@
 ``data.shards`` takes three forms (docs/data-format.md, "Shards on a server"):
 
 * a local folder written by `avssl shards` (the manifest is ``<folder>/manifest.json``);
-* the URL of such a folder, ``http(s)://host/…/shards/`` (the manifest is
-  ``<url>/manifest.json``, each shard ``<url>/<file>``);
+* the URL of such a folder, ``http(s)://host/…/shards/`` or any scheme webdataset opens
+  (``gs://``, ``hf://``, …; the manifest is ``<url>/manifest.json``, each shard ``<url>/<file>``);
 * a list of shards: a brace-expanded pattern (``https://host/shards/{train,val}-{000000..000009}.tar``)
   and/or a webdataset ``pipe:`` command (``pipe:aws s3 cp s3://bucket/shards/train-{000000..000009}.tar -``).
   The manifest is read from beside the shards: the first listed shard's URL or command with
@@ -17,7 +17,7 @@ http(s), a shell for ``pipe:``), so a run reads what ``webdataset.WebDataset`` w
 
 Reachability at the start: an http(s) shard is checked with a HEAD request (a missing one
 stops the run before training, naming it, as a missing local file does); a ``pipe:`` command
-cannot be checked without running it (it would download the shard), so a shard it cannot
+(or another scheme) cannot be checked without running it (it would download the shard), so a shard it cannot
 open is counted at read time as lost samples, like a connection dropped in the middle of a
 shard (:mod:`avssl.data.skips`).
 """
@@ -32,6 +32,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import webdataset as wds
 from webdataset.shardlists import expand_urls
@@ -41,7 +42,7 @@ from avssl.data.errors import DataError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-URL_SCHEMES = ("http://", "https://")
+HTTP = ("http://", "https://")  # checked with a HEAD request at the start
 PIPE = "pipe:"
 # A shard's file name inside a URL or a pipe: command: the last "<name>.tar" before the end,
 # a space, a quote or a query string.
@@ -51,7 +52,9 @@ HEAD_THREADS = 8
 
 
 def is_url(location: str) -> bool:
-    return str(location).startswith(URL_SCHEMES)
+    """A URL webdataset's :func:`~webdataset.gopen` opens (``http(s)://``, ``gs://``, ``hf://``, …)."""
+    scheme = urlparse(str(location)).scheme
+    return scheme not in ("", "file", "pipe") and scheme in wds.gopen_schemes
 
 
 def is_shard_list(location: str) -> bool:
@@ -129,9 +132,9 @@ def _reason(error: Exception, where: str) -> str:
     if status is None:
         return " ".join(str(error).split())[:200]
     code = int(status.group(1))
-    if is_url(where):
+    if where.startswith(HTTP):  # webdataset opens http(s) with curl
         return f"curl exit status {code}" + (f": {_CURL_EXITS[code]}" if code in _CURL_EXITS else "")
-    return f"the command's exit status {code}"
+    return f"the command's exit status {code}" if where.startswith(PIPE) else f"the opener's exit status {code}"
 
 
 def shard_specs(location: str, manifest: dict[str, Any], split: str, files: list[str]) -> list[str]:
@@ -173,10 +176,10 @@ def _reachable(url: str) -> bool:
 
 def unreachable(specs: tuple[str, ...]) -> list[str]:
     """The shards that are certainly not there at the start: local files that do not exist,
-    http(s) URLs whose HEAD request fails. ``pipe:`` commands are not run (reading one would
-    download it): a shard they cannot give is counted when it is read."""
+    http(s) URLs whose HEAD request fails. ``pipe:`` commands and other schemes are not run
+    (reading one would download it): a shard they cannot give is counted when it is read."""
     local = [s for s in specs if is_local_path(s)]
-    urls = [s for s in specs if is_url(s)]
+    urls = [s for s in specs if str(s).startswith(HTTP)]
     missing = {s for s in local if not Path(s).is_file()}
     if urls:
         with ThreadPoolExecutor(min(HEAD_THREADS, len(urls))) as pool:
