@@ -73,6 +73,13 @@ def serve(folder: Path, drop: tuple[str, int] | None = None) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy_for_the_test_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """curl and urllib go to 127.0.0.1 directly even where a proxy is configured."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clip = flash_click_clip(seconds=1.2, size=(32, 40))
@@ -165,6 +172,21 @@ def test_a_shard_missing_on_the_server_stops_before_reading_and_a_missing_manife
     assert str(error.value) == (f"data.shards=pipe:cat {copy}/gone/train-{{000000..000004}}.tar: could not read its "
                                 f"manifest from pipe:cat {copy}/gone/manifest.json (the command's exit status 1); "
                                 f"check the address and that manifest.json sits beside the shards")
+
+
+def test_a_shard_a_pipe_command_cannot_give_is_counted_when_read(shards: Path, tmp_path: Path) -> None:
+    """A command is not run at the start (it would download the shard): its failure is counted."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    (copy / "train-000003.tar").unlink()  # samples 15 … 19
+    command = f"pipe:cat {copy}/train-{{000000..000004}}.tar"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = _batches(_stream(command, train=False), 0)
+    assert [int(i) for b in batches for i in b["index"]] == [*range(15), *range(20, NUM_SAMPLES)]
+    assert (sum(int(b["skipped"].sum()) for b in batches), sum(int(b["expected"].sum()) for b in batches)) == (5, 22)
+    assert (f"pipe:cat {copy}/train-000003.tar: samples 0 to 4 could not be read (the shard is missing, cut short or "
+            f"damaged); 5 counted as skipped") in [str(w.message) for w in caught]
 
 
 def _data_offset(shard: Path, member: str) -> int:
