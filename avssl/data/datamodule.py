@@ -38,9 +38,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import default_collate
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from avssl.data import remote
 from avssl.data.cache import DecodedSplit, decoded_split
 from avssl.data.decode import sample_video_entry
-from avssl.data import remote
 from avssl.data.errors import DataError
 from avssl.data.remote import MANIFEST
 from avssl.data.sampling import ViewSampler

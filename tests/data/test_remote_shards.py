@@ -7,16 +7,16 @@ starts and stops; it serves the test's own shards folder and nothing else."""
 from __future__ import annotations
 
 import contextlib
-import json
 import http.server
+import json
 import os
 import shutil
 import tarfile
 import threading
 import warnings
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -24,7 +24,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from avssl.data import remote
-from avssl.data.datamodule import AVDataModule, DataConfig, ShardList, ShardStream, make_loader
+from avssl.data.datamodule import (
+    AVDataModule,
+    DataConfig,
+    ShardList,
+    ShardStream,
+    make_loader,
+)
 from avssl.data.errors import DataError
 from avssl.data.sampling import ViewSampler
 from avssl.data.views import AudioView, VideoView, ViewSpec
@@ -200,10 +206,9 @@ def test_a_connection_dropped_mid_shard_is_counted_as_lost_samples(shards: Path)
     it holds once curl has exited 18), but every sample that does not arrive is counted:
     by the tar reading, or by the decoding when a sample arrived without all its entries."""
     cut = _data_offset(shards / "train-000001.tar", "clip00007.mp4") + 100
-    with serve(shards, drop=("train-000001.tar", cut)) as url:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            batches = _batches(_stream(url, train=False), 0)
+    with serve(shards, drop=("train-000001.tar", cut)) as url, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = _batches(_stream(url, train=False), 0)
     indices = [int(i) for b in batches for i in b["index"]]
     arrived = [i for i in indices if 5 <= i <= 9]
     assert arrived in ([], [5], [5, 6])
@@ -214,8 +219,8 @@ def test_a_connection_dropped_mid_shard_is_counted_as_lost_samples(shards: Path)
     # the tar gave `read` samples (one may have arrived without its json: lost when decoded)
     said = [w for w in map(str, (w.message for w in caught)) if w.startswith(f"{url}train-000001.tar: samples")]
     read = len(arrived) if said[0].startswith(f"{url}train-000001.tar: samples {len(arrived)} ") else len(arrived) + 1
-    assert said == [f"{url}train-000001.tar: samples {read} to 4 could not be read (the shard is missing, cut short "
-                    f"or damaged); {5 - read} counted as skipped"]
+    assert said == [(f"{url}train-000001.tar: samples {read} to 4 could not be read (the shard is missing, cut short "
+                     f"or damaged); {5 - read} counted as skipped")]
 
 
 @pytest.mark.parametrize("resume_from", ["folder", "url"])
