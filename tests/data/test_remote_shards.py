@@ -281,6 +281,7 @@ def test_the_memory_cache_decodes_a_split_read_from_a_url(shards: Path) -> None:
         release_decoded()
 
 
+@pytest.mark.slow  # end to end: two whole `avssl probe` runs (2 to 40 s here, with the machine's load)
 def test_avssl_probe_on_a_url_reports_the_figures_of_the_local_folder(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The evaluation verbs take data.shards through the same ShardList: a whole `avssl probe`
