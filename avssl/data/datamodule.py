@@ -10,12 +10,14 @@ so every rank runs the same number of steps and nothing is dropped. Padding is a
 ``batch_size`` samples per worker and is counted.
 
 Lost samples are counted against the manifest's per-shard counts (:mod:`avssl.data.skips`):
-a shard missing at the start stops the run before training; one that becomes unreadable, a
-tar cut short or with a damaged header, and undecodable media are counted as ``skipped`` in
-the batches and limited by ``data.max_skip_fraction`` on the run's totals.
+a shard missing at the start (a local file, or an http(s) URL whose HEAD request fails)
+stops the run before training; one that becomes unreadable, a tar cut short or with a
+damaged header (a connection dropped mid-shard), and undecodable media are counted as
+``skipped`` in the batches and limited by ``data.max_skip_fraction`` on the run's totals.
 
-webdataset does the tar reading and the shuffle buffer (raw bytes, before decoding);
-batching happens inside each worker.
+``data.shards`` may also be the shards folder's URL, a brace list or a ``pipe:`` command
+(:mod:`avssl.data.remote`); webdataset's openers read them, and its tar reading and shuffle
+buffer (raw bytes, before decoding) do the rest; batching happens inside each worker.
 """
 from __future__ import annotations
 
