@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from avssl.config import RecipeError
 from avssl.data import remote
 from avssl.data.datamodule import (
     AVDataModule,
@@ -146,6 +147,10 @@ def test_a_brace_list_over_http_and_a_pipe_command_give_the_batches_of_the_local
 
 
 def test_a_split_listed_in_part_or_not_at_all_is_refused_naming_the_shards(shards: Path) -> None:
+    with pytest.raises(RecipeError) as error:
+        ShardList.from_manifest(f"pipe:cat {shards}/{{a,b}}", "train")
+    assert str(error.value) == (f"data.shards: 'pipe:cat {shards}/a' names no .tar file; list the shards by their "
+                                f"file names (e.g. train-{{000000..000009}}.tar)")
     partial_list = f"pipe:cat {shards}/train-{{000000..000002}}.tar"
     with pytest.raises(DataError) as error:
         ShardList.from_manifest(partial_list, "train")
