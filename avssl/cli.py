@@ -67,7 +67,13 @@ def _shards(args: argparse.Namespace) -> int:
 
 def check_shards(shards: str) -> None:
     """A recipe verb's ``data.shards`` must be a folder written by `avssl shards`: said in one
-    line before anything starts (the loader would find out after the model is built)."""
+    line before anything starts (the loader would find out after the model is built). A URL
+    or a list of shards (avssl/data/remote.py): its manifest must be readable."""
+    from avssl.data import remote
+
+    if not remote.is_local_folder(shards):
+        remote.read_manifest(shards)
+        return
     folder, fix = Path(shards), "point data.shards at a folder written by `avssl shards`"
     if folder.is_file():
         raise NotADirectoryError(f"data.shards={shards} is a file; {fix}")

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from avssl.data.decode import (CONTAINER_FORMATS, DecodeError, FrameWindow, MediaReader, MonoResampler, PcmAudio,
                                StreamInfo, open_sample_media, sample_video_entry)
+from avssl.data.remote import is_local_path
 
 # Sample entries that hold the media (decoded into the cache, their bytes dropped).
 MEDIA_ENTRIES = (*CONTAINER_FORMATS, "pcm")
@@ -197,14 +198,23 @@ _DECODED: dict[tuple, DecodedSplit] = {}
 
 def decoded_split(files: tuple[str, ...], *, keep_entries: bool = False, description: str = "") -> DecodedSplit:
     """``files`` decoded into memory, or the copy this process already holds of the same
-    files (same paths, sizes and modification times)."""
-    stats = [os.stat(f) for f in files]
-    key = (tuple((f, st.st_size, st.st_mtime_ns) for f, st in zip(files, stats)), keep_entries)
+    files (same paths, sizes and modification times; a URL or ``pipe:`` command: the same
+    text, read once per process)."""
+    key = (tuple((f, *_version(f)) for f in files), keep_entries)
     if key not in _DECODED:
         cached = DecodedSplit(files, keep_entries=keep_entries, description=description)
         print(f"data.cache=memory: {description or 'split'}: {cached.summary()}", flush=True)
         _DECODED[key] = cached
     return _DECODED[key]
+
+
+def _version(spec: str) -> tuple[int, int]:
+    """A local shard's size and modification time; (-1, -1) for a shard read from a server
+    (:mod:`avssl.data.remote`), which webdataset's opener reads like a file."""
+    if not is_local_path(spec):
+        return -1, -1
+    stat = os.stat(spec)
+    return stat.st_size, stat.st_mtime_ns
 
 
 def release_decoded() -> None:

@@ -10,12 +10,14 @@ so every rank runs the same number of steps and nothing is dropped. Padding is a
 ``batch_size`` samples per worker and is counted.
 
 Lost samples are counted against the manifest's per-shard counts (:mod:`avssl.data.skips`):
-a shard missing at the start stops the run before training; one that becomes unreadable, a
-tar cut short or with a damaged header, and undecodable media are counted as ``skipped`` in
-the batches and limited by ``data.max_skip_fraction`` on the run's totals.
+a shard missing at the start (a local file, or an http(s) URL whose HEAD request fails)
+stops the run before training; one that becomes unreadable, a tar cut short or with a
+damaged header (a connection dropped mid-shard), and undecodable media are counted as
+``skipped`` in the batches and limited by ``data.max_skip_fraction`` on the run's totals.
 
-webdataset does the tar reading and the shuffle buffer (raw bytes, before decoding);
-batching happens inside each worker.
+``data.shards`` may also be the shards folder's URL, a brace list or a ``pipe:`` command
+(:mod:`avssl.data.remote`); webdataset's openers read them, and its tar reading and shuffle
+buffer (raw bytes, before decoding) do the rest; batching happens inside each worker.
 """
 from __future__ import annotations
 
@@ -38,23 +40,31 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import default_collate
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from avssl.data import remote
 from avssl.data.cache import DecodedSplit, decoded_split
 from avssl.data.decode import sample_video_entry
 from avssl.data.errors import DataError
+from avssl.data.remote import MANIFEST
 from avssl.data.sampling import ViewSampler
 from avssl.data.skips import SkipCounts, SkipMonitor, certainly_over_limit, over_limit_message
 from avssl.data.transforms import AugmentSettings, BatchTransform
 from avssl.data.views import AUDIO, EXPECTED, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
 
-MANIFEST = "manifest.json"
-
-
 @dataclass(frozen=True)
 class ShardList:
-    """The shards of one split and how many samples each holds (from manifest.json)."""
+    """The shards of one split and how many samples each holds (from manifest.json).
+
+    ``files``: what opens each shard (a path, a URL or a ``pipe:`` command: :mod:`avssl.data.remote`);
+    ``names``: its file name in the manifest (what seeds its samples' draws, so a split read
+    from a server draws what it draws from a local copy)."""
 
     files: tuple[str, ...]
     counts: tuple[int, ...]
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            object.__setattr__(self, "names", tuple(Path(f).name for f in self.files))
 
     @property
     def num_samples(self) -> int:
@@ -62,8 +72,10 @@ class ShardList:
 
     def require_files(self) -> None:
         """Stop before any work when a shard the manifest lists is not there (its samples
-        would otherwise be silently missing from every epoch)."""
-        missing = [f for f in self.files if not Path(f).is_file()]
+        would otherwise be silently missing from every epoch): a local file, or an http(s)
+        URL whose HEAD request fails. A ``pipe:`` command is only run to read (its failures
+        are counted as lost samples then)."""
+        missing = remote.unreachable(self.files)
         if missing:
             lost = sum(c for f, c in zip(self.files, self.counts) if f in set(missing))
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -71,26 +83,26 @@ class ShardList:
                             f"({lost} of {self.num_samples} samples): {shown}; rewrite the shards (`avssl shards`)")
 
     @classmethod
-    def from_manifest(cls, shards_dir: str | Path, split: str) -> "ShardList":
-        shards_dir = Path(shards_dir)
-        path = shards_dir / MANIFEST
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: point data.shards at a folder written by `avssl shards`")
-        manifest = json.loads(path.read_text())
+    def from_manifest(cls, shards: str | Path, split: str) -> "ShardList":
+        """``shards``: ``data.shards``, a folder, its URL or a list of shards (:mod:`avssl.data.remote`)."""
+        manifest = remote.read_manifest(str(shards))
         splits = manifest.get("splits", {})
         if split not in splits:
-            raise KeyError(f"split {split!r} not in {path} (it has {sorted(splits)})")
+            raise KeyError(f"split {split!r} not in {remote.manifest_location(str(shards))} (it has {sorted(splits)})")
         entries = splits[split]["shards"]
+        names = [e["file"] for e in entries]
         return cls(
-            files=tuple(str(shards_dir / e["file"]) for e in entries),
+            files=tuple(remote.shard_specs(str(shards), manifest, split, names)),
             counts=tuple(int(e["num_samples"]) for e in entries),
+            names=tuple(Path(n).name for n in names),
         )
 
 
-def manifest_classes(shards_dir: str | Path) -> list[str]:
+def manifest_classes(shards: str | Path) -> list[str]:
     """The class names `avssl shards` recorded in the manifest (empty when unlabelled)."""
-    path = Path(shards_dir) / MANIFEST
-    return list(json.loads(path.read_text()).get("classes") or []) if path.exists() else []
+    if remote.is_local_folder(str(shards)) and not (Path(shards) / MANIFEST).exists():
+        return []
+    return list(remote.read_manifest(str(shards)).get("classes") or [])
 
 
 def slice_bounds(num_samples: int, num_slices: int, slice_id: int) -> tuple[int, int]:
@@ -181,6 +193,7 @@ class ShardStream(IterableDataset):
         if cache is not None and set(cache.samples) != set(shards.files):
             raise ValueError("the decoded cache holds other shards than the stream reads")
         self.cache = cache
+        self._draw_names = dict(zip(shards.files, shards.names))
         self.epoch = SharedEpoch()
         # (epoch, batches this rank already trained on in it): set by a resumed run, read by
         # the workers it forks; that epoch's first batches are then skipped without decoding
@@ -267,12 +280,22 @@ class ShardStream(IterableDataset):
         consumed = self.resume_position[1]
         return max(0, (consumed - worker + self.num_workers - 1) // self.num_workers)
 
+    def resume_shift(self, epoch: int) -> int:
+        """Which planned worker's batches the loader's worker 0 gives in ``epoch``. The loader
+        asks its workers in turn from worker 0, but a run resumed after ``consumed`` batches
+        continues with batch ``consumed``, planned worker ``consumed % W``'s: each loader
+        worker then plays the part of the planned worker this far ahead of it (0 when not
+        resuming; without it, a resume at an odd batch with 2 workers swapped each pair)."""
+        if self.resume_position is None or self.resume_position[0] != epoch:
+            return 0
+        return self.resume_position[1] % self.num_workers
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.num_workers:
             raise RuntimeError(f"dataset planned for {self.num_workers} workers, loader has {info.num_workers}")
         epoch = self.epoch.get()
+        worker = ((info.id if info is not None else 0) + self.resume_shift(epoch)) % self.num_workers
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         worker_seed = int(rng.integers(2**31))
         seed_cpu_draws(worker_seed)
@@ -306,7 +329,8 @@ class ShardStream(IterableDataset):
         sample itself: the same whichever worker decodes it and whatever was skipped before
         it, which is what lets a resumed run skip batches without decoding them."""
         url, position = sample["__draw__"]
-        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(Path(url).name.encode()), position])
+        name = self._draw_names[url]  # the manifest's file name: the same draws from a server as from a folder
+        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(name.encode()), position])
         seed_cpu_draws(int(rng.integers(2**63 - 1)))  # the crop and flip draw from torch
         return rng
 

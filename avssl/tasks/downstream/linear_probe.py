@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader, manifest_classes
+from avssl.data.remote import shard_stamp
 from avssl.data.sampling import ViewSampler
 from avssl.data.skips import split_clips
 from avssl.data.transforms import BatchTransform
@@ -75,8 +76,7 @@ def _cache_key(encoder_id: str, shards: ShardList, split: str, views: Any) -> st
     h = hashlib.sha256()
     h.update(encoder_id.encode())
     for file, count in zip(shards.files, shards.counts):
-        stat = Path(file).stat()
-        h.update(f"{Path(file).name}:{count}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+        h.update(f"{Path(file).name}:{count}:{shard_stamp(file)}".encode())
     h.update(split.encode())
     h.update(repr(views).encode())
     return h.hexdigest()[:24]
