@@ -9,7 +9,7 @@ import csv
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -83,15 +83,19 @@ def _numbers(value: Any, prefix: str = "") -> list[tuple[str, float]]:
 
 def _training_data(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """Where the training clips came from and how many (the shards' manifest, when readable)."""
-    shards = Path(str((recipe.get("data") or {}).get("shards", "")))
-    name = shards.parent.name if shards.name == "shards" else shards.name
-    data: dict[str, Any] = {"shards": str(shards), "name": name or "unknown"}
+    from avssl.data.errors import DataError
+    from avssl.data.remote import is_local_folder, read_manifest
+
+    shards = str((recipe.get("data") or {}).get("shards", ""))
+    folder = PurePosixPath(shards.rstrip("/")) if not is_local_folder(shards) else Path(shards)  # a URL stays a URL
+    name = folder.parent.name if folder.name == "shards" else folder.name
+    data: dict[str, Any] = {"shards": shards, "name": name or "unknown"}
     try:
-        manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(shards)
         train = manifest["splits"]["train"]
         data.update(clips=train.get("num_samples"), hours=train.get("hours"),
                     classes=len(manifest.get("classes") or []) or None)
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+    except (OSError, DataError, KeyError, TypeError, ValueError):
         log.info("model card: no readable manifest at %s; the data size is left out", shards)
     return data
 

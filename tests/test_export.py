@@ -452,3 +452,10 @@ def test_the_documented_torchvision_loading_gives_the_same_embeddings(tmp_path):
         stock.load_state_dict(load_file(str(out / "video_encoder.safetensors")))
         stock.fc = nn.Identity()
         assert (stock.eval()(clip) - expected).abs().max() > 0.05, "torchvision's own average pool differs"
+
+
+def test_model_card_keeps_a_shards_url_as_it_was_given():
+    from avssl.model_card import _training_data
+
+    data = _training_data({"data": {"shards": "http://127.0.0.1:9/corpus/shards/"}})  # port 9: nothing listens
+    assert data == {"shards": "http://127.0.0.1:9/corpus/shards/", "name": "corpus"}
