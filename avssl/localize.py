@@ -9,10 +9,14 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from avssl.config import start_evaluation, data_config, to_plain
+from avssl.config import data_config, start_evaluation, to_plain
 from avssl.tasks.downstream.linear_probe import _device, write_metrics
-from avssl.tasks.downstream.localization import (LocalizationConfig, evaluate_localization, event_localization,
-                                                 plot_localization)
+from avssl.tasks.downstream.localization import (
+    LocalizationConfig,
+    evaluate_localization,
+    event_localization,
+    plot_localization,
+)
 
 
 def load_localization_task(config: DictConfig, checkpoint: str):

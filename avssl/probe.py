@@ -10,7 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from avssl.config import start_evaluation, data_config, to_plain
+from avssl.config import data_config, start_evaluation, to_plain
 from avssl.data.datamodule import DataConfig
 from avssl.data.views import AudioView, MelSettings, VideoView
 from avssl.tasks.downstream.linear_probe import ProbeConfig, run_linear_probe, write_metrics

@@ -1,13 +1,16 @@
 """In-memory diagnostics for AVID/SeLaVi (docs/methods/avid_cma.md): decode the demo shards once.
 python scripts/diag_cache_clips.py  → /tmp/diag/cache.pt (train: 2 random windows per video; val/test centre)."""
-import sys, time, torch
+import sys
+import time
+
+import torch
 from omegaconf import OmegaConf
+
 torch.set_num_threads(1)
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from avssl.config import Recipe
+from avssl.config import load_recipe
 from avssl.data.datamodule import AVDataModule, DataConfig, base_views, make_loader
 
-from avssl.config import load_recipe
 recipe = load_recipe(str(__import__("pathlib").Path(__file__).resolve().parents[1]) + "/recipes/synth/avid_cma_small.yaml")
 data: DataConfig = OmegaConf.to_object(recipe.data)
 data.shards = str(__import__("pathlib").Path(__file__).resolve().parents[1]) + "/runs/demo/shards"; data.num_workers = 1

@@ -1,12 +1,18 @@
 """In-memory pretext training on scripts/diag_cache_clips.py output, with cosine / NMI diagnostics and a linear probe.
 python scripts/diag_pretext_inmemory.py avid 600 probe_every=600 task.projection_norm=batchnorm task.loss=softmax
 python scripts/diag_pretext_inmemory.py selavi 600 probe_every=600 task.variant=online task.swav_dim=8"""
-import sys, time, math, json, torch, numpy as np
+import json
+import sys
+import time
+
+import numpy as np
+import torch
 import torch.nn.functional as F
+
 torch.set_num_threads(1)
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from avssl.tasks.downstream.linear_probe import fit_logistic_regression
 from avssl.metrics.clustering import clustering_scores
+from avssl.tasks.downstream.linear_probe import fit_logistic_regression
 
 method, steps = sys.argv[1], int(sys.argv[2])
 over = dict(a.split("=", 1) for a in sys.argv[3:])
@@ -103,6 +109,7 @@ def diag_selavi():
 print("config", json.dumps(config["task"]), "lr", lr, "seed", seed, flush=True)
 import warnings; warnings.filterwarnings("ignore")
 from avssl.tasks.pretext.selavi import labeling_steps
+
 per_epoch = (len(I) // 2) // bs
 T2 = type("T2", (T,), {"global_step": property(lambda self: self.__dict__.get("_step", 0)),
                        "current_epoch": property(lambda self: self.__dict__.get("_epoch", 0))})

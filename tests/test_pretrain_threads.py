@@ -1,10 +1,10 @@
 """The training process's intra-op threads on the CPU: the cores left by the loader workers."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-
-import os
 
 from avssl.pretrain import cpu_intra_op_threads, node_cores
 

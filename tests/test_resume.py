@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from avssl.cli import main
-from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries, resolve_resume
 from avssl.config import RecipeError
-
+from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries, resolve_resume
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

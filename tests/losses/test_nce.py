@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avssl.losses.nce import (MemoryBank, NCENormaliser, cross_modal_info_nce, cross_modal_scores, nce_loss,
-                              sample_excluding)
+from avssl.losses.nce import (
+    MemoryBank,
+    NCENormaliser,
+    cross_modal_info_nce,
+    cross_modal_scores,
+    nce_loss,
+    sample_excluding,
+)
 
 
 def test_nce_value_by_hand() -> None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.metrics.separation import SilentSourceError, si_sdr, separation_metrics
+from avssl.metrics.separation import SilentSourceError, separation_metrics, si_sdr
 
 
 @pytest.fixture(scope="module")

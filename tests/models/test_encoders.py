@@ -16,8 +16,6 @@ from avssl.models import (
     build_video_encoder,
 )
 
-
-
 VIDEO_INPUT = (2, 3, 4, 32, 32)
 TORCHVISION_VIDEO_INPUT = (2, 3, 2, 32, 32)  # the ResNet-18s are slow on a shared CPU
 AUDIO_INPUT = (2, 1, 64, 48)  # F×T log-mel

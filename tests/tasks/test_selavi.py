@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from avssl.config import load_recipe
-from avssl.losses.nce import cross_modal_info_nce
 from avssl.losses.sinkhorn import SinkhornResult
 from avssl.tasks.pretext import selavi as selavi_module
 from avssl.tasks.pretext.selavi import (

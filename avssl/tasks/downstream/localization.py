@@ -34,13 +34,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
-from avssl.data.skips import split_clips
 from avssl.data.sampling import ViewSampler
+from avssl.data.skips import split_clips
 from avssl.data.targets import BACKGROUND, BOXES
 from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.metrics.localization import (binarize_heatmap, ciou, ciou_auc, ciou_success_rate, ground_truth_map,
-                                        whole_image_baseline)
+from avssl.metrics.localization import (
+    binarize_heatmap,
+    ciou,
+    ciou_auc,
+    ciou_success_rate,
+    ground_truth_map,
+    whole_image_baseline,
+)
 from avssl.tasks.downstream.linear_probe import Features, ProbeConfig, extract_features, probe_modality
 from avssl.tasks.pretext.base import PretextTask
 

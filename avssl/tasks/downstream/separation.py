@@ -40,15 +40,23 @@ from tqdm import tqdm
 
 from avssl.config import RecipeError
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
-from avssl.data.skips import split_clips
 from avssl.data.sampling import ViewSampler
+from avssl.data.skips import split_clips
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
 from avssl.data.transforms import AugmentSettings, VideoBatchTransform
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO, AudioView, ViewSpec
 from avssl.models.unet import LinearSynthesizer, UNet, VisualProjection
 from avssl.tasks.downstream.spectral import (
-    MASK_TYPES, StftSettings, apply_masks, bin_weights, mask_loss, mask_targets, predicted_masks, stft,
-    warp_harmonics, warp_log_frequency,
+    MASK_TYPES,
+    StftSettings,
+    apply_masks,
+    bin_weights,
+    mask_loss,
+    mask_targets,
+    predicted_masks,
+    stft,
+    warp_harmonics,
+    warp_log_frequency,
 )
 
 POOLINGS = ("box", "frame")

@@ -30,8 +30,14 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.distributed import rank, world_size
-from avssl.losses.nce import (MemoryBank, NCENormaliser, cross_modal_scores, nce_loss, sample_excluding,
-                             softmax_instance_loss)
+from avssl.losses.nce import (
+    MemoryBank,
+    NCENormaliser,
+    cross_modal_scores,
+    nce_loss,
+    sample_excluding,
+    softmax_instance_loss,
+)
 from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextTask, TaskConfig
 
