@@ -81,7 +81,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def cross_validate(encoders: dict, data: DataConfig, probe: ProbeConfig, encoder_id: str, run_dir: Path
                    ) -> dict[str, Any]:
-    """The fold protocol (ESC-50, "Look, Listen and Learn", ICCV 2017; "Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021): one probe per fold's shard set
+    """The fold protocol (ESC-50, "Look, Listen and Learn", ICCV 2017; "Audio-Visual Instance Discrimination with
+    Cross-Modal Agreement", CVPR 2021): one probe per fold's shard set
     (`avssl prepare esc50 --fold k`: train = the other folds, test = fold k), and the mean
     of each test metric over the folds; each fold's figures in ``run_dir/fold<k>``."""
     from dataclasses import replace

@@ -55,7 +55,8 @@ def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: 
 
 class NCENormaliser(nn.Module):
     """Z, estimated once from the first batch's noise scores (mean of e^s⁻ over the
-    batch and every rank), then fixed and saved in the checkpoint ("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021)."""
+    batch and every rank), then fixed and saved in the checkpoint ("Audio-Visual Instance Discrimination with
+    Cross-Modal Agreement", CVPR 2021)."""
 
     def __init__(self) -> None:
         super().__init__()

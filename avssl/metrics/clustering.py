@@ -1,4 +1,5 @@
-"""Clustering quality against labels ("Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020): NMI and ARI from scikit-learn, and
+"""Clustering quality against labels ("Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision",
+NeurIPS 2020): NMI and ARI from scikit-learn, and
 purity (the share of samples whose cluster's majority label is their own; a one-liner
 scikit-learn does not have).
 

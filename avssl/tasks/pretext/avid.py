@@ -1,5 +1,6 @@
 """AVID + CMA: cross-modal instance discrimination with memory banks, then cross-modal
-agreement positives (Morgado, Vasconcelos, Misra 2021; "Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021).
+agreement positives (Morgado, Vasconcelos, Misra 2021; "Audio-Visual Instance Discrimination with Cross-Modal
+Agreement", CVPR 2021).
 
 AVID: each modality's embedding → projection MLP → 128-d, L2-normalised. Two memory banks
 (video, audio) hold one slot per training video, keyed by the shard ``index`` and updated

@@ -1,4 +1,5 @@
-"""SeLaVi: audio-visual self-labelling by optimal transport (Asano et al. 2020, "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020).
+"""SeLaVi: audio-visual self-labelling by optimal transport (Asano et al. 2020, "Labelling Unlabelled Videos from
+Scratch with Multi-modal Self-supervision", NeurIPS 2020).
 
 Each modality has ``task.num_heads`` classification heads (dropout → FC → BN → ReLU →
 dropout → FC to K). For every head, one label per training video is shared by both
@@ -21,7 +22,8 @@ beside the clustering loss after the warm-up.
 Not implemented from the paper: modality alignment of the audio head's output units
 (unneeded: labels are shared from the start) and decorrelated head groups.
 
-``task.variant: online`` is the streaming SwAV-style form ("Unsupervised Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020): each
+``task.variant: online`` is the streaming SwAV-style form ("Unsupervised Learning of Visual Features by Contrasting
+Cluster Assignments", NeurIPS 2020): each
 modality → projection MLP → 128-d, L2-normalised; K shared prototypes (unit norm, re-
 normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations, equipartition
 over the global batch) without gradient; cross-modal swapped prediction
@@ -76,7 +78,8 @@ class SeLaViConfig(TaskConfig):
 def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tensor, epsilon: float,
                             temperature: float, iterations: int) -> torch.Tensor:
     """SwAV's swapped prediction across modalities (B×K prototype scores zᵀC of each).
-    Codes: :func:`swav_codes` (equal prototype mass over the global batch), no gradient. Loss ½ [CE(q_v, p_a) + CE(q_a, p_v)]."""
+    Codes: :func:`swav_codes` (equal prototype mass over the global batch), no gradient. Loss ½ [CE(q_v, p_a) + CE(q_a,
+    p_v)]."""
     codes = [swav_codes(scores.detach(), epsilon, iterations).to(scores.dtype) for scores in (video_scores, audio_scores)]
     log_p_video = F.log_softmax(video_scores / temperature, dim=1)
     log_p_audio = F.log_softmax(audio_scores / temperature, dim=1)
