@@ -33,7 +33,8 @@ def load_localization_task(config: DictConfig, checkpoint: str):
     path = Path(checkpoint)
     if path.suffix != ".ckpt":
         raise FileNotFoundError(f"localization.checkpoint={checkpoint}: give a pretext run's .ckpt (the heatmap "
-                                "needs the method's cross-modal head, which an export folder does not hold) or 'random'")
+                                "needs the method's cross-modal head, which an export folder does not hold) "
+                                "or 'random'")
     return load_pretext_task(path), f"ckpt:{path.resolve()}:{path.stat().st_mtime_ns}"
 
 

@@ -33,7 +33,8 @@ def make_loggers(config: DictConfig, run_dir: Path, resumed_at_step: int | None 
     the user set WANDB_MODE (a resumed run continues the same wandb run)."""
     loggers: list[Logger] = []
     if config.logger.csv:
-        loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", resumed_at_step=resumed_at_step))
+        loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv",
+                                          resumed_at_step=resumed_at_step))
     if config.logger.wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
         from pytorch_lightning.loggers import WandbLogger

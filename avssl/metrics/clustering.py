@@ -17,7 +17,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 def purity(clusters: torch.Tensor, labels: torch.Tensor) -> float:
     contingency = torch.zeros(int(clusters.max()) + 1, int(labels.max()) + 1, dtype=torch.long)
-    contingency.index_put_((clusters.long(), labels.long()), torch.ones_like(clusters, dtype=torch.long), accumulate=True)
+    contingency.index_put_((clusters.long(), labels.long()), torch.ones_like(clusters, dtype=torch.long),
+                           accumulate=True)
     return float(contingency.max(dim=1).values.sum()) / clusters.numel()
 
 

@@ -94,7 +94,8 @@ class Encoder(nn.Module):
                 # and oneDNN then answers a 1-channel input with a contiguous output whose ReLU
                 # meets channels-last gradients in the backward pass (a strided copy: on the CPU
                 # demo the first block's backward took twice as long).
-                parameter.data = torch.empty_like(parameter.data, memory_format=self.memory_format).copy_(parameter.data)
+                restrided = torch.empty_like(parameter.data, memory_format=self.memory_format)
+                parameter.data = restrided.copy_(parameter.data)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,8 @@ class FineTuner(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
-        groups = [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": cfg.lr * cfg.encoder_lr_scale},
+        trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+        groups = [{"params": trainable, "lr": cfg.lr * cfg.encoder_lr_scale},
                   {"params": list(self.head.parameters()), "lr": cfg.lr}]
         if cfg.optimizer == "adam":
             optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)

@@ -85,7 +85,8 @@ class SeparationConfig:
     ratio_max: float = 5.0
     complementary_masks: bool = True  # binary masks of two sources: logit differences, masks sum to 1
     soft_masks: bool = True  # estimates from the predicted probabilities (false: binarised at 0.5, as SoP)
-    # soft binary masks at inference: σ(sharpness · logit); 1: the probabilities as trained (chosen on val: docs/evaluation.md)
+    # soft binary masks at inference: σ(sharpness · logit); 1: the probabilities as trained
+    # (chosen on val: docs/evaluation.md)
     mask_sharpness: float = 1.0
     equal_level: bool = True  # scale every clip to the same RMS before the gain (and in test mixtures)
     gain_range: list[float] = field(default_factory=lambda: [0.5, 1.5])

@@ -49,8 +49,10 @@ class DistanceHead(nn.Module):
 
     def __init__(self, video_dim: int, audio_dim: int, embedding_dim: int) -> None:
         super().__init__()
-        self.video_proj = nn.Sequential(nn.Linear(video_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
-        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
+        self.video_proj = nn.Sequential(nn.Linear(video_dim, embedding_dim), nn.ReLU(),
+                                      nn.Linear(embedding_dim, embedding_dim))
+        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, embedding_dim), nn.ReLU(),
+                                      nn.Linear(embedding_dim, embedding_dim))
         self.calibration = nn.Linear(1, 1)
         nn.init.constant_(self.calibration.weight, -5.0)  # closer → more likely to correspond
         nn.init.constant_(self.calibration.bias, 5.0)

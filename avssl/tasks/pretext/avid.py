@@ -93,7 +93,8 @@ def projection_head(dim: int, cfg: AVIDConfig) -> nn.Module:
     if cfg.projection_norm == "none":
         return MLP(dims)
     if cfg.projection_norm == "batchnorm":
-        return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True), nn.BatchNorm1d(cfg.embedding_dim, affine=False))
+        return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True),
+                             nn.BatchNorm1d(cfg.embedding_dim, affine=False))
     raise ValueError(f"task.projection_norm must be none or batchnorm, got {cfg.projection_norm!r}")
 
 
@@ -216,7 +217,8 @@ class AVID(PretextTask):
         a = F.normalize(self.audio_head(audio_features), dim=1)
         similarity = v @ a.T
         target = torch.arange(v.shape[0], device=v.device)
-        accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean() + (similarity.argmax(0) == target).float().mean())
+        accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean()
+                          + (similarity.argmax(0) == target).float().mean())
         self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
         self.log_skipped(batch, "val")
         return {"embeddings": {"video": video_features, "audio": audio_features}}  # for the online monitors
