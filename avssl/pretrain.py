@@ -194,9 +194,9 @@ def cpu_intra_op_threads(trainer_args: dict[str, Any], num_workers: int, cores: 
                          current: int) -> int | None:
     """The intra-op thread count for a training process on the CPU that shares ``cores``
     with its loader workers: cores per process minus the workers, at least 1 and never
-    more than ``current``; None on an accelerator (nothing to change). Measured on 2 cores
-    with 2 workers: torch's default (one thread per core) made AVC's epochs ~45 % slower
-    (docs/benchmarks.md)."""
+    more than ``current``; None on an accelerator (nothing to change). torch's default (one
+    thread per core) makes the training process compete with its workers for the cores, and
+    epochs markedly slower (docs/benchmarks.md)."""
     accelerator = str(trainer_args.get("accelerator", "auto"))
     if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
         return None

@@ -136,8 +136,9 @@ def cross_modal_scores(query: torch.Tensor, bank: MemoryBank, positive_index: to
 
     Either every slot's score (one B×D @ D×N product, then picked) or the picked slots'
     embeddings (B×K×D, gathered): whichever tensor is smaller. The same numbers up to
-    rounding; on the CPU demo (N = 2,400, K = 1,024, D = 128) the product spares gathering
-    32 MB of embeddings per direction and step (AVID+CMA trains 18 % faster)."""
+    rounding; at the CPU demo's sizes (N = 2,400, K = 1,024, D = 128) the product spares
+    gathering a B×K×D copy of the bank per direction and step, and AVID+CMA trains faster
+    (docs/benchmarks.md)."""
     q = F.normalize(query, dim=1)
     if positive_index.dim() == 1:
         positive_index = positive_index[:, None]

@@ -18,7 +18,7 @@ used as negatives.
 embedding (BatchNorm1d) before the head. The pooled embeddings of ReLU networks are all
 positive with a large shared mean, which leaves the head's logits nearly constant across
 pairs at first; on the synthetic set the standardised version leaves the loss plateau
-about twice as fast (docs/methods/avc.md). ``none`` is the paper's head as published.
+sooner (docs/methods/avc.md). ``none`` is the paper's head as published.
 """
 from __future__ import annotations
 
