@@ -1,7 +1,6 @@
 """Clustering quality against labels ("Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision",
-NeurIPS 2020): NMI and ARI from scikit-learn, and
-purity (the share of samples whose cluster's majority label is their own; a one-liner
-scikit-learn does not have).
+NeurIPS 2020): NMI and ARI from scikit-learn, and purity (the share of samples whose cluster's majority label is
+their own; a one-liner scikit-learn does not have).
 
 scikit-learn, not torchmetrics: torchmetrics' ARI multiplies int64 pair counts, which
 overflow above ~65k samples (ARI of 2.5 or −2.4 where the true value is 0.25), and its NMI

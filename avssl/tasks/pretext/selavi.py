@@ -23,10 +23,9 @@ Not implemented from the paper: modality alignment of the audio head's output un
 (unneeded: labels are shared from the start) and decorrelated head groups.
 
 ``task.variant: online`` is the streaming SwAV-style form ("Unsupervised Learning of Visual Features by Contrasting
-Cluster Assignments", NeurIPS 2020): each
-modality → projection MLP → 128-d, L2-normalised; K shared prototypes (unit norm, re-
-normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations, equipartition
-over the global batch) without gradient; cross-modal swapped prediction
+Cluster Assignments", NeurIPS 2020): each modality → projection MLP → 128-d, L2-normalised;
+K shared prototypes (unit norm, re-normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations,
+equipartition over the global batch) without gradient; cross-modal swapped prediction
 ½ [CE(q_v, softmax(z_a Cᵀ/τ)) + CE(q_a, softmax(z_v Cᵀ/τ))]. No label bank, no index.
 Evaluation reads it as one head with logits zCᵀ/τ.
 """
