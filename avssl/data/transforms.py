@@ -85,8 +85,10 @@ class VideoTransform:
         self.flip = train and settings.flip
         # crop_scale (1, 1) keeps the whole frame: RandomResizedCrop would draw ten aspect
         # ratios, reject them all and fall back to (about) the whole frame, time lost on every clip
+        # (docs/benchmarks.md)
         whole_frame = tuple(settings.crop_scale) == (1.0, 1.0)
-        self.crop = v2.RandomResizedCrop(size, scale=settings.crop_scale, antialias=True) if train and not whole_frame else None
+        self.crop = (v2.RandomResizedCrop(size, scale=settings.crop_scale, antialias=True)
+                     if train and not whole_frame else None)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         return self.apply(frames)[0]
