@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 METHODS ?= avc
 JOBS ?=          # steps side by side after the shards (empty: one per method, at most one per core)
 
-.PHONY: install test test-fast demo clean
+.PHONY: install lint test test-fast demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra tests
 
 test-fast: $(STAMP)

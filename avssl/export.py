@@ -47,7 +47,8 @@ VIDEO_LAYOUT = "B×3×T×H×W"
 AUDIO_LAYOUT = "B×1×F×T"
 _REGISTRIES = {"video_encoder": VIDEO_ENCODERS, "audio_encoder": AUDIO_ENCODERS}
 
-__all__ = ["CheckpointError", "ExportError", "PretrainedEncoders", "build_encoders", "export_checkpoint", "load_checkpoint", "load_pretrained"]
+__all__ = ["CheckpointError", "ExportError", "PretrainedEncoders", "build_encoders", "export_checkpoint",
+           "load_checkpoint", "load_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ def _encoders_of(ckpt: Mapping[str, Any], recipe: Mapping[str, Any], checkpoint:
             continue
         tensors = _sub_state_dict(state_dict, key + ".")
         if not tensors:
-            raise ExportError(f"{checkpoint}: model.{key} names {specs[key][0]!r} but the state_dict has no '{key}.*' weights")
+            raise ExportError(f"{checkpoint}: model.{key} names {specs[key][0]!r} "
+                              f"but the state_dict has no '{key}.*' weights")
         _load_strict(encoder, tensors, f"{checkpoint} ({key} = {specs[key][0]})")
     if all(e is None for e in encoders.values()):
         raise ExportError(f"{checkpoint}: the recipe names neither a video nor an audio encoder")
@@ -384,7 +386,8 @@ def _load_weights(directory: Path, key: str, entry: Mapping[str, Any], encoder: 
     convention = entry.get("weights_convention", "avssl")
     if convention == "torchvision":
         if not isinstance(encoder, TorchvisionBackbone):
-            raise ExportError(f"{path}: torchvision weights for {entry['name']!r}, which does not wrap a torchvision model")
+            raise ExportError(f"{path}: torchvision weights for {entry['name']!r}, "
+                              "which does not wrap a torchvision model")
         _load_strict(encoder.backbone, tensors, str(path))
     elif convention == "avssl":
         _load_strict(encoder, tensors, str(path))

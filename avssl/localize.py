@@ -9,10 +9,14 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from avssl.config import start_evaluation, data_config, to_plain
+from avssl.config import data_config, start_evaluation, to_plain
 from avssl.tasks.downstream.linear_probe import _device, write_metrics
-from avssl.tasks.downstream.localization import (LocalizationConfig, evaluate_localization, event_localization,
-                                                 plot_localization)
+from avssl.tasks.downstream.localization import (
+    LocalizationConfig,
+    evaluate_localization,
+    event_localization,
+    plot_localization,
+)
 
 
 def load_localization_task(config: DictConfig, checkpoint: str):
@@ -29,7 +33,8 @@ def load_localization_task(config: DictConfig, checkpoint: str):
     path = Path(checkpoint)
     if path.suffix != ".ckpt":
         raise FileNotFoundError(f"localization.checkpoint={checkpoint}: give a pretext run's .ckpt (the heatmap "
-                                "needs the method's cross-modal head, which an export folder does not hold) or 'random'")
+                                "needs the method's cross-modal head, which an export folder does not hold) "
+                                "or 'random'")
     return load_pretext_task(path), f"ckpt:{path.resolve()}:{path.stat().st_mtime_ns}"
 
 

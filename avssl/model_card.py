@@ -108,7 +108,8 @@ def _front_matter(method: str, data: Mapping[str, Any], license: str) -> str:
 
 
 def _encoder_rows(spec: Mapping[str, Any]) -> list[str]:
-    rows = ["| modality | encoder | embedding | pooling | parameters | file | weights |", "|---|---|---:|---|---:|---|---|"]
+    rows = ["| modality | encoder | embedding | pooling | parameters | file | weights |",
+            "|---|---|---:|---|---:|---|---|"]
     for key in ("video_encoder", "audio_encoder"):
         entry = spec.get(key)
         if entry:
@@ -121,8 +122,9 @@ def _encoder_rows(spec: Mapping[str, Any]) -> list[str]:
 def _input_lines(inputs: Mapping[str, Any]) -> list[str]:
     lines = []
     if video := inputs.get("video"):
-        lines.append(f"- video: {video['num_frames']} frames at {video['fps']} fps, {video['size']}×{video['size']} px, "
-                     f"layout {video['layout']}; {video['scaling']} (mean {video['mean']}, std {video['std']})")
+        lines.append(f"- video: {video['num_frames']} frames at {video['fps']} fps, "
+                     f"{video['size']}×{video['size']} px, layout {video['layout']}; "
+                     f"{video['scaling']} (mean {video['mean']}, std {video['std']})")
     if audio := inputs.get("audio"):
         mel = audio["mel"]
         lines.append(f"- audio: {audio['seconds']} s mono at {audio['sample_rate']} Hz → {audio['representation']} "
@@ -189,9 +191,11 @@ def model_card(spec: Mapping[str, Any], pretext: Mapping[str, float], evaluation
     lines = [_front_matter(task, data, license), f"# {method}: {names}", ""]
     if spec.get("smoke"):
         lines += [_SMOKE_NOTICE, ""]
-    lines += ['Encoders pretrained without labels by avssl. Load them with `avssl.load_pretrained("path/to/this/folder")`.',
+    lines += ["Encoders pretrained without labels by avssl. "
+              'Load them with `avssl.load_pretrained("path/to/this/folder")`.',
               "", "## Model", "", f"- method: {method}" + (f' (paper: "{paper}")' if paper else ""), "",
               *_encoder_rows(spec), "", "## Training", "", *_training_lines(spec, data), "",
-              "## Inputs", "", *_input_lines(spec["inputs"]), "", "## Results", "", *_results_lines(pretext, evaluations),
+              "## Inputs", "", *_input_lines(spec["inputs"]), "",
+              "## Results", "", *_results_lines(pretext, evaluations),
               "## Usage", "", *_USAGE, *_torchvision_note(spec), "## Licence", "", licence, ""]
     return "\n".join(lines)

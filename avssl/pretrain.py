@@ -33,7 +33,8 @@ def make_loggers(config: DictConfig, run_dir: Path, resumed_at_step: int | None 
     the user set WANDB_MODE (a resumed run continues the same wandb run)."""
     loggers: list[Logger] = []
     if config.logger.csv:
-        loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", resumed_at_step=resumed_at_step))
+        loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv",
+                                          resumed_at_step=resumed_at_step))
     if config.logger.wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
         from pytorch_lightning.loggers import WandbLogger
@@ -193,9 +194,9 @@ def cpu_intra_op_threads(trainer_args: dict[str, Any], num_workers: int, cores: 
                          current: int) -> int | None:
     """The intra-op thread count for a training process on the CPU that shares ``cores``
     with its loader workers: cores per process minus the workers, at least 1 and never
-    more than ``current``; None on an accelerator (nothing to change). Measured on 2 cores
-    with 2 workers: torch's default (one thread per core) made AVC's epochs ~45 % slower
-    (docs/benchmarks.md)."""
+    more than ``current``; None on an accelerator (nothing to change). torch's default (one
+    thread per core) makes the training process compete with its workers for the cores, and
+    epochs markedly slower (docs/benchmarks.md)."""
     accelerator = str(trainer_args.get("accelerator", "auto"))
     if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
         return None
@@ -214,6 +215,25 @@ def node_cores(environ: dict[str, str] | None = None) -> int | None:
     if per_task and tasks and per_task.isdigit() and tasks.isdigit():
         return int(per_task) * int(tasks)
     return os.cpu_count()
+
+
+def set_cpu_intra_op_threads(trainer_args: dict[str, Any], num_workers: int) -> None:
+    """Give this training process :func:`cpu_intra_op_threads` threads on the CPU (nothing on
+    an accelerator), and say so once: every rank sets its own count, rank zero logs it."""
+    threads = cpu_intra_op_threads(trainer_args, num_workers, node_cores(), torch.get_num_threads())
+    if threads is None:
+        return
+    # A count the user (or torchrun) set in OMP_NUM_THREADS wins. Otherwise ours goes there
+    # too: Lightning's DDP launcher resets the count to cores // local processes unless
+    # OMP_NUM_THREADS is set, which would undo this choice (and make a 2-node run compute
+    # with other thread counts, so other roundings, than 2 processes on one node).
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else threads
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if threads != torch.get_num_threads():
+        if rank_zero_only.rank == 0:
+            log.info("CPU training: %d intra-op thread(s) beside %d loader worker(s)", threads, num_workers)
+        torch.set_num_threads(threads)
 
 
 def _has_test_step(task: pl.LightningModule) -> bool:
@@ -244,18 +264,7 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     checkpoints = checkpoint_callbacks(config, run_dir)
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))
     trainer_args.setdefault("default_root_dir", str(run_dir))
-    threads = cpu_intra_op_threads(trainer_args, datamodule.config.num_workers, node_cores(), torch.get_num_threads())
-    if threads is not None:
-        # A count the user (or torchrun) set in OMP_NUM_THREADS wins. Otherwise ours goes there
-        # too: Lightning's DDP launcher resets the count to cores // local processes unless
-        # OMP_NUM_THREADS is set, which would undo this choice (and make a 2-node run compute
-        # with other thread counts, so other roundings, than 2 processes on one node).
-        given = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(given) if given.isdigit() and int(given) > 0 else threads
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        if threads != torch.get_num_threads():
-            print(f"CPU training: {threads} intra-op thread(s) beside {datamodule.config.num_workers} loader worker(s)")
-            torch.set_num_threads(threads)
+    set_cpu_intra_op_threads(trainer_args, datamodule.config.num_workers)
     loggers = make_loggers(config, run_dir, resumed_at)
     monitors = OmegaConf.to_object(config.monitors)
     callbacks: list[pl.Callback] = [*checkpoints, *build_monitors(monitors, config.data.shards, seed=config.seed)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from avssl.config import start_evaluation, data_config, to_plain
+from avssl.config import data_config, start_evaluation, to_plain
 from avssl.data.datamodule import DataConfig
 from avssl.data.views import AudioView, MelSettings, VideoView
 from avssl.tasks.downstream.linear_probe import ProbeConfig, run_linear_probe, write_metrics
@@ -81,7 +81,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def cross_validate(encoders: dict, data: DataConfig, probe: ProbeConfig, encoder_id: str, run_dir: Path
                    ) -> dict[str, Any]:
-    """The fold protocol (ESC-50, "Look, Listen and Learn", ICCV 2017; "Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021): one probe per fold's shard set
+    """The fold protocol (ESC-50, "Look, Listen and Learn", ICCV 2017; "Audio-Visual Instance Discrimination with
+    Cross-Modal Agreement", CVPR 2021): one probe per fold's shard set
     (`avssl prepare esc50 --fold k`: train = the other folds, test = fold k), and the mean
     of each test metric over the folds; each fold's figures in ``run_dir/fold<k>``."""
     from dataclasses import replace

@@ -156,7 +156,8 @@ def main() -> None:
     window_frames = frames_per_window(all_starts)
     print(f"\nshards: {shard_dir} ({shards.num_samples} videos); frames per window (keyframe → last frame): "
           f"{window_frames:.1f}")
-    print(f"{'loader':<20} {'clips/s':>8} {'ceiling':>8} {'ratio':>6}   (median of {args.rounds} rounds; ratio per round)")
+    print(f"{'loader':<20} {'clips/s':>8} {'ceiling':>8} {'ratio':>6}   "
+          f"(median of {args.rounds} rounds; ratio per round)")
     rows = []
     for label, _, _ in modes:
         cores = 2 if label == "2 workers" else 1

@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--baseline", help="a sinkhorn.py of another revision, timed alternately with this one")
     parser.add_argument("--repeats", type=int, default=1, help="timings of each solver per size (alternating)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--log-domain", action="store_true", help="also time the current solver forced to the log domain")
+    parser.add_argument("--log-domain", action="store_true",
+                        help="also time the current solver forced to the log domain")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,8 +68,8 @@ def main() -> None:
                           flush=True)
                 if args.log_domain:
                     seconds, iterations, error, domain = bench(sinkhorn_knopp, log_probs, device, domain="log")
-                    print(f"{name:<28} {'current':<9} {n:>9} {k:>6} {seconds:>8.2f} {iterations:>6} {error:>9.1e} {domain}",
-                          flush=True)
+                    print(f"{name:<28} {'current':<9} {n:>9} {k:>6} {seconds:>8.2f} {iterations:>6} {error:>9.1e} "
+                          f"{domain}", flush=True)
 
 
 if __name__ == "__main__":

@@ -308,7 +308,8 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
         recipe = str(evals / "synth_localization.yaml")
         options = [f"localization.cache_dir={out / 'feature_cache'}",
                    f"localization.events={'true' if 'events' in downstream else 'false'}"]
-        run("localize", recipe, *common, *options, "localization.checkpoint=random", f"run_dir={out / 'localize_random'}")
+        run("localize", recipe, *common, *options, "localization.checkpoint=random",
+            f"run_dir={out / 'localize_random'}")
         for method in methods:
             run("localize", recipe, *common, *options,
                 f"localization.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
@@ -362,7 +363,8 @@ def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dic
                 "ciou": loc["ciou"], "auc": loc["auc"], "mean_ciou": loc["mean_ciou"], "rule": loc["rule"],
                 "random_ciou": random_loc["ciou"], "random_auc": random_loc["auc"],
                 "whole_image_ciou": loc["whole_image_ciou"], "whole_image_mean_ciou": loc["whole_image_mean_ciou"],
-                "median_rule": {"ciou": loc["by_rule"]["median"]["ciou"], "mean_ciou": loc["by_rule"]["median"]["mean_ciou"],
+                "median_rule": {"ciou": loc["by_rule"]["median"]["ciou"],
+                                "mean_ciou": loc["by_rule"]["median"]["mean_ciou"],
                                 "random_mean_ciou": random_loc["by_rule"]["median"]["mean_ciou"]},
                 "event_segment_accuracy": loc.get("events", {}).get("segment_accuracy"),
                 "random_event_segment_accuracy": random_loc.get("events", {}).get("segment_accuracy"),

@@ -1,109 +1,155 @@
 """In-memory pretext training on scripts/diag_cache_clips.py output, with cosine / NMI diagnostics and a linear probe.
 python scripts/diag_pretext_inmemory.py avid 600 probe_every=600 task.projection_norm=batchnorm task.loss=softmax
 python scripts/diag_pretext_inmemory.py selavi 600 probe_every=600 task.variant=online task.swav_dim=8"""
-import sys, time, math, json, torch, numpy as np
-import torch.nn.functional as F
-torch.set_num_threads(1)
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from avssl.tasks.downstream.linear_probe import fit_logistic_regression
-from avssl.metrics.clustering import clustering_scores
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avssl.metrics.clustering import clustering_scores
+from avssl.tasks.downstream.linear_probe import fit_logistic_regression
+from avssl.tasks.pretext.avid import AVID
+from avssl.tasks.pretext.selavi import SeLaVi, labeling_steps
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(1)
 method, steps = sys.argv[1], int(sys.argv[2])
 over = dict(a.split("=", 1) for a in sys.argv[3:])
-seed = int(over.pop("seed", 0)); probe_every = int(over.pop("probe_every", 0)); bs = int(over.pop("bs", 64))
+seed = int(over.pop("seed", 0))
+probe_every = int(over.pop("probe_every", 0))
+bs = int(over.pop("bs", 64))
 lr = float(over.pop("lr", 5e-4))
+
+
 def parse(v):
     for f in (int, float):
-        try: return f(v)
-        except ValueError: pass
+        try:
+            return f(v)
+        except ValueError:
+            pass
     return {"true": True, "false": False, "none": None, "null": None}.get(v, v)
+
+
 task = {k[5:]: parse(v) for k, v in over.items() if k.startswith("task.")}
 cache = torch.load("/tmp/diag/cache.pt")
-tr = cache["train"]; n = int(tr["index"].max()) + 1
+tr = cache["train"]
+n = int(tr["index"].max()) + 1
 torch.manual_seed(seed)
-config = {"seed": seed, "data": {"shards": str(__import__("pathlib").Path(__file__).resolve().parents[1]) + "/runs/demo/shards", "video": {"num_frames": 1, "fps": 25.0, "size": 64}},
+config = {"seed": seed,
+          "data": {"shards": str(REPO) + "/runs/demo/shards", "video": {"num_frames": 1, "fps": 25.0, "size": 64}},
           "model": {"video_encoder": {"name": "small3d"}, "audio_encoder": {"name": "small2d"}},
           "task": {"name": method, "num_instances": n, **task}}
 if method == "avid":
-    from avssl.tasks.pretext.avid import AVID as T
+    T = AVID
     config["task"].setdefault("projection_hidden", 128)
 else:
-    from avssl.tasks.pretext.selavi import SeLaVi as T
-    config["task"].setdefault("num_clusters", 8); config["task"].setdefault("num_heads", 4)
+    T = SeLaVi
+    config["task"].setdefault("num_clusters", 8)
+    config["task"].setdefault("num_heads", 4)
 model = T(config)
 opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-5)
 # two windows per video: rows [0,n) and [n,2n) ordered by index
 order = torch.argsort(tr["index"] * 2 + (torch.arange(len(tr["index"])) >= len(tr["index"]) // 2).long())
-V, A, I, L = tr["video"], tr["audio"], tr["index"], tr["label"]
+V, A, INDEX, L = tr["video"], tr["audio"], tr["index"], tr["label"]
 g = torch.Generator().manual_seed(seed)
+
 
 def batches():
     epoch = 0
     while True:
-        perm = torch.randperm(len(I) // 2, generator=g)  # one window per video per epoch
-        half = (epoch % 2) * (len(I) // 2)
+        perm = torch.randperm(len(INDEX) // 2, generator=g)  # one window per video per epoch
+        half = (epoch % 2) * (len(INDEX) // 2)
         rows = perm + half
         for s in range(0, len(rows) - bs + 1, bs):
             r = rows[s:s + bs]
             v = V[r].clone()
             flip = torch.rand(len(r), generator=g) < 0.5
             v[flip] = v[flip].flip(-1)
-            yield epoch, {"video": v, "audio": A[r], "index": I[r], "label": L[r]}
+            yield epoch, {"video": v, "audio": A[r], "index": INDEX[r], "label": L[r]}
         epoch += 1
+
 
 @torch.no_grad()
 def feats(split, enc="both"):
-    d = cache[split]; model.eval(); out = {"video": [], "audio": []}
+    d = cache[split]
+    model.eval()
+    out = {"video": [], "audio": []}
     for s in range(0, len(d["index"]), 256):
-        out["video"].append(model.video_encoder(d["video"][s:s+256])); out["audio"].append(model.audio_encoder(d["audio"][s:s+256]))
+        out["video"].append(model.video_encoder(d["video"][s:s+256]))
+        out["audio"].append(model.audio_encoder(d["audio"][s:s+256]))
     model.train()
     return {k: torch.cat(v) for k, v in out.items()}, d["label"]
 
+
 def probe():
-    half = len(I) // 2
-    trd = {"video": V[:half], "audio": A[:half], "index": I[:half], "label": L[:half]}
+    half = len(INDEX) // 2
+    trd = {"video": V[:half], "audio": A[:half], "index": INDEX[:half], "label": L[:half]}
     cache["_tr"] = trd
-    ftr, ytr = feats("_tr"); fva, yva = feats("val"); fte, yte = feats("test")
+    ftr, ytr = feats("_tr")
+    fva, yva = feats("val")
+    fte, yte = feats("test")
     res = {}
     for m in ("video", "audio"):
         mu, sd = ftr[m].mean(0), ftr[m].std(0) + 1e-6
-        z = lambda x: (x - mu) / sd
+
+        def z(x, mu=mu, sd=sd):
+            return (x - mu) / sd
+
         best = None
         for wd in (1e-4, 1e-3, 1e-2):
             clf = fit_logistic_regression(z(ftr[m]), ytr, 8, wd, 200)
             acc = (clf(z(fva[m])).argmax(1) == yva).float().mean().item()
-            if best is None or acc > best[0]: best = (acc, clf)
+            if best is None or acc > best[0]:
+                best = (acc, clf)
         res[m] = round(100 * (best[1](z(fte[m])).argmax(1) == yte).float().mean().item(), 1)
     return res
 
+
 @torch.no_grad()
 def diag_avid():
-    d = cache["val"]; model.eval()
+    d = cache["val"]
+    model.eval()
     vf, af = model.video_encoder(d["video"][:256]), model.audio_encoder(d["audio"][:256])
-    v = F.normalize(model.video_head(vf), dim=1); a = F.normalize(model.audio_head(af), dim=1)
+    v = F.normalize(model.video_head(vf), dim=1)
+    a = F.normalize(model.audio_head(af), dim=1)
     model.train()
-    s = v @ a.T; eye = torch.eye(len(s), dtype=torch.bool)
-    r64 = 0.5 * ((s[:64, :64].argmax(1) == torch.arange(64)).float().mean() + (s[:64, :64].argmax(0) == torch.arange(64)).float().mean())
+    s = v @ a.T
+    eye = torch.eye(len(s), dtype=torch.bool)
+    r64 = 0.5 * ((s[:64, :64].argmax(1) == torch.arange(64)).float().mean()
+                 + (s[:64, :64].argmax(0) == torch.arange(64)).float().mean())
     vv = v @ v.T
-    return {"cos_pos": round(s[eye].mean().item(), 3), "cos_neg": round(s[~eye].mean().item(), 3), "cos_neg_std": round(s[~eye].std().item(), 3),
+    bank = model.video_bank.bank[:256]
+    return {"cos_pos": round(s[eye].mean().item(), 3), "cos_neg": round(s[~eye].mean().item(), 3),
+            "cos_neg_std": round(s[~eye].std().item(), 3),
             "cos_vv": round(vv[~eye].mean().item(), 3), "ret64": round(r64.item(), 3),
-            "bank_vv": round((model.video_bank.bank[:256] @ model.video_bank.bank[:256].T)[~eye].mean().item(), 3)}
+            "bank_vv": round((bank @ bank.T)[~eye].mean().item(), 3)}
+
 
 @torch.no_grad()
 def diag_selavi():
-    d = cache["val"]; model.eval()
+    d = cache["val"]
+    model.eval()
     vl, al = model.head_logits(model.video_encoder(d["video"]), model.audio_encoder(d["audio"]))
     model.train()
     c = model.joint_log_probs(vl, al).argmax(-1)
     nmi = [clustering_scores(ci, d["label"])["nmi"] for ci in c]
     lab = getattr(model, "labels", None)
-    tr_nmi = [clustering_scores(lab[h][I[:len(I)//2]], L[:len(I)//2])["nmi"] for h in range(lab.shape[0])] if lab is not None and (lab >= 0).all() else []
+    half = len(INDEX) // 2
+    tr_nmi = ([clustering_scores(lab[h][INDEX[:half]], L[:half])["nmi"] for h in range(lab.shape[0])]
+              if lab is not None and (lab >= 0).all() else [])
     return {"val_nmi": [round(float(x), 3) for x in nmi], "label_nmi": [round(float(x), 3) for x in tr_nmi]}
 
+
 print("config", json.dumps(config["task"]), "lr", lr, "seed", seed, flush=True)
-import warnings; warnings.filterwarnings("ignore")
-from avssl.tasks.pretext.selavi import labeling_steps
-per_epoch = (len(I) // 2) // bs
+warnings.filterwarnings("ignore")
+
+per_epoch = (len(INDEX) // 2) // bs
 T2 = type("T2", (T,), {"global_step": property(lambda self: self.__dict__.get("_step", 0)),
                        "current_epoch": property(lambda self: self.__dict__.get("_epoch", 0))})
 model.__class__ = T2
@@ -112,12 +158,16 @@ if method == "selavi":
 t0 = time.time()
 diag = diag_avid if method == "avid" else diag_selavi
 print("init", diag(), probe() if probe_every else "", flush=True)
-losses = []; last_epoch = -1
+losses = []
+last_epoch = -1
 for step, (epoch, batch) in enumerate(batches()):
-    if step >= steps: break
-    model.__dict__["_step"] = step; model.__dict__["_epoch"] = epoch
+    if step >= steps:
+        break
+    model.__dict__["_step"] = step
+    model.__dict__["_epoch"] = epoch
     if epoch != last_epoch:
-        model.on_train_epoch_start(); last_epoch = epoch
+        model.on_train_epoch_start()
+        last_epoch = epoch
     if method == "avid":
         out = model.training_step(batch, step)
     else:
@@ -125,12 +175,16 @@ for step, (epoch, batch) in enumerate(batches()):
         out = model.training_step(batch, step)
     loss = out["loss"]
     opt.zero_grad()
-    if loss.requires_grad: loss.backward(); model.on_after_backward()
+    if loss.requires_grad:
+        loss.backward()
+        model.on_after_backward()
     opt.step()
     losses.append(float(loss))
     if (step + 1) % 100 == 0:
         msg = f"step {step+1} ep {epoch} loss {np.mean(losses[-100:]):.4f} t {time.time()-t0:.0f}s"
-        if (step + 1) % 300 == 0 or step + 1 == steps: msg += " " + json.dumps(diag())
-        if probe_every and (step + 1) % probe_every == 0: msg += " probe " + json.dumps(probe())
+        if (step + 1) % 300 == 0 or step + 1 == steps:
+            msg += " " + json.dumps(diag())
+        if probe_every and (step + 1) % probe_every == 0:
+            msg += " probe " + json.dumps(probe())
         print(msg, flush=True)
 print("final", json.dumps(diag()), "probe", json.dumps(probe()), "time", round(time.time() - t0), flush=True)

@@ -70,8 +70,9 @@ def write_test_shards(out: Path, clips: list[bytes], per_shard: int, split: str 
     return out
 
 
-def make_synth_shards(root: Path, num_videos: int = 24, size: int = 32, split: tuple[float, float, float] = (0.5, 0.25, 0.25),
-                      seconds: float = 2.0, shard_size: int = 8) -> Path:
+def make_synth_shards(root: Path, num_videos: int = 24, size: int = 32,
+                      split: tuple[float, float, float] = (0.5, 0.25, 0.25), seconds: float = 2.0,
+                      shard_size: int = 8) -> Path:
     """A tiny synthetic set through `avssl synth` and `avssl shards` (labels, ground truth
     sidecars); returns the shards folder."""
     from avssl.cli import main

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from avssl.cli import main
-
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

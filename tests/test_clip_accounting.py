@@ -53,9 +53,9 @@ def test_a_test_split_that_lost_clips_is_an_error_unless_allowed(
     if verb == "probe":
         common.append("probe.modalities=[video]")
     expected, evaluated = 6 * clips_per_video, 5 * clips_per_video
-    message = (f"^split 'test': {evaluated} of {expected} clips evaluated, {clips_per_video} lost \\(missing or damaged "
-               f"shards, undecodable media\\); repair the shards, or set data.allow_missing_test_clips=true to report "
-               f"on the rest$")
+    message = (f"^split 'test': {evaluated} of {expected} clips evaluated, {clips_per_video} lost "
+               f"\\(missing or damaged shards, undecodable media\\); repair the shards, "
+               f"or set data.allow_missing_test_clips=true to report on the rest$")
     with pytest.warns(UserWarning, match="could not be read"), pytest.raises(DataError, match=message):
         _run(verb, recipe, common)
     assert not (tmp_path / "run" / "metrics.json").exists()

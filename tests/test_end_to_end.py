@@ -9,7 +9,6 @@ import torch
 
 import avssl
 from avssl.cli import main
-
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

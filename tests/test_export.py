@@ -270,7 +270,8 @@ def test_weights_that_do_not_match_the_config(tmp_path):
     ckpt = _fake_checkpoint(tmp_path / "x.ckpt", recipe, video_encoder=video_encoder)
     with pytest.raises(ExportError, match="do not match"):
         export_checkpoint(ckpt, tmp_path / "out")
-    recipe = _recipe_with(video_encoder=RECIPE["model"]["video_encoder"], audio_encoder=RECIPE["model"]["audio_encoder"])
+    recipe = _recipe_with(video_encoder=RECIPE["model"]["video_encoder"],
+                          audio_encoder=RECIPE["model"]["audio_encoder"])
     ckpt = _fake_checkpoint(tmp_path / "y.ckpt", recipe, video_encoder=video_encoder)  # no audio weights
     with pytest.raises(ExportError, match="audio_encoder"):
         export_checkpoint(ckpt, tmp_path / "out")
@@ -397,7 +398,8 @@ def test_model_card(tmp_path):
     out = export_checkpoint(ckpt, tmp_path / "export", license="cc-by-4.0", evaluations=[probe])
     card = (out / "README.md").read_text()
     assert _front_matter(card) == {"library_name": "avssl", "license": "cc-by-4.0",
-                                   "tags": ["avssl", "self-supervised-learning", "audio-visual", "video", "audio", "avc"],
+                                   "tags": ["avssl", "self-supervised-learning", "audio-visual", "video", "audio",
+                                            "avc"],
                                    "datasets": ["vggsound"], "pipeline_tag": "feature-extraction"}
     assert "# Audio-Visual Correspondence (AVC): small3d + small2d\n" in card
     assert '- method: Audio-Visual Correspondence (AVC) (paper: "Look, Listen and Learn")' in card

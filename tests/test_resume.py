@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from avssl.cli import main
-from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries, resolve_resume
 from avssl.config import RecipeError
-
+from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries, resolve_resume
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -102,8 +101,9 @@ def _kill_and_resume(tmp_path: Path, recipe: str, overrides: list[str], steps_pe
     torch.testing.assert_close(resumed["optimizer"], expected["optimizer"], rtol=1e-5, atol=1e-6, equal_nan=True)
     assert len(expected["monitors"]) == 2, "the online linear probe and kNN"
     # the CSV log continues: every step once, the same learning rates as the straight run
-    logged = {name: [(row["step"], row["lr-Adam"]) for row in csv.DictReader(open(tmp_path / name / "csv" / "metrics.csv"))
-                     if row.get("lr-Adam")] for name in ("straight", "interrupted")}
+    logged = {name: [(row["step"], row["lr-Adam"])
+                     for row in csv.DictReader(open(tmp_path / name / "csv" / "metrics.csv")) if row.get("lr-Adam")]
+              for name in ("straight", "interrupted")}
     assert logged["interrupted"] == logged["straight"] and len(logged["straight"]) == 2 * steps_per_epoch
     torch.testing.assert_close(resumed["monitors"], expected["monitors"], rtol=1e-5, atol=1e-6, equal_nan=True)
 
@@ -196,7 +196,8 @@ def test_resume_auto_stops_when_no_checkpoint_loads(tmp_path: Path, capsys: pyte
 def test_stale_temporaries_are_removed_at_start(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    stale = [folder / ".last.ckpt.4242.tmp", folder / ".epoch=0-step=4.ckpt.17.tmp", tmp_path / ".hpc_ckpt_1.ckpt.9.tmp"]
+    stale = [folder / ".last.ckpt.4242.tmp", folder / ".epoch=0-step=4.ckpt.17.tmp",
+             tmp_path / ".hpc_ckpt_1.ckpt.9.tmp"]
     kept = [folder / "last.ckpt", folder / ".notes.tmp", folder / "last.ckpt.4242.tmp", folder / ".last.ckpt.tmp",
             tmp_path / ".config.yaml.12.tmp"]
     for path in stale + kept:
@@ -205,7 +206,8 @@ def test_stale_temporaries_are_removed_at_start(tmp_path: Path) -> None:
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
 
 
-def test_a_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"global_step": 1, "w": torch.ones(1000)}, path)
 

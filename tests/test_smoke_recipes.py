@@ -66,7 +66,8 @@ def test_smoke_keeps_what_a_gpu_run_depends_on() -> None:
         full, smoke = load_recipe(recipe), load_recipe(recipe, ["smoke=true"])
         assert full.trainer.precision == "bf16-mixed" and smoke.trainer.precision == "bf16-mixed", recipe
         assert smoke.data.audio_features == full.data.audio_features == "device"
-    smoke = load_recipe(AVC, ["smoke=true", "model.channels_last=true", "model.compile=true", "trainer.precision=16-mixed"])
+    smoke = load_recipe(AVC, ["smoke=true", "model.channels_last=true", "model.compile=true",
+                              "trainer.precision=16-mixed"])
     assert smoke.model.channels_last and smoke.model.compile and smoke.trainer.precision == "16-mixed", "the user's"
     assert load_recipe(AVC, ["trainer.precision=16-mixed", "smoke=true"]).trainer.precision == "16-mixed"
 
@@ -112,8 +113,9 @@ def test_resume_refuses_to_mix_smoke_and_real_runs() -> None:
     real_checkpoint = {"hyper_parameters": {"config": {"smoke": False, "run_dir": "runs/a"}}}
     with pytest.raises(RecipeError) as error:
         refuse_smoke_mix(smoke_checkpoint, {"smoke": False})
-    assert str(error.value) == ("resume: that checkpoint is from a smoke run (smoke=true, run_dir runs/a-smoke); a real "
-                                "run never continues one: start it fresh (resume=null) or from its own checkpoint")
+    assert str(error.value) == ("resume: that checkpoint is from a smoke run (smoke=true, run_dir runs/a-smoke); "
+                                "a real run never continues one: start it fresh (resume=null) "
+                                "or from its own checkpoint")
     with pytest.raises(RecipeError) as error:
         refuse_smoke_mix(real_checkpoint, {"smoke": True})
     assert str(error.value) == ("resume: that checkpoint is from a real run (run_dir runs/a); a smoke run starts fresh "
@@ -152,7 +154,8 @@ def steps(monkeypatch: pytest.MonkeyPatch) -> list[Step]:
     norms: list[float] = []
 
     def on_before_optimizer_step(self: PretextTask, optimizer: torch.optim.Optimizer) -> None:
-        norms.append(math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in self.parameters() if p.grad is not None)))
+        squares = [float(p.grad.float().pow(2).sum()) for p in self.parameters() if p.grad is not None]
+        norms.append(math.sqrt(sum(squares)))
 
     def on_train_batch_end(self: PretextTask, outputs: dict, batch: dict, batch_idx: int) -> None:
         recorded.append(Step(self.current_epoch, _phase(self, outputs), float(outputs["loss"]), norms.pop(),

@@ -61,7 +61,8 @@ def quality_warnings(settings: dict[str, Any], views: ViewSpec, where: str) -> l
     if views.audio and "sample_rate" in settings and settings["sample_rate"] < views.mel.sample_rate:
         have, need = int(settings["sample_rate"]), int(views.mel.sample_rate)
         lines.append(f"data.mel.sample_rate is {need} Hz but the shards in {where} hold audio at {have} Hz: it is "
-                     f"upsampled, with nothing above {have / 2:g} Hz; rewrite them with `avssl shards --sample-rate {need}`")
+                     f"upsampled, with nothing above {have / 2:g} Hz; "
+                     f"rewrite them with `avssl shards --sample-rate {need}`")
     video = views.video
     if video is not None and "short_side" in settings and settings["short_side"] < video.size:
         have = int(settings["short_side"])

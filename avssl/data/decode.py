@@ -200,7 +200,8 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
 class MediaReader:
     """One opened in-memory video; decode any number of windows from it.
 
-    ``container_format`` (e.g. ``"mp4"``) skips format probing (≈0.3 ms per open).
+    ``container_format`` (e.g. ``"mp4"``) skips format probing, paid on every open
+    (docs/benchmarks.md).
     ``pcm`` replaces the file's audio stream, if any, as the audio source.
     ``constant_frame_rate`` (true of every video ``avssl shards`` writes) lets a window stop
     decoding at its last frame instead of one frame past it.
@@ -275,7 +276,8 @@ class MediaReader:
         if self.video is None:
             raise DecodeError("no video stream")
         stream = self.video
-        tb = float(stream.time_base)  # float arithmetic: Fraction products cost ~10 µs per frame
+        # float arithmetic: Fraction products are slow, and this runs for every frame (docs/benchmarks.md)
+        tb = float(stream.time_base)
         target_pts = int(np.floor(start_seconds / tb))
         self.container.seek(max(target_pts, 0), stream=stream, backward=True, any_frame=False)
         ctx = stream.codec_context

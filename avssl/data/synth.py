@@ -695,7 +695,8 @@ def render_clip(
             alpha, colour, x0, y0 = layers[i]
             w = alpha.shape[1]
             a = alpha[..., None]
-            # a slice per frame: the same arithmetic as one fancy-indexed update (15 ms an object)
+            # a slice per frame: the same arithmetic as one fancy-indexed update, which was much
+            # slower per object and clip (docs/benchmarks.md)
             for t, (top, left) in enumerate(zip(y0.tolist(), x0.tolist())):
                 patch = frames[t, top:top + w, left:left + w]
                 patch[...] = patch * (1 - a[t]) + colour[t] * a[t]

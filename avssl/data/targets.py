@@ -192,5 +192,6 @@ def clip_targets(
     return out
 
 
-__all__ = ["BACKGROUND", "BOXES", "EVENT", "LABELS", "MAX_BOXES", "MAX_LABELS", "MAX_STEMS", "NUM_STEMS", "STEMS", "TARGETS", "SampleTruth", "clip_targets", "read_boxes_json", "read_stems", "segment_event", "synthetic_boxes",
-           "window_event"]
+__all__ = ["BACKGROUND", "BOXES", "EVENT", "LABELS", "MAX_BOXES", "MAX_LABELS", "MAX_STEMS", "NUM_STEMS", "STEMS",
+           "TARGETS", "SampleTruth", "clip_targets", "read_boxes_json", "read_stems", "segment_event",
+           "synthetic_boxes", "window_event"]

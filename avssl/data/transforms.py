@@ -70,8 +70,8 @@ class VideoTransform:
 
     Training: torchvision's RandomResizedCrop parameters (the whole frame when
     ``crop_scale`` is (1, 1)), then one ``resized_crop`` of the channels-last frames and an
-    optional flip, called directly rather than through a v2 ``Compose`` (the wrapping cost
-    0.9 ms per 16-frame clip, more than the resize itself).
+    optional flip, called directly rather than through a v2 ``Compose`` (the wrapping costs
+    more per clip than the resize itself: docs/benchmarks.md).
     Evaluation: resize the short side to ``size`` and take the centre.
 
     Colour jitter, the float conversion and normalisation run on the batch after it
@@ -84,9 +84,11 @@ class VideoTransform:
         self.train = train
         self.flip = train and settings.flip
         # crop_scale (1, 1) keeps the whole frame: RandomResizedCrop would draw ten aspect
-        # ratios, reject them all and fall back to (about) the whole frame, 0.15 ms a clip
+        # ratios, reject them all and fall back to (about) the whole frame, time lost on every clip
+        # (docs/benchmarks.md)
         whole_frame = tuple(settings.crop_scale) == (1.0, 1.0)
-        self.crop = v2.RandomResizedCrop(size, scale=settings.crop_scale, antialias=True) if train and not whole_frame else None
+        self.crop = (v2.RandomResizedCrop(size, scale=settings.crop_scale, antialias=True)
+                     if train and not whole_frame else None)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         return self.apply(frames)[0]
@@ -143,7 +145,7 @@ class AudioBatchTransform(torch.nn.Module):
     B×1×N for ``representation="waveform"``.
 
     Batched on the device rather than per clip in the workers: one STFT for the batch,
-    free on a GPU, and on the CPU it takes a sixth of a worker's time off every clip
+    free on a GPU, and on the CPU it takes work off every clip in the workers
     (docs/benchmarks.md). Call it once per batch (the gain is random).
     """
 

@@ -44,6 +44,7 @@ task decodes video itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 VIDEO = "video"
 AUDIO = "audio"
 INDEX = "index"
@@ -92,7 +93,8 @@ class AudioView:
         if self.offset not in AUDIO_OFFSETS:
             raise ValueError(f"audio offset must be one of {AUDIO_OFFSETS}, got {self.offset!r}")
         if self.representation not in AUDIO_REPRESENTATIONS:
-            raise ValueError(f"audio representation must be one of {AUDIO_REPRESENTATIONS}, got {self.representation!r}")
+            raise ValueError(f"audio representation must be one of {AUDIO_REPRESENTATIONS}, "
+                             f"got {self.representation!r}")
         if self.seconds <= 0:
             raise ValueError(f"audio window seconds must be positive, got {self.seconds}")
 

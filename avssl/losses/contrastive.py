@@ -1,4 +1,5 @@
-"""AVTS's contrastive loss with margin (Korbar et al. 2018, "Cooperative Learning of Audio and Video Models from Self-Supervised Synchronization", NeurIPS 2018)."""
+"""AVTS's contrastive loss with margin (Korbar et al. 2018, "Cooperative Learning of Audio and Video Models from
+Self-Supervised Synchronization", NeurIPS 2018)."""
 from __future__ import annotations
 
 import torch

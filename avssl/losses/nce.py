@@ -55,7 +55,8 @@ def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: 
 
 class NCENormaliser(nn.Module):
     """Z, estimated once from the first batch's noise scores (mean of e^s⁻ over the
-    batch and every rank), then fixed and saved in the checkpoint ("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021)."""
+    batch and every rank), then fixed and saved in the checkpoint ("Audio-Visual Instance Discrimination with
+    Cross-Modal Agreement", CVPR 2021)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,8 +136,9 @@ def cross_modal_scores(query: torch.Tensor, bank: MemoryBank, positive_index: to
 
     Either every slot's score (one B×D @ D×N product, then picked) or the picked slots'
     embeddings (B×K×D, gathered): whichever tensor is smaller. The same numbers up to
-    rounding; on the CPU demo (N = 2,400, K = 1,024, D = 128) the product spares gathering
-    32 MB of embeddings per direction and step (AVID+CMA trains 18 % faster)."""
+    rounding; at the CPU demo's sizes (N = 2,400, K = 1,024, D = 128) the product spares
+    gathering a B×K×D copy of the bank per direction and step, and AVID+CMA trains faster
+    (docs/benchmarks.md)."""
     q = F.normalize(query, dim=1)
     if positive_index.dim() == 1:
         positive_index = positive_index[:, None]

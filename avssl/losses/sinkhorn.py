@@ -1,4 +1,5 @@
-"""Sinkhorn–Knopp for self-labelling (SeLa / SeLaVi, "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020).
+"""Sinkhorn–Knopp for self-labelling (SeLa / SeLaVi, "Labelling Unlabelled Videos from Scratch with Multi-modal
+Self-supervision", NeurIPS 2020).
 
 Solves  min_Q ⟨Q, −log P⟩ − (1/λ)·H(Q)  with row sums c (one unit per sample) and column
 sums r (cluster sizes): Q = diag(β)·P^λ·diag(α), α and β by alternating scaling. The
@@ -196,9 +197,9 @@ def _row_logsumexp(scores: torch.Tensor, log_alpha: torch.Tensor, buffer: torch.
 
 @torch.no_grad()
 def swav_codes(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
-    """SwAV's online codes ("Unsupervised Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020) for this rank's B×K prototype scores: Q =
-    exp(scores/ε) (shifted by the global maximum), then ``iterations`` times: every
-    prototype's mass to 1/K (sums all-reduced over ranks), every sample's to 1/B_global.
+    """SwAV's online codes ("Unsupervised Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020)
+    for this rank's B×K prototype scores: Q = exp(scores/ε) (shifted by the global maximum), then ``iterations``
+    times: every prototype's mass to 1/K (sums all-reduced over ranks), every sample's to 1/B_global.
     Returns B×K soft codes whose rows sum to 1."""
     scores = scores.double() / epsilon
     q = torch.exp(scores - all_reduce(scores.max(), "max"))

@@ -43,7 +43,8 @@ def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> fl
 
 def video_level_scores(clip_scores: torch.Tensor, clip_labels: torch.Tensor, video_index: torch.Tensor,
                        *, apply_softmax: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average the clips of each video ("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021 "video accuracy").
+    """Average the clips of each video ("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021
+    "video accuracy").
 
     `clip_scores` N×C are logits turned into softmax scores first (`apply_softmax=False`
     averages them as given, e.g. logits: say which you report); `clip_labels` and

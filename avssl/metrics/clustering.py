@@ -1,6 +1,6 @@
-"""Clustering quality against labels ("Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020): NMI and ARI from scikit-learn, and
-purity (the share of samples whose cluster's majority label is their own; a one-liner
-scikit-learn does not have).
+"""Clustering quality against labels ("Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision",
+NeurIPS 2020): NMI and ARI from scikit-learn, and purity (the share of samples whose cluster's majority label is
+their own; a one-liner scikit-learn does not have).
 
 scikit-learn, not torchmetrics: torchmetrics' ARI multiplies int64 pair counts, which
 overflow above ~65k samples (ARI of 2.5 or −2.4 where the true value is 0.25), and its NMI
@@ -16,7 +16,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 def purity(clusters: torch.Tensor, labels: torch.Tensor) -> float:
     contingency = torch.zeros(int(clusters.max()) + 1, int(labels.max()) + 1, dtype=torch.long)
-    contingency.index_put_((clusters.long(), labels.long()), torch.ones_like(clusters, dtype=torch.long), accumulate=True)
+    contingency.index_put_((clusters.long(), labels.long()), torch.ones_like(clusters, dtype=torch.long),
+                           accumulate=True)
     return float(contingency.max(dim=1).values.sum()) / clusters.numel()
 
 

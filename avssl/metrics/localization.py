@@ -1,5 +1,5 @@
-"""Sound-source localization metrics ("Localizing Visual Sounds the Hard Way", CVPR 2021, the LVS test code's rules): ground-truth
-maps from boxes, the median-threshold binarisation, consensus IoU, cIoU@0.5 and the AUC of the
+"""Sound-source localization metrics ("Localizing Visual Sounds the Hard Way", CVPR 2021, the LVS test code's rules):
+ground-truth maps from boxes, the median-threshold binarisation, consensus IoU, cIoU@0.5 and the AUC of the
 success-rate curve. Small torch code: no maintained library implements these rules."""
 from __future__ import annotations
 

@@ -92,9 +92,10 @@ class Encoder(nn.Module):
                 # Strides written out, not `.contiguous(memory_format=…)`: for one input channel
                 # (the audio encoders' first conv) that is a no-op, the layout stays ambiguous,
                 # and oneDNN then answers a 1-channel input with a contiguous output whose ReLU
-                # meets channels-last gradients in the backward pass (a strided copy: on the CPU
-                # demo the first block's backward took twice as long).
-                parameter.data = torch.empty_like(parameter.data, memory_format=self.memory_format).copy_(parameter.data)
+                # meets channels-last gradients in the backward pass (a strided copy, which slows
+                # the first block's backward markedly on the CPU demo: docs/benchmarks.md).
+                restrided = torch.empty_like(parameter.data, memory_format=self.memory_format)
+                parameter.data = restrided.copy_(parameter.data)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

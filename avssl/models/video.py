@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Sequence
 
 import torch
@@ -98,7 +97,7 @@ class Small3D(Encoder):
     def use_channels_last(self) -> "Small3D":
         # The single-frame path's gradient of a weight's middle slice comes back contiguous,
         # so autograd warns once that it does not match the channels_last_3d weight (one
-        # copy of a small weight per step). Measured on the CPU demo: still ~10 % faster.
+        # copy of a small weight per step). Still faster on the CPU demo (docs/benchmarks.md).
         warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
         return super().use_channels_last()
 

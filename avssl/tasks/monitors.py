@@ -97,7 +97,8 @@ class _EmbeddingMonitor(pl.Callback):
     def __init__(self, modalities: Sequence[str] = MODALITIES) -> None:
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown or not modalities:
-            raise ValueError(f"monitors.modalities must be a non-empty subset of {list(MODALITIES)}, got {list(modalities)}")
+            raise ValueError(f"monitors.modalities must be a non-empty subset of {list(MODALITIES)}, "
+                             f"got {list(modalities)}")
         self.modalities = tuple(modalities)
         self._said: set[str] = set()
         self._labelled_this_epoch = 0

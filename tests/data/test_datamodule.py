@@ -216,7 +216,8 @@ def test_samples_written_by_avssl_shards_stream_with_clicks_on_flashes(tmp_path:
 
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "clip.mp4").write_bytes(flash_click_clip())
-    write_shards(tmp_path / "videos", tmp_path / "shards", settings=ShardSettings(short_side=48, audio_format=audio_format))
+    write_shards(tmp_path / "videos", tmp_path / "shards",
+                 settings=ShardSettings(short_side=48, audio_format=audio_format))
     fps, rate = 25.0, 16000
     spec = ViewSpec(video=VideoView(num_frames=25, fps=fps, size=48),
                     audio={"audio": AudioView(seconds=1.0, representation="waveform")}, clips_per_video=3)

@@ -41,8 +41,9 @@ def test_shards_missing_at_the_start_stop_before_anything_is_read(tmp_path: Path
     path = write_test_shards(tmp_path, [clip] * 16, per_shard=2)
     for shard in range(1, 8):
         (path / f"train-{shard:06d}.tar").unlink()
-    message = (f"^7 of the 8 shards listed in the manifest are missing \\(14 of 16 samples\\): {path}/train-000001.tar, "
-               f"{path}/train-000002.tar, {path}/train-000003.tar and 4 more; rewrite the shards \\(`avssl shards`\\)$")
+    message = (f"^7 of the 8 shards listed in the manifest are missing \\(14 of 16 samples\\): "
+               f"{path}/train-000001.tar, {path}/train-000002.tar, {path}/train-000003.tar and 4 more; "
+               f"rewrite the shards \\(`avssl shards`\\)$")
     with pytest.raises(DataError, match=message):
         _stream(path)
     module = AVDataModule(DataConfig(shards=str(path), num_workers=0, batch_size=4, video=SPEC.video,
@@ -148,7 +149,8 @@ def test_two_corrupt_videos_of_64_under_a_5_percent_limit_train_and_are_reported
         trainer, module = _fit(path, tmp_path, epochs=2)
     assert float(trainer.callback_metrics["data/skipped"]) == 2.0
     assert float(trainer.callback_metrics["data/expected"]) == 64.0
-    assert module.skip_history == [{"epoch": 0, "skipped": 2, "expected": 64}, {"epoch": 1, "skipped": 2, "expected": 64}]
+    assert module.skip_history == [{"epoch": 0, "skipped": 2, "expected": 64},
+                                   {"epoch": 1, "skipped": 2, "expected": 64}]
     assert "data: 4 of 128 training samples lost over 2 epoch(s) (epoch 0: 2, epoch 1: 2)" in caplog.text
 
 

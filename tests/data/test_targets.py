@@ -75,8 +75,9 @@ def synth_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_stream_yields_boxes_stems_and_events_of_each_clip(synth_shards: Path) -> None:
-    spec = ViewSpec(video=VideoView(num_frames=1, size=32), audio={AUDIO: AudioView(seconds=1.0, representation="waveform")},
-                    clips_per_video=2, targets=("boxes", "stems", "event"))
+    spec = ViewSpec(video=VideoView(num_frames=1, size=32),
+                    audio={AUDIO: AudioView(seconds=1.0, representation="waveform")}, clips_per_video=2,
+                    targets=("boxes", "stems", "event"))
     stream = ShardStream(ShardList.from_manifest(synth_shards / "shards", "train"), ViewSampler(spec, train=False),
                          batch_size=16, shuffle=False, pad=False)
     batch = next(iter(stream))

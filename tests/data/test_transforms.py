@@ -6,8 +6,15 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from avssl.data.transforms import (VIDEO_MEAN, VIDEO_STD, AudioBatchTransform, AugmentSettings, BatchTransform,
-                                   VideoBatchTransform, VideoTransform)
+from avssl.data.transforms import (
+    VIDEO_MEAN,
+    VIDEO_STD,
+    AudioBatchTransform,
+    AugmentSettings,
+    BatchTransform,
+    VideoBatchTransform,
+    VideoTransform,
+)
 from avssl.data.views import AudioView, MelSettings, VideoView, ViewSpec
 
 
@@ -67,7 +74,8 @@ def test_eval_geometry_is_resize_then_centre_crop() -> None:
     # antialiased resize differs from cropping after it only by the filter's taps at the edges.
     y, x = torch.meshgrid(torch.arange(40), torch.arange(60), indexing="ij")
     clip = torch.stack([3 * y, 2 * x, x + y], dim=-1).to(torch.uint8).expand(4, 40, 60, 3)
-    expected = v2.Compose([v2.Resize(32, antialias=True), v2.CenterCrop(32)])(tv_tensors.Video(clip.permute(0, 3, 1, 2)))
+    resize_and_crop = v2.Compose([v2.Resize(32, antialias=True), v2.CenterCrop(32)])
+    expected = resize_and_crop(tv_tensors.Video(clip.permute(0, 3, 1, 2)))
     out = VideoTransform(32, train=False)(clip)
     torch.testing.assert_close(out, expected.permute(1, 0, 2, 3).as_subclass(torch.Tensor), atol=1, rtol=0)
 
@@ -108,7 +116,8 @@ def test_audio_gain_shifts_logmel_by_a_constant_and_masks_only_in_training() -> 
     torch.testing.assert_close(masked[~filled], plain[~filled])
     columns = [set(torch.nonzero(filled[b, 0].all(dim=0)).flatten().tolist()) for b in range(2)]
     assert columns[0] != columns[1], "each clip draws its own mask"
-    assert all(filled[b, 0].all(dim=0).sum() == filled[b, 0].any(dim=0).sum() for b in range(2)), "time masks span all bins"
+    whole_columns = [filled[b, 0].all(dim=0).sum() == filled[b, 0].any(dim=0).sum() for b in range(2)]
+    assert all(whole_columns), "time masks span all bins"
 
 
 def test_audio_gain_is_per_clip_and_off_at_eval() -> None:

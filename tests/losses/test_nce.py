@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avssl.losses.nce import (MemoryBank, NCENormaliser, cross_modal_info_nce, cross_modal_scores, nce_loss,
-                              sample_excluding)
+from avssl.losses.nce import (
+    MemoryBank,
+    NCENormaliser,
+    cross_modal_info_nce,
+    cross_modal_scores,
+    nce_loss,
+    sample_excluding,
+)
 
 
 def test_nce_value_by_hand() -> None:
@@ -49,7 +55,8 @@ def test_normaliser_is_estimated_once_and_saved() -> None:
     assert not norm.is_set
     first = torch.tensor([[0.0, math.log(3.0)]])
     assert norm(first).item() == pytest.approx(math.log(2.0), rel=1e-6)  # mean(e^0, e^ln3) = 2
-    assert norm(torch.full((1, 2), 10.0)).item() == pytest.approx(math.log(2.0), rel=1e-6), "fixed after the first batch"
+    fixed = norm(torch.full((1, 2), 10.0)).item()
+    assert fixed == pytest.approx(math.log(2.0), rel=1e-6), "fixed after the first batch"
     restored = NCENormaliser()
     restored.load_state_dict(norm.state_dict())
     assert restored.is_set and restored.log_z.item() == pytest.approx(math.log(2.0))

@@ -52,8 +52,12 @@ def test_ari_of_many_clusters_at_scale_by_its_formula() -> None:
     clusters = labels * 100 + torch.randint(0, 100, (200_000,), generator=g)
     contingency = torch.zeros(1000, 10, dtype=torch.long).index_put_(
         (clusters, labels), torch.ones(200_000, dtype=torch.long), accumulate=True)
-    pairs = lambda counts: sum(c * (c - 1) // 2 for c in counts.flatten().tolist())
-    index, rows, cols, total = pairs(contingency), pairs(contingency.sum(1)), pairs(contingency.sum(0)), 200_000 * 199_999 // 2
+
+    def pairs(counts: torch.Tensor) -> int:
+        return sum(c * (c - 1) // 2 for c in counts.flatten().tolist())
+
+    index, rows, cols = pairs(contingency), pairs(contingency.sum(1)), pairs(contingency.sum(0))
+    total = 200_000 * 199_999 // 2
     expected = (index - rows * cols / total) / ((rows + cols) / 2 - rows * cols / total)
     assert clustering_scores(clusters, labels)["ari"] == pytest.approx(expected, rel=1e-12)
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avssl.metrics.localization import (binarize_heatmap, ciou, ciou_auc, ciou_success_rate,
-                                        ground_truth_map, whole_image_baseline)
+from avssl.metrics.localization import (
+    binarize_heatmap,
+    ciou,
+    ciou_auc,
+    ciou_success_rate,
+    ground_truth_map,
+    whole_image_baseline,
+)
 
 H, W = 6, 8  # 48 pixels
 BOX = (2, 1, 5, 4)  # xmin, ymin, xmax, ymax: rows 1-3, columns 2-4, 9 pixels

@@ -16,8 +16,6 @@ from avssl.models import (
     build_video_encoder,
 )
 
-
-
 VIDEO_INPUT = (2, 3, 4, 32, 32)
 TORCHVISION_VIDEO_INPUT = (2, 3, 2, 32, 32)  # the ResNet-18s are slow on a shared CPU
 AUDIO_INPUT = (2, 1, 64, 48)  # F×T log-mel
@@ -124,7 +122,8 @@ def test_small_encoders_depth_adds_stride_one_layers(modality: str) -> None:
     """depth=2: two conv-BN-ReLU layers per width, the stride only in the first, so the
     feature map has the depth-1 net's shape."""
     build = build_video_encoder if modality == "video" else build_audio_encoder
-    name, x = ("small3d", torch.randn(2, 3, 2, 32, 32)) if modality == "video" else ("small2d", torch.randn(2, 1, 32, 40))
+    name, x = (("small3d", torch.randn(2, 3, 2, 32, 32)) if modality == "video"
+               else ("small2d", torch.randn(2, 1, 32, 40)))
     shallow, deep = build(name, widths=[4, 8]).eval(), build(name, widths=[4, 8], depth=2).eval()
     convs = [m for m in deep.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(x.shape[1], 4), (4, 4), (4, 8), (8, 8)]

@@ -52,7 +52,8 @@ def test_num_negatives_must_be_below_the_number_of_instances() -> None:
 def test_cross_modal_loss_is_symmetric_in_the_modalities() -> None:
     model = _avid()
     g = torch.Generator().manual_seed(0)
-    v, a, index = torch.randn(6, 128, generator=g), torch.randn(6, 128, generator=g), torch.tensor([3, 7, 11, 20, 21, 40])
+    v, a = torch.randn(6, 128, generator=g), torch.randn(6, 128, generator=g)
+    index = torch.tensor([3, 7, 11, 20, 21, 40])
     loss = model.losses(v, a, index)["xid"]
     # swap the modalities: video embeddings and bank take the audio's place and vice versa
     model.video_bank.bank, model.audio_bank.bank = model.audio_bank.bank.clone(), model.video_bank.bank.clone()
@@ -76,7 +77,8 @@ def test_cma_adds_the_positive_set_term_after_its_start_epoch(monkeypatch: pytes
 def test_training_step_updates_the_banks_of_the_batch_only() -> None:
     model = _avid()
     before_v, before_a = model.video_bank.bank.clone(), model.audio_bank.bank.clone()
-    batch = {"video": torch.randn(4, 3, 1, 32, 32), "audio": torch.randn(4, 1, 64, 101), "index": torch.tensor([5, 6, 7, 8])}
+    batch = {"video": torch.randn(4, 3, 1, 32, 32), "audio": torch.randn(4, 1, 64, 101),
+             "index": torch.tensor([5, 6, 7, 8])}
     out = model.training_step(batch, 0)
     assert torch.isfinite(out["loss"])
     changed = (model.video_bank.bank != before_v).any(1) | (model.audio_bank.bank != before_a).any(1)

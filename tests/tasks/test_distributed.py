@@ -93,8 +93,10 @@ def _sinkhorn_and_selavi(rank: int, world: int, init_file: str, out: str) -> Non
     plan = sinkhorn_knopp(log_probs[rows], lam=20.0, tolerance=1e-12).plan
     # SeLaVi: one training step with labels already solved
     config = load_recipe(RECIPES / "synth" / "selavi_small.yaml",
-                         ["data.video.size=32", "task.num_instances=16", "task.num_clusters=3", "task.num_heads=2", "task.head_dropout=0.0",
-                          "task.contrastive_weight=0.0"])  # the paper's loss (the CPU recipe's in-batch InfoNCE is per rank)
+                         ["data.video.size=32", "task.num_instances=16", "task.num_clusters=3", "task.num_heads=2",
+                          "task.head_dropout=0.0",
+                          # the paper's loss (the CPU recipe's in-batch InfoNCE is per rank)
+                          "task.contrastive_weight=0.0"])
     torch.manual_seed(0)
     model = SeLaVi(OmegaConf.to_container(config, resolve=True))
     model.labels.copy_(torch.randint(0, 3, (2, 16), generator=g))

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from avssl.cli import main
-
-from tests.conftest import make_synth_shards
 from avssl.tasks.downstream.localization import _gt_maps, heatmaps, localization_scores
+from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -43,8 +43,8 @@ def blobs(n: int, generator: torch.Generator, dim: int = 8, classes: int = 3) ->
 
 
 def step(callback, module, video: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> None:
-    callback.on_train_batch_end(TRAINER, module, {"loss": torch.tensor(0.0), "embeddings": {"video": video, "audio": audio}},
-                                {"label": labels}, 0)
+    outputs = {"loss": torch.tensor(0.0), "embeddings": {"video": video, "audio": audio}}
+    callback.on_train_batch_end(TRAINER, module, outputs, {"label": labels}, 0)
 
 
 def validate(callback, module, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
@@ -58,7 +58,8 @@ def validate(callback, module, batches: list[tuple[torch.Tensor, torch.Tensor, t
 def test_linear_probe_learns_a_separable_problem() -> None:
     g = torch.Generator().manual_seed(0)
     probe, module = OnlineLinearProbe(num_classes=3, lr=0.05), FakeModule()
-    val = [(x, torch.randn(32, 4, generator=g), y) for x, y in (blobs(32, g) for _ in range(2))]  # audio carries no information
+    # audio carries no information
+    val = [(x, torch.randn(32, 4, generator=g), y) for x, y in (blobs(32, g) for _ in range(2))]
     validate(probe, module, val)
     assert "online/video_linear_top1" not in module.logged, "nothing to predict with before training"
     for _ in range(60):

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from avssl.config import load_recipe
-from avssl.losses.nce import cross_modal_info_nce
 from avssl.losses.sinkhorn import SinkhornResult
 from avssl.tasks.pretext import selavi as selavi_module
 from avssl.tasks.pretext.selavi import (
@@ -84,7 +83,8 @@ def test_contrastive_warmup_trains_the_encoders_before_the_first_labels() -> Non
     assert out["loss"].item() > 0 and int(model.labelings_done) == 0
     out["loss"].backward()
     assert model.video_encoder.blocks[0][0].weight.grad.abs().sum() > 0
-    assert all(p.grad is None or not p.grad.any() for p in model.video_heads.parameters()), "no labels, no head gradient"
+    head_parameters = model.video_heads.parameters()
+    assert all(p.grad is None or not p.grad.any() for p in head_parameters), "no labels, no head gradient"
     # training mode (batch statistics): in eval mode fresh BatchNorm maps every clip to ~one
     # point, all scores are equal and the loss is ln B whatever the temperature
     z_v = F.normalize(model.video_warmup_projection(model.video_encoder(batch["video"])), dim=1)
@@ -110,7 +110,8 @@ def test_contrastive_weight_keeps_the_info_nce_beside_the_clustering_loss() -> N
     video, audio = model.video_encoder(batch["video"]), model.audio_encoder(batch["audio"])
     v, a = model.head_logits(video, audio)
     targets = model.labels[:, :8]
-    clustering = sum(0.5 * (F.cross_entropy(v[h], targets[h]) + F.cross_entropy(a[h], targets[h])) for h in range(2)) / 2
+    clustering = sum(0.5 * (F.cross_entropy(v[h], targets[h]) + F.cross_entropy(a[h], targets[h]))
+                     for h in range(2)) / 2
     z_v = F.normalize(model.video_warmup_projection(video), dim=1)
     z_a = F.normalize(model.audio_warmup_projection(audio), dim=1)
     logits = (z_v @ z_a.T / 0.5).double()

@@ -10,17 +10,31 @@ import pytest
 import torch
 
 from avssl.cli import main
-from tests.conftest import make_synth_shards
 from avssl.metrics.separation import separation_metrics
 from avssl.models.video import small3d
 from avssl.tasks.downstream.separation import (
-    Clips, SeparationConfig, box_cells, SeparationModel, VisualFeatures, evaluation_pairs, partners, score_sets,
-    training_batch, training_loss,
+    Clips,
+    SeparationConfig,
+    SeparationModel,
+    VisualFeatures,
+    box_cells,
+    evaluation_pairs,
+    partners,
+    score_sets,
+    training_batch,
+    training_loss,
 )
 from avssl.tasks.downstream.spectral import (
-    StftSettings, apply_masks, mask_targets, predicted_masks, stft, unwarp_log_frequency, warp_harmonics,
+    StftSettings,
+    apply_masks,
+    mask_targets,
+    predicted_masks,
+    stft,
+    unwarp_log_frequency,
+    warp_harmonics,
     warp_log_frequency,
 )
+from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 RATE = 16000

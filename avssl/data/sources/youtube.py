@@ -13,6 +13,7 @@ are canonical, ``<ytid>_<start:06d>[_<end:06d>]``, whatever the file was called.
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,8 @@ from avssl.data.sources.common import (
     hashed_split,
     write_benchmark,
 )
+
+log = logging.getLogger(__name__)
 
 # The 31 Kinetics-400 classes most papers call Kinetics-Sounds (the download scripts of
 # several public repositories agree on this list). L3-Net's original 34 classes used
@@ -262,8 +265,8 @@ def prepare_audioset(
                                  annotation={"benchmark": "audioset", "labels": labels,
                                              "mids": mids, "segments_file": name}))
     if unknown:
-        print(f"audioset: {len(unknown)} label ids not in class_labels_indices.csv were ignored: "
-              f"{sorted(unknown)[:10]}")
+        log.warning("audioset: %d label ids not in class_labels_indices.csv were ignored: %s",
+                    len(unknown), sorted(unknown)[:10])
     options = {"subset": subset, "val_fraction": val_fraction, "seed": seed}
     settings = default_settings(settings, "audioset")
     return write_benchmark("audioset", samples, root, out_dir, classes, settings, workers, options)

@@ -1,6 +1,6 @@
-"""Clustering quality of frozen features ("Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020): k-means (scipy's ``kmeans2``,
-k-means++ seeding, several restarts, the lowest inertia kept) on standardised features of a
-split, K = the number of classes, scored with NMI, ARI and purity against the labels.
+"""Clustering quality of frozen features ("Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision",
+NeurIPS 2020): k-means (scipy's ``kmeans2``, k-means++ seeding, several restarts, the lowest inertia kept) on
+standardised features of a split, K = the number of classes, scored with NMI, ARI and purity against the labels.
 Labels are used only to score, never to cluster."""
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Fine-tuning: a pretrained encoder and a fresh linear classifier (after dropout), trained
 together on labelled shards, the encoder at a lower learning rate than the head
-("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021; "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020 protocols: head 10× the backbone's rate). Reports clip-level and
+("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021; "Labelling Unlabelled Videos from Scratch
+with Multi-modal Self-supervision", NeurIPS 2020 protocols: head 10× the backbone's rate). Reports clip-level and
 video-level (softmax averaged over ``eval_clips_per_video`` clips) top-1 and top-5 on test;
 the model is the one at the end of training (nothing is selected on test)."""
 from __future__ import annotations
@@ -95,7 +96,8 @@ class FineTuner(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
-        groups = [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": cfg.lr * cfg.encoder_lr_scale},
+        trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+        groups = [{"params": trainable, "lr": cfg.lr * cfg.encoder_lr_scale},
                   {"params": list(self.head.parameters()), "lr": cfg.lr}]
         if cfg.optimizer == "adam":
             optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)

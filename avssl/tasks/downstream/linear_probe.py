@@ -1,5 +1,6 @@
 """Linear probe: frozen encoders, pooled features extracted once (cached on disk), a
-linear classifier on top, top-1 on the test split ("Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021; docs/evaluation.md).
+linear classifier on top, top-1 on the test split ("Audio-Visual Instance Discrimination with Cross-Modal Agreement",
+CVPR 2021; docs/evaluation.md).
 
 Protocol: features of ``clips_per_video`` evenly spaced clips per video, no augmentation;
 each modality's features standardised with train statistics; multinomial logistic

@@ -34,13 +34,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
-from avssl.data.skips import split_clips
 from avssl.data.sampling import ViewSampler
+from avssl.data.skips import split_clips
 from avssl.data.targets import BACKGROUND, BOXES
 from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.metrics.localization import (binarize_heatmap, ciou, ciou_auc, ciou_success_rate, ground_truth_map,
-                                        whole_image_baseline)
+from avssl.metrics.localization import (
+    binarize_heatmap,
+    ciou,
+    ciou_auc,
+    ciou_success_rate,
+    ground_truth_map,
+    whole_image_baseline,
+)
 from avssl.tasks.downstream.linear_probe import Features, ProbeConfig, extract_features, probe_modality
 from avssl.tasks.pretext.base import PretextTask
 
@@ -80,8 +86,8 @@ def heatmaps(task: PretextTask, video: torch.Tensor, audio: torch.Tensor, kind: 
     elif kind == "contribution":
         shifts = range(1, min(contrast_audios, video.shape[0] - 1) + 1)
         own = _contribution(task, feature_map, audio_embedding)
-        maps = own - torch.stack([_contribution(task, feature_map, audio_embedding.roll(k, 0)) for k in shifts]).mean(0) \
-            if len(shifts) else own
+        others = [_contribution(task, feature_map, audio_embedding.roll(k, 0)) for k in shifts]
+        maps = own - torch.stack(others).mean(0) if others else own
     else:
         raise ValueError(f"localization.map must be contribution or per_location, got {kind!r}")
     return F.interpolate(maps.float(), size=video.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -127,8 +133,8 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
     baselines: list[float] = []
     skipped = evaluated = 0
     shown: dict[str, list[torch.Tensor]] = {"frame": [], "heatmap": [], "boxes": [], "predicted": [], "ciou": []}
-    for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"localization {cfg.split}", unit="batch",
-                      total=len(stream), leave=False):
+    for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"localization {cfg.split}",
+                      unit="batch", total=len(stream), leave=False):
         evaluated += len(batch[INDEX])
         frames = batch[VIDEO][:, :, batch[VIDEO].shape[2] // 2]  # uint8 B×3×H×W, the middle frame
         batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)

@@ -40,15 +40,23 @@ from tqdm import tqdm
 
 from avssl.config import RecipeError
 from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
-from avssl.data.skips import split_clips
 from avssl.data.sampling import ViewSampler
+from avssl.data.skips import split_clips
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
 from avssl.data.transforms import AugmentSettings, VideoBatchTransform
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO, AudioView, ViewSpec
 from avssl.models.unet import LinearSynthesizer, UNet, VisualProjection
 from avssl.tasks.downstream.spectral import (
-    MASK_TYPES, StftSettings, apply_masks, bin_weights, mask_loss, mask_targets, predicted_masks, stft,
-    warp_harmonics, warp_log_frequency,
+    MASK_TYPES,
+    StftSettings,
+    apply_masks,
+    bin_weights,
+    mask_loss,
+    mask_targets,
+    predicted_masks,
+    stft,
+    warp_harmonics,
+    warp_log_frequency,
 )
 
 POOLINGS = ("box", "frame")
@@ -77,7 +85,8 @@ class SeparationConfig:
     ratio_max: float = 5.0
     complementary_masks: bool = True  # binary masks of two sources: logit differences, masks sum to 1
     soft_masks: bool = True  # estimates from the predicted probabilities (false: binarised at 0.5, as SoP)
-    # soft binary masks at inference: σ(sharpness · logit); 1: the probabilities as trained (chosen on val: docs/evaluation.md)
+    # soft binary masks at inference: σ(sharpness · logit); 1: the probabilities as trained
+    # (chosen on val: docs/evaluation.md)
     mask_sharpness: float = 1.0
     equal_level: bool = True  # scale every clip to the same RMS before the gain (and in test mixtures)
     gain_range: list[float] = field(default_factory=lambda: [0.5, 1.5])

@@ -18,7 +18,7 @@ used as negatives.
 embedding (BatchNorm1d) before the head. The pooled embeddings of ReLU networks are all
 positive with a large shared mean, which leaves the head's logits nearly constant across
 pairs at first; on the synthetic set the standardised version leaves the loss plateau
-about twice as fast (docs/methods/avc.md). ``none`` is the paper's head as published.
+sooner (docs/methods/avc.md). ``none`` is the paper's head as published.
 """
 from __future__ import annotations
 
@@ -49,8 +49,10 @@ class DistanceHead(nn.Module):
 
     def __init__(self, video_dim: int, audio_dim: int, embedding_dim: int) -> None:
         super().__init__()
-        self.video_proj = nn.Sequential(nn.Linear(video_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
-        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
+        self.video_proj = nn.Sequential(nn.Linear(video_dim, embedding_dim), nn.ReLU(),
+                                      nn.Linear(embedding_dim, embedding_dim))
+        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, embedding_dim), nn.ReLU(),
+                                      nn.Linear(embedding_dim, embedding_dim))
         self.calibration = nn.Linear(1, 1)
         nn.init.constant_(self.calibration.weight, -5.0)  # closer → more likely to correspond
         nn.init.constant_(self.calibration.bias, 5.0)

@@ -1,5 +1,6 @@
 """AVID + CMA: cross-modal instance discrimination with memory banks, then cross-modal
-agreement positives (Morgado, Vasconcelos, Misra 2021; "Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021).
+agreement positives (Morgado, Vasconcelos, Misra 2021; "Audio-Visual Instance Discrimination with Cross-Modal
+Agreement", CVPR 2021).
 
 AVID: each modality's embedding → projection MLP → 128-d, L2-normalised. Two memory banks
 (video, audio) hold one slot per training video, keyed by the shard ``index`` and updated
@@ -30,8 +31,14 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.distributed import rank, world_size
-from avssl.losses.nce import (MemoryBank, NCENormaliser, cross_modal_scores, nce_loss, sample_excluding,
-                             softmax_instance_loss)
+from avssl.losses.nce import (
+    MemoryBank,
+    NCENormaliser,
+    cross_modal_scores,
+    nce_loss,
+    sample_excluding,
+    softmax_instance_loss,
+)
 from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextTask, TaskConfig
 
@@ -86,7 +93,8 @@ def projection_head(dim: int, cfg: AVIDConfig) -> nn.Module:
     if cfg.projection_norm == "none":
         return MLP(dims)
     if cfg.projection_norm == "batchnorm":
-        return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True), nn.BatchNorm1d(cfg.embedding_dim, affine=False))
+        return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True),
+                             nn.BatchNorm1d(cfg.embedding_dim, affine=False))
     raise ValueError(f"task.projection_norm must be none or batchnorm, got {cfg.projection_norm!r}")
 
 
@@ -209,7 +217,8 @@ class AVID(PretextTask):
         a = F.normalize(self.audio_head(audio_features), dim=1)
         similarity = v @ a.T
         target = torch.arange(v.shape[0], device=v.device)
-        accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean() + (similarity.argmax(0) == target).float().mean())
+        accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean()
+                          + (similarity.argmax(0) == target).float().mean())
         self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
         self.log_skipped(batch, "val")
         return {"embeddings": {"video": video_features, "audio": audio_features}}  # for the online monitors

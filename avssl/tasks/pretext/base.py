@@ -63,7 +63,8 @@ class PretextTask(pl.LightningModule):
         checkpoint loads without the shards."""
         cfg = self.task_config
         if cfg.num_instances is None:
-            cfg.num_instances = ShardList.from_manifest(self.data_config.shards, self.data_config.train_split).num_samples
+            train = ShardList.from_manifest(self.data_config.shards, self.data_config.train_split)
+            cfg.num_instances = train.num_samples
             self.hparams["config"].setdefault("task", {})["num_instances"] = cfg.num_instances
         return cfg.num_instances
 
@@ -74,8 +75,9 @@ class PretextTask(pl.LightningModule):
         every location of the video feature map. The default is the cosine similarity, for
         methods whose encoders share one space."""
         if video_features.shape[-1] != audio_features.shape[-1]:
-            raise NotImplementedError(f"{type(self).__name__} has no cross-modal score for {video_features.shape[-1]}-d "
-                                      f"video and {audio_features.shape[-1]}-d audio features")
+            raise NotImplementedError(f"{type(self).__name__} has no cross-modal score for "
+                                      f"{video_features.shape[-1]}-d video and "
+                                      f"{audio_features.shape[-1]}-d audio features")
         return torch.nn.functional.cosine_similarity(video_features, audio_features, dim=-1)
 
     # -- views ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""SeLaVi: audio-visual self-labelling by optimal transport (Asano et al. 2020, "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision", NeurIPS 2020).
+"""SeLaVi: audio-visual self-labelling by optimal transport (Asano et al. 2020, "Labelling Unlabelled Videos from
+Scratch with Multi-modal Self-supervision", NeurIPS 2020).
 
 Each modality has ``task.num_heads`` classification heads (dropout → FC → BN → ReLU →
 dropout → FC to K). For every head, one label per training video is shared by both
@@ -21,10 +22,10 @@ beside the clustering loss after the warm-up.
 Not implemented from the paper: modality alignment of the audio head's output units
 (unneeded: labels are shared from the start) and decorrelated head groups.
 
-``task.variant: online`` is the streaming SwAV-style form ("Unsupervised Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020): each
-modality → projection MLP → 128-d, L2-normalised; K shared prototypes (unit norm, re-
-normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations, equipartition
-over the global batch) without gradient; cross-modal swapped prediction
+``task.variant: online`` is the streaming SwAV-style form ("Unsupervised Learning of Visual Features by Contrasting
+Cluster Assignments", NeurIPS 2020): each modality → projection MLP → 128-d, L2-normalised;
+K shared prototypes (unit norm, re-normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations,
+equipartition over the global batch) without gradient; cross-modal swapped prediction
 ½ [CE(q_v, softmax(z_a Cᵀ/τ)) + CE(q_a, softmax(z_v Cᵀ/τ))]. No label bank, no index.
 Evaluation reads it as one head with logits zCᵀ/τ.
 """
@@ -76,16 +77,18 @@ class SeLaViConfig(TaskConfig):
 def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tensor, epsilon: float,
                             temperature: float, iterations: int) -> torch.Tensor:
     """SwAV's swapped prediction across modalities (B×K prototype scores zᵀC of each).
-    Codes: :func:`swav_codes` (equal prototype mass over the global batch), no gradient. Loss ½ [CE(q_v, p_a) + CE(q_a, p_v)]."""
-    codes = [swav_codes(scores.detach(), epsilon, iterations).to(scores.dtype) for scores in (video_scores, audio_scores)]
+    Codes: :func:`swav_codes` (equal prototype mass over the global batch), no gradient.
+    Loss ½ [CE(q_v, p_a) + CE(q_a, p_v)]."""
+    codes = [swav_codes(scores.detach(), epsilon, iterations).to(scores.dtype)
+             for scores in (video_scores, audio_scores)]
     log_p_video = F.log_softmax(video_scores / temperature, dim=1)
     log_p_audio = F.log_softmax(audio_scores / temperature, dim=1)
     return 0.5 * (-(codes[0] * log_p_audio).sum(1).mean() - (codes[1] * log_p_video).sum(1).mean())
 
 
 def cluster_head(dim: int, k: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-                         nn.Dropout(dropout), nn.Linear(dim, k))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim),
+                         nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim, k))
 
 
 def labeling_steps(total_steps: int, first_step: int, count: int) -> list[int]:
@@ -142,16 +145,20 @@ class SeLaVi(PretextTask):
         self.resolve_num_instances()
         k, n, h = cfg.num_clusters, cfg.num_instances, cfg.num_heads
         if cfg.variant == "online":
-            self.video_projection = MLP([self.video_encoder.embedding_dim, cfg.swav_hidden, cfg.swav_dim], batchnorm=True)
-            self.audio_projection = MLP([self.audio_encoder.embedding_dim, cfg.swav_hidden, cfg.swav_dim], batchnorm=True)
+            self.video_projection = MLP([self.video_encoder.embedding_dim, cfg.swav_hidden, cfg.swav_dim],
+                                        batchnorm=True)
+            self.audio_projection = MLP([self.audio_encoder.embedding_dim, cfg.swav_hidden, cfg.swav_dim],
+                                        batchnorm=True)
             self.prototypes = nn.Linear(cfg.swav_dim, k, bias=False)
             with torch.no_grad():
                 self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
             return
         if cfg.variant != "offline":
             raise ValueError(f"task.variant must be offline or online, got {cfg.variant!r}")
-        self.video_heads = nn.ModuleList(cluster_head(self.video_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
-        self.audio_heads = nn.ModuleList(cluster_head(self.audio_encoder.embedding_dim, k, cfg.head_dropout) for _ in range(h))
+        self.video_heads = nn.ModuleList(cluster_head(self.video_encoder.embedding_dim, k, cfg.head_dropout)
+                                       for _ in range(h))
+        self.audio_heads = nn.ModuleList(cluster_head(self.audio_encoder.embedding_dim, k, cfg.head_dropout)
+                                       for _ in range(h))
         self.register_buffer("log_prob_bank", torch.full((h, n, k), -float(torch.log(torch.tensor(k))),
                                                          dtype=torch.float16))
         self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
@@ -163,8 +170,10 @@ class SeLaVi(PretextTask):
             raise ValueError("task.contrastive_weight must be ≥ 0, and > 0 only with task.contrastive_warmup_epochs "
                              f"(its projections), got {cfg.contrastive_weight}")
         if cfg.contrastive_warmup_epochs:
-            self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
-            self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
+            self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
+                                             batchnorm=True)
+            self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
+                                             batchnorm=True)
         self._schedule: list[int] | None = None
         self._last_labeled_step = -1  # a step seen twice (gradient accumulation) labels once
         self._generator = torch.Generator().manual_seed(int(config.get("seed", 0)))

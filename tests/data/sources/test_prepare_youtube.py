@@ -133,7 +133,7 @@ AUDIOSET_HEADER = (
 )
 
 
-def test_audioset_multi_label_targets(tmp_path):
+def test_audioset_multi_label_targets(tmp_path, caplog, capsys):
     root = tmp_path / "audioset"
     root.mkdir()
     (root / "class_labels_indices.csv").write_text(
@@ -147,7 +147,10 @@ def test_audioset_multi_label_targets(tmp_path):
     video(root / "videos" / "--PJHxphWEs_30000_40000.mp4")  # milliseconds in the name
     video(root / "videos" / "Y--ZhevVpy1s.mp4")
     video(root / "eval" / "--4gqARaEJE_000000_000010.mp4")
-    report = prepare_audioset(root, tmp_path / "out", val_fraction=0.0, settings=SMALL)
+    with caplog.at_level("WARNING", logger="avssl.data.sources.youtube"):
+        report = prepare_audioset(root, tmp_path / "out", val_fraction=0.0, settings=SMALL)
+    assert caplog.messages == ["audioset: 1 label ids not in class_labels_indices.csv were ignored: ['/m/0zzzz']"]
+    assert "were ignored" not in capsys.readouterr().out, "a warning on stderr, not the verb's output"
     manifest, samples = read_out(tmp_path / "out")
     assert manifest["classes"] == ["Speech", "Male speech, man speaking", "Music"]
     assert manifest["source"]["subset"] == "balanced"
