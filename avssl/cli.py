@@ -114,7 +114,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from avssl.export import export_checkpoint
 
-    export_checkpoint(args.checkpoint, args.out, license=args.license, evaluations=args.evaluation)  # logs "exported OUT"
+    # the library logs "exported OUT": the command's one line of result
+    export_checkpoint(args.checkpoint, args.out, license=args.license, evaluations=args.evaluation)
     return 0
 
 

@@ -24,8 +24,17 @@ import numpy as np
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from avssl.data.decode import (CONTAINER_FORMATS, DecodeError, FrameWindow, MediaReader, MonoResampler, PcmAudio,
-                               StreamInfo, open_sample_media, sample_video_entry)
+from avssl.data.decode import (
+    CONTAINER_FORMATS,
+    DecodeError,
+    FrameWindow,
+    MediaReader,
+    MonoResampler,
+    PcmAudio,
+    StreamInfo,
+    open_sample_media,
+    sample_video_entry,
+)
 from avssl.data.remote import is_local_path
 
 # Sample entries that hold the media (decoded into the cache, their bytes dropped).

@@ -37,8 +37,7 @@ import pytorch_lightning as pl
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torch.utils.data.dataloader import default_collate
-from torch.utils.data.dataloader import _InfiniteConstantSampler
+from torch.utils.data.dataloader import _InfiniteConstantSampler, default_collate
 
 from avssl.data import remote
 from avssl.data.cache import DecodedSplit, decoded_split
@@ -49,6 +48,7 @@ from avssl.data.sampling import ViewSampler
 from avssl.data.skips import SkipCounts, SkipMonitor, certainly_over_limit, over_limit_message
 from avssl.data.transforms import AugmentSettings, BatchTransform
 from avssl.data.views import AUDIO, EXPECTED, SKIPPED, AudioView, MelSettings, VideoView, ViewSpec
+
 
 @dataclass(frozen=True)
 class ShardList:
@@ -682,7 +682,8 @@ class ShardLoader(DataLoader):
         self.stream.epoch.set(epoch)
         self.stream.resume_position = (epoch, consumed) if consumed else None
         self.consumed = consumed
-        self._counts = SkipCounts(int(state.get("skipped", 0)), int(state.get("expected", 0))) if consumed else SkipCounts()
+        self._counts = (SkipCounts(int(state.get("skipped", 0)), int(state.get("expected", 0))) if consumed
+                        else SkipCounts())
         self._batch_counts, self._first_counted = [], consumed
 
 

@@ -50,7 +50,8 @@ def certainly_over_limit(skipped: int, epoch_samples: int, limit: float) -> bool
 def over_limit_message(what: str, skipped: int, epoch_samples: int, limit: float) -> str:
     return (f"{what}: {skipped} of the {epoch_samples} samples the manifest lists were lost (missing or damaged "
             f"shards, undecodable media), over data.max_skip_fraction={limit:g} "
-            f"({int(limit * epoch_samples)} samples); repair or rewrite the shards (`avssl shards`), or raise the limit")
+            f"({int(limit * epoch_samples)} samples); repair or rewrite the shards (`avssl shards`), "
+            "or raise the limit")
 
 
 def clip_report(split: str, samples_expected: int, clips_per_video: int, clips_evaluated: int) -> dict[str, Any]:
