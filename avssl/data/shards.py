@@ -692,7 +692,7 @@ def _reencode(path: Path, settings: ShardSettings, threads: int) -> EncodedVideo
     track: _AudioTrack | None = None
     emitted = 0
     last_frame = None
-    last_rgb = None
+    last_output = None
     turns = 0
     size = (0, 0)
     sample_aspect: Fraction | None = None
@@ -723,26 +723,33 @@ def _reencode(path: Path, settings: ShardSettings, threads: int) -> EncodedVideo
             track.push(samples, time)
         pending_audio.clear()
 
-    def to_rgb(frame: Any) -> Any:
+    def to_output(frame: Any) -> Any:
+        """The frame at the output size: a yuv420p frame straight from the scaler (what
+        ffmpeg's scale filter does; no RGB round trip), or RGB when it must be turned."""
         import numpy as np
 
-        width, height = size if turns % 2 == 0 else (size[1], size[0])
+        if not turns:
+            return frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA", threads=1)
         rgb = frame.reformat(
-            width=width, height=height, format="rgb24", interpolation="AREA", threads=1
+            width=size[1] if turns % 2 else size[0], height=size[0] if turns % 2 else size[1],
+            format="rgb24", interpolation="AREA", threads=1,
         ).to_ndarray()
-        return np.rot90(rgb, turns) if turns else rgb
+        return np.rot90(rgb, turns)
 
     def emit_until(limit: Fraction | None) -> None:
         """Write output frames whose slot ends before ``limit`` (None: all remaining)
         from the latest source frame (the fps filter's nearest-timestamp rule)."""
-        nonlocal emitted, last_rgb
+        nonlocal emitted, last_output
         while emitted < num_frames:
             slot = start + (emitted + Fraction(1, 2)) / rate
             if limit is not None and limit <= slot:
                 return
-            if last_rgb is None:
-                last_rgb = to_rgb(last_frame)
-            writer.add_frame(last_rgb)
+            if last_output is None:
+                last_output = to_output(last_frame)
+            if turns:
+                writer.add_frame(last_output)
+            else:
+                writer.add_video_frame(last_output)
             emitted += 1
 
     resampler = MonoResampler(settings.sample_rate)  # the reader's downmix path too
@@ -783,7 +790,7 @@ def _reencode(path: Path, settings: ShardSettings, threads: int) -> EncodedVideo
                     emit_until(time)
                 if emitted >= num_frames:
                     continue
-                last_frame, last_rgb = frame, None
+                last_frame, last_output = frame, None
             if emitted >= num_frames and (audio_index is None or (track is not None and track.full)):
                 break  # both streams are complete: the rest of the file lies outside the overlap
         if writer is None:
