@@ -61,7 +61,7 @@ def make_web(ffmpeg: str, folder: Path, num_videos: int) -> Path:
     videos.mkdir(parents=True)
     for i in range(num_videos):
         subprocess.run(
-            [ffmpeg, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration=10",
+            [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=10",
              "-f", "lavfi", "-i", f"sine=frequency={220 + 40 * i}:sample_rate=44100:duration=10",
              "-vf", f"noise=alls=12:allf=t+u:all_seed={i}", "-ac", "2", "-c:v", "libx264", "-preset", "fast",
              "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-shortest", str(videos / f"clip{i:03d}.mp4")],

@@ -161,3 +161,52 @@ def test_part_needs_its_count(videos, tmp_path, capsys, monkeypatch):
         main(_shards(videos, tmp_path / "shards", "--part", "1"))
     assert capsys.readouterr().err.endswith(
         "avssl shards: error: --num-parts is needed too (or run inside a SLURM array job)\n")
+
+
+# --------------------------------------------------------------------------- the writer's speed
+
+
+def _keyframes(mp4: bytes) -> list[int]:
+    """Positions (in presentation order) of the keyframes of an mp4's video."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(mp4)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+    return [i for i, p in enumerate(sorted(packets, key=lambda p: p.pts)) if p.is_keyframe]
+
+
+def test_frames_reach_the_encoder_without_an_rgb_round_trip(tmp_path, monkeypatch, flash_clip):
+    from avssl.data.encode import MediaWriter
+    from avssl.data.shards import ShardSettings, reencode_video
+
+    (tmp_path / "clip.mp4").write_bytes(flash_clip)
+
+    def rgb_round_trip(self, rgb, time_seconds=None):
+        raise AssertionError("frame went through RGB")
+
+    monkeypatch.setattr(MediaWriter, "add_frame", rgb_round_trip)
+    encoded = reencode_video(tmp_path / "clip.mp4", ShardSettings(short_side=32, gop_seconds=0.2))
+    assert (encoded.meta["num_frames"], encoded.meta["width"], encoded.meta["height"]) == (100, 42, 32)
+    assert _keyframes(encoded.mp4) == list(range(0, 100, 5))
+
+
+def test_add_video_frame_ignores_the_frame_type_the_decoder_gave(flash_clip):
+    """Decoded frames carry their source's types (a keyframe every 25 frames here); passed
+    on, they would force x264's frame types: the output keeps its own keyframe interval."""
+    import io
+
+    import av
+
+    from avssl.data.encode import MediaWriter
+
+    buffer = io.BytesIO()
+    writer = MediaWriter(buffer, width=64, height=48, fps=25, audio_codec=None, gop_frames=10)
+    with av.open(io.BytesIO(flash_clip)) as container:
+        frames = list(container.decode(video=0))
+    assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 25, 50, 75]
+    for frame in frames:
+        writer.add_video_frame(frame)
+    writer.close()
+    assert _keyframes(buffer.getvalue()) == list(range(0, 100, 10))
