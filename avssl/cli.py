@@ -66,7 +66,7 @@ def _shards(args: argparse.Namespace) -> int:
 
     if args.shards_step == "merge":
         try:
-            report = merge_parts(args.out, num_parts=args.num_parts)
+            report = merge_parts(args.out, num_parts=args.num_parts, workers=args.workers)
         except MergeError as error:
             print(f"avssl shards merge: {error}", file=sys.stderr)
             return 2
@@ -241,6 +241,8 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("--out", type=Path, required=True, help="the --out the parts were written with")
     merge.add_argument("--num-parts", type=int, default=None,
                        help="how many parts to expect (default: what the part manifests say)")
+    merge.add_argument("--workers", type=int, default=1,
+                       help="processes rewriting the shards of parts 1..N-1 (the output does not depend on it)")
     merge.set_defaults(run=_shards)
 
 

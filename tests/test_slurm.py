@@ -231,7 +231,7 @@ def shard_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _shard_array(cluster: dict[str, str], root: Path, name: str, avssl: str) -> str:
     """Submit slurm_shards.sbatch as a 2-task array; the merge job's id once task 0 queued it."""
     env = {**cluster, "VENV": sys.prefix, "PYTHONPATH": str(ROOT), "AVSSL": avssl,
-           "MERGE_OUTPUT": str(root / f"{name}_merge.out")}
+           "MERGE_OUTPUT": str(root / f"{name}_merge.out"), "MERGE_CPUS": "2"}  # the nodes have 2
     command = ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", f"--job-name={name}",
                f"--output={root / name}_%a.out", str(SHARDS_SBATCH), "--videos", str(root / "synth" / "videos"),
                "--labels", str(root / "synth" / "labels.csv"), "--out", str(root / name), *SHARD_FLAGS]

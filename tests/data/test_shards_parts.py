@@ -69,7 +69,7 @@ def test_two_parts_and_merge_give_the_output_of_one_run(videos, single, tmp_path
     assert not (out / "manifest.json").exists()
     capsys.readouterr()
 
-    assert main(["shards", "merge", "--out", str(out)]) == 0
+    assert main(["shards", "merge", "--out", str(out), "--workers", "2"]) == 0
     assert "merged 2 parts" in capsys.readouterr().out
     assert not (out / "parts").exists()
 
