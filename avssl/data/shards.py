@@ -1263,19 +1263,25 @@ def _read_json_or_none(path: Path) -> tuple[Any, str | None]:
         return None, f"unreadable {path}: {error}"
 
 
+def _part_record(manifest: Any) -> dict:
+    """The ``part`` record of a part manifest ({} when there is none)."""
+    record = manifest.get("part") if isinstance(manifest, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
 def _count_of_parts(parts_root: Path) -> int:
     """The number of parts the part manifests and failure records under ``parts_root`` name."""
     counts: dict[int, list[str]] = {}
     for folder in sorted(parts_root.iterdir()):
         if not PART_NAME.match(folder.name):
             continue
-        for name in ("manifest.json", FAILED_FILE):
-            record, _ = _read_json_or_none(folder / name)
-            count = (record.get("part", {}).get("num_parts") if name == "manifest.json" else record.get("num_parts")) \
-                if isinstance(record, dict) else None
-            if isinstance(count, int):
-                counts.setdefault(count, []).append(folder.name)
-                break
+        manifest, _ = _read_json_or_none(folder / "manifest.json")
+        failed, _ = _read_json_or_none(folder / FAILED_FILE)
+        candidates = [record.get("num_parts") for record in (failed if isinstance(failed, dict) else {},
+                                                             _part_record(manifest))]
+        count = next((value for value in candidates if isinstance(value, int)), None)
+        if count is not None:
+            counts.setdefault(count, []).append(folder.name)
     if not counts:
         raise MergeError(f"no part manifest under {parts_root}: no part has finished")
     if len(counts) > 1:
@@ -1302,10 +1308,10 @@ def _read_parts(parts_root: Path, num_parts: int | None) -> list[dict]:
             problems.append(f"part {index} of {count}: {unreadable}")
         elif manifest is None:
             problems.append(f"part {index} of {count} is missing (no part manifest {folder / 'manifest.json'})")
-        elif not isinstance(manifest.get("part"), dict) or manifest["part"].get("num_parts") != count \
-                or manifest["part"].get("index") != index:
-            problems.append(f"part {index} of {count}: {folder / 'manifest.json'} is not the manifest of "
-                            f"part {index} of {count} (it says {manifest.get('part')!r:.80})")
+        elif (_part_record(manifest).get("index"), _part_record(manifest).get("num_parts")) != (index, count):
+            record = _part_record(manifest)
+            says = f"that of part {record.get('index')} of {record.get('num_parts')}" if record else "no part manifest"
+            problems.append(f"part {index} of {count}: {folder / 'manifest.json'} is {says}")
         else:
             manifests.append(manifest)
     if not problems:

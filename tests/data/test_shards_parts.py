@@ -140,6 +140,23 @@ def test_merge_refuses_parts_of_other_inputs(videos, tmp_path, capsys):
     assert error.count("\n") == 1
 
 
+def test_merge_refuses_parts_of_runs_split_differently(videos, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert main(_shards(videos, out, "--num-parts", "2", "--part", "0")) == 0
+    assert main(_shards(videos, out, "--num-parts", "3", "--part", "1")) == 0
+    capsys.readouterr()
+    assert main(["shards", "merge", "--out", str(out)]) == 2
+    parts = out / "parts"
+    assert capsys.readouterr().err == (
+        f"avssl shards merge: the parts under {parts} come from runs split differently: 2 parts (p000), "
+        f"3 parts (p001); give --num-parts or clear {parts} and rerun the parts\n")
+    # told how many to expect, the merge names what is missing for that split
+    assert main(["shards", "merge", "--out", str(out), "--num-parts", "2"]) == 2
+    assert capsys.readouterr().err == (
+        f"avssl shards merge: cannot merge {parts}: part 1 of 2: {parts / 'p001' / 'manifest.json'} is that of "
+        f"part 1 of 3\n")
+
+
 def test_merge_without_parts_says_how_to_write_them(tmp_path, capsys):
     assert main(["shards", "merge", "--out", str(tmp_path / "shards")]) == 2
     assert capsys.readouterr().err == (
