@@ -42,7 +42,7 @@ def _slurm_array_part() -> tuple[int, int] | None:
     return int(task) - first, int(os.environ.get("SLURM_ARRAY_TASK_COUNT", int(task) - first + 1))
 
 
-def _shard_part(args: argparse.Namespace) -> "Part | None":  # noqa: F821 - imported inside
+def _shard_part(args: argparse.Namespace):  # -> avssl.data.shards.Part | None (imported inside)
     """The part of the input this run writes (--part/--num-parts, else the SLURM array
     task's), or None for the whole input."""
     from avssl.data.shards import Part
