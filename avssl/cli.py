@@ -45,9 +45,50 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shards(args: argparse.Namespace) -> int:
-    from avssl.data.shards import ShardSettings, write_shards
+def _slurm_array_part() -> tuple[int, int] | None:
+    """(part, number of parts) of this SLURM array task, or None outside an array job."""
+    import os
 
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task is None:
+        return None
+    first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    return int(task) - first, int(os.environ.get("SLURM_ARRAY_TASK_COUNT", int(task) - first + 1))
+
+
+def _shard_part(args: argparse.Namespace):  # -> avssl.data.shards.Part | None (imported inside)
+    """The part of the input this run writes (--part/--num-parts, else the SLURM array
+    task's), or None for the whole input."""
+    from avssl.data.shards import Part
+
+    array = _slurm_array_part() if args.part is None or args.num_parts is None else None
+    part = args.part if args.part is not None else array[0] if array else None
+    count = args.num_parts if args.num_parts is not None else array[1] if array else None
+    if part is None and count is None:
+        return None
+    if part is None or count is None:
+        missing = "--part" if part is None else "--num-parts"
+        args.shards_parser.error(f"{missing} is needed too (or run inside a SLURM array job)")
+    try:
+        return Part(part, count)
+    except ValueError as error:
+        args.shards_parser.error(str(error))
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from avssl.data.shards import MergeError, ShardSettings, merge_parts, write_shards
+
+    if args.shards_step == "merge":
+        try:
+            report = merge_parts(args.out, num_parts=args.num_parts, workers=args.workers)
+        except MergeError as error:
+            print(f"avssl shards merge: {error}", file=sys.stderr)
+            return 2
+        return 0 if report.num_packed > 0 else 1
+    if args.videos is None or args.out is None:
+        missing = [flag for flag, value in (("--videos", args.videos), ("--out", args.out)) if value is None]
+        args.shards_parser.error(f"the following arguments are required: {', '.join(missing)}")
+    part = _shard_part(args)
     settings = ShardSettings(
         shard_size=args.shard_size,
         short_side=args.short_side,
@@ -61,7 +102,10 @@ def _shards(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds,
         seed=args.seed,
     )
-    report = write_shards(args.videos, args.out, labels_csv=args.labels, settings=settings, workers=args.workers)
+    report = write_shards(args.videos, args.out, labels_csv=args.labels, settings=settings, workers=args.workers,
+                          part=part)
+    if part is not None:
+        return 0  # a part that packed nothing is not a failure: the merge counts the whole
     return 0 if report.num_packed > 0 else 1
 
 
@@ -376,14 +420,16 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         "shards",
         help="re-encode a folder of videos into WebDataset tar shards",
         description="One sample per video: the re-encoded mp4, a json of metadata and any sidecar "
-        "files with the same stem. Bad files are skipped and reported, never fatal.",
+        "files with the same stem. Bad files are skipped and reported, never fatal. "
+        "Split across nodes: each of N runs writes one part (--num-parts N --part I, or one task of a "
+        "SLURM array), then `avssl shards merge --out OUT` builds the one manifest (docs/launching.md).",
     )
-    p.add_argument("--videos", type=Path, required=True, help="folder of videos (searched recursively)")
+    p.add_argument("--videos", type=Path, default=None, help="folder of videos (searched recursively); required")
     p.add_argument("--labels", type=Path, default=None,
                    help="csv with the header id,label[,split]: id = the video's path under --videos without "
                         "extension (or its file name without extension), label = a class name or integer, "
                         "split = train/val/test/… (optional)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
+    p.add_argument("--out", type=Path, default=None, help="output folder for the shards; required")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
     p.add_argument("--short-side", type=int, default=d.short_side,
                    help="resize (up or down) so the short side is S pixels")
@@ -406,7 +452,24 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split of the videos without one")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel processes (the output does not depend on it)")
-    p.set_defaults(run=_shards)
+    p.add_argument("--num-parts", type=int, default=None,
+                   help="split the input into N parts written by separate runs into OUT/parts/ "
+                        "(default: inside a SLURM array job, its number of tasks)")
+    p.add_argument("--part", type=int, default=None,
+                   help="the part (0..N-1) this run writes (default: the SLURM array task's index)")
+    p.set_defaults(run=_shards, shards_step=None, shards_parser=p)
+    steps = p.add_subparsers(dest="shards_step", metavar="[merge]")
+    merge = steps.add_parser(
+        "merge", help="build OUT/manifest.json and the shards from the parts in OUT/parts/",
+        description="Merge the parts written by `avssl shards --num-parts N --part I --out OUT`: refuses, "
+        "naming the part, when one is missing (no part manifest) or failed.",
+    )
+    merge.add_argument("--out", type=Path, required=True, help="the --out the parts were written with")
+    merge.add_argument("--num-parts", type=int, default=None,
+                       help="how many parts to expect (default: what the part manifests say)")
+    merge.add_argument("--workers", type=int, default=1,
+                       help="processes rewriting the shards of parts 1..N-1 (the output does not depend on it)")
+    merge.set_defaults(run=_shards)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:

@@ -128,7 +128,8 @@ def reference(cluster: dict[str, str], workspace: Path) -> dict:
     job = _submit(cluster, workspace, "one_node", ["--nodes=1", "--ntasks-per-node=2"])
     _wait(cluster, job, workspace, "one_node")
     export = workspace / "one_node" / "export"
-    assert {"video_encoder.safetensors", "audio_encoder.safetensors", "model.json"} <= {p.name for p in export.iterdir()}
+    written = {p.name for p in export.iterdir()}
+    assert {"video_encoder.safetensors", "audio_encoder.safetensors", "model.json", "README.md"} <= written
     return _weights(workspace / "one_node")
 
 
@@ -203,8 +204,10 @@ def test_the_time_limit_signal_checkpoints_and_requeues_the_job(cluster: dict[st
     job = _submit(cluster, workspace, "signalled", ["--nodes=1", "--ntasks-per-node=2", "--time=2",
                                                     "--signal=SIGUSR1@20"], step_seconds=25.0)
     deadline = time.monotonic() + 300
-    while (info := _job(cluster, job))["Restarts"] == "0" or info["JobState"] not in ("PENDING", "RUNNING", "COMPLETED"):
-        assert info["JobState"] in ("PENDING", "RUNNING", "COMPLETING"), (workspace / "signalled.out").read_text()[-4000:]
+    output = workspace / "signalled.out"
+    while (info := _job(cluster, job))["Restarts"] == "0" or info["JobState"] not in ("PENDING", "RUNNING",
+                                                                                      "COMPLETED"):
+        assert info["JobState"] in ("PENDING", "RUNNING", "COMPLETING"), output.read_text()[-4000:]
         assert time.monotonic() < deadline, (workspace / "signalled.out").read_text()[-4000:]
         time.sleep(0.5)
     if info["JobState"] == "PENDING":  # the rest of the run gets more time and starts now
@@ -217,3 +220,107 @@ def test_the_time_limit_signal_checkpoints_and_requeues_the_job(cluster: dict[st
     assert 0 < torch.load(hpc, weights_only=True)["global_step"] < STEPS, "saved in the middle of the run"
     assert f"resumed from: {hpc}" in log
     assert torch.load(workspace / "signalled" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS
+
+# --------------------------------------------------------------------------- shard writing as an array job
+
+SHARDS_SBATCH = ROOT / "scripts" / "slurm_shards.sbatch"
+SHARD_FLAGS = ["--short-side", "32", "--shard-size", "2", "--min-seconds", "0.5"]
+# `avssl shards` in which part 1 of an array hits a full disk (the other parts and the merge run as usual)
+FAILING_PART = textwrap.dedent('''
+    import os, sys
+    import avssl.data.shards as shards
+    from avssl.cli import main
+
+    if os.environ.get("SLURM_ARRAY_TASK_ID") == "1":
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+        shards._pack = full_disk
+    if __name__ == "__main__":  # the writer's spawned workers import this file too
+        sys.exit(main(sys.argv[1:]))
+''')
+
+
+@pytest.fixture(scope="module")
+def shard_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 labelled synthetic videos and their shards written by one plain run (the reference)."""
+    from avssl.cli import main
+
+    root = tmp_path_factory.mktemp("slurm_shards")
+    assert main(["synth", "--out", str(root / "synth"), "--num-videos", "6", "--seconds", "1", "--size", "32",
+                 "--num-categories", "2"]) == 0
+    assert main(["shards", "--videos", str(root / "synth" / "videos"), "--labels", str(root / "synth" / "labels.csv"),
+                 "--out", str(root / "single"), *SHARD_FLAGS]) == 0
+    (root / "failing_part.py").write_text(FAILING_PART)
+    return root
+
+
+def _shard_array(cluster: dict[str, str], root: Path, name: str, avssl: str) -> str:
+    """Submit slurm_shards.sbatch as a 2-task array; the merge job's id once task 0 queued it."""
+    env = {**cluster, "VENV": sys.prefix, "PYTHONPATH": str(ROOT), "AVSSL": avssl,
+           "MERGE_OUTPUT": str(root / f"{name}_merge.out"), "MERGE_CPUS": "2"}  # the nodes have 2
+    command = ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", f"--job-name={name}",
+               f"--output={root / name}_%a.out", str(SHARDS_SBATCH), "--videos", str(root / "synth" / "videos"),
+               "--labels", str(root / "synth" / "labels.csv"), "--out", str(root / name), *SHARD_FLAGS]
+    subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    deadline, log = time.monotonic() + 120, root / f"{name}_0.out"
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if "merge queued as job " in text:
+            return text.split("merge queued as job ")[1].split()[0]
+        time.sleep(0.5)
+    pytest.fail(f"task 0 did not queue the merge in 120 s: {log.read_text() if log.exists() else 'no log'}")
+
+
+def _end_state(cluster: dict[str, str], job: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _job(cluster, job)["JobState"]
+        if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            return state
+        time.sleep(1)
+    subprocess.run(["scancel", job], env=cluster, check=False)
+    pytest.fail(f"job {job} not finished after {timeout:.0f} s")
+
+
+def _shard_samples(out: Path) -> dict[str, dict[str, bytes]]:
+    """{key: {entry: bytes}} of every shard that out/manifest.json lists."""
+    import json
+    import tarfile
+
+    samples: dict[str, dict[str, bytes]] = {}
+    for record in json.loads((out / "manifest.json").read_text())["splits"].values():
+        for entry in record["shards"]:
+            with tarfile.open(out / entry["file"]) as tar:
+                for member in tar:
+                    key, extension = member.name.split(".", 1)
+                    samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
+    return samples
+
+
+def test_a_shards_array_job_writes_two_parts_and_merges_them_into_the_output_of_one_run(
+        cluster: dict[str, str], shard_inputs: Path) -> None:
+    import json
+
+    merge = _shard_array(cluster, shard_inputs, "array", f"{sys.executable} -m avssl.cli")
+    assert _end_state(cluster, merge) == "COMPLETED", (shard_inputs / "array_merge.out").read_text()[-4000:]
+    for task in (0, 1):
+        assert f"task {task} of 2 on" in (shard_inputs / f"array_{task}.out").read_text()
+    assert "merged 2 parts" in (shard_inputs / "array_merge.out").read_text()
+    merged = json.loads((shard_inputs / "array" / "manifest.json").read_text())
+    single = json.loads((shard_inputs / "single" / "manifest.json").read_text())
+    assert {k: v for k, v in merged.items() if k not in ("splits", "merged_from_parts")} == \
+        {k: v for k, v in single.items() if k != "splits"}
+    assert {s: r["num_samples"] for s, r in merged["splits"].items()} == \
+        {s: r["num_samples"] for s, r in single["splits"].items()}
+    assert _shard_samples(shard_inputs / "array") == _shard_samples(shard_inputs / "single")
+
+
+def test_a_failed_array_task_is_reported_by_the_merge(cluster: dict[str, str], shard_inputs: Path) -> None:
+    merge = _shard_array(cluster, shard_inputs, "broken",
+                         f"{sys.executable} {shard_inputs / 'failing_part.py'}")
+    assert _end_state(cluster, merge) == "FAILED"
+    log = (shard_inputs / "broken_merge.out").read_text()
+    assert (f"avssl shards merge: cannot merge {shard_inputs / 'broken' / 'parts'}: part 1 of 2 failed "
+            f"(OSError: [Errno 28] No space left on device)") in log, log[-4000:]
+    assert not (shard_inputs / "broken" / "manifest.json").exists()
+    assert "No space left on device" in (shard_inputs / "broken_1.out").read_text()

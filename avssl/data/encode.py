@@ -95,7 +95,19 @@ class MediaWriter:
         """Add one RGB frame; ``time_seconds`` gives its presentation time (VFR)."""
         if self.video is None:
             raise RuntimeError("this writer has no video stream")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        self._encode_frame(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), time_seconds)
+
+    def add_video_frame(self, frame: av.VideoFrame, time_seconds: float | None = None) -> None:
+        """Add a PyAV frame as it is, e.g. one reformatted straight to the stream's size and
+        pixel format: no RGB round trip (to_ndarray, from_ndarray and the encoder's RGB→YUV
+        conversion cost the shard writer ~10 % of its time on 360p input). ``time_seconds``
+        as for :meth:`add_frame`; the frame's pts and type are overwritten."""
+        if self.video is None:
+            raise RuntimeError("this writer has no video stream")
+        frame.pict_type = av.video.frame.PictureType.NONE  # a decoder's type would force x264's choice
+        self._encode_frame(frame, time_seconds)
+
+    def _encode_frame(self, frame: av.VideoFrame, time_seconds: float | None) -> None:
         if time_seconds is None:
             time_seconds = self._next_video_index / self.fps
         frame.time_base = self.video.time_base

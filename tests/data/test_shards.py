@@ -94,7 +94,8 @@ def assert_same_shard(a: Path, b: Path) -> None:
     left, right = read_samples(a), read_samples(b)
     assert list(left) == list(right), f"{a.name}: keys {list(left)} against {list(right)}"
     for key in left:
-        assert list(left[key]) == list(right[key]), f"{a.name} {key}: entries {list(left[key])} against {list(right[key])}"
+        assert list(left[key]) == list(right[key]), \
+            f"{a.name} {key}: entries {list(left[key])} against {list(right[key])}"
         for entry, data in left[key].items():
             other = right[key][entry]
             if data == other:
