@@ -23,7 +23,7 @@ Input sets, made here:
   synth  `avssl synth` videos (4 s, 64x64, 25 fps, mono AAC 16 kHz): upscaled to 128.
   web    web-like clips made with ffmpeg's lavfi sources: 10 s, 640x360 at 30 fps with
          per-pixel noise, stereo AAC at 44.1 kHz, x264's default keyframe interval (250),
-         the format DECODING.md-style measurements call "as it comes" from the web.
+         the "as downloaded" format of docs/decoding.md.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ One sample per video (docs/data-format.md has the full layout)::
     <key>.json     metadata (index, id, split, duration, fps, frame count, sizes, label, …)
     <key>.<rest>   sidecar files ``<stem>.<rest>`` found next to the video, as raw bytes
 
-Why re-encode: DECODING.md §6 measured ~4x faster training reads for 128p + 1-s GOP +
+Why re-encode: docs/decoding.md measured ~4x faster training reads for 128p + 1-s GOP +
 16 kHz mono than for web video as it comes. Every video is decoded and encoded as a
 stream, frame by frame, so a long video never sits in memory as frames; only its
 (small) re-encoded bytes do. A bad file is skipped with a reason, never fatal.
@@ -37,7 +37,7 @@ from typing import Any, Iterator, NamedTuple
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ts")
 RESERVED_ENTRIES = ("mp4", "json", "pcm")  # a sidecar named <stem>.json is stored as sidecar.json
 AUDIO_FORMATS = ("pcm", "aac")
-AUDIO_BITRATE = 48_000  # mono AAC at 16 kHz; the recommended format of DECODING.md §6
+AUDIO_BITRATE = 48_000  # mono AAC at 16 kHz; the recommended format of docs/decoding.md
 TIMESTAMP_SLACK = Fraction(2, 1000)  # seconds
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+-\d{6}\.tar$")
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -67,7 +67,7 @@ class ShardSettings:
     test_fraction: float | None = None
     missing_audio: str = "skip"  # or "silence": pack video-only files with a silent track
     # "pcm": audio as raw int16 mono beside a video-only mp4 (the sample's ``pcm`` entry);
-    # ~2× the bytes of AAC, no audio decode or resampling when reading (DECODING.md §6).
+    # ~2× the bytes of AAC, no audio decode or resampling when reading (docs/decoding.md).
     # "aac": mono AAC inside the mp4.
     audio_format: str = "pcm"
     min_seconds: float = 1.0  # skip videos whose audio-video overlap is shorter
