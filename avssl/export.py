@@ -70,7 +70,7 @@ def _plain(value: Any) -> Any:
 
 
 # Why torch.load refused a file: the WeightsUnpickler's own line, without its advice to
-# re-run with weights_only=False.
+# re-run with pickle allowed.
 _REFUSAL = re.compile(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)")
 
 

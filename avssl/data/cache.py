@@ -15,6 +15,7 @@ it (each rank of a multi-GPU run holds the whole split): for small sets, not for
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from avssl.data.remote import is_local_path
 MEDIA_ENTRIES = (*CONTAINER_FORMATS, "pcm")
 # The share of the machine's available memory one cached split may take.
 MEMORY_SHARE = 0.8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,15 @@ class DecodedSplit:
 _DECODED: dict[tuple, DecodedSplit] = {}
 
 
+def _rank_zero() -> bool:
+    """This process is the first (or only) rank: torch.distributed's, else the launcher's RANK."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
 def decoded_split(files: tuple[str, ...], *, keep_entries: bool = False, description: str = "") -> DecodedSplit:
     """``files`` decoded into memory, or the copy this process already holds of the same
     files (same paths, sizes and modification times; a URL or ``pipe:`` command: the same
@@ -212,7 +224,8 @@ def decoded_split(files: tuple[str, ...], *, keep_entries: bool = False, descrip
     key = (tuple((f, *_version(f)) for f in files), keep_entries)
     if key not in _DECODED:
         cached = DecodedSplit(files, keep_entries=keep_entries, description=description)
-        print(f"data.cache=memory: {description or 'split'}: {cached.summary()}", flush=True)
+        if _rank_zero():  # every rank decodes its own copy; one line for them all
+            log.info("data.cache=memory: %s: %s", description or "split", cached.summary())
         _DECODED[key] = cached
     return _DECODED[key]
 
