@@ -70,6 +70,20 @@ def write_test_shards(out: Path, clips: list[bytes], per_shard: int, split: str 
     return out
 
 
+def shard_samples(out: Path) -> dict[str, dict[str, dict[str, bytes]]]:
+    """{split: {key: {entry: bytes}}} of every shard the manifest lists."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    result: dict[str, dict[str, dict[str, bytes]]] = {}
+    for split, record in manifest["splits"].items():
+        samples = result.setdefault(split, {})
+        for entry in record["shards"]:
+            with tarfile.open(out / entry["file"]) as tar:
+                for member in tar:
+                    key, extension = member.name.split(".", 1)
+                    samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
+    return result
+
+
 def make_synth_shards(root: Path, num_videos: int = 24, size: int = 32,
                       split: tuple[float, float, float] = (0.5, 0.25, 0.25), seconds: float = 2.0,
                       shard_size: int = 8) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_synth_shards
+from tests.conftest import make_synth_shards, shard_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "scripts" / "slurm_pretrain.sbatch"
@@ -288,21 +288,6 @@ def _end_state(cluster: dict[str, str], job: str, timeout: float = 300) -> str:
     pytest.fail(f"job {job} not finished after {timeout:.0f} s")
 
 
-def _shard_samples(out: Path) -> dict[str, dict[str, bytes]]:
-    """{key: {entry: bytes}} of every shard that out/manifest.json lists."""
-    import json
-    import tarfile
-
-    samples: dict[str, dict[str, bytes]] = {}
-    for record in json.loads((out / "manifest.json").read_text())["splits"].values():
-        for entry in record["shards"]:
-            with tarfile.open(out / entry["file"]) as tar:
-                for member in tar:
-                    key, extension = member.name.split(".", 1)
-                    samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
-    return samples
-
-
 def test_a_shards_array_job_writes_two_parts_and_merges_them_into_the_output_of_one_run(
         cluster: dict[str, str], shard_inputs: Path) -> None:
     import json
@@ -318,7 +303,7 @@ def test_a_shards_array_job_writes_two_parts_and_merges_them_into_the_output_of_
         {k: v for k, v in single.items() if k != "splits"}
     assert {s: r["num_samples"] for s, r in merged["splits"].items()} == \
         {s: r["num_samples"] for s, r in single["splits"].items()}
-    assert _shard_samples(shard_inputs / "array") == _shard_samples(shard_inputs / "single")
+    assert shard_samples(shard_inputs / "array") == shard_samples(shard_inputs / "single")
 
 
 def test_a_failed_array_task_is_reported_by_the_merge(cluster: dict[str, str], shard_inputs: Path) -> None:

@@ -5,7 +5,6 @@ the part, when a part is missing or failed."""
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 import avssl.data.shards as shards_module
 from avssl.cli import main
 from avssl.data.shards import Part, merge_parts, part_folder
+from tests.conftest import shard_samples
 
 SETTINGS = ["--short-side", "32", "--shard-size", "2", "--min-seconds", "0.5"]
 
@@ -34,20 +34,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _shards(videos: Path, out: Path, *extra: str) -> list[str]:
     return ["shards", "--videos", str(videos / "videos"), "--labels", str(videos / "labels.csv"),
             "--out", str(out), *SETTINGS, *extra]
-
-
-def _samples(out: Path) -> dict[str, dict[str, dict[str, bytes]]]:
-    """{split: {key: {entry: bytes}}} of every shard the manifest lists."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    result: dict[str, dict[str, dict[str, bytes]]] = {}
-    for split, record in manifest["splits"].items():
-        samples = result.setdefault(split, {})
-        for entry in record["shards"]:
-            with tarfile.open(out / entry["file"]) as tar:
-                for member in tar:
-                    key, extension = member.name.split(".", 1)
-                    samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +67,8 @@ def test_two_parts_and_merge_give_the_output_of_one_run(videos, single, tmp_path
         {s: (r["num_samples"], r["hours"]) for s, r in alone["splits"].items()}
     assert json.loads((out / "skipped.json").read_text()) == alone["skipped"]
     # every sample byte for byte, its json (index, split, label) included
-    assert _samples(out) == _samples(single)
-    for split, samples in _samples(out).items():
+    assert shard_samples(out) == shard_samples(single)
+    for split, samples in shard_samples(out).items():
         indices = sorted(json.loads(entries["json"])["index"] for entries in samples.values())
         assert indices == list(range(len(samples))), split
     # shard names of the parts never collide: the part is in the name
