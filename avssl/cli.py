@@ -289,7 +289,7 @@ class EvaluationVerb:
 
 EVALUATION_VERBS: dict[str, EvaluationVerb] = {
     "probe": EvaluationVerb(
-        "avssl.probe:probe_from_recipe", "probe", "avssl.tasks.downstream.linear_probe:ProbeConfig",
+        "avssl.probe:probe_from_recipe", "probe", "avssl.evaluation.linear_probe:ProbeConfig",
         "linear probe and k-NN of frozen encoders (probe.encoders=EXPORT_DIR|CKPT|random)",
         "Pool frozen features of each split, fit a logistic regression on train (weight decay chosen "
         "on val) and a k-NN, and report top-1 on test per modality.",
@@ -302,7 +302,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
         "avssl probe recipes/eval/synth_probe.yaml probe.encoders=runs/synth_avc_small/export "
         "data.shards=runs/demo/shards"),
     "finetune": EvaluationVerb(
-        "avssl.finetune:finetune_from_recipe", "finetune", "avssl.tasks.downstream.finetune:FinetuneConfig",
+        "avssl.finetune:finetune_from_recipe", "finetune", "avssl.evaluation.finetune:FinetuneConfig",
         "fine-tune a pretrained encoder with a classifier (finetune.encoders=EXPORT_DIR|CKPT|random)",
         "Train one pretrained encoder with a dropout + linear classifier on the train split and report "
         "clip- and video-level top-1/top-5 on test.",
@@ -313,7 +313,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
          ("finetune.accelerator", "auto, cpu or gpu")),
         "avssl finetune recipes/eval/synth_finetune.yaml finetune.encoders=runs/synth_avc_small/export"),
     "localize": EvaluationVerb(
-        "avssl.localize:localize_from_recipe", "localization", "avssl.tasks.downstream.localization:LocalizationConfig",
+        "avssl.localize:localize_from_recipe", "localization", "avssl.evaluation.localization:LocalizationConfig",
         "sound-source localization (cIoU/AUC) and event localization (localization.checkpoint=CKPT|random)",
         "Heatmaps of where the sound comes from, scored by cIoU/AUC against the sounding objects' boxes "
         "beside a whole-image baseline, and temporal event localization.",
@@ -326,7 +326,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
         "avssl localize recipes/eval/synth_localization.yaml "
         "localization.checkpoint=runs/synth_avc_small/checkpoints/last.ckpt"),
     "separate": EvaluationVerb(
-        "avssl.separate:separation_from_recipe", "separation", "avssl.tasks.downstream.separation:SeparationConfig",
+        "avssl.separate:separation_from_recipe", "separation", "avssl.evaluation.separation:SeparationConfig",
         "mix-and-separate with a visually conditioned U-Net, SDR/SIR/SAR/SI-SDR "
         "(separation.encoders=EXPORT_DIR|CKPT|random)",
         "Train a U-Net conditioned on the video encoder's features to separate mixtures of two clips "
@@ -339,7 +339,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
          ("separation.device", "auto, cpu or cuda")),
         "avssl separate recipes/eval/synth_separation.yaml separation.encoders=runs/synth_avc_small/export"),
     "cluster": EvaluationVerb(
-        "avssl.cluster:cluster_from_recipe", "cluster", "avssl.tasks.downstream.clustering:ClusterConfig",
+        "avssl.cluster:cluster_from_recipe", "cluster", "avssl.evaluation.clustering:ClusterConfig",
         "k-means on frozen features, NMI/ARI/purity against labels (cluster.encoders=EXPORT_DIR|CKPT|random)",
         "Cluster frozen features of one split with k-means and score NMI, ARI and purity against the labels.",
         (("cluster.encoders", _ENCODERS), ("data.shards", "folder written by `avssl shards`"),

@@ -11,8 +11,8 @@ from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
 from avssl.data.skips import split_clips
 from avssl.probe import load_encoders
-from avssl.tasks.downstream.clustering import ClusterConfig, cluster_features
-from avssl.tasks.downstream.linear_probe import _device, encoder_names, extract_features, write_metrics
+from avssl.evaluation.clustering import ClusterConfig, cluster_features
+from avssl.evaluation.linear_probe import _device, encoder_names, extract_features, write_metrics
 
 
 def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:

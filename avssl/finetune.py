@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
 from avssl.probe import load_encoders
-from avssl.tasks.downstream.finetune import FinetuneConfig, run_finetune
-from avssl.tasks.downstream.linear_probe import write_metrics
+from avssl.evaluation.finetune import FinetuneConfig, run_finetune
+from avssl.evaluation.linear_probe import write_metrics
 
 
 def finetune_from_recipe(config: DictConfig) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from avssl.config import data_config, start_evaluation, to_plain
-from avssl.tasks.downstream.linear_probe import _device, write_metrics
-from avssl.tasks.downstream.localization import (
+from avssl.evaluation.linear_probe import _device, write_metrics
+from avssl.evaluation.localization import (
     LocalizationConfig,
     evaluate_localization,
     event_localization,

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from avssl.config import data_config, start_evaluation, to_plain
 from avssl.data.datamodule import DataConfig
 from avssl.data.views import AudioView, MelSettings, VideoView
-from avssl.tasks.downstream.linear_probe import ProbeConfig, run_linear_probe, write_metrics
+from avssl.evaluation.linear_probe import ProbeConfig, run_linear_probe, write_metrics
 
 
 def _file_digest(paths: list[Path]) -> str:

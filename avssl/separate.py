@@ -1,5 +1,5 @@
 """`avssl separate`: pick the video encoder a recipe names, run mix-and-separate, write
-metrics.json and separation.png (avssl/tasks/downstream/separation.py)."""
+metrics.json and separation.png (avssl/evaluation/separation.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from avssl.config import RecipeError, start_evaluation
 from avssl.probe import load_encoders
-from avssl.tasks.downstream.separation import SeparationConfig, run_separation
+from avssl.evaluation.separation import SeparationConfig, run_separation
 
 METRIC_ROWS = ("sdr_db", "sir_db", "sar_db", "si_sdr_db", "sdr_improvement_db", "sdr_mixture_db")
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from avssl.metrics.clustering import clustering_scores
-from avssl.tasks.downstream.linear_probe import fit_logistic_regression
+from avssl.evaluation.linear_probe import fit_logistic_regression
 from avssl.tasks.pretext.avid import AVID
 from avssl.tasks.pretext.selavi import SeLaVi, labeling_steps
 

@@ -261,7 +261,7 @@ def test_evaluation_verb_help(verb: str, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_help_defaults_come_from_the_schemas() -> None:
     from avssl.data.datamodule import DataConfig
-    from avssl.tasks.downstream.separation import SeparationConfig
+    from avssl.evaluation.separation import SeparationConfig
 
     assert key_default("data.batch_size") == DataConfig().batch_size
     assert key_default("separation.steps", {"separation": SeparationConfig}) == SeparationConfig().steps
@@ -313,7 +313,7 @@ def test_smoke_pretrain_prints_no_noise(tmp_path: Path) -> None:
 
 
 def test_a_recipe_mistake_is_reported_before_the_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from avssl.tasks.downstream.separation import MASK_TYPES
+    from avssl.evaluation.separation import MASK_TYPES
 
     code, err = run(["separate", str(RECIPES / "eval" / "synth_separation.yaml"), "separation.mask=soft",
                      f"data.shards={tmp_path / 'missing'}"], capsys)

@@ -124,7 +124,7 @@ def test_unknown_keys_suggest_the_nearest() -> None:
 
 
 def test_section_values_and_post_init_refusals_are_recipe_errors() -> None:
-    from avssl.tasks.downstream.separation import SeparationConfig
+    from avssl.evaluation.separation import SeparationConfig
 
     config = load_recipe(RECIPES / "eval" / "synth_separation.yaml", ["separation.mask=fuzzy"])
     with pytest.raises(RecipeError, match=r"^separation\.mask must be one of"):

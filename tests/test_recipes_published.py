@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from avssl.config import check_section, load_recipe
-from avssl.tasks.downstream.clustering import ClusterConfig
-from avssl.tasks.downstream.finetune import FinetuneConfig
-from avssl.tasks.downstream.linear_probe import ProbeConfig
-from avssl.tasks.downstream.localization import LocalizationConfig
-from avssl.tasks.downstream.separation import SeparationConfig
+from avssl.evaluation.clustering import ClusterConfig
+from avssl.evaluation.finetune import FinetuneConfig
+from avssl.evaluation.linear_probe import ProbeConfig
+from avssl.evaluation.localization import LocalizationConfig
+from avssl.evaluation.separation import SeparationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_RECIPES = sorted(p for p in (ROOT / "recipes" / "eval").glob("*.yaml") if not p.name.startswith("synth_"))

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 if TYPE_CHECKING:
-    from avssl.tasks.downstream.linear_probe import Features, ProbeFit
+    from avssl.evaluation.linear_probe import Features, ProbeFit
 
 
 DPI = 100
@@ -128,7 +128,7 @@ def localization_figure(frames: torch.Tensor, heatmaps: torch.Tensor, boxes: tor
 # -- separation ----------------------------------------------------------------------------------
 def warped_bin_frequencies(log_bins: int, sample_rate: int) -> np.ndarray:
     """The frequency (Hz) each row of the Sound-of-Pixels log-frequency warp reads
-    (:func:`avssl.tasks.downstream.spectral.warp_log_frequency`): row y ∈ [−1, 1] samples
+    (:func:`avssl.evaluation.spectral.warp_log_frequency`): row y ∈ [−1, 1] samples
     the linear axis at (21^((y+1)/2) − 11)/10, i.e. at (21^((y+1)/2) − 1)/20 of Nyquist."""
     y = np.linspace(-1.0, 1.0, log_bins)
     return (21.0 ** ((y + 1) / 2) - 1) / 20 * sample_rate / 2

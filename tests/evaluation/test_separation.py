@@ -12,7 +12,7 @@ import torch
 from avssl.cli import main
 from avssl.metrics.separation import separation_metrics
 from avssl.models.video import small3d
-from avssl.tasks.downstream.separation import (
+from avssl.evaluation.separation import (
     Clips,
     SeparationConfig,
     SeparationModel,
@@ -24,7 +24,7 @@ from avssl.tasks.downstream.separation import (
     training_batch,
     training_loss,
 )
-from avssl.tasks.downstream.spectral import (
+from avssl.evaluation.spectral import (
     StftSettings,
     apply_masks,
     mask_targets,
@@ -145,7 +145,7 @@ def _toy_clips(count: int = 8) -> Clips:
 
 
 def test_lr_decays_tenfold_at_the_given_fractions_of_the_steps() -> None:
-    from avssl.tasks.downstream.separation import lr_schedule
+    from avssl.evaluation.separation import lr_schedule
 
     cfg = SeparationConfig(steps=10, lr=1e-3, lr_decay_at=[0.4, 0.8])
     optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)

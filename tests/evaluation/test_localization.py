@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from avssl.cli import main
-from avssl.tasks.downstream.localization import _gt_maps, heatmaps, localization_scores
+from avssl.evaluation.localization import _gt_maps, heatmaps, localization_scores
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

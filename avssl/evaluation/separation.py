@@ -46,7 +46,7 @@ from avssl.data.targets import BOXES, NUM_STEMS, STEMS
 from avssl.data.transforms import AugmentSettings, VideoBatchTransform
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO, AudioView, ViewSpec
 from avssl.models.unet import LinearSynthesizer, UNet, VisualProjection
-from avssl.tasks.downstream.spectral import (
+from avssl.evaluation.spectral import (
     MASK_TYPES,
     StftSettings,
     apply_masks,
@@ -536,8 +536,8 @@ def separate_two_source_clips(model: SeparationModel, clips: Clips, features: Vi
 def plot_separation(separated: Separated, model: SeparationModel, path: Path, count: int,
                     sample_rate: int = 16000) -> None:
     """``separation.png``: mixture, estimated and true log-frequency spectrograms of the first
-    ``count`` mixtures, each row with its SDR (:mod:`~avssl.tasks.downstream.figures`)."""
-    from avssl.tasks.downstream.figures import save_figure, separation_figure
+    ``count`` mixtures, each row with its SDR (:mod:`~avssl.evaluation.figures`)."""
+    from avssl.evaluation.figures import save_figure, separation_figure
 
     count = min(count, len(separated.mixtures))
     if count == 0:

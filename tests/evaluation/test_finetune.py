@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from avssl.cli import main
-from avssl.tasks.downstream.finetune import FinetuneConfig, FineTuner, accuracy_report
+from avssl.evaluation.finetune import FinetuneConfig, FineTuner, accuracy_report
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -300,7 +300,7 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
     fits = {m: fit_probe(splits["train"], splits["val"], splits["test"], m, cfg) for m in cfg.modalities}
     results = {m: fit.results for m, fit in fits.items()}
     if figures_dir is not None:
-        from avssl.tasks.downstream.figures import write_probe_figures
+        from avssl.evaluation.figures import write_probe_figures
 
         write_probe_figures(fits, splits["test"], manifest_classes(data.shards), figures_dir)
     if cfg.knn:

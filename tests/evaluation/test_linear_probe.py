@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from avssl.tasks.downstream.linear_probe import Features, ProbeConfig, knn_top1
+from avssl.evaluation.linear_probe import Features, ProbeConfig, knn_top1
 
 
 def _features(x: np.ndarray, labels: list[int]) -> Features:
@@ -24,7 +24,7 @@ def test_knn_classifies_by_nearest_direction_after_standardising() -> None:
 
 
 def test_multilabel_probe_learns_one_vs_rest_and_scores_map() -> None:
-    from avssl.tasks.downstream.linear_probe import multi_hot, probe_multilabel
+    from avssl.evaluation.linear_probe import multi_hot, probe_multilabel
 
     rng = np.random.default_rng(0)
     # class c present ⇔ feature c > 0 (three independent labels), two clips per video

@@ -13,7 +13,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 from avssl.metrics.clustering import clustering_scores
-from avssl.tasks.downstream.linear_probe import MODALITIES, Features, standardiser
+from avssl.evaluation.linear_probe import MODALITIES, Features, standardiser
 
 
 @dataclass
@@ -63,7 +63,7 @@ def cluster_features(features: Features, cfg: ClusterConfig, seed: int = 0, figu
         results[modality] = clustering_scores(torch.from_numpy(ids), torch.from_numpy(labels))
         standardised[modality], assignments[modality] = x, ids
     if figures_dir is not None:
-        from avssl.tasks.downstream.figures import write_cluster_figures
+        from avssl.evaluation.figures import write_cluster_figures
 
         write_cluster_figures(standardised, labels, assignments, results, class_names, cfg.split, figures_dir)
     return results

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avssl.tasks.downstream.clustering import ClusterConfig, cluster_features, kmeans
-from avssl.tasks.downstream.linear_probe import Features
+from avssl.evaluation.clustering import ClusterConfig, cluster_features, kmeans
+from avssl.evaluation.linear_probe import Features
 
 
 def test_kmeans_recovers_separated_blobs_whatever_the_label_names() -> None:

@@ -47,7 +47,7 @@ from avssl.metrics.localization import (
     ground_truth_map,
     whole_image_baseline,
 )
-from avssl.tasks.downstream.linear_probe import Features, ProbeConfig, extract_features, probe_modality
+from avssl.evaluation.linear_probe import Features, ProbeConfig, extract_features, probe_modality
 from avssl.tasks.pretext.base import PretextTask
 
 
@@ -191,8 +191,8 @@ def event_localization(encoders: dict[str, torch.nn.Module], data: DataConfig, c
 
 def plot_localization(shown: dict[str, torch.Tensor], path: Path, title: str, rule: str = "gt_area") -> Path:
     """``localization.png``: each shown clip's frame and boxes, its heatmap on a colour scale
-    with the pixels ``rule`` marks outlined, and its cIoU (:mod:`~avssl.tasks.downstream.figures`)."""
-    from avssl.tasks.downstream.figures import localization_figure, save_figure
+    with the pixels ``rule`` marks outlined, and its cIoU (:mod:`~avssl.evaluation.figures`)."""
+    from avssl.evaluation.figures import localization_figure, save_figure
 
     return save_figure(localization_figure(shown["frame"], shown["heatmap"], shown["boxes"], shown["predicted"],
                                            shown["ciou"].tolist(), title, rule), path, dpi=110)

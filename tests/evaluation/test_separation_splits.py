@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import avssl.separate
-import avssl.tasks.downstream.separation as separation
+import avssl.evaluation.separation as separation
 from avssl.cli import main
 from tests.conftest import flash_click_clip, write_test_shards
 
