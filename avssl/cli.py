@@ -28,9 +28,9 @@ PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from avssl.data.synth import generate_dataset
+    from avssl.data.synth import generate_dataset, summary_line
 
-    generate_dataset(
+    summary = generate_dataset(
         out_dir=args.out,
         num_videos=args.num_videos,
         seconds=args.seconds,
@@ -42,6 +42,7 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
     )
+    print(summary_line(summary, args.out))
     return 0
 
 
@@ -84,6 +85,7 @@ def _shards(args: argparse.Namespace) -> int:
         except MergeError as error:
             print(f"avssl shards merge: {error}", file=sys.stderr)
             return 2
+        print(report.summary())
         return 0 if report.num_packed > 0 else 1
     if args.videos is None or args.out is None:
         missing = [flag for flag, value in (("--videos", args.videos), ("--out", args.out)) if value is None]
@@ -104,8 +106,26 @@ def _shards(args: argparse.Namespace) -> int:
     )
     report = write_shards(args.videos, args.out, labels_csv=args.labels, settings=settings, workers=args.workers,
                           part=part)
+    print(report.summary())
     if part is not None:
         return 0  # a part that packed nothing is not a failure: the merge counts the whole
+    return 0 if report.num_packed > 0 else 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    """0 when something was packed, 1 when nothing was, 2 on bad input."""
+    from avssl.data.sources.cli import InapplicableOptions, run_prepare
+    from avssl.data.sources.common import PrepareError
+
+    try:
+        report = run_prepare(args)
+    except InapplicableOptions as error:
+        print(f"avssl prepare: {error}", file=sys.stderr)
+        return 2
+    except (PrepareError, ValueError) as error:
+        print(f"avssl prepare {args.benchmark}: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
     return 0 if report.num_packed > 0 else 1
 
 
@@ -473,7 +493,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    from avssl.data.sources.cli import add_prepare_arguments, run_prepare
+    from avssl.data.sources.cli import add_prepare_arguments
 
     p = sub.add_parser(
         "prepare",
@@ -482,7 +502,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "with the shard writer; clips listed but missing are skipped and reported (docs/benchmarks-data.md).",
     )
     add_prepare_arguments(p)
-    p.set_defaults(run=run_prepare)
+    p.set_defaults(run=_prepare)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [

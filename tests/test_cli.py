@@ -134,6 +134,16 @@ def test_synth_out_not_writable(a_file: Path, capsys: pytest.CaptureFixture[str]
         1, f"avssl synth: {a_file}/out/videos: Not a directory\n")
 
 
+def test_synth_prints_the_summary_line_of_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import avssl.data.synth
+
+    summary = {"videos": 3, "hours": 0.0033, "splits": {"train": 2, "val": 1, "test": 0}}
+    monkeypatch.setattr(avssl.data.synth, "generate_dataset", lambda **kwargs: summary)
+    assert main(["synth", "--out", str(tmp_path), "--num-videos", "3"]) == 0
+    assert capsys.readouterr().out == f"wrote 3 videos (0.00 h; train 2, val 1, test 0) to {tmp_path}\n"
+
+
 def _small_checkpoint(path: Path) -> Path:
     """A checkpoint shaped like a training run's, with one small video encoder."""
     from avssl.models import build_encoders

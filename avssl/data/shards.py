@@ -124,13 +124,37 @@ class EncodedVideo(NamedTuple):
 
 @dataclass
 class ShardReport:
-    """What ``write_shards`` did. ``shards`` maps a split to the paths of its tar files."""
+    """What ``write_shards`` did. ``shards`` maps a split to the paths of its tar files;
+    :meth:`summary` is the text `avssl shards` prints."""
 
     num_packed: int
     skipped: list[dict]  # [{"file": relative path, "reason": str}]
     splits: dict[str, int]  # samples per split
     hours: float
     shards: dict[str, list[str]] = field(default_factory=dict)
+    out_dir: str = ""  # the folder written (a part's folder for a part)
+    unused_label_ids: int = 0  # ids of the labels csv that match no video
+    searched: str | None = None  # where no video file was found at all ("under DIR", "in this part")
+    merged_parts: int = 0  # parts merged by merge_parts
+
+    def summary(self) -> str:
+        """What was packed where, then every skipped file with its reason."""
+        lines = [f"merged {self.merged_parts} parts"] if self.merged_parts else []
+        if self.searched is not None:
+            lines.append(f"no video found {self.searched} (extensions: {' '.join(VIDEO_EXTENSIONS)})")
+        per_split = ", ".join(
+            f"{split}: {count} videos in {len(self.shards[split])} shards" for split, count in self.splits.items()
+        )
+        line = f"packed {self.num_packed} videos ({self.hours:.3f} h) into {self.out_dir}"
+        lines.append(line + (f" ({per_split})" if per_split else ""))
+        if self.unused_label_ids:
+            lines.append(f"labels: {self.unused_label_ids} ids of the csv match no video")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} files (also in {Path(self.out_dir) / 'skipped.json'}):")
+            lines.extend(f"  {entry['file']}: {entry['reason']}" for entry in self.skipped)
+        else:
+            lines.append("skipped 0 files")
+        return "\n".join(lines)
 
 
 class SkipVideo(Exception):
@@ -1029,8 +1053,9 @@ def write_shards(
 
     Videos are processed in sorted relative-path order by ``workers`` processes; the
     output (indices, shard contents) does not depend on ``workers``. A file that cannot be
-    packed is skipped with a reason and reported at the end; ``num_packed == 0`` in the
-    returned report means nothing could be packed.
+    packed is skipped with a reason, listed in the returned report (whose
+    :meth:`~ShardReport.summary` the CLI prints); ``num_packed == 0`` there means nothing
+    could be packed.
 
     With ``part``, only that part's slice of the videos is packed, into
     ``{out_dir}/parts/pNNN/`` (:func:`part_folder`) with a part manifest; :func:`merge_parts`
@@ -1094,10 +1119,10 @@ def _write(
     finally:
         os.close(lock)
     report.shards = {split: [str(out_dir / Path(p).name) for p in paths] for split, paths in report.shards.items()}
+    report.out_dir = str(out_dir)
+    report.unused_label_ids = len(labels.rows) - len(used_ids) if labels is not None else 0
     if len(jobs) == 0 and not report.skipped:
-        what = "in this part" if part is not None else f"under {videos_dir}"
-        print(f"no video found {what} (extensions: {' '.join(VIDEO_EXTENSIONS)})")
-    _print_summary(report, out_dir, labels, used_ids)
+        report.searched = "in this part" if part is not None else f"under {videos_dir}"
     return report
 
 
@@ -1191,24 +1216,6 @@ def _pack(
     )
 
 
-def _print_summary(report: ShardReport, out_dir: Path, labels: Labels | None, used_ids: set[str]) -> None:
-    per_split = ", ".join(
-        f"{split}: {count} videos in {len(report.shards[split])} shards" for split, count in report.splits.items()
-    )
-    line = f"packed {report.num_packed} videos ({report.hours:.3f} h) into {out_dir}"
-    print(line + (f" ({per_split})" if per_split else ""))
-    if labels is not None:
-        unused = len(labels.rows) - len(used_ids)
-        if unused:
-            print(f"labels: {unused} ids of the csv match no video")
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} files (also in {out_dir / 'skipped.json'}):")
-        for entry in report.skipped:
-            print(f"  {entry['file']}: {entry['reason']}")
-    else:
-        print("skipped 0 files")
-
-
 # --------------------------------------------------------------------------- merging parts
 
 
@@ -1249,8 +1256,7 @@ def merge_parts(out_dir: Path, num_parts: int | None = None, workers: int = 1) -
     finally:
         os.close(lock)
     report.shards = {split: [str(out_dir / Path(p).name) for p in paths] for split, paths in report.shards.items()}
-    print(f"merged {len(manifests)} parts")
-    _print_summary(report, out_dir, None, set())
+    report.out_dir, report.merged_parts = str(out_dir), len(manifests)
     return report
 
 

@@ -853,13 +853,17 @@ def generate_dataset(
     seed: int = 0,
     workers: int = 1,
 ) -> dict:
-    """Write the synthetic set with default difficulty; returns and prints a summary.
+    """Write the synthetic set with default difficulty; returns its summary (the one of
+    summary.json; :func:`summary_line` says it in one line).
 
     For the other knobs build a :class:`SynthConfig` and call :func:`write_dataset`.
     """
     cfg = SynthConfig(seconds=seconds, size=size, fps=fps, sample_rate=sample_rate,
                       num_categories=num_categories, seed=seed)
-    summary = write_dataset(out_dir, num_videos, cfg, split_fractions, workers)
+    return write_dataset(out_dir, num_videos, cfg, split_fractions, workers)
+
+
+def summary_line(summary: dict[str, Any], out_dir: Path | str) -> str:
+    """The line `avssl synth` prints for the set it wrote: videos, hours and splits."""
     splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-    print(f"wrote {summary['videos']} videos ({summary['hours']:.2f} h; {splits}) to {out_dir}")
-    return summary
+    return f"wrote {summary['videos']} videos ({summary['hours']:.2f} h; {splits}) to {out_dir}"

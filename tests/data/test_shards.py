@@ -19,6 +19,8 @@ import pytest
 from avssl.cli import main
 from avssl.data.encode import MediaWriter, write_media
 from avssl.data.shards import (
+    VIDEO_EXTENSIONS,
+    ShardReport,
     ShardSettings,
     SkipVideo,
     find_videos,
@@ -170,6 +172,24 @@ def test_cli_packs_the_good_video_and_names_every_bad_one(tmp_path, capsys):
     meta = json.loads(samples["good"]["json"])
     assert meta["index"] == 0 and meta["id"] == "good" and meta["source"] == "good.mp4"
     assert (meta["width"], meta["height"]) == (170, 128)  # the default short side, 4:3 kept
+
+
+def test_report_summary_is_what_the_cli_prints():
+    skipped = [{"file": "a.mp4", "reason": "no audio stream"}, {"file": "sub/b.mov", "reason": "undecodable: x"}]
+    report = ShardReport(num_packed=3, skipped=skipped, splits={"train": 2, "val": 1}, hours=0.0125,
+                         shards={"train": ["o/train-000000.tar"], "val": ["o/val-000000.tar"]}, out_dir="o",
+                         unused_label_ids=4)
+    assert report.summary() == (
+        "packed 3 videos (0.013 h) into o (train: 2 videos in 1 shards, val: 1 videos in 1 shards)\n"
+        "labels: 4 ids of the csv match no video\n"
+        "skipped 2 files (also in o/skipped.json):\n"
+        "  a.mp4: no audio stream\n"
+        "  sub/b.mov: undecodable: x")
+    empty = ShardReport(num_packed=0, skipped=[], splits={}, hours=0.0, out_dir="o", searched="under v",
+                        merged_parts=2)
+    assert empty.summary() == (
+        f"merged 2 parts\nno video found under v (extensions: {' '.join(VIDEO_EXTENSIONS)})\n"
+        "packed 0 videos (0.000 h) into o\nskipped 0 files")
 
 
 def test_cli_exits_1_when_nothing_is_packed(tmp_path, capsys):

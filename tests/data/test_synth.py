@@ -15,12 +15,14 @@ from avssl.data.synth import (
     ARTICULATIONS,
     SHAPES,
     SPECTRA,
+    SPLITS,
     TEXTURES,
     SynthConfig,
     categories,
     generate_dataset,
     render_clip,
     split_of,
+    summary_line,
     write_dataset,
 )
 
@@ -213,7 +215,9 @@ def test_generate_dataset_writes_the_layout(tmp_path: Path, capsys: pytest.Captu
     out = tmp_path / "synth"
     summary = generate_dataset(out, num_videos=5, seconds=1.2, size=32, fps=10.0, sample_rate=8000,
                                split_fractions=(0.6, 0.2, 0.2), seed=1)
-    assert "wrote 5 videos" in capsys.readouterr().out
+    assert capsys.readouterr().out == "", "the summary is the CLI's to print"
+    counts = ", ".join(f"{name} {sum(split_of(i, (0.6, 0.2, 0.2)) == name for i in range(5))}" for name in SPLITS)
+    assert summary_line(summary, out) == f"wrote 5 videos (0.00 h; {counts}) to {out}"
     assert summary["videos"] == 5 and summary["hours"] == pytest.approx(5 * 1.2 / 3600, abs=1e-4)
     assert sum(summary["splits"].values()) == 5
     assert json.loads((out / "summary.json").read_text())["splits"] == summary["splits"]

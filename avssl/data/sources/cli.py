@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import sys
 from pathlib import Path
 
 from avssl.data.sources import BENCHMARKS
@@ -46,9 +45,14 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     shard.add_argument("--min-seconds", type=float, default=None)
 
 
-def run_prepare(args: argparse.Namespace) -> int:
-    """Run one adapter; 0 when something was packed, 1 when nothing was, 2 on bad input."""
-    from avssl.data.sources.common import PrepareError, default_settings
+class InapplicableOptions(ValueError):
+    """Adapter flags given for a benchmark that takes none of them (the message names them)."""
+
+
+def run_prepare(args: argparse.Namespace):  # -> avssl.data.sources.common.PrepareReport (imported inside)
+    """Run one adapter and return its report. Raises :class:`InapplicableOptions`, and the
+    adapter's PrepareError or ValueError on bad input (avssl/cli.py turns them into exit 2)."""
+    from avssl.data.sources.common import default_settings
 
     benchmark = BENCHMARKS[args.benchmark]
     function = benchmark.function()
@@ -57,17 +61,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
-        print(f"avssl prepare: {flags} does not apply to {benchmark.name}", file=sys.stderr)
-        return 2
-    try:
-        if "classes" in options:
-            from avssl.data.sources.common import read_lines, require_file
+        raise InapplicableOptions(f"{flags} does not apply to {benchmark.name}")
+    if "classes" in options:
+        from avssl.data.sources.common import read_lines, require_file
 
-            options["classes"] = read_lines(require_file(options["classes"], "--classes"))
-        given = {name: getattr(args, name) for name in SHARD_FLAGS if getattr(args, name) is not None}
-        settings = dataclasses.replace(default_settings(None, benchmark.name), **given)
-        report = function(args.root, args.out, settings=settings, workers=args.workers, **options)
-    except (PrepareError, ValueError) as error:
-        print(f"avssl prepare {benchmark.name}: {error}", file=sys.stderr)
-        return 2
-    return 0 if report.num_packed > 0 else 1
+        options["classes"] = read_lines(require_file(options["classes"], "--classes"))
+    given = {name: getattr(args, name) for name in SHARD_FLAGS if getattr(args, name) is not None}
+    settings = dataclasses.replace(default_settings(None, benchmark.name), **given)
+    return function(args.root, args.out, settings=settings, workers=args.workers, **options)

@@ -12,10 +12,8 @@ staging folder. Heavy imports happen inside functions (the CLI imports this modu
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -60,7 +58,8 @@ class Sample:
 
 @dataclass
 class PrepareReport:
-    """What an adapter did: the shard writer's report plus the clips it could not find."""
+    """What an adapter did: the shard writer's report plus the clips it could not find;
+    :meth:`summary` is the text `avssl prepare` prints."""
 
     benchmark: str
     out_dir: Path
@@ -68,10 +67,29 @@ class PrepareReport:
     listed: int
     missing: list[dict]  # [{"file": expected, "reason": "missing: …"}]
     shards: ShardReport
+    root: Path | None = None  # the release the clips were looked for under
+    # the shard writer's summary before the missing clips joined its skips; "" when nothing
+    # was staged (it would name the temporary staging folder as where no video was found)
+    shards_summary: str = ""
 
     @property
     def num_packed(self) -> int:
         return self.shards.num_packed
+
+    def summary(self) -> str:
+        """The shard writer's summary, then what was listed, found and missing (the first
+        ``MAX_PRINTED_MISSING`` missing clips by name)."""
+        lines = [self.shards_summary] if self.shards_summary else []
+        lines.append(f"{self.benchmark}: {self.listed} clips listed, {self.listed - len(self.missing)} found on "
+                     f"disk, {len(self.missing)} missing (listed in skipped.json)")
+        lines.extend(f"  missing {entry['file']}" for entry in self.missing[:MAX_PRINTED_MISSING])
+        if len(self.missing) > MAX_PRINTED_MISSING:
+            lines.append(f"  … and {len(self.missing) - MAX_PRINTED_MISSING} more in {self.out_dir / 'skipped.json'}")
+        if self.num_packed == 0:
+            lines.append(f"{self.benchmark}: nothing packed: {self.listed - len(self.missing)} of the {self.listed} "
+                         f"listed clips were found under {self.root}; the reasons are in "
+                         f"{self.out_dir / 'skipped.json'}")
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- layout helpers
@@ -323,7 +341,8 @@ def write_benchmark(
             writer.writerow(["id", "label", "split"])
             writer.writerows((video_id, "" if label < 0 else label, split) for video_id, label, split in rows)
         shutil.copyfile(labels_csv, out_dir / "labels.csv")
-        report = _write_shards(staging, out_dir, labels_csv, settings, workers, quiet=not rows)
+        report = write_shards(staging, out_dir, labels_csv=labels_csv, settings=settings, workers=workers)
+        shards_summary = report.summary() if rows else ""
 
     extra = sorted(missing + duplicates + failed, key=lambda entry: entry["file"])
     manifest_path = out_dir / "manifest.json"
@@ -351,31 +370,7 @@ def write_benchmark(
         "unconvertible": len(failed),
     }
     (out_dir / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _print_missing(benchmark, missing, len(samples), out_dir)
-    if report.num_packed == 0:
-        print(f"{benchmark}: nothing packed: {len(present)} of the {len(samples)} listed clips were found under "
-              f"{root}; the reasons are in {out_dir / 'skipped.json'}")
-    return PrepareReport(benchmark, out_dir, classes, len(samples), missing, report)
-
-
-def _write_shards(staging: Path, out_dir: Path, labels_csv: Path, settings: ShardSettings, workers: int,
-                  quiet: bool) -> ShardReport:
-    """The shard writer on the staging folder. With nothing staged (``quiet``) its summary,
-    which names the temporary staging folder as where no video was found, is not shown:
-    :func:`write_benchmark` says instead what was looked for under the release's root."""
-    if not quiet:
-        return write_shards(staging, out_dir, labels_csv=labels_csv, settings=settings, workers=workers)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return write_shards(staging, out_dir, labels_csv=labels_csv, settings=settings, workers=workers)
-
-
-def _print_missing(benchmark: str, missing: list[dict], listed: int, out_dir: Path) -> None:
-    print(f"{benchmark}: {listed} clips listed, {listed - len(missing)} found on disk, "
-          f"{len(missing)} missing (listed in skipped.json)")
-    for entry in missing[:MAX_PRINTED_MISSING]:
-        print(f"  missing {entry['file']}")
-    if len(missing) > MAX_PRINTED_MISSING:
-        print(f"  … and {len(missing) - MAX_PRINTED_MISSING} more in {out_dir / 'skipped.json'}")
+    return PrepareReport(benchmark, out_dir, classes, len(samples), missing, report, root, shards_summary)
 
 
 def default_settings(settings: ShardSettings | None, benchmark: str) -> ShardSettings:

@@ -7,8 +7,9 @@ import pytest
 from prepare_fixtures import SMALL, SMALL_FLAGS, by_split, read_out, skipped_files, video
 
 from avssl.cli import main
+from avssl.data.shards import ShardReport
 from avssl.data.sources.ave import AVE_CATEGORIES, event_segments, prepare_ave
-from avssl.data.sources.common import PrepareError, hashed_split
+from avssl.data.sources.common import MAX_PRINTED_MISSING, PrepareError, PrepareReport, hashed_split
 from avssl.data.sources.music import prepare_music
 
 SOLOS = {"flute": ["jW_AuF6dQYY", "3wPouBFa9U0"], "acoustic_guitar": ["IPsA3sz934M"],
@@ -127,3 +128,21 @@ def test_nothing_found_names_the_root_not_the_staging_folder(tmp_path, capsys):
         f"ave: nothing packed: 0 of the 2 listed clips were found under {root}; "
         f"the reasons are in {out / 'skipped.json'}")
     assert sorted(skipped_files(read_out(out)[0])) == ["AVE/abc.mp4", "AVE/def.mp4"]
+
+
+def test_prepare_summary_names_the_first_missing_clips_then_counts_the_rest(tmp_path):
+    missing = [{"file": f"AVE/{i:02d}.mp4", "reason": "missing: …"} for i in range(MAX_PRINTED_MISSING + 2)]
+    nothing = ShardReport(num_packed=0, skipped=missing, splits={}, hours=0.0)
+    report = PrepareReport("ave", tmp_path, None, len(missing) + 1, missing, nothing, tmp_path / "AVE", "")
+    assert report.summary().splitlines() == [
+        f"ave: {MAX_PRINTED_MISSING + 3} clips listed, 1 found on disk, {MAX_PRINTED_MISSING + 2} missing "
+        "(listed in skipped.json)",
+        *(f"  missing AVE/{i:02d}.mp4" for i in range(MAX_PRINTED_MISSING)),
+        f"  … and 2 more in {tmp_path / 'skipped.json'}",
+        f"ave: nothing packed: 1 of the {MAX_PRINTED_MISSING + 3} listed clips were found under {tmp_path / 'AVE'}; "
+        f"the reasons are in {tmp_path / 'skipped.json'}",
+    ]
+    packed = ShardReport(num_packed=1, skipped=[], splits={"train": 1}, hours=0.0)
+    report = PrepareReport("ave", tmp_path, None, 1, [], packed, tmp_path / "AVE", "packed 1 videos …")
+    assert report.summary() == (
+        "packed 1 videos …\nave: 1 clips listed, 1 found on disk, 0 missing (listed in skipped.json)")
