@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
 from avssl.data.skips import split_clips
-from avssl.probe import load_encoders
 from avssl.evaluation.clustering import ClusterConfig, cluster_features
 from avssl.evaluation.linear_probe import _device, encoder_names, extract_features, write_metrics
+from avssl.probe import load_encoders
 
 
 def cluster_from_recipe(config: DictConfig) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from omegaconf import DictConfig
 
 from avssl.config import start_evaluation
 from avssl.data.datamodule import manifest_classes
-from avssl.probe import load_encoders
 from avssl.evaluation.finetune import FinetuneConfig, run_finetune
 from avssl.evaluation.linear_probe import write_metrics
+from avssl.probe import load_encoders
 
 
 def finetune_from_recipe(config: DictConfig) -> dict[str, Any]:

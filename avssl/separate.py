@@ -8,8 +8,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from avssl.config import RecipeError, start_evaluation
-from avssl.probe import load_encoders
 from avssl.evaluation.separation import SeparationConfig, run_separation
+from avssl.probe import load_encoders
 
 METRIC_ROWS = ("sdr_db", "sir_db", "sar_db", "si_sdr_db", "sdr_improvement_db", "sdr_mixture_db")
 

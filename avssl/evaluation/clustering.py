@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from avssl.metrics.clustering import clustering_scores
 from avssl.evaluation.linear_probe import MODALITIES, Features, standardiser
+from avssl.metrics.clustering import clustering_scores
 
 
 @dataclass

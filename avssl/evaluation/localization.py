@@ -39,6 +39,7 @@ from avssl.data.skips import split_clips
 from avssl.data.targets import BACKGROUND, BOXES
 from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, INDEX, VIDEO
+from avssl.evaluation.linear_probe import Features, ProbeConfig, extract_features, probe_modality
 from avssl.metrics.localization import (
     binarize_heatmap,
     ciou,
@@ -47,7 +48,6 @@ from avssl.metrics.localization import (
     ground_truth_map,
     whole_image_baseline,
 )
-from avssl.evaluation.linear_probe import Features, ProbeConfig, extract_features, probe_modality
 from avssl.tasks.pretext.base import PretextTask
 
 

@@ -45,7 +45,6 @@ from avssl.data.skips import split_clips
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
 from avssl.data.transforms import AugmentSettings, VideoBatchTransform
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO, AudioView, ViewSpec
-from avssl.models.unet import LinearSynthesizer, UNet, VisualProjection
 from avssl.evaluation.spectral import (
     MASK_TYPES,
     StftSettings,
@@ -58,6 +57,7 @@ from avssl.evaluation.spectral import (
     warp_harmonics,
     warp_log_frequency,
 )
+from avssl.models.unet import LinearSynthesizer, UNet, VisualProjection
 
 POOLINGS = ("box", "frame")
 LOG_EPSILON = 1e-10

@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from avssl.cli import main
-from avssl.metrics.separation import separation_metrics
-from avssl.models.video import small3d
 from avssl.evaluation.separation import (
     Clips,
     SeparationConfig,
@@ -34,6 +32,8 @@ from avssl.evaluation.spectral import (
     warp_harmonics,
     warp_log_frequency,
 )
+from avssl.metrics.separation import separation_metrics
+from avssl.models.video import small3d
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

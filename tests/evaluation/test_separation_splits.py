@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import avssl.separate
 import avssl.evaluation.separation as separation
+import avssl.separate
 from avssl.cli import main
 from tests.conftest import flash_click_clip, write_test_shards
 
