@@ -41,6 +41,7 @@ def _synth(args: argparse.Namespace) -> int:
         split_fractions=tuple(args.split),
         seed=args.seed,
         workers=args.workers,
+        faulty_soundtrack_fraction=args.faulty_soundtrack_fraction,
     )
     print(summary_line(summary, args.out))
     return 0
@@ -417,6 +418,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_export)
 
 
+def _fraction(value: str) -> float:
+    """argparse type: a number in [0, 1] (a mistake is argparse's one-line usage error)."""
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return number
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic audio-visual set (mp4 + ground truth)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -429,6 +438,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--faulty-soundtrack-fraction", type=_fraction, default=0.0, metavar="F",
+                   help="give this fraction of the training videos another training video's soundtrack "
+                        "(recorded as soundtrack_from in their ground truth and in summary.json)")
     p.set_defaults(run=_synth)
 
 

@@ -182,6 +182,10 @@ class RenderedClip:
     notes: list[dict[str, Any]] = field(default_factory=list)  # diagnostics: every note drawn
 
 
+#: the spawn key of the faulty-soundtrack draws (any number other streams do not use)
+FAULTY_SOUNDTRACK_STREAM = 1
+
+
 def clip_id(video_index: int) -> str:
     return f"synth_{video_index:06d}"
 
@@ -203,6 +207,34 @@ def split_of(video_index: int, split_fractions: Sequence[float] = (0.8, 0.1, 0.1
     if u < fractions[0] + fractions[1]:
         return "val"
     return "test"
+
+
+def faulty_soundtracks(num_videos: int, fraction: float, cfg: SynthConfig,
+                       split_fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[int, int]:
+    """Which training videos get another training video's soundtrack: {receiver: donor}.
+
+    ``round(fraction × number of training videos)`` receivers, drawn without replacement;
+    each donor is drawn among the other training videos of a different category (any
+    other training video when there is none). A stream of its own (seeded by ``cfg.seed``),
+    so the clips' draws stay the same. Faulty positives for "Robust Audio-Visual Instance
+    Discrimination" (CVPR 2021): the picture and the sound of a receiver are unrelated.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"faulty soundtrack fraction must lie in [0, 1], got {fraction}")
+    train = [i for i in range(num_videos) if split_of(i, split_fractions) == "train"]
+    count = int(round(fraction * len(train)))
+    if count == 0:
+        return {}
+    if len(train) < 2:
+        raise ValueError(f"a faulty soundtrack needs at least 2 training videos, got {len(train)}")
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(FAULTY_SOUNDTRACK_STREAM,)))
+    receivers = sorted(int(i) for i in rng.choice(train, size=count, replace=False))
+    donors = {}
+    for receiver in receivers:
+        pool = [i for i in train if i % cfg.num_categories != receiver % cfg.num_categories]
+        pool = pool or [i for i in train if i != receiver]
+        donors[receiver] = pool[int(rng.integers(len(pool)))]
+    return donors
 
 
 # ----------------------------------------------------------------------------- plan
@@ -772,9 +804,13 @@ def render_clip(
 # ----------------------------------------------------------------------------- dataset
 
 
-def _write_clip(task: tuple[int, SynthConfig, str, str]) -> tuple[int, str, str]:
-    video_index, cfg, videos_dir, split = task
+def _write_clip(task: tuple[int, SynthConfig, str, str, int | None]) -> tuple[int, str, str]:
+    video_index, cfg, videos_dir, split, donor = task
     clip = render_clip(video_index, cfg)
+    if donor is not None:  # the donor's soundtrack: its mix and its stems
+        sound = render_clip(donor, cfg)
+        clip.mix, clip.stems = sound.mix, sound.stems
+        clip.ground_truth = {**clip.ground_truth, "soundtrack_from": clip_id(donor)}
     stem_path = Path(videos_dir) / clip.id
     with MediaWriter(f"{stem_path}.mp4", width=cfg.size, height=cfg.size, fps=cfg.fps, sample_rate=cfg.sample_rate,
                      gop_frames=max(1, int(round(cfg.fps))), crf=20) as writer:
@@ -797,8 +833,13 @@ def write_dataset(
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     workers: int = 1,
     progress: bool = True,
+    faulty_soundtrack_fraction: float = 0.0,
 ) -> dict[str, Any]:
-    """Write ``num_videos`` clips of the set ``cfg`` under ``out_dir`` (see the module doc)."""
+    """Write ``num_videos`` clips of the set ``cfg`` under ``out_dir`` (see the module doc).
+
+    ``faulty_soundtrack_fraction``: that fraction of the training videos carry another
+    training video's soundtrack (:func:`faulty_soundtracks`); 0 writes exactly the set
+    without the option."""
     from tqdm import tqdm
 
     if num_videos < 1:
@@ -806,7 +847,8 @@ def write_dataset(
     out_dir = Path(out_dir)
     videos_dir = out_dir / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(i, cfg, str(videos_dir), split_of(i, split_fractions)) for i in range(num_videos)]
+    donors = faulty_soundtracks(num_videos, faulty_soundtrack_fraction, cfg, split_fractions)
+    tasks = [(i, cfg, str(videos_dir), split_of(i, split_fractions), donors.get(i)) for i in range(num_videos)]
     rows: list[tuple[int, str, str]] = []
     bar = tqdm(total=num_videos, desc="synth", unit="video", disable=not progress)
     if workers <= 1:
@@ -836,6 +878,9 @@ def write_dataset(
         "config": asdict(cfg),
         "categories": [asdict(c) for c in categories(cfg.num_categories)],
     }
+    if donors:
+        summary["faulty_soundtracks"] = {"fraction": faulty_soundtrack_fraction,
+                                         "soundtrack_from": {clip_id(i): clip_id(d) for i, d in donors.items()}}
     with open(out_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -852,6 +897,7 @@ def generate_dataset(
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     workers: int = 1,
+    faulty_soundtrack_fraction: float = 0.0,
 ) -> dict:
     """Write the synthetic set with default difficulty; returns its summary (the one of
     summary.json; :func:`summary_line` says it in one line).
@@ -860,7 +906,8 @@ def generate_dataset(
     """
     cfg = SynthConfig(seconds=seconds, size=size, fps=fps, sample_rate=sample_rate,
                       num_categories=num_categories, seed=seed)
-    return write_dataset(out_dir, num_videos, cfg, split_fractions, workers)
+    return write_dataset(out_dir, num_videos, cfg, split_fractions, workers,
+                         faulty_soundtrack_fraction=faulty_soundtrack_fraction)
 
 
 def summary_line(summary: dict[str, Any], out_dir: Path | str) -> str:

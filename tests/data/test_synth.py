@@ -19,6 +19,8 @@ from avssl.data.synth import (
     TEXTURES,
     SynthConfig,
     categories,
+    clip_id,
+    faulty_soundtracks,
     generate_dataset,
     render_clip,
     split_of,
@@ -271,3 +273,79 @@ def test_output_does_not_depend_on_workers(tmp_path: Path) -> None:
         for ext in (".gt.json", ".stems.flac", ".mp4"):
             name = f"videos/synth_{i:06d}{ext}"
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+# summary.json and labels.csv of write_dataset(out, 5, SMALL, (0.6, 0.2, 0.2)) before the
+# faulty-soundtrack option existed (json and csv only: the mp4's bytes depend on the encoder build)
+SMALL = SynthConfig(seconds=0.6, size=16, fps=10.0, sample_rate=8000, seed=2)
+SMALL_SHA256 = {"labels.csv": "51ac70bd6419d31a60a540a551fc86559253207e06a71be371daa380fe3aab53",
+                "summary.json": "270337b0a78385ac39dd0d4fcf8a28fc8ccec103c11bf3c7bfaa56646c6aaa53"}
+
+
+def test_no_faulty_soundtracks_leaves_the_set_unchanged(tmp_path: Path) -> None:
+    import hashlib
+
+    write_dataset(tmp_path / "default", 5, SMALL, (0.6, 0.2, 0.2), progress=False)
+    write_dataset(tmp_path / "zero", 5, SMALL, (0.6, 0.2, 0.2), progress=False, faulty_soundtrack_fraction=0.0)
+    for name, digest in SMALL_SHA256.items():
+        assert hashlib.sha256((tmp_path / "default" / name).read_bytes()).hexdigest() == digest, name
+    files = sorted(p.relative_to(tmp_path / "default") for p in (tmp_path / "default").rglob("*") if p.is_file())
+    assert len(files) == 2 + 3 * 5
+    for name in files:
+        assert (tmp_path / "zero" / name).read_bytes() == (tmp_path / "default" / name).read_bytes(), name
+    assert all("soundtrack_from" not in json.loads(p.read_text()) for p in (tmp_path / "zero").rglob("*.gt.json"))
+
+
+def test_faulty_soundtrack_draw() -> None:
+    donors = faulty_soundtracks(40, 0.25, SMALL)
+    train = [i for i in range(40) if split_of(i) == "train"]
+    assert len(donors) == round(0.25 * len(train)) and donors == faulty_soundtracks(40, 0.25, SMALL)
+    for receiver, donor in donors.items():
+        assert receiver in train and donor in train
+        assert donor % SMALL.num_categories != receiver % SMALL.num_categories  # another category
+    assert donors != faulty_soundtracks(40, 0.25, replace(SMALL, seed=3))
+    assert faulty_soundtracks(40, 0.0, SMALL) == {}
+    # 2 categories, 4 videos at (0.5, 0.25, 0.25): the training videos 1 and 3 share category 1, so
+    # the donor is any other training video
+    assert [split_of(i, (0.5, 0.25, 0.25)) for i in range(4)] == ["val", "train", "test", "train"]
+    assert faulty_soundtracks(4, 1.0, replace(SMALL, num_categories=2), (0.5, 0.25, 0.25)) == {1: 3, 3: 1}
+    with pytest.raises(ValueError, match=r"faulty soundtrack fraction must lie in \[0, 1\], got 1.5"):
+        faulty_soundtracks(40, 1.5, SMALL)
+    with pytest.raises(ValueError, match="needs at least 2 training videos, got 1"):
+        faulty_soundtracks(1, 1.0, SMALL, (1.0, 0.0, 0.0))
+
+
+def test_faulty_soundtracks_are_written_and_recorded(tmp_path: Path) -> None:
+    summary = write_dataset(tmp_path, 4, SMALL, (1.0, 0.0, 0.0), progress=False, faulty_soundtrack_fraction=0.5)
+    donors = faulty_soundtracks(4, 0.5, SMALL, (1.0, 0.0, 0.0))
+    assert len(donors) == 2
+    assert summary["faulty_soundtracks"] == {"fraction": 0.5, "soundtrack_from": {
+        clip_id(r): clip_id(d) for r, d in donors.items()}}
+    assert json.loads((tmp_path / "summary.json").read_text())["faulty_soundtracks"] == summary["faulty_soundtracks"]
+    videos = tmp_path / "videos"
+    for i in range(4):
+        gt = json.loads((videos / f"{clip_id(i)}.gt.json").read_text())
+        own = json.loads(json.dumps(render_clip(i, SMALL).ground_truth))
+        if i in donors:
+            assert gt == {**own, "soundtrack_from": clip_id(donors[i])}
+            # the receiver's stems are the donor's, sample for sample
+            assert (videos / f"{clip_id(i)}.stems.flac").read_bytes() == (
+                videos / f"{clip_id(donors[i])}.stems.flac").read_bytes()
+        else:
+            assert gt == own
+    receiver = next(iter(donors))
+    _, audio, _ = _decode(videos / f"{clip_id(receiver)}.mp4")
+    donor_mix, own_mix = render_clip(donors[receiver], SMALL).mix, render_clip(receiver, SMALL).mix
+    n = min(len(audio), len(donor_mix))
+    assert np.corrcoef(audio[:n], donor_mix[:n])[0, 1] > 0.9 > np.corrcoef(audio[:n], own_mix[:n])[0, 1]
+
+
+def test_cli_rejects_a_fraction_outside_0_1(capsys: pytest.CaptureFixture) -> None:
+    from avssl.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["synth", "--out", "x", "--faulty-soundtrack-fraction", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--faulty-soundtrack-fraction: must lie in [0, 1], got 1.5" in capsys.readouterr().err
+    args = build_parser().parse_args(["synth", "--out", "x", "--faulty-soundtrack-fraction", "0.25"])
+    assert args.faulty_soundtrack_fraction == 0.25

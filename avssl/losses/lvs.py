@@ -1,0 +1,95 @@
+"""LVS: the hard-way localisation loss ("Localizing Visual Sounds the Hard Way", Chen et al., CVPR 2021, §3).
+
+The audio embedding's cosine similarity with every location of the video feature map is
+the heat map S. A tri-map is drawn from S itself with soft (sigmoid) thresholds:
+
+    positive region  m_p = σ((S − ε_p) / τ),    negative region  m_n = 1 − σ((S − ε_n) / τ),
+
+the band ε_n < S < ε_p belongs to neither (ignored). Scores are masked means:
+
+* positive ⟨S_ii, m_p,ii⟩ / Σ m_p,ii  (clip i's image with its own audio);
+* hard negative ⟨S_ii, m_n,ii⟩ / Σ m_n,ii  (the same image's negative region, same audio);
+* easy negatives ⟨S_ij, m_p,ij⟩ / Σ m_p,ij for every other audio j ≠ i, each over its own
+  positive region in image i.
+
+The loss is the cross-entropy of the positive among them at temperature T.
+
+Constants of the official code (hche11/Localizing-Visual-Sounds-the-Hard-Way, model.py and
+test.py): ε_p = 0.65, ε_n = 0.4, τ = 0.03 (the sigmoid's temperature), and the logits are
+divided by 0.07 (the contrastive temperature). One difference: the official code scales the
+easy-negative diagonal (j = i) by −99 to push it out of the softmax; here it is removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+#: the official code's thresholds and temperatures (module docstring)
+EPSILON_POSITIVE = 0.65
+EPSILON_NEGATIVE = 0.4
+TRIMAP_TAU = 0.03
+TEMPERATURE = 0.07
+#: the smallest mask sum a masked mean divides by
+MIN_REGION = 1e-12
+
+
+@dataclass
+class LVSOutput:
+    logits: torch.Tensor  # B×(1 + (B−1) [+ 1]): positive, easy negatives (other audios), hard negative
+    heatmap: torch.Tensor  # B×H×W: S_ii, the localisation map of each clip's own audio
+    positive_mask: torch.Tensor  # B×H×W soft positive region of S_ii
+    negative_mask: torch.Tensor  # B×H×W soft negative region of S_ii
+
+
+def similarity_maps(video_map: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """B_v×B_a×H×W cosine similarities of every image's locations (B×D×H×W) with every audio (B×D)."""
+    return torch.einsum("bdhw,ad->bahw", F.normalize(video_map, dim=1), F.normalize(audio, dim=1))
+
+
+def soft_region(similarity: torch.Tensor, threshold: float, tau: float) -> torch.Tensor:
+    """σ((S − threshold)/τ): ≈1 where S is above the threshold, ≈0 below."""
+    return torch.sigmoid((similarity - threshold) / tau)
+
+
+def masked_mean(similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ mask·S / Σ mask over the last two (spatial) dimensions; 0 for a region whose mask
+    underflowed to all zeros (the official code's 0/0 would put NaN in the loss)."""
+    return (mask * similarity).flatten(-2).sum(-1) / mask.flatten(-2).sum(-1).clamp_min(MIN_REGION)
+
+
+def lvs_logits(video_map: torch.Tensor, audio: torch.Tensor, epsilon_positive: float = EPSILON_POSITIVE,
+               epsilon_negative: float = EPSILON_NEGATIVE, tau: float = TRIMAP_TAU,
+               temperature: float = TEMPERATURE, hard_negatives: bool = True) -> LVSOutput:
+    """The logits of the LVS loss (the positive in column 0) and the maps that made them.
+
+    video_map: B×D×H×W spatial video features; audio: B×D pooled audio embeddings.
+    ``hard_negatives=False`` drops the same-image negative region (the paper's ablation
+    without the tri-map's negative term). ``epsilon_negative == epsilon_positive`` makes
+    the negative region the complement of the positive one (no uncertain band).
+    """
+    if epsilon_negative > epsilon_positive:
+        raise ValueError(f"epsilon_negative ({epsilon_negative}) must not exceed epsilon_positive ({epsilon_positive})")
+    maps = similarity_maps(video_map, audio)  # B×B×H×W: [i, j] = image i, audio j
+    b = maps.shape[0]
+    positive_all = soft_region(maps, epsilon_positive, tau)
+    own = torch.arange(b, device=maps.device)
+    heatmap, positive_mask = maps[own, own], positive_all[own, own]
+    negative_mask = soft_region(-heatmap, -epsilon_negative, tau)  # 1 − σ(x) = σ(−x), without cancellation
+    positive = masked_mean(heatmap, positive_mask)[:, None]
+    others = ~torch.eye(b, dtype=torch.bool, device=maps.device)
+    easy = masked_mean(maps, positive_all)[others].view(b, b - 1)
+    columns = [positive, easy]
+    if hard_negatives:
+        columns.append(masked_mean(heatmap, negative_mask)[:, None])
+    return LVSOutput(torch.cat(columns, dim=1) / temperature, heatmap, positive_mask, negative_mask)
+
+
+def lvs_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of column 0 (the positive) among the row's logits, averaged over the batch."""
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+__all__ = ["EPSILON_POSITIVE", "EPSILON_NEGATIVE", "TRIMAP_TAU", "TEMPERATURE", "LVSOutput", "similarity_maps",
+           "soft_region", "masked_mean", "lvs_logits", "lvs_loss"]
