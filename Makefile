@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 METHODS ?= avc
 JOBS ?=          # steps side by side after the shards (empty: one per method, at most one per core)
+SEED ?= 0        # the recipes' seed for the steps after the shards (0: the recorded demo; N: in DEMO_DIR/seedN)
+SEEDS ?= 0,1,2   # demo-seeds: one demo per seed, one after another, on the same data, then mean ± std
+comma := ,
 
-.PHONY: install lint test test-fast demo clean
+.PHONY: install lint test test-fast demo demo-seeds clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +30,13 @@ test-fast: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 demo: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS) $(if $(strip $(JOBS)),--jobs $(JOBS))
+	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS) --seed $(strip $(SEED)) $(if $(strip $(JOBS)),--jobs $(JOBS))
+
+demo-seeds: $(STAMP)
+	set -e; for seed in $(subst $(comma), ,$(SEEDS)); do \
+		WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS) --seed $$seed $(if $(strip $(JOBS)),--jobs $(JOBS)); \
+	done
+	$(BIN)/python scripts/demo_seeds.py $(DEMO_DIR) --seeds $(strip $(SEEDS))
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -8,6 +8,10 @@ Every step is an `avssl` verb; a step whose output already exists is not redone
 (delete the demo folder to start over). After the shards, the steps form a small graph
 (:func:`run_steps`): with several methods they run two at a time on 2 cores (`--jobs`),
 each in its own process with its output in ``<out>/logs/<step>.log``.
+
+``--seed N`` (N ≠ 0) runs the steps after the shards with the recipes' ``seed=N``, in
+``<out>/seedN``, on ``<out>``'s synthetic set and shards: the data stays fixed, the training
+draws vary (scripts/demo_seeds.py aggregates several seeds' results.json).
 """
 from __future__ import annotations
 
@@ -33,6 +37,12 @@ METHODS = {
     "avid_cma": ("avid_cma_small.yaml", "val/retrieval_top1"),
     "selavi": ("selavi_small.yaml", "val/nmi_best_head"),
 }
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    """Where seed ``seed``'s steps write (their run folders, logs, results.json): ``out`` itself
+    for seed 0, so that the default demo keeps its paths, ``out/seed<N>`` otherwise."""
+    return out if seed == 0 else out / f"seed{seed}"
 
 
 def step(title: str) -> float:
@@ -198,14 +208,20 @@ def main() -> None:
     parser.add_argument("--downstream", default="finetune,localize,separate",
                         help="downstream steps after pretraining (comma-separated; '' for none); "
                              "'events' adds AVE-style event localization to the localize step (~2 min more)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the recipes' seed for every pretraining and evaluation step; N ≠ 0 writes to "
+                             "<out>/seedN and reuses <out>'s synthetic set and shards (0: the recorded demo)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="steps run side by side after the shards (default: one per pretraining method, "
                              "at most one per core; 1: one after another, output to the terminal)")
     args = parser.parse_args()
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.seed < 0:
+        parser.error(f"--seed must be at least 0, got {args.seed}")
     out: Path = args.out
-    synth, shards = out / "synth", out / "shards"
+    synth, shards = out / "synth", out / "shards"  # shared by every seed
+    root = seed_dir(out, args.seed)
     timings = {}
     begin = time.time()
 
@@ -232,7 +248,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     jobs = args.jobs or min(len(methods), cores)
     common = [f"data.shards={shards}", f"data.num_workers={args.workers}"]
-    steps = demo_steps(out, common, methods, wanted, args.epochs)
+    steps = demo_steps(root, common, methods, wanted, args.epochs, args.seed)
     title = "3/5 probes, pretraining and downstream steps"
     if jobs > 1:
         t = step(f"{title}, {jobs} at a time (each in a process of its own)")
@@ -240,11 +256,11 @@ def main() -> None:
         timings["decode"] = time.time() - t
     else:
         print(f"\n{title}, one after another", flush=True)
-    timings.update(run_steps(steps, jobs, out / "logs", cores))
+    timings.update(run_steps(steps, jobs, root / "logs", cores))
 
     step("4/5 results")
-    results = collect_results(out, methods, wanted)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    results = collect_results(root, methods, wanted)
+    (root / "results.json").write_text(json.dumps(results, indent=2))
     step("5/5 table")
     print(f"data: {manifest['num_samples']} videos ({manifest['hours']:.2f} h) in "
           f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
@@ -267,37 +283,46 @@ def main() -> None:
     overlap = f" ({jobs} steps at a time after the shards)" if jobs > 1 else ""
     print("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
           + f"; total {time.time() - begin:.0f}{overlap}")
-    print(f"written: {out / 'results.json'}")
+    print(f"written: {root / 'results.json'}")
 
 
-def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int) -> list[Step]:
-    """The steps after the shards: each method's pretraining and probe, the downstream
-    steps of the first method, the random-init probe, localization (every method and random
-    init). The separation comes right after the first method, before the other methods: at
-    one intra-op thread it cannot use a core the other slot leaves free, so it should not
-    be the step that runs alone at the end (a pretraining run alone uses both cores: its
-    loader workers take the second)."""
+def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int,
+               seed: int = 0) -> list[Step]:
+    """The steps after the shards, writing under ``out``: each method's pretraining and probe,
+    the downstream steps of the first method, the random-init probe, localization (every
+    method and random init). ``seed`` ≠ 0 adds ``seed=<seed>`` to the pretraining, probes,
+    fine-tuning and localization (initialisation, batch order, augmentations); the separation
+    keeps its recipe's ``separation.seed``, which also draws its test mixtures, so that every
+    seed is scored on the same mixtures (it varies through the encoders it reads). Seed 0
+    adds nothing: the command lines of the recorded demo.
+
+    The separation comes right after the first method, before the other methods: at one
+    intra-op thread it cannot use a core the other slot leaves free, so it should not be the
+    step that runs alone at the end (a pretraining run alone uses both cores: its loader
+    workers take the second)."""
     probe_recipe = str(RECIPES / "eval" / "synth_probe.yaml")
     cache = f"probe.cache_dir={out / 'feature_cache'}"
     evals = RECIPES / "eval"
     first = methods[0]
+    seeded = [f"seed={seed}"] if seed else []
 
     def pretrain_and_probe(method: str) -> Callable[[int], None]:
         def go(threads: int) -> None:
             recipe, _ = METHODS[method]
             if not (out / method / "export" / "model.json").exists():
-                run("pretrain", str(RECIPES / "synth" / recipe), *common, f"run_dir={out / method}",
+                run("pretrain", str(RECIPES / "synth" / recipe), *common, *seeded, f"run_dir={out / method}",
                     f"trainer.max_epochs={epochs}")
-            run("probe", probe_recipe, *common, cache, f"probe.encoders={out / method / 'export'}",
+            run("probe", probe_recipe, *common, *seeded, cache, f"probe.encoders={out / method / 'export'}",
                 f"run_dir={out / f'probe_{method}'}")
         return go
 
     def probe_random(threads: int) -> None:
-        run("probe", probe_recipe, *common, cache, "probe.encoders=random", f"run_dir={out / 'probe_random'}")
+        run("probe", probe_recipe, *common, *seeded, cache, "probe.encoders=random",
+            f"run_dir={out / 'probe_random'}")
 
     def finetune(threads: int) -> None:
-        run("finetune", str(evals / "synth_finetune.yaml"), *common, f"finetune.encoders={out / first / 'export'}",
-            f"run_dir={out / 'finetune'}")
+        run("finetune", str(evals / "synth_finetune.yaml"), *common, *seeded,
+            f"finetune.encoders={out / first / 'export'}", f"run_dir={out / 'finetune'}")
 
     def separate(threads: int) -> None:
         with intra_op_threads(threads):  # its clips are decoded once, then trained on in memory: every core it has
@@ -308,10 +333,10 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
         recipe = str(evals / "synth_localization.yaml")
         options = [f"localization.cache_dir={out / 'feature_cache'}",
                    f"localization.events={'true' if 'events' in downstream else 'false'}"]
-        run("localize", recipe, *common, *options, "localization.checkpoint=random",
+        run("localize", recipe, *common, *seeded, *options, "localization.checkpoint=random",
             f"run_dir={out / 'localize_random'}")
         for method in methods:
-            run("localize", recipe, *common, *options,
+            run("localize", recipe, *common, *seeded, *options,
                 f"localization.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
                 f"run_dir={out / f'localize_{method}'}")
 
