@@ -260,6 +260,7 @@ def main() -> None:
 
     step("4/5 results")
     results = collect_results(root, methods, wanted)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "results.json").write_text(json.dumps(results, indent=2))
     step("5/5 table")
     print(f"data: {manifest['num_samples']} videos ({manifest['hours']:.2f} h) in "

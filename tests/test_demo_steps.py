@@ -105,3 +105,88 @@ def test_jobs_below_one_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pyte
         demo.main()
     assert exit_info.value.code == 2 and "--jobs must be at least 1, got 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before the synthetic set is made
+
+
+def _command_lines(monkeypatch: pytest.MonkeyPatch, out: Path, seed: int) -> dict[str, list[list[str]]]:
+    """Each demo step's `avssl` command lines (nothing run), AVC and AVTS with every downstream step."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo, "run", lambda *argv: calls.append(list(argv)))
+    lines = {}
+    for s in demo.demo_steps(out, ["data.shards=S"], ["avc", "avts"], ["finetune", "localize", "separate"], 3, seed):
+        calls.clear()
+        s.run(1)
+        lines[s.name] = list(calls)
+    return lines
+
+
+def test_seed_zero_keeps_the_recorded_command_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    lines = _command_lines(monkeypatch, tmp_path, seed=0)
+    recipes, probe = demo.RECIPES, str(demo.RECIPES / "eval" / "synth_probe.yaml")
+    cache = f"probe.cache_dir={tmp_path / 'feature_cache'}"
+    assert lines["avc"] == [
+        ["pretrain", str(recipes / "synth" / "avc_small.yaml"), "data.shards=S", f"run_dir={tmp_path / 'avc'}",
+         "trainer.max_epochs=3"],
+        ["probe", probe, "data.shards=S", cache, f"probe.encoders={tmp_path / 'avc' / 'export'}",
+         f"run_dir={tmp_path / 'probe_avc'}"]]
+    assert lines["probe_random"] == [["probe", probe, "data.shards=S", cache, "probe.encoders=random",
+                                      f"run_dir={tmp_path / 'probe_random'}"]]
+    export = tmp_path / "avc" / "export"
+    assert lines["finetune"] == [["finetune", str(recipes / "eval" / "synth_finetune.yaml"), "data.shards=S",
+                                  f"finetune.encoders={export}", f"run_dir={tmp_path / 'finetune'}"]]
+    assert lines["separate"] == [["separate", str(recipes / "eval" / "synth_separation.yaml"), "data.shards=S",
+                                  f"separation.encoders={export}", f"run_dir={tmp_path / 'separate'}"]]
+    assert [argv[-1] for argv in lines["localize"]] == [f"run_dir={tmp_path / n}"
+                                                         for n in ("localize_random", "localize_avc", "localize_avts")]
+    assert not any(a.startswith("seed=") for argvs in lines.values() for argv in argvs for a in argv)
+
+
+def test_a_seed_goes_to_every_training_step_in_its_own_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    root = demo.seed_dir(tmp_path, 2)
+    assert root == tmp_path / "seed2" and demo.seed_dir(tmp_path, 0) == tmp_path
+    seeded, plain = _command_lines(monkeypatch, root, seed=2), _command_lines(monkeypatch, root, seed=0)
+    for name, argvs in seeded.items():
+        for argv, unseeded in zip(argvs, plain[name], strict=True):
+            if argv[0] == "separate":  # its separation.seed also draws the test mixtures: the same for every seed
+                assert argv == unseeded
+            else:  # seed=2 right after the shared options; the rest as with seed 0
+                assert argv == unseeded[:3] + ["seed=2"] + unseeded[3:], argv
+            assert all(str(tmp_path) not in a or str(root) in a for a in argv[2:])  # run folders under seed2
+    assert len(seeded["localize"]) == 3 and seeded["avc"][0][0] == "pretrain"
+
+
+def test_main_with_a_seed_reuses_the_shared_data_and_writes_under_its_folder(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "labels.csv").write_text("")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(
+        {"num_samples": 3, "hours": 0.01, "splits": {"train": {"shards": ["a"]}}, "skipped": [], "classes": ["x"]}))
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo, "run", lambda *argv: calls.append(list(argv)))
+    probe = {m: {"random": 10.0, "pretrained": 50.0} for m in ("video", "audio", "both")}
+    collected: list[Path] = []
+
+    def fake_results(out: Path, methods: list[str], downstream: list[str]) -> dict:
+        collected.append(out)
+        return {"avc": {"probe": probe, "pretext": {"val_accuracy": 0.7}}}
+
+    monkeypatch.setattr(demo, "collect_results", fake_results)
+    monkeypatch.setattr("sys.argv", ["demo.py", "--out", str(tmp_path), "--seed", "3", "--jobs", "1",
+                                     "--downstream", "", "--epochs", "1"])
+    demo.main()
+    assert [argv[0] for argv in calls] == ["pretrain", "probe", "probe"]  # no synth, no shards: shared
+    assert all("seed=3" in argv and f"data.shards={tmp_path / 'shards'}" in argv for argv in calls)
+    assert f"run_dir={tmp_path / 'seed3' / 'avc'}" in calls[0]
+    assert collected == [tmp_path / "seed3"]
+    assert json.loads((tmp_path / "seed3" / "results.json").read_text())["avc"]["probe"] == probe
+    assert not (tmp_path / "results.json").exists()
+    assert f"written: {tmp_path / 'seed3' / 'results.json'}" in capsys.readouterr().out
+
+
+def test_a_negative_seed_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                    tmp_path: Path) -> None:
+    monkeypatch.setattr("sys.argv", ["demo.py", "--out", str(tmp_path), "--seed", "-1"])
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main()
+    assert exit_info.value.code == 2 and "--seed must be at least 0, got -1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
