@@ -133,14 +133,18 @@ def load_seeds(out: Path, seeds: list[int]) -> dict[int, dict]:
 
 
 def format_table(summary: dict) -> str:
-    seeds = ",".join(map(str, summary["seeds"]))
-    lines = [f"{'row':<11} {'figure':<20} {'mean ± std':>17} {'min':>8} {'max':>8}  target over seeds {seeds}"]
+    """One line per row and figure: mean ± sample std, min, every seed's value, the target."""
+    seeds = summary["seeds"]
+    width = 8 * len(seeds)
+    lines = [f"{'row':<11} {'figure':<20} {'mean':>8} {'± std':<9} {'min':>8}  "
+             f"{'seeds ' + ','.join(map(str, seeds)):<{width}}  target (every seed)"]
     for row, entries in summary["rows"].items():
         for figure, s in entries.items():
-            spread = "" if s["std"] is None else f" ± {s['std']:.3f}"
+            spread = "± —" if s["std"] is None else f"± {s['std']:.3f}"
+            values = "".join(f"{v:>8.3f}" for v in s["values"])
             verdict = "" if s["target"] is None else f"≥ {s['target']:g}: {'holds' if s['holds'] else 'NOT MET'}"
-            lines.append(f"{row:<11} {figure:<20} {s['mean']:>8.3f}{spread:<9} {s['min']:>8.3f} {s['max']:>8.3f}  "
-                         f"{verdict}")
+            lines.append(f"{row:<11} {figure:<20} {s['mean']:>8.3f} {spread:<9} {s['min']:>8.3f}  {values:<{width}}  "
+                         f"{verdict}".rstrip())
     lines.append("every target holds for every seed" if summary["targets_hold"] else "some target fails on some seed")
     if summary["targets_not_found"]:
         lines.append(f"targets with no figure in these results: {', '.join(summary['targets_not_found'])}")
