@@ -7,8 +7,9 @@ one process on one device (CUDA when there is one, else the CPU).
 240,000 × 512 is about one clip feature per Kinetics-400 training video, 1,800,000 × 512
 one per AudioSet video: the clustering XDC redoes on the whole training set every few
 epochs (its §3). XDC picks the number of clusters per dataset and modality by a search (the
-paper's study of the number of clusters), so ``--clusters`` takes a list; an iteration's cost
-is dominated by the N × K × D distance product, so it grows about linearly in K.
+paper's study of the number of clusters), so ``--clusters`` takes a list. An iteration is the
+N × K × D distance product (linear in K) plus passes over the N × D features (the row norms,
+the per-cluster sums) that do not depend on K.
 
 The features are Gaussian noise (no cluster structure: the labels keep changing, so every
 requested iteration runs; ``--blobs`` draws them around K centres instead, where Lloyd's
