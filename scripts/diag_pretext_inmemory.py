@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avssl.metrics.clustering import clustering_scores
 from avssl.evaluation.linear_probe import fit_logistic_regression
+from avssl.metrics.clustering import clustering_scores
 from avssl.tasks.pretext.avid import AVID
 from avssl.tasks.pretext.selavi import SeLaVi, labeling_steps
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from avssl.cli import main
-from avssl.metrics.localization import ciou, ground_truth_map
-from avssl.metrics.separation import separation_metrics
 from avssl.evaluation import figures
 from avssl.evaluation.spectral import _warp_grid
+from avssl.metrics.localization import ciou, ground_truth_map
+from avssl.metrics.separation import separation_metrics
 from tests.conftest import make_synth_shards
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -164,8 +164,8 @@ def test_separation_figure_axes_colour_bar_and_each_rows_sdr() -> None:
 
 
 def test_plot_separation_shows_the_scores_of_its_own_mixtures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from avssl.models.video import small3d
     from avssl.evaluation.separation import Separated, SeparationConfig, SeparationModel, plot_separation
+    from avssl.models.video import small3d
 
     rng = np.random.default_rng(1)
     references = rng.normal(size=(3, 2, 2000))
