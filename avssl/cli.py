@@ -20,7 +20,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 USAGE_ERROR, DATA_ERROR = 2, 1
 # Paths the user named that are missing, of the wrong kind, or not writable.
@@ -295,13 +296,55 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 _ENCODERS = "an `avssl export` folder, a Lightning .ckpt, or random"
 
 
+class EvaluationTask(Protocol):
+    """An evaluation module, ``avssl/evaluation/<task>.py`` (docs/evaluation.md)."""
+
+    def evaluate(self, config: Any) -> dict[str, Any]:
+        """Run the task from the loaded recipe; writes metrics.json into its run_dir."""
+
+    def report(self, results: dict[str, Any]) -> str:
+        """The text the verb prints for ``evaluate``'s results."""
+
+
+# Each verb's module and section schema, imported when the verb runs or shows its help, not
+# before: they import torch, and `avssl --help` stays instant.
+def _linear_probe() -> ModuleType:
+    from avssl.evaluation import linear_probe
+
+    return linear_probe
+
+
+def _finetune() -> ModuleType:
+    from avssl.evaluation import finetune
+
+    return finetune
+
+
+def _localization() -> ModuleType:
+    from avssl.evaluation import localization
+
+    return localization
+
+
+def _separation() -> ModuleType:
+    from avssl.evaluation import separation
+
+    return separation
+
+
+def _clustering() -> ModuleType:
+    from avssl.evaluation import clustering
+
+    return clustering
+
+
 @dataclass(frozen=True)
 class EvaluationVerb:
     """A recipe verb that writes metrics.json into the recipe's run_dir (docs/evaluation.md)."""
 
-    run: str  # module:function taking the loaded recipe
+    task: Callable[[], EvaluationTask]  # imports the verb's evaluation module
     section: str  # the recipe section it reads
-    schema: str  # module:dataclass of that section
+    schema: Callable[[], type]  # the dataclass of that section
     help: str
     description: str
     keys: tuple[tuple[str, str], ...]
@@ -310,7 +353,7 @@ class EvaluationVerb:
 
 EVALUATION_VERBS: dict[str, EvaluationVerb] = {
     "probe": EvaluationVerb(
-        "avssl.probe:probe_from_recipe", "probe", "avssl.evaluation.linear_probe:ProbeConfig",
+        _linear_probe, "probe", lambda: _linear_probe().ProbeConfig,
         "linear probe and k-NN of frozen encoders (probe.encoders=EXPORT_DIR|CKPT|random)",
         "Pool frozen features of each split, fit a logistic regression on train (weight decay chosen "
         "on val) and a k-NN, and report top-1 on test per modality.",
@@ -323,7 +366,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
         "avssl probe recipes/eval/synth_probe.yaml probe.encoders=runs/synth_avc_small/export "
         "data.shards=runs/demo/shards"),
     "finetune": EvaluationVerb(
-        "avssl.finetune:finetune_from_recipe", "finetune", "avssl.evaluation.finetune:FinetuneConfig",
+        _finetune, "finetune", lambda: _finetune().FinetuneConfig,
         "fine-tune a pretrained encoder with a classifier (finetune.encoders=EXPORT_DIR|CKPT|random)",
         "Train one pretrained encoder with a dropout + linear classifier on the train split and report "
         "clip- and video-level top-1/top-5 on test.",
@@ -334,7 +377,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
          ("finetune.accelerator", "auto, cpu or gpu")),
         "avssl finetune recipes/eval/synth_finetune.yaml finetune.encoders=runs/synth_avc_small/export"),
     "localize": EvaluationVerb(
-        "avssl.localize:localize_from_recipe", "localization", "avssl.evaluation.localization:LocalizationConfig",
+        _localization, "localization", lambda: _localization().LocalizationConfig,
         "sound-source localization (cIoU/AUC) and event localization (localization.checkpoint=CKPT|random)",
         "Heatmaps of where the sound comes from, scored by cIoU/AUC against the sounding objects' boxes "
         "beside a whole-image baseline, and temporal event localization.",
@@ -347,7 +390,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
         "avssl localize recipes/eval/synth_localization.yaml "
         "localization.checkpoint=runs/synth_avc_small/checkpoints/last.ckpt"),
     "separate": EvaluationVerb(
-        "avssl.separate:separation_from_recipe", "separation", "avssl.evaluation.separation:SeparationConfig",
+        _separation, "separation", lambda: _separation().SeparationConfig,
         "mix-and-separate with a visually conditioned U-Net, SDR/SIR/SAR/SI-SDR "
         "(separation.encoders=EXPORT_DIR|CKPT|random)",
         "Train a U-Net conditioned on the video encoder's features to separate mixtures of two clips "
@@ -360,7 +403,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
          ("separation.device", "auto, cpu or cuda")),
         "avssl separate recipes/eval/synth_separation.yaml separation.encoders=runs/synth_avc_small/export"),
     "cluster": EvaluationVerb(
-        "avssl.cluster:cluster_from_recipe", "cluster", "avssl.evaluation.clustering:ClusterConfig",
+        _clustering, "cluster", lambda: _clustering().ClusterConfig,
         "k-means on frozen features, NMI/ARI/purity against labels (cluster.encoders=EXPORT_DIR|CKPT|random)",
         "Cluster frozen features of one split with k-means and score NMI, ARI and purity against the labels.",
         (("cluster.encoders", _ENCODERS), ("data.shards", "folder written by `avssl shards`"),
@@ -371,21 +414,16 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
 }
 
 
-def _load(target: str) -> Any:
-    import importlib
-
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     verb = EVALUATION_VERBS[args.command]
-    _load(verb.run)(_recipe(args, verb.section, _load(verb.schema)))
+    task = verb.task()
+    config = _recipe(args, verb.section, verb.schema())
+    print(task.report(task.evaluate(config)))
     return 0
 
 
 def _evaluation_epilog(verb: EvaluationVerb) -> str:
-    return _epilog(verb.keys, verb.example, {verb.section: _load(verb.schema)})
+    return _epilog(verb.keys, verb.example, {verb.section: verb.schema()})
 
 
 def _add_evaluation_verbs(sub: argparse._SubParsersAction) -> None:

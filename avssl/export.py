@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from avssl.data.errors import DataError
 from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
-from avssl.data.views import AudioView, MelSettings, VideoView
+from avssl.data.views import AudioView, MelSettings, VideoView, input_views
 from avssl.model_card import DEFAULT_LICENSE, MODEL_CARD, model_card, pretext_metrics, read_evaluations
 from avssl.models.base import Encoder, TorchvisionBackbone
 from avssl.models.registry import AUDIO_ENCODERS, VIDEO_ENCODERS, build_encoders, encoder_spec
@@ -47,8 +47,8 @@ VIDEO_LAYOUT = "B×3×T×H×W"
 AUDIO_LAYOUT = "B×1×F×T"
 _REGISTRIES = {"video_encoder": VIDEO_ENCODERS, "audio_encoder": AUDIO_ENCODERS}
 
-__all__ = ["CheckpointError", "ExportError", "PretrainedEncoders", "build_encoders", "export_checkpoint",
-           "load_checkpoint", "load_pretrained"]
+__all__ = ["CheckpointError", "ExportError", "PretrainedEncoders", "build_encoders", "checkpoint_recipe",
+           "export_checkpoint", "load_checkpoint", "load_pretrained", "load_state_strict"]
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return dict(checkpoint)
 
 
-def _recipe(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]:
+def checkpoint_recipe(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The resolved recipe an avssl task saved in its checkpoint (``hyper_parameters['config']``)."""
     hparams = _plain(checkpoint.get("hyper_parameters") or {})
     config = _plain(hparams.get("config")) if isinstance(hparams, Mapping) else None
     if not isinstance(config, Mapping):
@@ -126,7 +127,8 @@ def _sub_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def _load_strict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+def load_state_strict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """``module.load_state_dict(strict=True)``; a mismatch is an ExportError naming ``where``."""
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as error:
@@ -244,7 +246,7 @@ def _encoders_of(ckpt: Mapping[str, Any], recipe: Mapping[str, Any], checkpoint:
         if not tensors:
             raise ExportError(f"{checkpoint}: model.{key} names {specs[key][0]!r} "
                               f"but the state_dict has no '{key}.*' weights")
-        _load_strict(encoder, tensors, f"{checkpoint} ({key} = {specs[key][0]})")
+        load_state_strict(encoder, tensors, f"{checkpoint} ({key} = {specs[key][0]})")
     if all(e is None for e in encoders.values()):
         raise ExportError(f"{checkpoint}: the recipe names neither a video nor an audio encoder")
     return encoders, specs
@@ -290,7 +292,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, license: str 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     log.info("reading checkpoint %s", checkpoint)
     ckpt = load_checkpoint(checkpoint)
-    recipe = _recipe(ckpt, checkpoint)
+    recipe = checkpoint_recipe(ckpt, checkpoint)
     encoders, specs = _encoders_of(ckpt, recipe, checkpoint)
     _check_replaceable(out_dir)
 
@@ -345,18 +347,15 @@ class PretrainedEncoders:
 
     @property
     def video_view(self) -> VideoView | None:
-        v = self.spec["inputs"].get("video")
-        return None if v is None else VideoView(num_frames=v["num_frames"], fps=v["fps"], size=v["size"])
+        return input_views(self.spec["inputs"]).video
 
     @property
     def audio_view(self) -> AudioView | None:
-        a = self.spec["inputs"].get("audio")
-        return None if a is None else AudioView(seconds=a["seconds"], representation=a.get("representation", "logmel"))
+        return input_views(self.spec["inputs"]).audio
 
     @property
     def mel(self) -> MelSettings | None:
-        a = self.spec["inputs"].get("audio")
-        return None if a is None else MelSettings(**a["mel"])
+        return input_views(self.spec["inputs"]).mel
 
 
 def _read_spec(directory: Path) -> dict[str, Any]:
@@ -388,9 +387,9 @@ def _load_weights(directory: Path, key: str, entry: Mapping[str, Any], encoder: 
         if not isinstance(encoder, TorchvisionBackbone):
             raise ExportError(f"{path}: torchvision weights for {entry['name']!r}, "
                               "which does not wrap a torchvision model")
-        _load_strict(encoder.backbone, tensors, str(path))
+        load_state_strict(encoder.backbone, tensors, str(path))
     elif convention == "avssl":
-        _load_strict(encoder, tensors, str(path))
+        load_state_strict(encoder, tensors, str(path))
     else:
         raise ExportError(f"{directory / MODEL_JSON}: unknown weights_convention {convention!r} for {key}")
 

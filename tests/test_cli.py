@@ -290,17 +290,19 @@ def test_export_help(capsys: pytest.CaptureFixture[str]) -> None:
 # -- what the fine-tune verb prints -------------------------------------------------------------------
 def test_finetune_says_1_epoch(manifest_only: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    from avssl import finetune
+    from avssl.evaluation import finetune
 
     monkeypatch.setattr(finetune, "load_encoders",
                         lambda config, name, run_dir: ({"video": object()}, SimpleNamespace(shards="s"), "id"))
     monkeypatch.setattr(finetune, "manifest_classes", lambda shards: ["a", "b"])
-    monkeypatch.setattr(finetune, "run_finetune", lambda *args, **kwargs: {
-        "test": {"clip_top1": 50.0, "video_top1": 60.0, "video_top5": 100.0}})
+    monkeypatch.setattr(finetune, "run_finetune", lambda encoder, data, cfg, *args, **kwargs: {
+        "modality": cfg.modality, "epochs": cfg.epochs, "test": {"clip_top1": 50.0, "video_top1": 60.0,
+                                                                  "video_top5": 100.0}})
     assert main(["finetune", str(RECIPES / "eval" / "synth_finetune.yaml"), f"data.shards={manifest_only}",
                  f"run_dir={tmp_path}", "finetune.epochs=1"]) == 0
-    expected = "fine-tuned video encoder of random (1 epoch), test top-1 %: clip 50.0, video 60.0"
-    assert expected in capsys.readouterr().out
+    expected = ("fine-tuned video encoder of random (1 epoch), test top-1 %: clip 50.0, video 60.0 (top-5 100.0)\n"
+                f"written: {tmp_path / 'metrics.json'}\n")
+    assert capsys.readouterr().out == expected
 
 
 # -- noise ---------------------------------------------------------------------------------------------------

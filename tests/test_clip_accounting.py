@@ -37,10 +37,9 @@ def _lose_last_test_sample(shards: Path, out: Path) -> Path:
 
 
 def _run(verb: str, recipe: str, overrides: list[str]) -> dict[str, Any]:
-    from avssl.cluster import cluster_from_recipe
-    from avssl.probe import probe_from_recipe
+    from avssl.evaluation import clustering, linear_probe
 
-    run: Callable[[Any], dict[str, Any]] = {"probe": probe_from_recipe, "cluster": cluster_from_recipe}[verb]
+    run: Callable[[Any], dict[str, Any]] = {"probe": linear_probe.evaluate, "cluster": clustering.evaluate}[verb]
     return run(load_recipe(RECIPES / "eval" / recipe, overrides))
 
 
@@ -72,13 +71,12 @@ def test_a_test_split_that_lost_clips_is_an_error_unless_allowed(
 
 @pytest.mark.slow
 def test_finetune_and_localize_report_clips_and_refuse_a_damaged_test_split(synth_shards: Path, tmp_path: Path) -> None:
-    from avssl.finetune import finetune_from_recipe
-    from avssl.localize import localize_from_recipe
+    from avssl.evaluation import finetune, localization
 
     damaged = _lose_last_test_sample(synth_shards, tmp_path / "shards")
-    runs = {"finetune": (finetune_from_recipe, "synth_finetune.yaml", ["finetune.epochs=1",
+    runs = {"finetune": (finetune.evaluate, "synth_finetune.yaml", ["finetune.epochs=1",
                                                                         "finetune.eval_clips_per_video=2"], 2),
-            "localize": (localize_from_recipe, "synth_localization.yaml", ["localization.events=false"], 1)}
+            "localize": (localization.evaluate, "synth_localization.yaml", ["localization.events=false"], 1)}
     for verb, (run, recipe, extra, clips_per_video) in runs.items():
         common = [f"data.shards={damaged}", *SMALL, *extra, f"run_dir={tmp_path / verb}"]
         with pytest.warns(UserWarning, match="could not be read"), \

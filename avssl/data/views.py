@@ -43,7 +43,9 @@ task decodes video itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, TypeVar
 
 VIDEO = "video"
 AUDIO = "audio"
@@ -141,3 +143,31 @@ class ViewSpec:
         unknown = sorted(set(self.targets) - set(TARGET_NAMES))
         if unknown:
             raise ValueError(f"unknown targets {unknown}; known: {list(TARGET_NAMES)}")
+
+
+Config = TypeVar("Config")  # a dataclass with video / audio / mel fields (DataConfig)
+
+
+class InputViews(NamedTuple):
+    """The input windows an exported encoder pair was trained on (model.json's ``inputs``);
+    None where the export has no encoder of that modality."""
+
+    video: VideoView | None
+    audio: AudioView | None
+    mel: MelSettings | None
+
+    def applied_to(self, data: Config) -> Config:
+        """``data`` (a DataConfig) with these windows in place of the recipe's, where the
+        export sets them: encoders are evaluated on the clip they were pretrained on."""
+        return replace(data, **{k: v for k, v in self._asdict().items() if v is not None})  # type: ignore[type-var]
+
+
+def input_views(inputs: Mapping[str, Any]) -> InputViews:
+    """model.json's ``inputs`` block (written by :func:`avssl.export.input_spec`) as the data
+    package's views: the one reading of it, for ``load_pretrained`` and the evaluation verbs."""
+    video, audio = inputs.get("video"), inputs.get("audio")
+    return InputViews(
+        VideoView(num_frames=video["num_frames"], fps=video["fps"], size=video["size"]) if video else None,
+        AudioView(seconds=audio["seconds"], representation=audio.get("representation", "logmel")) if audio else None,
+        MelSettings(**audio["mel"]) if audio and "mel" in audio else None,
+    )

@@ -10,9 +10,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from scipy.cluster.vq import kmeans2
 
-from avssl.evaluation.linear_probe import MODALITIES, Features, standardiser
+from avssl.config import start_evaluation
+from avssl.data.datamodule import manifest_classes
+from avssl.data.skips import split_clips
+from avssl.evaluation.encoders import load_encoders, resolve_device
+from avssl.evaluation.features import MODALITIES, Features, encoder_names, extract_features, standardiser
+from avssl.evaluation.io import write_metrics
 from avssl.metrics.clustering import clustering_scores
 
 
@@ -69,4 +75,37 @@ def cluster_features(features: Features, cfg: ClusterConfig, seed: int = 0, figu
     return results
 
 
-__all__ = ["ClusterConfig", "cluster_features", "kmeans"]
+def evaluate(config: DictConfig) -> dict[str, Any]:
+    """`avssl cluster`: k-means on frozen features of ``cluster.split`` of the encoders
+    ``cluster.encoders`` names, scored against the labels; metrics.json and figures in ``run_dir``."""
+    cfg, run_dir = start_evaluation(config, "cluster", ClusterConfig)
+    encoders, data, encoder_id = load_encoders(config, cfg.encoders, run_dir)
+    needed = sorted({m for mod in cfg.modalities for m in encoder_names(mod)})
+    missing = [m for m in needed if encoders.get(m) is None]
+    if missing:
+        raise ValueError(f"cluster needs the {', '.join(missing)} encoder, which {cfg.encoders} does not have")
+    features = extract_features({m: encoders[m] for m in needed}, data, cfg.split, 1, cfg.batch_size,
+                                resolve_device(cfg.device), Path(cfg.cache_dir), encoder_id)
+    clips = split_clips(data.shards, cfg.split, 1, len(features.label), test=True,
+                        allow_missing=data.allow_missing_test_clips)
+    class_names = manifest_classes(data.shards)
+    if cfg.num_clusters is None and class_names:
+        cfg.num_clusters = len(class_names)  # K = the number of classes
+    results = cluster_features(features, cfg, seed=int(config.seed), figures_dir=run_dir, class_names=class_names)
+    results["encoders"] = cfg.encoders
+    results["clips"] = {"test": clips}
+    return {**results, "metrics_file": str(write_metrics(results, run_dir))}
+
+
+def report(results: dict[str, Any]) -> str:
+    """What `avssl cluster` prints: NMI, ARI and purity per modality, and where the figures are."""
+    run_dir = Path(results["metrics_file"]).parent
+    modalities = [m for m in results if m in MODALITIES]
+    rows = ", ".join(f"{m} NMI {results[m]['nmi']:.3f} ARI {results[m]['ari']:.3f} purity {results[m]['purity']:.3f}"
+                     for m in modalities)
+    return (f"k-means (K={results['num_clusters']}) on {results['clips']['test']['split']} features of "
+            f"{results['encoders']}: {rows}\n"
+            f"written: {results['metrics_file']}, {run_dir / 'contingency.png'}, {run_dir / 'embedding.png'}")
+
+
+__all__ = ["ClusterConfig", "cluster_features", "evaluate", "kmeans", "report"]

@@ -34,7 +34,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 if TYPE_CHECKING:
-    from avssl.evaluation.linear_probe import Features, ProbeFit
+    from avssl.evaluation.features import Features
+    from avssl.evaluation.linear_probe import ProbeFit
 
 
 DPI = 100

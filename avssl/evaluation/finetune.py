@@ -13,11 +13,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
-from avssl.data.datamodule import AVDataModule, DataConfig, base_views
+from avssl.config import start_evaluation
+from avssl.data.datamodule import AVDataModule, DataConfig, base_views, manifest_classes
 from avssl.data.skips import split_clips
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
+from avssl.evaluation.encoders import load_encoders
+from avssl.evaluation.io import write_metrics
 from avssl.metrics.classification import top_k_accuracy, video_level_scores
 
 INPUTS = {"video": VIDEO, "audio": AUDIO}
@@ -148,4 +152,29 @@ def run_finetune(encoder: nn.Module, data: DataConfig, cfg: FinetuneConfig, num_
             "lr": cfg.lr, "encoder_lr": cfg.lr * cfg.encoder_lr_scale, "clips": {"test": clips}}
 
 
-__all__ = ["FineTuner", "FinetuneConfig", "accuracy_report", "run_finetune"]
+def evaluate(config: DictConfig) -> dict[str, Any]:
+    """`avssl finetune`: the ``finetune.modality`` encoder of ``finetune.encoders`` trained with a
+    classifier on the recipe's shards; metrics.json in ``run_dir``."""
+    cfg, run_dir = start_evaluation(config, "finetune", FinetuneConfig)
+    encoders, data, _ = load_encoders(config, cfg.encoders, run_dir)
+    encoder = encoders.get(cfg.modality)
+    if encoder is None:
+        raise ValueError(f"finetune.modality={cfg.modality}: these encoders have no {cfg.modality} encoder")
+    num_classes = cfg.num_classes or len(manifest_classes(data.shards))
+    if num_classes < 2:
+        raise ValueError(f"{data.shards}: the manifest lists no classes; set finetune.num_classes")
+    results = run_finetune(encoder, data, cfg, num_classes, str(run_dir), seed=int(config.seed))
+    results["encoders"] = cfg.encoders
+    return {**results, "metrics_file": str(write_metrics(results, run_dir))}
+
+
+def report(results: dict[str, Any]) -> str:
+    """What `avssl finetune` prints: test top-1 (clip, video) and video top-5."""
+    t = results["test"]
+    epochs = f"{results['epochs']} epoch" + ("" if results["epochs"] == 1 else "s")
+    return (f"fine-tuned {results['modality']} encoder of {results['encoders']} ({epochs}), test top-1 %: "
+            f"clip {t['clip_top1']:.1f}, video {t['video_top1']:.1f} (top-5 {t['video_top5']:.1f})\n"
+            f"written: {results['metrics_file']}")
+
+
+__all__ = ["FineTuner", "FinetuneConfig", "accuracy_report", "evaluate", "report", "run_finetune"]

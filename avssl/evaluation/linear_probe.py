@@ -11,25 +11,21 @@ over the clips of a video) for the video encoder, the audio encoder and both con
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from omegaconf import DictConfig
 
-from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader, manifest_classes
-from avssl.data.remote import shard_stamp
-from avssl.data.sampling import ViewSampler
+from avssl.config import start_evaluation
+from avssl.data.datamodule import DataConfig, manifest_classes
 from avssl.data.skips import split_clips
-from avssl.data.transforms import BatchTransform
-from avssl.data.views import AUDIO, CLIP, INDEX, LABEL, VIDEO
+from avssl.evaluation.encoders import load_encoders, resolve_device
+from avssl.evaluation.features import MODALITIES, Features, encoder_names, extract_features, standardiser
+from avssl.evaluation.io import write_metrics
 from avssl.metrics.classification import mean_average_precision, top_k_accuracy, video_level_scores
-
-MODALITIES = ("video", "audio", "both")
 
 
 @dataclass
@@ -53,94 +49,6 @@ class ProbeConfig:
     knn_temperature: float = 0.07
     multilabel: bool = False  # labels from annotation.json (AudioSet): one-vs-rest, scored by mAP
     fold_shards: list[str] = field(default_factory=list)  # cross-validation: one shard set per fold
-
-
-@dataclass
-class Features:
-    """Pooled features of one split: per modality N×D, with labels, video index, clip, and
-    any ground-truth targets asked for (``extra``, e.g. ``event``)."""
-
-    by_modality: dict[str, np.ndarray]
-    label: np.ndarray
-    index: np.ndarray
-    clip: np.ndarray
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _cache_key(encoder_id: str, shards: ShardList, split: str, views: Any) -> str:
-    h = hashlib.sha256()
-    h.update(encoder_id.encode())
-    for file, count in zip(shards.files, shards.counts):
-        h.update(f"{Path(file).name}:{count}:{shard_stamp(file)}".encode())
-    h.update(split.encode())
-    h.update(repr(views).encode())
-    return h.hexdigest()[:24]
-
-
-@torch.inference_mode()
-def extract_features(
-    encoders: dict[str, torch.nn.Module], data: DataConfig, split: str, clips_per_video: int,
-    batch_size: int, device: torch.device, cache: Path | None = None, encoder_id: str = "",
-    targets: tuple[str, ...] = (),
-) -> Features:
-    """Pooled features of every clip of a split, from a cache when one exists; ``targets``
-    (e.g. ``("event",)``) are read beside the windows and returned in ``Features.extra``."""
-    shards = ShardList.from_manifest(data.shards, split)
-    views = replace(base_views(data, clips_per_video=clips_per_video), targets=targets)
-    path = None
-    if cache is not None:
-        path = cache / f"{_cache_key(encoder_id, shards, split, views)}.npz"
-        if path.exists():
-            stored = np.load(path)
-            return Features({m: stored[m] for m in encoders}, stored["label"], stored["index"], stored["clip"],
-                            {t: stored[t] for t in targets})
-    stream = ShardStream(shards, ViewSampler(views, train=False), batch_size, num_workers=data.num_workers,
-                         shuffle=False, pad=False, max_skip_fraction=data.max_skip_fraction)
-    outputs: dict[str, list[np.ndarray]] = {m: [] for m in encoders}
-    meta: dict[str, list[np.ndarray]] = {LABEL: [], INDEX: [], CLIP: [], **{t: [] for t in targets}}
-    inputs = {"video": VIDEO, "audio": AUDIO}
-    for module in encoders.values():
-        module.eval().to(device)
-    finish = BatchTransform(views).to(device)
-    for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"features {split}", unit="batch",
-                      total=len(stream), leave=False):
-        batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)
-        for modality, module in encoders.items():
-            outputs[modality].append(module(batch[inputs[modality]].to(device)).float().cpu().numpy())
-        for key in meta:
-            meta[key].append(batch[key].cpu().numpy())
-    features = Features({m: np.concatenate(v) for m, v in outputs.items()},
-                        *(np.concatenate(meta[k]) for k in (LABEL, INDEX, CLIP)),
-                        {t: np.concatenate(meta[t]) for t in targets})
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, label=features.label, index=features.index, clip=features.clip, **features.by_modality,
-                 **features.extra)
-    return features
-
-
-def encoder_names(modality: str) -> list[str]:
-    """The encoders a probe modality reads: itself, or video and audio for ``both``."""
-    return ["video", "audio"] if modality == "both" else [modality]
-
-
-def standardiser(reference: Features, modality: str) -> Callable[[Features], torch.Tensor]:
-    """Features → N×D float tensor of the modality's features (``both``: concatenated),
-    each encoder's standardised with the statistics of ``reference`` (the train split)."""
-    names = encoder_names(modality)
-    stats = {n: (reference.by_modality[n].mean(0), reference.by_modality[n].std(0) + 1e-6) for n in names}
-
-    def standardise(features: Features) -> torch.Tensor:
-        parts = [(features.by_modality[n] - stats[n][0]) / stats[n][1] for n in names]
-        return torch.from_numpy(np.concatenate(parts, axis=1)).float()
-
-    return standardise
 
 
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
@@ -279,7 +187,7 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
     if missing:
         raise ValueError(f"probe needs the {', '.join(missing)} encoder, which these encoders do not have")
     used = {m: encoders[m] for m in needed}
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     cache = Path(cfg.cache_dir)
     splits = {}
     clip_counts: dict[str, dict[str, Any]] = {}  # evaluated vs expected, per split (avssl/data/skips.py)
@@ -311,8 +219,62 @@ def run_linear_probe(encoders: dict[str, torch.nn.Module], data: DataConfig, cfg
     return results
 
 
-def write_metrics(results: dict[str, Any], run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "metrics.json"
-    path.write_text(json.dumps(results, indent=2))
-    return path
+
+def cross_validate(encoders: dict, data: DataConfig, probe: ProbeConfig, encoder_id: str, run_dir: Path
+                   ) -> dict[str, Any]:
+    """The fold protocol (ESC-50, "Look, Listen and Learn", ICCV 2017; "Audio-Visual Instance Discrimination with
+    Cross-Modal Agreement", CVPR 2021): one probe per fold's shard set
+    (`avssl prepare esc50 --fold k`: train = the other folds, test = fold k), and the mean
+    of each test metric over the folds; each fold's figures in ``run_dir/fold<k>``."""
+    folds = [run_linear_probe(encoders, replace(data, shards=shards), probe, encoder_id, run_dir / f"fold{k}")
+             for k, shards in enumerate(probe.fold_shards)]
+    results: dict[str, Any] = {"folds": folds, "fold_shards": list(probe.fold_shards)}
+    for modality in probe.modalities:
+        keys = [k for k, v in folds[0][modality].items() if k.startswith("test_") or k == "knn_clip_top1"]
+        results[modality] = {k: float(np.mean([f[modality][k] for f in folds])) for k in keys}
+        results[modality]["weight_decay"] = [f[modality]["weight_decay"] for f in folds]
+    return results
+
+
+def evaluate(config: DictConfig) -> dict[str, Any]:
+    """`avssl probe`: the encoders ``probe.encoders`` names, probed on the recipe's shards (or
+    on each of ``probe.fold_shards``); metrics.json in ``run_dir``."""
+    probe, run_dir = start_evaluation(config, "probe", ProbeConfig)
+    encoders, data, encoder_id = load_encoders(config, probe.encoders, run_dir)
+    if probe.fold_shards:
+        results = cross_validate(encoders, data, probe, encoder_id, run_dir)
+    else:
+        results = run_linear_probe(encoders, data, probe, encoder_id, figures_dir=run_dir)
+    results["encoders"] = probe.encoders
+    return {**results, "metrics_file": str(write_metrics(results, run_dir))}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One row per modality: top-1 (%) for single-label sets, mAP for multi-label ones."""
+    def decay(value: Any) -> str:
+        return "/".join(f"{v:.0e}" for v in value) if isinstance(value, list) else f"{value:.0e}"
+
+    rows = [f"{'modality':<8} {'clip':>8} {'video':>8} {'kNN clip':>9}  weight decay"]
+    for modality, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        if "test_clip_top1" in r:
+            knn = f"{r['knn_clip_top1']:>9.1f}" if "knn_clip_top1" in r else f"{'-':>9}"
+            rows.append(f"{modality:<8} {r['test_clip_top1']:>8.1f} {r['test_video_top1']:>8.1f} {knn}  "
+                        f"{decay(r['weight_decay'])}")
+        elif "test_clip_map" in r:
+            rows.append(f"{modality:<8} {r['test_clip_map']:>8.3f} {r['test_video_map']:>8.3f} {'-':>9}  "
+                        f"{decay(r['weight_decay'])}   (mAP)")
+    return "\n".join(rows)
+
+
+def report(results: dict[str, Any]) -> str:
+    """What `avssl probe` prints: the table of :func:`format_table`, where the figures are."""
+    run_dir = Path(results["metrics_file"]).parent
+    folds = len(results.get("fold_shards", []))
+    where = f"mean of {folds} folds" if folds else "test split"
+    multilabel = any("test_clip_map" in r for r in results.values() if isinstance(r, dict))
+    figures = f"{run_dir}/fold*/" if folds else run_dir
+    figures = "" if multilabel else f"; confusion.png, embedding.png in {figures}"
+    return (f"linear probe of {results['encoders']} ({where}, top-1 %):\n{format_table(results)}\n"
+            f"written: {results['metrics_file']}{figures}")

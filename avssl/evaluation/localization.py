@@ -31,15 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from avssl.data.datamodule import DataConfig, ShardList, ShardStream, base_views, make_loader
-from avssl.data.sampling import ViewSampler
+from avssl.config import data_config, start_evaluation
+from avssl.data.datamodule import DataConfig, base_views
 from avssl.data.skips import split_clips
 from avssl.data.targets import BACKGROUND, BOXES
-from avssl.data.transforms import BatchTransform
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.evaluation.linear_probe import Features, ProbeConfig, extract_features, probe_modality
+from avssl.evaluation.encoders import load_task, resolve_device
+from avssl.evaluation.features import Features, extract_features
+from avssl.evaluation.io import split_loader, write_metrics
+from avssl.evaluation.linear_probe import ProbeConfig, probe_modality
 from avssl.metrics.localization import (
     binarize_heatmap,
     ciou,
@@ -124,17 +127,14 @@ def evaluate_localization(task: PretextTask, data: DataConfig, cfg: Localization
                           ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """cIoU figures for both binarisation rules (the recipe's first), and a few clips to plot."""
     views = replace(base_views(data), targets=(BOXES,))
-    shards = ShardList.from_manifest(data.shards, cfg.split)
-    stream = ShardStream(shards, ViewSampler(views, train=False), cfg.batch_size, num_workers=data.num_workers,
-                         shuffle=False, pad=False, max_skip_fraction=data.max_skip_fraction)
-    finish = BatchTransform(views).to(device)
+    loader, finish = split_loader(data, cfg.split, views, cfg.batch_size)
+    finish = finish.to(device)
     task.eval().to(device)
     cious: dict[str, list[float]] = {"gt_area": [], "median": []}
     baselines: list[float] = []
     skipped = evaluated = 0
     shown: dict[str, list[torch.Tensor]] = {"frame": [], "heatmap": [], "boxes": [], "predicted": [], "ciou": []}
-    for batch in tqdm(make_loader(stream, data.num_workers, single_pass=True), desc=f"localization {cfg.split}",
-                      unit="batch", total=len(stream), leave=False):
+    for batch in tqdm(loader, desc=f"localization {cfg.split}", unit="batch", total=len(loader.stream), leave=False):
         evaluated += len(batch[INDEX])
         frames = batch[VIDEO][:, :, batch[VIDEO].shape[2] // 2]  # uint8 B×3×H×W, the middle frame
         batch = finish({k: v.to(device) for k, v in batch.items()}, train=False)
@@ -198,5 +198,34 @@ def plot_localization(shown: dict[str, torch.Tensor], path: Path, title: str, ru
                                            shown["ciou"].tolist(), title, rule), path, dpi=110)
 
 
-__all__ = ["LocalizationConfig", "evaluate_localization", "event_localization", "heatmaps", "localization_scores",
-           "plot_localization"]
+def evaluate(config: DictConfig) -> dict[str, Any]:
+    """`avssl localize`: sound-source localization of ``localization.checkpoint``'s task on the
+    recipe's shards (and event localization); metrics.json and localization.png in ``run_dir``."""
+    cfg, run_dir = start_evaluation(config, "localization", LocalizationConfig)
+    task, encoder_id = load_task(config, cfg.checkpoint)
+    data = data_config(config)
+    device = resolve_device(cfg.device)
+    results, shown = evaluate_localization(task, data, cfg, device)
+    results["checkpoint"] = cfg.checkpoint
+    if shown:
+        title = (f"{cfg.checkpoint}: cIoU@0.5 {results['ciou']:.3f} (whole image {results['whole_image_ciou']:.3f}), "
+                 f"rule {cfg.rule}")
+        results["plot"] = str(plot_localization(shown, run_dir / "localization.png", title, cfg.rule))
+    if cfg.events:
+        encoders = {"video": task.video_encoder, "audio": task.audio_encoder}
+        results["events"] = event_localization(encoders, data, cfg, device, Path(cfg.cache_dir), encoder_id)
+    return {**results, "metrics_file": str(write_metrics(results, run_dir))}
+
+
+def report(results: dict[str, Any]) -> str:
+    """What `avssl localize` prints: cIoU@0.5, mean cIoU and AUC beside the whole-image baseline."""
+    events = (f"; event segment accuracy {results['events']['segment_accuracy']:.1f} %" if "events" in results
+              else "")
+    return (f"localization of {results['checkpoint']} ({results['clips']['test']['split']}, {results['num_clips']} "
+            f"clips, rule {results['rule']}): cIoU@0.5 {results['ciou']:.3f}, mean cIoU {results['mean_ciou']:.3f}, "
+            f"AUC {results['auc']:.3f}; whole image {results['whole_image_ciou']:.3f} / "
+            f"{results['whole_image_mean_ciou']:.3f}{events}\nwritten: {results['metrics_file']}")
+
+
+__all__ = ["LocalizationConfig", "evaluate", "evaluate_localization", "event_localization", "heatmaps",
+           "localization_scores", "plot_localization", "report"]

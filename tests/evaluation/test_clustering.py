@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from avssl.evaluation.clustering import ClusterConfig, cluster_features, kmeans
-from avssl.evaluation.linear_probe import Features
+from avssl.evaluation.features import Features
 
 
 def test_kmeans_recovers_separated_blobs_whatever_the_label_names() -> None:

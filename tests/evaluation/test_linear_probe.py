@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from avssl.evaluation.linear_probe import Features, ProbeConfig, knn_top1
+from avssl.evaluation.features import Features
+from avssl.evaluation.linear_probe import ProbeConfig, knn_top1
 
 
 def _features(x: np.ndarray, labels: list[int]) -> Features:

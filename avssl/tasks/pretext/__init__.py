@@ -23,7 +23,9 @@ def build_pretext_task(config: dict[str, Any]) -> PretextTask:
 def load_pretext_task(checkpoint: str | Path) -> PretextTask:
     """A trained pretext task (encoders, heads, state) from its Lightning checkpoint, rebuilt
     from the recipe the checkpoint carries; in eval mode."""
-    from avssl.export import _load_strict, _recipe, load_checkpoint
+    from avssl.export import checkpoint_recipe as _recipe
+    from avssl.export import load_checkpoint
+    from avssl.export import load_state_strict as _load_strict
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)  # weights_only=True: a file that needs pickle is refused
