@@ -236,3 +236,13 @@ def test_samples_written_by_avssl_shards_stream_with_clicks_on_flashes(tmp_path:
             assert abs(click / rate - frame / fps) <= 1 / fps
         flashes += len(flash_frames)
     assert flashes > 0
+
+
+def test_a_recipe_naming_the_removed_data_eval_clips_per_video_gets_the_unknown_key_error() -> None:
+    """The key was never read (the probe and finetune sections have their own): it is gone."""
+    from avssl.config import RecipeError, load_recipe
+
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "synth" / "avc_small.yaml")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe, ["data.eval_clips_per_video=3"])
+    assert str(error.value) == f"{recipe}: unknown key 'data.eval_clips_per_video'"
