@@ -1,43 +1,31 @@
 """One split's shards → batches of decoded views, as a chain of named stages.
 
-Every worker of every rank runs the same chain (:meth:`ShardStream.__iter__`); where a stage
-is the project's own rather than webdataset's, its line says why:
+Every worker of every rank runs the same chain (:meth:`ShardStream.__iter__`). Webdataset
+reads the tars and shuffles; a stage is the project's own where webdataset's would break one
+of three guarantees (equal step counts on every rank, exact mid-epoch resume, every lost
+sample counted), and its line says which:
 
-================  ===================================  ==================================================
-stage             here                                 whose, and why
-================  ===================================  ==================================================
-shard list        :class:`~avssl.data.manifest.        the manifest's shards and per-shard sample counts
-                  ShardList`, :meth:`~ShardStream.
-                  shard_order`
-rank split        :meth:`~ShardStream.worker_plan`,    own: webdataset's ``split_by_node`` /
-worker split      :func:`slice_bounds`                 ``split_by_worker`` deal whole shards, so ranks
-                                                       get unequal sample counts, hence unequal step
-                                                       counts (a rank waits forever on the others'
-                                                       all-reduce); here the epoch's sample sequence is
-                                                       cut into ``ranks × workers`` near-equal slices
-samples           :func:`read_samples`                 webdataset's tar reading
-                                                       (``tarfile_to_samples``); own loop around it: it
-                                                       cuts a shard to the slice, numbers each sample
-                                                       (what seeds its draws) and counts the samples a
-                                                       missing, short or damaged shard no longer holds
-shuffle           ``webdataset.filters.shuffle``       webdataset's buffer, on raw bytes
-decode            :func:`decode_clips`                 own: a sample's windows (:class:`~avssl.data.
-                                                       sampling.ViewSampler`) with draws seeded by the
-                                                       sample itself; an undecodable sample is counted
-                                                       (webdataset's handlers drop it uncounted); on
-                                                       resume, the samples of batches trained on before
-                                                       the restart pass undecoded (exact resume)
-pad               :func:`pad_to`                       own (webdataset has none): every worker of every
-                                                       rank gives the same whole number of batches
-batch             :func:`collate_batches`              own: webdataset's ``batched`` yields a full batch
-                                                       only once the next clip has arrived: that clip's
-                                                       sample would be decoded early and its losses
-                                                       reported with the wrong batch; batches trained on
-                                                       before a restart are dropped uncollated
-late counts       :func:`report_late`                  own: each batch is held one step, so losses found
-                                                       after the last batch (a shard cut short at its
-                                                       end) are reported with that batch
-================  ===================================  ==================================================
+1. shard list (``ShardList``, :meth:`ShardStream.shard_order`): the manifest's shards and
+   their sample counts, in an order shuffled each epoch with a seed all ranks share.
+2. rank split, worker split (:meth:`ShardStream.worker_plan`, :func:`slice_bounds`). Own:
+   webdataset's ``split_by_node`` / ``split_by_worker`` deal whole shards, so ranks get
+   unequal sample counts, hence unequal step counts (a rank then waits forever on the
+   others' all-reduce); here the epoch's sample sequence is cut into near-equal slices.
+3. samples (:func:`read_samples`): webdataset's ``tarfile_to_samples``, one shard at a time.
+   Own loop around it: it cuts a shard to the slice, numbers each sample (what seeds its
+   draws) and counts the samples a missing, short or damaged shard no longer holds.
+4. shuffle: webdataset's buffer (``webdataset.filters.shuffle``), on raw bytes.
+5. decode (:func:`decode_clips`). Own: a sample's windows (:class:`~avssl.data.sampling.ViewSampler`)
+   with draws seeded by the sample itself; an undecodable sample is counted (webdataset's
+   handlers drop it uncounted); resuming, the samples of the batches trained on before the
+   restart pass undecoded.
+6. pad (:func:`pad_to`). Own (webdataset has none): every worker of every rank gives the same
+   whole number of batches.
+7. batch (:func:`collate_batches`). Own: webdataset's ``batched`` yields a full batch only once
+   the next clip has arrived, so that clip's sample would be decoded early and its losses
+   reported with the wrong batch; the batches trained on before a restart are dropped uncollated.
+8. late counts (:func:`report_late`). Own: each batch is held one step, so that losses found
+   after the last batch (a shard cut short at its end) are reported with that batch.
 
 Splitting: every epoch the shard list is shuffled with a seed shared by all ranks and changed
 every epoch; the resulting sample sequence is cut into ``world_size × num_workers`` contiguous
@@ -53,7 +41,7 @@ stops the run before training; one that becomes unreadable, a tar cut short or w
 damaged header (a connection dropped mid-shard), and undecodable media are counted as
 ``skipped`` in the batches and limited by ``data.max_skip_fraction`` on the run's totals.
 The stages share one :class:`~avssl.data.skips.SkipCounts`: the samples and decode stages
-add what they lose, the batch stage reports it with the next batch and starts again from zero.
+add what they lose, the batch stage reports it with the batch it completes and starts again from zero.
 
 ``data.shards`` may also be the shards folder's URL, a brace list or a ``pipe:`` command
 (:mod:`avssl.data.remote`); webdataset's openers read them. Batching happens inside each
