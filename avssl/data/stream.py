@@ -6,7 +6,9 @@ of three guarantees (equal step counts on every rank, exact mid-epoch resume, ev
 sample counted), and its line says which:
 
 1. shard list (``ShardList``, :meth:`ShardStream.shard_order`): the manifest's shards and
-   their sample counts, in an order shuffled each epoch with a seed all ranks share.
+   their sample counts, in an order shuffled each epoch with a seed all ranks share. The
+   epoch is Lightning's, forwarded to the workers (:mod:`avssl.data.loader`), not webdataset's
+   ``with_epoch`` (a sample count cut from an endless stream: no epoch to resume inside).
 2. rank split, worker split (:meth:`ShardStream.worker_plan`, :func:`slice_bounds`). Own:
    webdataset's ``split_by_node`` / ``split_by_worker`` deal whole shards, so ranks get
    unequal sample counts, hence unequal step counts (a rank then waits forever on the
