@@ -134,19 +134,19 @@ def _prepare(args: argparse.Namespace) -> int:
 def check_shards(shards: str) -> None:
     """A recipe verb's ``data.shards`` must be a folder written by `avssl shards`: said in one
     line before anything starts (the loader would find out after the model is built). A URL
-    or a list of shards (avssl/data/remote.py): its manifest must be readable."""
+    or a list of shards (avssl/data/remote.py): its manifest must be readable. The manifest
+    read here is the one the run uses (read once per process: :func:`avssl.data.remote.read_manifest`)."""
     from avssl.data import remote
 
-    if not remote.is_local_folder(shards):
-        remote.read_manifest(shards)
-        return
-    folder, fix = Path(shards), "point data.shards at a folder written by `avssl shards`"
-    if folder.is_file():
-        raise NotADirectoryError(f"data.shards={shards} is a file; {fix}")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data.shards={shards}: no such folder; {fix}")
-    if not (folder / "manifest.json").is_file():
-        raise FileNotFoundError(f"data.shards={shards} has no manifest.json; {fix}")
+    if remote.is_local_folder(shards):
+        folder, fix = Path(shards), "point data.shards at a folder written by `avssl shards`"
+        if folder.is_file():
+            raise NotADirectoryError(f"data.shards={shards} is a file; {fix}")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data.shards={shards}: no such folder; {fix}")
+        if not (folder / remote.MANIFEST).is_file():
+            raise FileNotFoundError(f"data.shards={shards} has no manifest.json; {fix}")
+    remote.read_manifest(shards)
 
 
 def _recipe(args: argparse.Namespace, section: str | None = None, schema: type | None = None):

@@ -310,7 +310,6 @@ VALUE_RULES: dict[str, Accepts] = {
     "data.eval_batch_size": integer(1, nullable=True),
     "data.num_workers": integer(0),
     "data.shuffle_buffer": integer(0),
-    "data.eval_clips_per_video": integer(1),
     "data.max_skip_fraction": FRACTION,
     "data.video.num_frames": integer(1),
     "data.video.fps": POSITIVE,

@@ -6,7 +6,7 @@ CPU than the model. With the cache, every video of a split is decoded once, whol
 frames as uint8 RGB, the audio as samples), before the loader's workers start; the workers
 fork after it is built and read its arrays without copying them (copy-on-write pages that
 are only read). The shard order, shuffle, per-sample draws and window placement are the
-streaming path's own (:class:`~avssl.data.datamodule.ShardStream` and
+streaming path's own (:class:`~avssl.data.stream.ShardStream` and
 :class:`~avssl.data.sampling.ViewSampler` run unchanged on a :class:`DecodedMedia` instead of
 a :class:`~avssl.data.decode.MediaReader`), so a cached run draws the same batches as a
 streamed one. Memory: frames × height × width × 3 bytes per video, per process that builds
@@ -37,6 +37,7 @@ from avssl.data.decode import (
     sample_video_entry,
 )
 from avssl.data.remote import is_local_path
+from avssl.losses.distributed import rank
 
 # Sample entries that hold the media (decoded into the cache, their bytes dropped).
 MEDIA_ENTRIES = (*CONTAINER_FORMATS, "pcm")
@@ -208,15 +209,6 @@ class DecodedSplit:
 _DECODED: dict[tuple, DecodedSplit] = {}
 
 
-def _rank_zero() -> bool:
-    """This process is the first (or only) rank: torch.distributed's, else the launcher's RANK."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
-
-
 def decoded_split(files: tuple[str, ...], *, keep_entries: bool = False, description: str = "") -> DecodedSplit:
     """``files`` decoded into memory, or the copy this process already holds of the same
     files (same paths, sizes and modification times; a URL or ``pipe:`` command: the same
@@ -224,7 +216,7 @@ def decoded_split(files: tuple[str, ...], *, keep_entries: bool = False, descrip
     key = (tuple((f, *_version(f)) for f in files), keep_entries)
     if key not in _DECODED:
         cached = DecodedSplit(files, keep_entries=keep_entries, description=description)
-        if _rank_zero():  # every rank decodes its own copy; one line for them all
+        if rank() == 0:  # every rank decodes its own copy; one line for them all
             log.info("data.cache=memory: %s: %s", description or "split", cached.summary())
         _DECODED[key] = cached
     return _DECODED[key]

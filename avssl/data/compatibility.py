@@ -12,27 +12,19 @@ per video).
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from avssl.config import RecipeError
-from avssl.data.datamodule import MANIFEST
+from avssl.data.remote import read_manifest
 from avssl.data.views import AUDIO, ViewSpec
 
 
 class ShardsMismatchWarning(UserWarning):
     """The shards were written at a lower quality than the recipe asks for."""
-
-
-def read_manifest(shards_dir: str | Path) -> dict[str, Any] | None:
-    """The shards' manifest, None when there is none (the data module says so itself)."""
-    path = Path(shards_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def window_seconds(views: ViewSpec) -> float:
@@ -105,8 +97,8 @@ def impossible(manifest: dict[str, Any], views: ViewSpec, task: dict[str, Any], 
 def check_shards_fit_recipe(config: DictConfig, views: ViewSpec) -> None:
     """Warn for each shard setting below the recipe's needs; RecipeError when the recipe
     cannot train on the shards. ``views``: what the task decodes (its extra audio too)."""
-    manifest = read_manifest(config.data.shards)
-    if manifest is None:
+    manifest = read_manifest(str(config.data.shards), missing_ok=True)
+    if manifest is None:  # the data module names the missing manifest itself
         return
     where = str(config.data.shards)
     reason = impossible(manifest, views, dict(config.get("task") or {}), str(config.data.train_split), where)

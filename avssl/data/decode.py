@@ -16,6 +16,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from avssl.data.views import sample_count
+
 # AAC frames overlap (MDCT): the first frame decoded after a seek is wrong, so audio seeks
 # land this far before the window and the extra samples are trimmed by timestamp.
 AUDIO_PREROLL_SECONDS = 0.25
@@ -116,8 +118,8 @@ class PcmAudio:
         """Float32 waveform of ``seconds`` from ``start_seconds`` at ``sample_rate``; zeros
         outside the stored range. Another rate is resampled (torchaudio, windowed sinc)."""
         rate = self.sample_rate
-        count = int(round(seconds * rate))
-        first = int(round((start_seconds - self.start) * rate))
+        count = sample_count(seconds, rate)
+        first = sample_count(start_seconds - self.start, rate)
         if isinstance(self.data, np.ndarray):
             samples, scale = self.data, np.float32(1)
         else:
@@ -132,7 +134,7 @@ class PcmAudio:
         import torchaudio.functional
 
         resampled = torchaudio.functional.resample(torch.from_numpy(out), rate, sample_rate).numpy()
-        wanted = int(round(seconds * sample_rate))
+        wanted = sample_count(seconds, sample_rate)
         return np.pad(resampled[:wanted], (0, max(wanted - resampled.size, 0)))
 
 
@@ -331,7 +333,7 @@ class MediaReader:
         if self.audio is None:
             raise DecodeError("no audio stream")
         stream = self.audio
-        num_samples = int(round(seconds * sample_rate))
+        num_samples = sample_count(seconds, sample_rate)
         seek_seconds = max(start_seconds - AUDIO_PREROLL_SECONDS, 0.0)
         self.container.seek(int(seek_seconds / stream.time_base), stream=stream, backward=True, any_frame=False)
         resampler = MonoResampler(sample_rate)
@@ -359,7 +361,7 @@ class MediaReader:
         if first_time is None:
             raise DecodeError(f"no audio at {start_seconds:.3f}s")
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        offset = int(round((start_seconds - first_time) * sample_rate))
+        offset = sample_count(start_seconds - first_time, sample_rate)
         out = np.zeros(num_samples, np.float32)
         src_lo, dst_lo = max(offset, 0), max(-offset, 0)
         n = max(min(num_samples - dst_lo, samples.size - src_lo), 0)

@@ -102,15 +102,35 @@ def manifest_location(location: str) -> str:
     return str(Path(location) / MANIFEST)
 
 
-def read_manifest(location: str) -> dict[str, Any]:
-    """The manifest of ``data.shards``, parsed. A local folder without one raises
-    FileNotFoundError (as before); a server or command that does not give it, DataError."""
+def read_manifest(location: str, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The manifest of ``data.shards``, parsed; read once per process (the recipe check, the
+    shards-fit check and the data module all ask for it): a local one again when its file
+    changed, one from a server or command once. Shared between callers: read it, never change it.
+
+    A local folder without one raises FileNotFoundError (``missing_ok``: None instead); a
+    server or command that does not give it, DataError."""
     where = manifest_location(location)
     if is_local_folder(location):
         path = Path(where)
         if not path.exists():
+            if missing_ok:
+                return None
             raise FileNotFoundError(f"{path} not found: point data.shards at a folder written by `avssl shards`")
-        return json.loads(path.read_text())
+        stat = path.stat()
+        key = (where, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in _MANIFESTS:
+            _MANIFESTS[key] = json.loads(path.read_text())
+        return _MANIFESTS[key]
+    if where not in _MANIFESTS:
+        _MANIFESTS[where] = _read_remote_manifest(location, where)
+    return _MANIFESTS[where]
+
+
+# Manifests read in this process: a local one by its path and file version, a remote one by its place.
+_MANIFESTS: dict[Any, dict[str, Any]] = {}
+
+
+def _read_remote_manifest(location: str, where: str) -> dict[str, Any]:
     try:
         with wds.gopen(where) as stream:
             text = stream.read()

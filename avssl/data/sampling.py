@@ -6,6 +6,7 @@ have data, and never padded differently from the positive.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,6 +74,37 @@ def shifted_window_start(
 _ANCHOR_DRAWS = 20
 
 
+@dataclass(frozen=True)
+class ClipLayout:
+    """Where a clip's windows sit, in seconds from its first video frame (one place for the
+    arithmetic): the video window, each aligned audio window centred on it, and the aligned
+    positive's place that a same-video negative is drawn around (:func:`shifted_window_start`)."""
+
+    video_seconds: float
+    aligned_seconds: float | None  # the aligned positive ("audio"), None without one
+
+    @classmethod
+    def of(cls, spec: ViewSpec) -> "ClipLayout":
+        aligned = spec.audio.get(AUDIO)
+        return cls(spec.video.seconds if spec.video else 0.0, aligned.seconds if aligned is not None else None)
+
+    def centred(self, seconds: float) -> float:
+        """Start of an audio window of ``seconds`` centred on the video window."""
+        return (self.video_seconds - seconds) / 2
+
+    def reference(self, view: AudioView) -> float:
+        """Start of the window a same-video negative ``view`` is placed against: the aligned
+        positive's, or without one a window of its own length centred on the video."""
+        return self.centred(self.aligned_seconds if self.aligned_seconds is not None else view.seconds)
+
+    def extent(self) -> tuple[float, float]:
+        """Extent of the video window and its aligned audio."""
+        if self.aligned_seconds is None:
+            return 0.0, self.video_seconds
+        offset = self.centred(self.aligned_seconds)
+        return min(0.0, offset), max(self.video_seconds, offset + self.aligned_seconds)
+
+
 class ViewSampler:
     """Decode the views of ``spec`` from one sample; training draws random windows and
     crops at random, evaluation takes ``clips_per_video`` evenly spaced windows and centre
@@ -83,25 +115,13 @@ class ViewSampler:
         self.spec = spec
         self.train = train
         self.video_transform = VideoTransform(spec.video.size, train, augment) if spec.video else None
-        # Same-video negative views (AVTS) and the start offset of the window they are placed against.
-        video_seconds = spec.video.seconds if spec.video else 0.0
-        aligned = spec.audio.get(AUDIO)
-        self._negative_views = [
-            (view, (video_seconds - (aligned or view).seconds) / 2)
-            for view in spec.audio.values() if view.offset != "aligned"
-        ]
-
-    def _anchor_extent(self) -> tuple[float, float]:
-        """Extent of the video window and its aligned audio relative to the video start."""
-        video_seconds = self.spec.video.seconds if self.spec.video else 0.0
-        aligned = self.spec.audio.get(AUDIO)
-        if aligned is None:
-            return 0.0, video_seconds
-        audio_offset = (video_seconds - aligned.seconds) / 2
-        return min(0.0, audio_offset), max(video_seconds, audio_offset + aligned.seconds)
+        self.layout = ClipLayout.of(spec)
+        # same-video negative views (AVTS) and the start of the window each is placed against
+        self._negative_views = [(view, self.layout.reference(view))
+                                for view in spec.audio.values() if view.offset != "aligned"]
 
     def _anchor_starts(self, lo: float, hi: float, rng: np.random.Generator) -> list[float]:
-        left, right = self._anchor_extent()
+        left, right = self.layout.extent()
         first, last = lo - left, hi - right
         if last < first:  # clip shorter than the window: start at the beginning, pad the end
             return [first] * (1 if self.train else self.spec.clips_per_video)
@@ -159,15 +179,11 @@ class ViewSampler:
             frames, t_video = reader.read_frames(start, view.num_frames, view.fps)
             sample[VIDEO], crop = self.video_transform.apply(torch.from_numpy(frames))
         sample[T_VIDEO] = torch.tensor(t_video, dtype=torch.float32)
-        video_seconds = self.spec.video.seconds if self.spec.video else 0.0
-        aligned_start: float | None = None
         for name, view in self.spec.audio.items():
             if view.offset == "aligned":
-                audio_start = t_video + (video_seconds - view.seconds) / 2
-                aligned_start = audio_start
+                audio_start = t_video + self.layout.centred(view.seconds)
             else:
-                reference = aligned_start if aligned_start is not None else t_video + (video_seconds - view.seconds) / 2
-                audio_start = shifted_window_start(rng, view, reference, lo, hi)
+                audio_start = shifted_window_start(rng, view, t_video + self.layout.reference(view), lo, hi)
                 if audio_start is None:
                     raise DecodeError(f"too short for a {view.offset} window of {view.seconds}s")
             waveform = reader.read_audio(audio_start, view.seconds, self.spec.mel.sample_rate)
@@ -184,4 +200,4 @@ class ViewSampler:
         return sample
 
 
-__all__ = ["ViewSampler", "shifted_window_intervals", "shifted_window_start"]
+__all__ = ["ClipLayout", "ViewSampler", "shifted_window_intervals", "shifted_window_start"]

@@ -4,7 +4,7 @@ The manifest says how many samples each shard holds, so every sample a run expec
 not get is counted: a shard missing or unreadable, a tar cut short or with a damaged header
 (the rest of that shard is lost), a sample whose media cannot be decoded. Each loader worker
 carries its counts in the batches (``skipped``, ``expected``: workers share no state), the
-training process sums them (:class:`~avssl.data.datamodule.ShardLoader`) and, at the end of
+training process sums them (:class:`~avssl.data.loader.ShardLoader`) and, at the end of
 every epoch, :class:`SkipMonitor` sums them over ranks and applies ``data.max_skip_fraction``
 to the run's totals. Mid-epoch a rank stops only once the limit is certain to be exceeded
 (its own losses alone pass the limit's share of the whole epoch), so a few early failures
@@ -24,6 +24,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from avssl.data.errors import DataError
+from avssl.data.manifest import ShardList
 
 
 @dataclass
@@ -80,8 +81,6 @@ def split_clips(shards_dir: str, split: str, clips_per_video: int, clips_evaluat
     """The :func:`clip_report` of one split an evaluation verb read (the manifest gives the
     samples expected). A ``test`` split must be whole (:func:`require_complete_split`);
     another (a probe's train or val split) may lose up to ``limit`` of its samples."""
-    from avssl.data.datamodule import ShardList  # the data module imports this module
-
     samples = ShardList.from_manifest(shards_dir, split).num_samples
     report = clip_report(split, samples, clips_per_video, clips_evaluated)
     if test:

@@ -27,6 +27,7 @@ import torch
 
 from avssl.data.decode import DecodeError
 from avssl.data.transforms import CropBox
+from avssl.data.views import sample_count
 
 BOXES = "boxes"
 STEMS = "stems"
@@ -105,8 +106,8 @@ def decode_stems(data: bytes, sample_rate: int) -> np.ndarray:
 
 def window(samples: np.ndarray, start_seconds: float, seconds: float, sample_rate: int) -> np.ndarray:
     """S×count of S×N ``samples`` from ``start_seconds``; zeros outside them."""
-    count = int(round(seconds * sample_rate))
-    first = int(round(start_seconds * sample_rate))
+    count = sample_count(seconds, sample_rate)
+    first = sample_count(start_seconds, sample_rate)
     out = np.zeros((samples.shape[0], count), np.float32)
     lo, hi = max(first, 0), min(first + count, samples.shape[1])
     if hi > lo:

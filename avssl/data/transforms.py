@@ -13,7 +13,7 @@ import torchaudio
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from avssl.data.views import VIDEO, MelSettings, ViewSpec
+from avssl.data.views import VIDEO, MelSettings, ViewSpec, sample_count
 
 # Kinetics-400 statistics used by torchvision's video models.
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
@@ -159,8 +159,8 @@ class AudioBatchTransform(torch.nn.Module):
         self.melspec = torchaudio.transforms.MelSpectrogram(
             sample_rate=mel.sample_rate,
             n_fft=mel.n_fft,
-            win_length=int(round(mel.window_seconds * mel.sample_rate)),
-            hop_length=int(round(mel.hop_seconds * mel.sample_rate)),
+            win_length=sample_count(mel.window_seconds, mel.sample_rate),
+            hop_length=sample_count(mel.hop_seconds, mel.sample_rate),
             n_mels=mel.n_mels,
         )
 

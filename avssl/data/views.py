@@ -101,6 +101,12 @@ class AudioView:
             raise ValueError(f"audio window seconds must be positive, got {self.seconds}")
 
 
+def sample_count(seconds: float, rate: float) -> int:
+    """Samples in ``seconds`` at ``rate``, to the nearest: the one rule for where an audio
+    window starts and how long it is (the decoders, the targets, the spectrogram's window and hop)."""
+    return int(round(seconds * rate))
+
+
 @dataclass(frozen=True)
 class MelSettings:
     """Log-mel front end (torchaudio ``MelSpectrogram`` + log)."""
@@ -113,7 +119,7 @@ class MelSettings:
     log_offset: float = 1e-6
 
     def num_frames(self, seconds: float) -> int:
-        return int(round(seconds * self.sample_rate)) // int(round(self.hop_seconds * self.sample_rate)) + 1
+        return sample_count(seconds, self.sample_rate) // sample_count(self.hop_seconds, self.sample_rate) + 1
 
 
 @dataclass(frozen=True)

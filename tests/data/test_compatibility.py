@@ -106,3 +106,11 @@ def test_pretrain_stops_before_training_with_the_mismatch(tmp_path: Path, capsys
                                        "training videos: a bank has one slot per video; set task.num_instances=null "
                                        "to read it from the manifest\n")
     assert not (tmp_path / "run-smoke" / "checkpoints").exists()
+
+
+def test_shards_named_by_a_command_are_checked_against_the_manifest_beside_them(tmp_path: Path) -> None:
+    """The check reads the manifest the run reads (avssl/data/remote.py), wherever it is."""
+    folder = _manifest(tmp_path / "s", sample_rate=24000)
+    command = f"pipe:cat {folder}/train-000000.tar"
+    assert _check(SELAVI, command) == [(f"data.video.fps is 30 but the shards in {command} are at 25 fps: frames "
+                                        "repeat; rewrite them with `avssl shards --fps 30`")]

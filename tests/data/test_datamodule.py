@@ -236,3 +236,71 @@ def test_samples_written_by_avssl_shards_stream_with_clicks_on_flashes(tmp_path:
             assert abs(click / rate - frame / fps) <= 1 / fps
         flashes += len(flash_frames)
     assert flashes > 0
+
+
+def test_a_recipe_naming_the_removed_data_eval_clips_per_video_gets_the_unknown_key_error() -> None:
+    """The key was never read (the probe and finetune sections have their own): it is gone."""
+    from avssl.config import RecipeError, load_recipe
+
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "synth" / "avc_small.yaml")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe, ["data.eval_clips_per_video=3"])
+    assert str(error.value) == f"{recipe}: unknown key 'data.eval_clips_per_video'"
+
+
+def _clip(i: int) -> dict[str, torch.Tensor]:
+    return {"index": torch.tensor(i)}
+
+
+def test_decode_clips_counts_what_it_cannot_decode_and_passes_trained_samples_undecoded() -> None:
+    from avssl.data.skips import SkipCounts
+    from avssl.data.stream import decode_clips
+
+    decoded = []
+
+    def decode(sample: dict) -> list[dict[str, torch.Tensor]]:
+        decoded.append(sample["i"])
+        if sample["i"] == 1:
+            raise ValueError("corrupt")
+        return [_clip(sample["i"])]
+
+    lost = SkipCounts()
+    clips = list(decode_clips(iter([{"i": i} for i in range(8)]), decode, lost, batch_size=2, trained_clips=4))
+    # 0 and 2 fill the first (trained) batch, decoded for padding; 3 and 4 stand for the second, undecoded
+    assert [None if c is None else int(c["index"]) for c in clips] == [0, 2, None, None, 5, 6, 7]
+    assert decoded == [0, 1, 2, 5, 6, 7]
+    assert (lost.skipped, lost.expected) == (1, 6)
+
+
+def test_pad_to_stops_at_the_target_and_pads_with_the_worker_s_own_first_clips() -> None:
+    from avssl.data.stream import pad_to
+
+    def indices(clips):
+        return [int(c["index"]) for c in clips]
+
+    assert indices(pad_to(iter([_clip(i) for i in range(3)]), 7, 2, empty="")) == [0, 1, 2, 0, 1, 0, 1]
+    assert indices(pad_to(iter([_clip(i) for i in range(5)]), 4, 2, empty="")) == [0, 1, 2, 3]
+    assert indices(pad_to(iter([_clip(i) for i in range(3)]), None, 2, empty="")) == [0, 1, 2]
+    with pytest.raises(DataError, match="^nothing read$"):
+        list(pad_to(iter([]), 4, 2, empty="nothing read"))
+
+
+def test_collate_batches_reports_losses_with_the_batch_they_happened_in() -> None:
+    """Each batch is made as its last clip arrives (webdataset's `batched` waits for the next
+    one: the next sample's losses would land in this batch)."""
+    from avssl.data.skips import SkipCounts
+    from avssl.data.stream import collate_batches, report_late
+
+    lost = SkipCounts()
+
+    def clips():
+        for i in range(5):
+            lost.add(int(i == 2), 1)  # the sample before clip 2 was lost
+            yield _clip(i)
+        lost.add(3, 3)  # the end of a shard cut short, found after the last clip
+
+    batches = list(report_late(collate_batches(clips(), 2, lost, trained_batches=1,
+                                               finish=lambda b, n: {**b, "number": torch.tensor([n])}), lost))
+    assert [b["index"].tolist() for b in batches] == [[2, 3], [4]]  # the first batch was trained on before
+    assert [int(b["number"]) for b in batches] == [2, 3]
+    assert [(int(b["skipped"]), int(b["expected"])) for b in batches] == [(1, 2), (3, 4)]

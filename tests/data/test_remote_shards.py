@@ -311,3 +311,19 @@ def test_avssl_probe_on_a_url_reports_the_figures_of_the_local_folder(tmp_path: 
     assert figures[1]["video"] == figures[0]["video"]
     assert figures[1]["clips"] == figures[0]["clips"]
     assert [figures[1]["clips"][s]["clips_evaluated"] for s in ("train", "val", "test")] == [6, 3, 3]
+
+
+def test_the_manifest_is_read_once_per_process_and_again_when_its_file_changes(shards: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    local = remote.read_manifest(str(copy))
+    assert remote.read_manifest(str(copy)) is local  # the recipe check, the fit check, the data module
+    changed = {**local, "classes": ["a", "b"]}
+    (copy / "manifest.tmp").write_text(json.dumps(changed))
+    (copy / "manifest.tmp").replace(copy / "manifest.json")
+    assert remote.read_manifest(str(copy)) == changed
+    with serve(copy) as url:
+        served = remote.read_manifest(url)
+    assert served == changed
+    assert remote.read_manifest(url) is served  # the server is gone: read once
+    assert remote.read_manifest(str(tmp_path / "none"), missing_ok=True) is None
