@@ -127,7 +127,7 @@ def build_task(recipe: str, overrides: Sequence[str], num_instances: int) -> tup
     config = load_recipe(recipe, list(overrides))
     plain = to_plain(config)
     task_section = plain.setdefault("task", {})
-    if task_section.get("name") in ("avid", "selavi") and task_section.get("num_instances") is None:
+    if task_section.get("name") in ("avid_cma", "avid", "selavi") and task_section.get("num_instances") is None:
         task_section["num_instances"] = num_instances
     return build_pretext_task(plain), config
 
@@ -142,7 +142,7 @@ def steady_state(task: Any) -> None:
     elif name == "SeLaVi" and task.task_config.variant == "offline":
         generator = torch.Generator().manual_seed(0)
         task.labels.copy_(torch.randint(task.task_config.num_clusters, task.labels.shape, generator=generator))
-        task.labelings_done.fill_(1)
+        task.label_bank.labelings_done.fill_(1)
 
 
 def make_optimizer(task: Any) -> torch.optim.Optimizer:

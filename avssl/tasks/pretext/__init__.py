@@ -1,23 +1,36 @@
 """Pretext methods by recipe name (``task.name``)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from avssl.config import RecipeError
 from avssl.tasks.pretext.avc import AVC
-from avssl.tasks.pretext.avid import AVID
+from avssl.tasks.pretext.avid_cma import AVIDCMA
 from avssl.tasks.pretext.avts import AVTS
-from avssl.tasks.pretext.base import PretextTask
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask
 from avssl.tasks.pretext.selavi import SeLaVi
 
-PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid": AVID, "selavi": SeLaVi}
+PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid_cma": AVIDCMA, "selavi": SeLaVi}
+# former names, still read from recipes and checkpoints
+PRETEXT_ALIASES: dict[str, str] = {"avid": "avid_cma"}
 
 
-def build_pretext_task(config: dict[str, Any]) -> PretextTask:
-    name = (config.get("task") or {}).get("name")
+def pretext_class(name: Any) -> type[PretextTask]:
+    """The method a ``task.name`` names (a former name included)."""
+    name = PRETEXT_ALIASES.get(name, name) if isinstance(name, str) else name
     if name not in PRETEXT_TASKS:
-        raise ValueError(f"task.name must be one of {sorted(PRETEXT_TASKS)}, got {name!r}")
-    return PRETEXT_TASKS[name](config)
+        raise RecipeError(f"task.name must be one of {sorted(PRETEXT_TASKS)}, got {name!r}")
+    return PRETEXT_TASKS[name]
+
+
+def build_pretext_task(config: DictConfig | Mapping[str, Any]) -> PretextTask:
+    """The task of a recipe (``load_recipe``'s, or a checkpoint's plain dict), read once."""
+    task_class = pretext_class((config.get("task") or {}).get("name"))
+    return task_class(PretextRecipe.read(config, task_class.config_class))
 
 
 def load_pretext_task(checkpoint: str | Path) -> PretextTask:

@@ -29,6 +29,7 @@ window and two audio windows of the same video, one aligned and one shifted by a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -37,9 +38,10 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO, AudioView
 from avssl.losses.contrastive import embedding_distance, margin_contrastive_loss
+from avssl.losses.correspondence import paired_negative_permutation
 from avssl.losses.nce import cross_modal_info_nce
 from avssl.models.heads import MLP
-from avssl.tasks.pretext.base import PretextTask, TaskConfig, paired_negative_permutation
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 HARD = "audio_hard"
 SUPER_HARD = "audio_superhard"
@@ -55,10 +57,15 @@ class AVTSConfig(TaskConfig):
     super_hard: bool = False
     super_hard_fraction: float = 0.0  # share of the negatives that are super-hard (needs super_hard)
     min_shift_seconds: float = 0.5  # hard negatives: at least this far (and never overlapping)
-    embedding_norm: str = "none"  # none | batchnorm: standardise each projection before L2-normalising
-    negatives: str = "paired"  # paired: one negative per clip (the paper) | in_batch: every other clip's audio too
+    embedding_norm: Literal["none", "batchnorm"] = "none"  # batchnorm: standardise each projection before L2
+    # paired: one negative per clip (the paper); in_batch: every other clip's audio too
+    negatives: Literal["paired", "in_batch"] = "paired"
     contrastive_weight: float = 0.0  # not in the paper: an in-batch InfoNCE added to the margin loss, this weight
     contrastive_temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.super_hard_fraction > 0 and not self.super_hard:
+            raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
 
 
 class AVTSCurriculum(pl.Callback):
@@ -84,19 +91,10 @@ class AVTSCurriculum(pl.Callback):
 class AVTS(PretextTask):
     config_class = AVTSConfig
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, recipe: PretextRecipe | dict) -> None:
+        super().__init__(recipe)
         self.require_both_encoders()
         cfg: AVTSConfig = self.task_config
-        if cfg.negatives not in ("paired", "in_batch"):
-            raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
-        if cfg.super_hard_fraction > 0 and not cfg.super_hard:
-            raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
-        if cfg.contrastive_weight < 0 or cfg.contrastive_temperature <= 0:
-            raise ValueError("task.contrastive_weight must be ≥ 0 and task.contrastive_temperature > 0, got "
-                             f"{cfg.contrastive_weight} and {cfg.contrastive_temperature}")
-        if cfg.embedding_norm not in ("batchnorm", "none"):
-            raise ValueError(f"task.embedding_norm must be batchnorm or none, got {cfg.embedding_norm!r}")
 
         def head(dim: int) -> nn.Module:
             mlp = MLP([dim, cfg.embedding_dim, cfg.embedding_dim], batchnorm=True)

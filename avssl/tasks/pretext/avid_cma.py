@@ -24,12 +24,14 @@ draws (the 1-vs-2-process test relies on it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
+from avssl.losses.agreement import agreement_positives, excluded_from_negatives
 from avssl.losses.distributed import rank, world_size
 from avssl.losses.nce import (
     MemoryBank,
@@ -40,25 +42,25 @@ from avssl.losses.nce import (
     softmax_instance_loss,
 )
 from avssl.models.heads import MLP
-from avssl.tasks.pretext.base import PretextTask, TaskConfig
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
 @dataclass
-class AVIDConfig(TaskConfig):
-    name: str = "avid"
+class AVIDCMAConfig(TaskConfig):
+    name: str = "avid_cma"  # or "avid", its former name
     projection_hidden: int = 512  # MLP [D, hidden, dim] (paper: [512, 512, 128])
     embedding_dim: int = 128
     # none: the paper's head. batchnorm: BatchNorm1d on the pooled embedding before the
     # projection, in its hidden layer and on its output; without it the all-positive pooled embeddings of
     # small ReLU encoders project to one direction (docs/methods/avid_cma.md).
-    projection_norm: str = "none"
+    projection_norm: Literal["none", "batchnorm"] = "none"
     temperature: float = 0.07
-    loss: str = "nce"  # nce: the paper's NCE with a fixed Z | softmax: InfoNCE over 1 + K bank scores
+    loss: Literal["nce", "softmax"] = "nce"  # nce: the paper's NCE with a fixed Z; softmax: InfoNCE over 1 + K scores
     num_negatives: int = 1024  # bank negatives; 0: none (in-batch InfoNCE, see positives/batch_negatives)
     # Cross-modal terms only. bank: the paper's positive, the other modality's memory slot
     # M[i]; batch: the other modality's embedding of the same clip in this step (fresh, with
     # gradient to both towers), the bank still giving the negatives.
-    positives: str = "bank"
+    positives: Literal["bank", "batch"] = "bank"
     batch_negatives: bool = False  # also score the other modality's B−1 other clips of this (local) batch
     bank_momentum: float = 0.5
     num_instances: int | None = None  # memory slots; None: the training split's size from the manifest
@@ -68,62 +70,42 @@ class AVIDConfig(TaskConfig):
     cma_resample_epochs: int = 5
     cma_chunk: int = 1024  # queries per block when computing agreement (memory: chunk × N)
 
-
-def agreement_positives(video_bank: torch.Tensor, audio_bank: torch.Tensor, k: int, chunk: int = 1024
-                        ) -> torch.Tensor:
-    """N×k indices: for each slot, the k others with the highest min(video cos, audio cos)
-    (CMA's "consensus" agreement), sorted ascending by index. Exhaustive, in blocks."""
-    n = video_bank.shape[0]
-    if not 0 < k < n:
-        raise ValueError(f"cma_positives must lie in (0, {n}), got {k}")
-    out = torch.empty(n, k, dtype=torch.long, device=video_bank.device)
-    for start in range(0, n, chunk):
-        rows = torch.arange(start, min(start + chunk, n), device=video_bank.device)
-        rho = torch.minimum(video_bank[rows] @ video_bank.T, audio_bank[rows] @ audio_bank.T)
-        rho[torch.arange(rows.numel()), rows] = -float("inf")  # never yourself
-        out[rows] = rho.topk(k, dim=1).indices.sort(dim=1).values
-    return out
+    def __post_init__(self) -> None:
+        if self.num_negatives == 0 and not (self.batch_negatives and self.positives == "batch"
+                                            and self.loss == "softmax"):
+            raise ValueError("task.num_negatives=0 (no bank negatives: in-batch InfoNCE) needs task.positives=batch, "
+                             "task.batch_negatives=true and task.loss=softmax")
 
 
-def projection_head(dim: int, cfg: AVIDConfig) -> nn.Module:
+def projection_head(dim: int, cfg: AVIDCMAConfig) -> nn.Module:
     """``MLP([dim, hidden, embedding_dim])``; with ``projection_norm: batchnorm`` the pooled
     embedding is standardised first (BatchNorm1d), the hidden layer has BatchNorm, and the
     output is standardised (BatchNorm1d without affine: no shared direction to learn)."""
     dims = [dim, cfg.projection_hidden, cfg.embedding_dim]
     if cfg.projection_norm == "none":
         return MLP(dims)
-    if cfg.projection_norm == "batchnorm":
-        return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True),
-                             nn.BatchNorm1d(cfg.embedding_dim, affine=False))
-    raise ValueError(f"task.projection_norm must be none or batchnorm, got {cfg.projection_norm!r}")
+    return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True),
+                         nn.BatchNorm1d(cfg.embedding_dim, affine=False))
 
 
-class AVID(PretextTask):
-    config_class = AVIDConfig
+class AVIDCMA(PretextTask):
+    config_class = AVIDCMAConfig
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, recipe: PretextRecipe | dict) -> None:
+        super().__init__(recipe)
         self.require_both_encoders()
-        cfg: AVIDConfig = self.task_config
+        cfg: AVIDCMAConfig = self.task_config
         self.resolve_num_instances()
-        if cfg.loss not in ("nce", "softmax"):
-            raise ValueError(f"task.loss must be nce or softmax, got {cfg.loss!r}")
-        if cfg.positives not in ("bank", "batch"):
-            raise ValueError(f"task.positives must be bank or batch, got {cfg.positives!r}")
-        if cfg.num_negatives == 0 and not (cfg.batch_negatives and cfg.positives == "batch" and cfg.loss == "softmax"):
-            raise ValueError("task.num_negatives=0 (no bank negatives: in-batch InfoNCE) needs task.positives=batch, "
-                             "task.batch_negatives=true and task.loss=softmax")
         if cfg.num_negatives >= cfg.num_instances:
             raise ValueError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
                              f"instances ({cfg.num_instances})")
         self.video_head = projection_head(self.video_encoder.embedding_dim, cfg)
         self.audio_head = projection_head(self.audio_encoder.embedding_dim, cfg)
-        seed = int(config.get("seed", 0))
-        self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed)
-        self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed + 1)
+        self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed)
+        self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed + 1)
         self.normalisers = nn.ModuleDict({name: NCENormaliser() for name in ("v2a", "a2v", "v2v", "a2a")})
+        # CMA's positive sets P_i (N×k, from agreement_positives); empty until CMA starts
         self.register_buffer("positives", torch.zeros(0, cfg.cma_positives, dtype=torch.long))
-        self.seed = seed
 
     # -- state that changes shape (positive sets appear when CMA starts) ------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -138,7 +120,7 @@ class AVID(PretextTask):
         return start is not None and self.current_epoch >= start
 
     def on_train_epoch_start(self) -> None:
-        cfg: AVIDConfig = self.task_config
+        cfg: AVIDCMAConfig = self.task_config
         if not self.cma_active:
             return
         if self.positives.numel() == 0 or (self.current_epoch - cfg.cma_start_epoch) % cfg.cma_resample_epochs == 0:
@@ -154,7 +136,7 @@ class AVID(PretextTask):
                        normaliser: NCENormaliser, partner: torch.Tensor | None = None) -> torch.Tensor:
         """One direction's loss. ``partner``: the other modality's embeddings of this batch
         (cross-modal terms), used by ``task.positives: batch`` and ``task.batch_negatives``."""
-        cfg: AVIDConfig = self.task_config
+        cfg: AVIDCMAConfig = self.task_config
         pos, neg = cross_modal_scores(query, bank, index, negatives, cfg.temperature)
         log_z_scores = neg  # Z is estimated on the bank negatives only
         if partner is not None and (cfg.positives == "batch" or cfg.batch_negatives):
@@ -174,7 +156,7 @@ class AVID(PretextTask):
 
     def losses(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for one rank's projected embeddings (B×dim each) and indices."""
-        cfg: AVIDConfig = self.task_config
+        cfg: AVIDCMAConfig = self.task_config
         self.video_bank.check_index(index)
         generator = self._generator()
         split = {"total_rows": v.shape[0] * world_size(), "row_offset": v.shape[0] * rank()}
@@ -185,8 +167,8 @@ class AVID(PretextTask):
         }
         if self.cma_active:
             positives = self.positives[index]  # B×k, sorted
-            excluded = torch.sort(torch.cat([positives, index[:, None]], dim=1), dim=1).values
-            within = sample_excluding(excluded, cfg.num_instances, cfg.cma_negatives, generator, **split)
+            within = sample_excluding(excluded_from_negatives(positives, index), cfg.num_instances,
+                                      cfg.cma_negatives, generator, **split)
             terms["cma"] = 0.5 * (
                 self._instance_term(v, self.video_bank, positives, within, self.normalisers["v2v"])
                 + self._instance_term(a, self.audio_bank, positives, within, self.normalisers["a2a"]))
