@@ -141,7 +141,8 @@ def steady_state(task: Any) -> None:
         task.super_hard_fraction = task.task_config.super_hard_fraction
     elif name == "SeLaVi" and task.task_config.variant == "offline":
         generator = torch.Generator().manual_seed(0)
-        task.labels.copy_(torch.randint(task.task_config.num_clusters, task.labels.shape, generator=generator))
+        task.label_bank.labels.copy_(torch.randint(task.task_config.num_clusters, task.label_bank.labels.shape,
+                                                   generator=generator))
         task.label_bank.labelings_done.fill_(1)
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avssl.metrics.clustering import clustering_scores
 from avssl.evaluation.linear_probe import fit_logistic_regression
+from avssl.losses.label_bank import labeling_steps
+from avssl.metrics.clustering import clustering_scores
 from avssl.tasks.pretext.avid_cma import AVIDCMA
-from avssl.tasks.pretext.selavi import SeLaVi, labeling_steps
+from avssl.tasks.pretext.selavi import SeLaVi
 
 REPO = Path(__file__).resolve().parents[1]
 
