@@ -2,7 +2,7 @@
 
 Does this frame go with this sound? Embeddings of both modalities are fused by the L³
 head (concatenate → FC → ReLU → FC) into one correspondence logit, trained with binary
-cross-entropy. Negatives (``task.negatives``):
+cross-entropy (``avssl.losses.correspondence``). Negatives (``task.negatives``):
 
 * ``paired``: the paper's sampling, one negative per positive: the clip's video with the
   audio of another clip of the batch.

@@ -1,17 +1,18 @@
 """AVID + CMA: cross-modal instance discrimination with memory banks, then cross-modal
 agreement positives (Morgado, Vasconcelos, Misra 2021; "Audio-Visual Instance Discrimination with Cross-Modal
-Agreement", CVPR 2021).
+Agreement", CVPR 2021). ``task.name: avid_cma`` (``avid``, its former name, still reads).
 
 AVID: each modality's embedding → projection MLP → 128-d, L2-normalised. Two memory banks
 (video, audio) hold one slot per training video, keyed by the shard ``index`` and updated
 with momentum from every rank's embeddings. The loss is NCE with a fixed normaliser Z
 (estimated on the first batch) over K negatives drawn uniformly from the other slots,
 cross-modal: video queries against the audio bank and audio queries against the video
-bank, ½ each. The objective is written once (``_instance_term``) and applied both ways.
+bank, ½ each (``avssl.losses.nce``). The objective is written once (``_instance_term``) and
+applied both ways.
 
 CMA (from ``task.cma_start_epoch``): every ``task.cma_resample_epochs`` epochs, each
 instance's positive set P_i is the top-k of ρ(i, j) = min(video cosine, audio cosine)
-between bank slots (agreement in both spaces); the loss becomes ½·AVID + ½·positive-set
+between bank slots (agreement in both spaces, ``avssl.losses.agreement``); the loss becomes ½·AVID + ½·positive-set
 NCE, within-modal (video query against video-bank positives P_i and negatives outside
 P_i ∪ {i}, likewise audio). The paper runs CMA as a second run loading the AVID
 checkpoint (weights, banks, Z); here both phases are one run with a switch epoch, which

@@ -7,10 +7,11 @@ modalities: labels come from Sinkhorn–Knopp (``avssl.losses.sinkhorn``, float6
 the mean of the two modalities' log-probabilities (the paper's P_v ⊙ P_a raised to λ/2),
 with Gaussian cluster-size marginals; both heads are trained with cross-entropy to it.
 
-Streaming instead of the paper's labelling passes: a per-head bank holds the latest
-log-probabilities of every training video (keyed by the shard ``index``, gathered across
-ranks, stored in float16). Epoch 0 only fills it (no gradient: it is the paper's pass of
-the random network over the data, and warms BatchNorm up); the labels are then solved
+Streaming instead of the paper's labelling passes: a per-head bank (``avssl.losses.label_bank``,
+in the checkpoint under ``label_bank.``) holds the latest log-probabilities of every training
+video (keyed by the shard ``index``, gathered across ranks, stored in float16). Epoch 0 only
+fills it (no gradient: it is the paper's pass of the random network over the data, and warms
+BatchNorm up); the labels are then solved
 ``task.num_labelings`` times, at steps spaced as (k / (n−1))^1.5 of the run (front-loaded,
 as in the paper), the first at the end of epoch 0. With ``task.contrastive_warmup_epochs``
 = W > 0 (not in the paper) the encoders first train W epochs with a cross-modal in-batch
@@ -26,8 +27,8 @@ Not implemented from the paper: modality alignment of the audio head's output un
 Cluster Assignments", NeurIPS 2020): each modality → projection MLP → 128-d, L2-normalised;
 K shared prototypes (unit norm, re-normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations,
 equipartition over the global batch) without gradient; cross-modal swapped prediction
-½ [CE(q_v, softmax(z_a Cᵀ/τ)) + CE(q_a, softmax(z_v Cᵀ/τ))]. No label bank, no index.
-Evaluation reads it as one head with logits zCᵀ/τ.
+½ [CE(q_v, softmax(z_a Cᵀ/τ)) + CE(q_a, softmax(z_v Cᵀ/τ))] (``avssl.losses.swapped_prediction``).
+No label bank, no index. Evaluation reads it as one head with logits zCᵀ/τ.
 """
 from __future__ import annotations
 
