@@ -34,14 +34,7 @@ from torch import nn
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.agreement import agreement_positives, excluded_from_negatives
 from avssl.losses.distributed import rank, world_size
-from avssl.losses.nce import (
-    MemoryBank,
-    NCENormaliser,
-    cross_modal_scores,
-    nce_loss,
-    sample_excluding,
-    softmax_instance_loss,
-)
+from avssl.losses.nce import MemoryBank, NCENormaliser, instance_discrimination_loss, sample_excluding
 from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
@@ -135,21 +128,11 @@ class AVIDCMA(PretextTask):
 
     def _instance_term(self, query: torch.Tensor, bank: MemoryBank, index: torch.Tensor, negatives: torch.Tensor,
                        normaliser: NCENormaliser, partner: torch.Tensor | None = None) -> torch.Tensor:
-        """One direction's loss. ``partner``: the other modality's embeddings of this batch
-        (cross-modal terms), used by ``task.positives: batch`` and ``task.batch_negatives``."""
+        """One direction's loss, as the recipe sets it. ``partner``: the other modality's
+        embeddings of this batch (cross-modal terms only)."""
         cfg: AVIDCMAConfig = self.task_config
-        pos, neg = cross_modal_scores(query, bank, index, negatives, cfg.temperature)
-        log_z_scores = neg  # Z is estimated on the bank negatives only
-        if partner is not None and (cfg.positives == "batch" or cfg.batch_negatives):
-            q, p = F.normalize(query, dim=1), F.normalize(partner, dim=1)
-            if cfg.positives == "batch":
-                pos = (q * p).sum(dim=1, keepdim=True) / cfg.temperature
-            if cfg.batch_negatives:  # pairs of two clips of one instance are never negatives
-                in_batch = (q @ p.T / cfg.temperature).masked_fill(index[:, None] == index[None, :], -float("inf"))
-                neg = torch.cat([neg, in_batch], dim=1)
-        if cfg.loss == "softmax":
-            return softmax_instance_loss(pos, neg)
-        return nce_loss(pos, neg, normaliser(log_z_scores))
+        return instance_discrimination_loss(query, bank, index, negatives, normaliser, cfg.temperature, cfg.loss,
+                                            partner, cfg.positives == "batch", cfg.batch_negatives)
 
     def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity in the shared projection space of the NCE objective."""

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO, AudioView
-from avssl.losses.contrastive import embedding_distance, margin_contrastive_loss
+from avssl.losses.contrastive import embedding_distance, in_batch_margin_loss, paired_margin_loss
 from avssl.losses.correspondence import paired_negative_permutation
 from avssl.losses.nce import cross_modal_info_nce
 from avssl.models.heads import MLP
@@ -177,11 +177,10 @@ class AVTS(PretextTask):
         d_pos = embedding_distance(v, a)
         d_neg = embedding_distance(v, negatives)
         if cfg.negatives == "in_batch":
-            loss = self._in_batch_loss(v, a, batch[INDEX], d_pos, d_neg, kinds)
+            loss = in_batch_margin_loss(v, a, batch[INDEX], d_pos, d_neg[kinds > 0],
+                                        self.hard_fraction + self.super_hard_fraction, cfg.margin)
         else:
-            distance = torch.cat([d_pos, d_neg])
-            in_sync = torch.cat([torch.ones(size, device=v.device), torch.zeros(size, device=v.device)])
-            loss = margin_contrastive_loss(distance, in_sync, cfg.margin)
+            loss = paired_margin_loss(d_pos, d_neg, cfg.margin)
         terms = {"margin": loss.detach()}
         if cfg.contrastive_weight:
             info_nce = cross_modal_info_nce(F.normalize(self.video_contrastive(video_features), dim=-1),
@@ -200,21 +199,6 @@ class AVTS(PretextTask):
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": terms,
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
-
-    def _in_batch_loss(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor, d_pos: torch.Tensor,
-                       d_neg: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-        """½·positives + ½·[(1 − h)·every other video's audio + h·same-video negatives]."""
-        margin = self.task_config.margin
-        distances = torch.cdist(F.normalize(v, dim=-1), F.normalize(a, dim=-1))
-        other_video = index[:, None] != index[None, :]
-        easy = margin_contrastive_loss(distances[other_video], torch.zeros_like(distances[other_video]), margin)
-        positive = margin_contrastive_loss(d_pos, torch.ones_like(d_pos), margin)
-        same_video = kinds > 0
-        if not bool(same_video.any()):
-            return 0.5 * (positive + easy)
-        hard = margin_contrastive_loss(d_neg[same_video], torch.zeros_like(d_neg[same_video]), margin)
-        share = self.hard_fraction + self.super_hard_fraction
-        return 0.5 * (positive + (1 - share) * easy + share * hard)
 
     def _sync_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict:
         video_features, v = self.embed_video(batch[VIDEO])
