@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from avssl.config import RecipeError, load_recipe
+from avssl.losses.agreement import agreement_positives
 from avssl.losses.nce import sample_excluding
 from avssl.tasks.pretext import build_pretext_task
 from avssl.tasks.pretext.avid_cma import AVIDCMA
@@ -158,3 +159,16 @@ def test_a_checkpoint_with_cma_positives_loads_for_evaluation(tmp_path: Path) ->
     loaded = load_pretext_task(path)
     assert torch.equal(loaded.positives, positives)
     assert not loaded.training
+
+
+def test_a_checkpoint_of_the_former_task_name_avid_loads_with_its_positive_sets(tmp_path: Path) -> None:
+    from avssl.tasks.pretext import load_pretext_task
+
+    trained = _avid("task.name=avid")
+    trained.positives = agreement_positives(trained.video_bank.bank, trained.audio_bank.bank, 4)
+    path = tmp_path / "avid.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams), "global_step": 0}, path)
+    loaded = load_pretext_task(path)
+    assert type(loaded) is AVIDCMA and loaded.task_config.name == "avid"
+    torch.testing.assert_close(loaded.positives, trained.positives)
+    torch.testing.assert_close(loaded.video_bank.bank, trained.video_bank.bank)

@@ -146,3 +146,19 @@ def test_checkpoint_with_the_banks_former_flat_keys_loads_into_the_label_bank() 
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value)
     assert int(fresh.label_bank.labelings_done) == 4
+
+
+def test_load_pretext_task_reads_a_checkpoint_written_before_the_bank_was_a_module(tmp_path: Path) -> None:
+    from avssl.tasks.pretext import load_pretext_task
+
+    trained = _selavi()
+    trained.label_bank.labels.random_(0, 3)
+    trained.label_bank.labelings_done.fill_(2)
+    former = {"label_bank.log_probs": "log_prob_bank", "label_bank.seen": "seen", "label_bank.labels": "labels",
+              "label_bank.labelings_done": "labelings_done"}
+    state = {former.get(key, key): value for key, value in trained.state_dict().items()}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(trained.hparams), "global_step": 0}, path)
+    loaded = load_pretext_task(path)
+    torch.testing.assert_close(loaded.label_bank.labels, trained.label_bank.labels)
+    assert int(loaded.label_bank.labelings_done) == 2
