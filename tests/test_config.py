@@ -167,3 +167,14 @@ def test_pretext_recipe_reads_a_loaded_recipe_and_a_checkpoints_dict_alike() -> 
     assert isinstance(loaded.task, AVIDCMAConfig) and isinstance(loaded.data, DataConfig)
     assert (loaded.task.loss, loaded.task.num_instances, loaded.data.batch_size, loaded.seed) == ("softmax", 50, 64, 3)
     assert PretextRecipe.read(to_plain(config), AVIDCMAConfig) == loaded
+
+
+def test_pretrain_refuses_a_bad_task_key_before_writing_anything(tmp_path: Path) -> None:
+    from avssl.pretrain import pretrain
+
+    run_dir = tmp_path / "run"
+    config = load_recipe(RECIPES / "synth" / "avc_small.yaml", ["task.scheduler=step", f"run_dir={run_dir}"])
+    with pytest.raises(RecipeError) as caught:
+        pretrain(config)
+    assert str(caught.value) == "task.scheduler must be one of 'cosine', 'none', got 'step'"
+    assert not run_dir.exists()

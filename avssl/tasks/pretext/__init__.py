@@ -27,10 +27,16 @@ def pretext_class(name: Any) -> type[PretextTask]:
     return PRETEXT_TASKS[name]
 
 
-def build_pretext_task(config: DictConfig | Mapping[str, Any]) -> PretextTask:
-    """The task of a recipe (``load_recipe``'s, or a checkpoint's plain dict), read once."""
-    task_class = pretext_class((config.get("task") or {}).get("name"))
-    return task_class(PretextRecipe.read(config, task_class.config_class))
+def read_pretext_recipe(config: DictConfig | Mapping[str, Any]) -> PretextRecipe:
+    """A pretraining recipe (``load_recipe``'s, or a checkpoint's plain dict) read once, its
+    ``task`` section against the schema of the method it names."""
+    return PretextRecipe.read(config, pretext_class((config.get("task") or {}).get("name")).config_class)
+
+
+def build_pretext_task(config: PretextRecipe | DictConfig | Mapping[str, Any]) -> PretextTask:
+    """The task of a recipe read once (or of a recipe, read here)."""
+    recipe = config if isinstance(config, PretextRecipe) else read_pretext_recipe(config)
+    return pretext_class(recipe.task.name)(recipe)
 
 
 def load_pretext_task(checkpoint: str | Path) -> PretextTask:
