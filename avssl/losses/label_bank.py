@@ -1,7 +1,7 @@
 """SeLaVi's label bank ("Labelling Unlabelled Videos from Scratch with Multi-modal
 Self-supervision", NeurIPS 2020, §3): the latest joint log-probabilities of every training
 video per head, and the labels Sinkhorn–Knopp solves from them under Gaussian cluster-size
-marginals, at front-loaded steps of the run. A module, so that all of it is in the
+marginals, at front-loaded steps of the run, and the loss against those labels. A module, so that all of it is in the
 checkpoint under ``label_bank.``; identical on every rank (writes are gathered)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avssl.losses.distributed import gather, rank
@@ -56,6 +57,14 @@ def check_cluster_sizes(result: SinkhornResult, marginal: torch.Tensor, head: in
         raise RuntimeError(f"{message}: the labels do not follow the cluster-size marginal; lower task.lam")
     if rank() == 0:
         logger.warning("%s; the labels are used", message)
+
+
+def shared_label_loss(video_logits: torch.Tensor, audio_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """½ [CE(video heads, labels) + CE(audio heads, labels)] of H×B×K logits against H×B
+    labels shared by both modalities, averaged over heads and clips."""
+    k = video_logits.shape[-1]
+    return 0.5 * (F.cross_entropy(video_logits.reshape(-1, k), targets.reshape(-1))
+                  + F.cross_entropy(audio_logits.reshape(-1, k), targets.reshape(-1)))
 
 
 class LabelBank(nn.Module):

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from avssl.losses import label_bank as label_bank_module
-from avssl.losses.label_bank import LabelBank, check_cluster_sizes, gaussian_marginal, labeling_steps
+from avssl.losses.label_bank import (
+    LabelBank,
+    check_cluster_sizes,
+    gaussian_marginal,
+    labeling_steps,
+    shared_label_loss,
+)
 from avssl.losses.sinkhorn import SinkhornResult
 
 
@@ -83,3 +89,12 @@ def test_write_stores_the_rows_of_the_batch_and_relabel_at_labels_once_a_step() 
     bank.relabel_at(5, schedule=[5, 9])  # the same step again (gradient accumulation): labelled once
     assert int(bank.labelings_done) == 1 and bank.targets(torch.tensor([4, 1])).shape == (2, 2)
     assert (bank.labels >= 0).all()
+
+
+def test_shared_label_loss_by_hand() -> None:
+    g = torch.Generator().manual_seed(0)
+    video, audio = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    labels = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    by_hand = sum(-0.5 * (video[h, b].log_softmax(0)[labels[h, b]] + audio[h, b].log_softmax(0)[labels[h, b]])
+                  for h in range(2) for b in range(3)) / 6
+    assert shared_label_loss(video, audio, labels).item() == pytest.approx(by_hand.item(), rel=1e-6)

@@ -41,7 +41,7 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.losses.distributed import gather
-from avssl.losses.label_bank import LabelBank, labeling_steps
+from avssl.losses.label_bank import LabelBank, labeling_steps, shared_label_loss
 from avssl.losses.nce import cross_modal_info_nce
 from avssl.losses.swapped_prediction import swapped_prediction_loss
 from avssl.metrics.clustering import clustering_scores
@@ -186,9 +186,7 @@ class SeLaVi(PretextTask):
             loss = 0.0 * (video_logits.sum() + audio_logits.sum())
         else:
             targets = self.label_bank.targets(index)  # H×B
-            k = video_logits.shape[-1]
-            loss = 0.5 * (F.cross_entropy(video_logits.reshape(-1, k), targets.reshape(-1))
-                          + F.cross_entropy(audio_logits.reshape(-1, k), targets.reshape(-1)))
+            loss = shared_label_loss(video_logits, audio_logits, targets)
             if cfg.contrastive_weight:
                 loss = loss + cfg.contrastive_weight * self._info_nce(video_features, audio_features)
             elif cfg.contrastive_warmup_epochs:  # the warm-up projections stay in the graph for DDP, at zero gradient
