@@ -6,7 +6,6 @@ checkpoint under ``label_bank.``; identical on every rank (writes are gathered).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +73,8 @@ class LabelBank(nn.Module):
     of the cluster sizes (0: equipartition); ``seed``: their draws."""
 
     #: the buffers' names when they were attributes of the SeLaVi task (checkpoints before the bank was a module)
-    FLAT_NAMES = {"log_prob_bank": "log_probs", "seen": "seen", "labels": "labels",
-                  "labelings_done": "labelings_done"}
+    FORMER_NAMES = {"log_prob_bank": "log_probs", "seen": "seen", "labels": "labels",
+                    "labelings_done": "labelings_done"}
 
     def __init__(self, num_heads: int, num_instances: int, num_clusters: int, lam: float, marginal_std: float,
                  seed: int) -> None:
@@ -127,15 +126,4 @@ class LabelBank(nn.Module):
             check_cluster_sizes(result, marginal, head)
             self.labels[head] = result.labels
         self.labelings_done += 1
-
-    @classmethod
-    def rename_flat_keys(cls, attribute: str) -> Any:
-        """A load-state-dict pre-hook for the module that holds the bank as ``attribute``:
-        a checkpoint written when these were the task's own buffers (``log_prob_bank``, ``seen``,
-        ``labels``, ``labelings_done``) loads into ``<attribute>.<name>``."""
-        def hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-            for old, new in cls.FLAT_NAMES.items():
-                if prefix + old in state_dict:
-                    state_dict[f"{prefix}{attribute}.{new}"] = state_dict.pop(prefix + old)
-        return hook
 

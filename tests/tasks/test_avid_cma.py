@@ -59,8 +59,8 @@ def test_cma_adds_the_positive_set_term_after_its_start_epoch(monkeypatch: pytes
     assert set(model.losses(v, a, index)) == {"xid"}
     monkeypatch.setattr(type(model), "current_epoch", property(lambda self: 1))
     model.on_train_epoch_start()
-    assert model.positives.shape == (50, 4)
-    assert not (model.positives == torch.arange(50)[:, None]).any(), "an instance is never its own positive"
+    assert model.positives.indices.shape == (50, 4)
+    assert not (model.positives.indices == torch.arange(50)[:, None]).any(), "an instance is never its own positive"
     terms = model.losses(v, a, index)
     assert set(terms) == {"xid", "cma"} and torch.isfinite(terms["cma"])
 
@@ -151,24 +151,26 @@ def test_a_checkpoint_with_cma_positives_loads_for_evaluation(tmp_path: Path) ->
     from avssl.tasks.pretext import load_pretext_task
 
     task = _avid()
-    assert task.positives.shape[0] == 0
+    assert task.positives.indices.shape[0] == 0
     positives = torch.randint(task.task_config.num_instances, (task.task_config.num_instances, 3))
-    task.positives = positives
+    task.positives.indices = positives
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"config": task.hparams["config"]}}, path)
     loaded = load_pretext_task(path)
-    assert torch.equal(loaded.positives, positives)
+    assert torch.equal(loaded.positives.indices, positives)
     assert not loaded.training
 
 
-def test_a_checkpoint_of_the_former_task_name_avid_loads_with_its_positive_sets(tmp_path: Path) -> None:
+def test_a_checkpoint_of_the_former_layout_loads_its_name_and_positive_sets(tmp_path: Path) -> None:
+    # before the rename: task.name avid, and the positive sets a buffer of the task ("positives")
     from avssl.tasks.pretext import load_pretext_task
 
     trained = _avid("task.name=avid")
-    trained.positives = agreement_positives(trained.video_bank.bank, trained.audio_bank.bank, 4)
+    trained.positives.indices = agreement_positives(trained.video_bank.bank, trained.audio_bank.bank, 4)
+    state = {("positives" if key == "positives.indices" else key): value for key, value in trained.state_dict().items()}
     path = tmp_path / "avid.ckpt"
-    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams), "global_step": 0}, path)
+    torch.save({"state_dict": state, "hyper_parameters": dict(trained.hparams), "global_step": 0}, path)
     loaded = load_pretext_task(path)
     assert type(loaded) is AVIDCMA and loaded.task_config.name == "avid"
-    torch.testing.assert_close(loaded.positives, trained.positives)
+    torch.testing.assert_close(loaded.positives.indices, trained.positives.indices)
     torch.testing.assert_close(loaded.video_bank.bank, trained.video_bank.bank)

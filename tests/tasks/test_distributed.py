@@ -35,8 +35,8 @@ def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool) -> N
     torch.manual_seed(0)
     model = AVIDCMA(OmegaConf.to_container(config, resolve=True))
     if cma:
-        model.positives = torch.stack([torch.arange(1, 5) + i for i in range(40)]) % 40
-        model.positives = model.positives.sort(dim=1).values
+        positives = torch.stack([torch.arange(1, 5) + i for i in range(40)]) % 40
+        model.positives.indices = positives.sort(dim=1).values
     g = torch.Generator().manual_seed(1)
     per_rank = GLOBAL_BATCH // world
     results = []

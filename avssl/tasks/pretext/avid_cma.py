@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.losses.agreement import agreement_positives, excluded_from_negatives
+from avssl.losses.agreement import PositiveSets, excluded_from_negatives
 from avssl.losses.distributed import rank, world_size
 from avssl.losses.nce import MemoryBank, NCENormaliser, instance_discrimination_loss, sample_excluding
+from avssl.losses.state import load_former_keys
 from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
@@ -98,15 +99,9 @@ class AVIDCMA(PretextTask):
         self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed)
         self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed + 1)
         self.normalisers = nn.ModuleDict({name: NCENormaliser() for name in ("v2a", "a2v", "v2v", "a2a")})
-        # CMA's positive sets P_i (N×k, from agreement_positives); empty until CMA starts
-        self.register_buffer("positives", torch.zeros(0, cfg.cma_positives, dtype=torch.long))
-
-    # -- state that changes shape (positive sets appear when CMA starts) ------------------------
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        stored = checkpoint["state_dict"].get("positives")
-        if stored is not None:
-            self.positives = torch.zeros_like(stored)
+        self.positives = PositiveSets(cfg.cma_positives, cfg.cma_chunk)  # CMA's P_i, solved when CMA starts
+        # checkpoints from before the positive sets were a module
+        self.register_load_state_dict_pre_hook(load_former_keys({"positives": "positives.indices"}))
 
     @property
     def cma_active(self) -> bool:
@@ -117,10 +112,9 @@ class AVIDCMA(PretextTask):
         cfg: AVIDCMAConfig = self.task_config
         if not self.cma_active:
             return
-        if self.positives.numel() == 0 or (self.current_epoch - cfg.cma_start_epoch) % cfg.cma_resample_epochs == 0:
+        if not self.positives.solved or (self.current_epoch - cfg.cma_start_epoch) % cfg.cma_resample_epochs == 0:
             # Banks are identical on every rank (updates gather), so is this.
-            self.positives = agreement_positives(self.video_bank.bank, self.audio_bank.bank, cfg.cma_positives,
-                                                 cfg.cma_chunk)
+            self.positives.solve(self.video_bank.bank, self.audio_bank.bank)
 
     # -- loss -------------------------------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -150,7 +144,7 @@ class AVIDCMA(PretextTask):
                           + self._instance_term(a, self.video_bank, index, negatives, self.normalisers["a2v"], v)),
         }
         if self.cma_active:
-            positives = self.positives[index]  # B×k, sorted
+            positives = self.positives.indices[index]  # B×k, sorted
             within = sample_excluding(excluded_from_negatives(positives, index), cfg.num_instances,
                                       cfg.cma_negatives, generator, **split)
             terms["cma"] = 0.5 * (

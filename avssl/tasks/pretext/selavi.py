@@ -43,6 +43,7 @@ from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.losses.distributed import gather
 from avssl.losses.label_bank import LabelBank, labeling_steps, shared_label_loss
 from avssl.losses.nce import cross_modal_info_nce
+from avssl.losses.state import load_former_keys
 from avssl.losses.swapped_prediction import swapped_prediction_loss
 from avssl.metrics.clustering import clustering_scores
 from avssl.models.heads import MLP
@@ -110,7 +111,8 @@ class SeLaVi(PretextTask):
         self.audio_heads = nn.ModuleList(cluster_head(self.audio_encoder.embedding_dim, k, cfg.head_dropout)
                                        for _ in range(cfg.num_heads))
         self.label_bank = LabelBank(cfg.num_heads, cfg.num_instances, k, cfg.lam, cfg.marginal_std, self.seed)
-        self.register_load_state_dict_pre_hook(LabelBank.rename_flat_keys("label_bank"))
+        self.register_load_state_dict_pre_hook(  # checkpoints from before the bank was a module
+            load_former_keys({former: f"label_bank.{name}" for former, name in LabelBank.FORMER_NAMES.items()}))
         if cfg.contrastive_warmup_epochs:
             self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
                                              batchnorm=True)
