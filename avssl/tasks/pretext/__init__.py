@@ -47,7 +47,7 @@ def load_pretext_task(checkpoint: str | Path) -> PretextTask:
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)  # weights_only=True: a file that needs pickle is refused
     task = build_pretext_task(_recipe(ckpt, path))
-    # as Lightning does before the weights: state whose shape training set (CMA's positive sets)
+    # as Lightning does before the weights (a smoke run's checkpoint is refused for a real recipe and vice versa)
     task.on_load_checkpoint(ckpt)
     _load_strict(task, ckpt["state_dict"], str(path))
     return task.eval()
