@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avssl.config import RecipeError
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.agreement import PositiveSets, excluded_from_negatives
 from avssl.losses.distributed import rank, world_size
@@ -91,8 +92,8 @@ class AVIDCMA(PretextTask):
         self.require_both_encoders()
         cfg: AVIDCMAConfig = self.task_config
         self.resolve_num_instances()
-        if cfg.num_negatives >= cfg.num_instances:
-            raise ValueError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
+        if cfg.num_negatives >= cfg.num_instances:  # known once the manifest is read: not a schema check
+            raise RecipeError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
                              f"instances ({cfg.num_instances})")
         self.video_head = projection_head(self.video_encoder.embedding_dim, cfg)
         self.audio_head = projection_head(self.audio_encoder.embedding_dim, cfg)
