@@ -181,6 +181,16 @@ def _did_you_mean(name: str, known: Sequence[str], section: str = "") -> str:
     return f" (did you mean '{section}{match[0]}'?)" if match else ""
 
 
+def literal_choices(declared: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` field (or ``Literal[...] | None``) allows; () for other types."""
+    base = _without_none(declared)
+    return typing.get_args(base) if typing.get_origin(base) is typing.Literal else ()
+
+
+def _one_of_words(choices: Sequence[Any]) -> str:
+    return "one of " + ", ".join(repr(c) for c in choices)
+
+
 def _check_schema(node: DictConfig, schema: type, where: str, prefix: str = "") -> DictConfig:
     structured = OmegaConf.structured(schema)
     OmegaConf.set_readonly(structured, False)
@@ -197,6 +207,10 @@ def _check_schema(node: DictConfig, schema: type, where: str, prefix: str = "") 
         if error.full_key:
             value = _plain_value(OmegaConf.select(node, str(error.full_key)))
             declared = _field_type(schema, str(error.full_key))
+            choices = literal_choices(declared)
+            if choices:
+                raise RecipeError(f"{prefix}{error.full_key} must be {_one_of_words(choices)}, got {_show(value)}") \
+                    from None
             if declared is not None:
                 raise RecipeError(f"{prefix}{error.full_key}: {_show(value)} is not {_kind(declared)}") from None
         raise RecipeError(f"{where}: bad value for '{prefix}{error.full_key}': {error.msg}") from None
@@ -262,7 +276,7 @@ def number(low: float = -math.inf, high: float = math.inf, low_open: bool = Fals
 
 def one_of(choices: Sequence[Any], kind: str, nullable: bool = False) -> Accepts:
     return Accepts(kind, lambda v: not isinstance(v, bool) and isinstance(v, (int, str)), lambda v: v in choices,
-                   "one of " + ", ".join(repr(c) for c in choices), nullable)
+                   _one_of_words(choices), nullable)
 
 
 FRACTION = number(0, 1)
@@ -331,6 +345,9 @@ VALUE_RULES: dict[str, Accepts] = {
     "task.lr": POSITIVE,
     "task.weight_decay": NON_NEGATIVE,
     "task.warmup_epochs": integer(0),
+    "task.contrastive_warmup_epochs": integer(0),
+    "task.contrastive_weight": NON_NEGATIVE,
+    "task.contrastive_temperature": POSITIVE,
     "probe.batch_size": integer(1),
     "probe.max_iter": integer(1),
     "probe.train_clips_per_video": integer(1),
@@ -466,7 +483,7 @@ def smoke_phases(task: Any) -> tuple[int, dict[str, Any]]:
     name, changes = task.get("name"), {}
     if name == "avts":
         changes["hard_start_epoch"] = min(int(task.get("hard_start_epoch", 1)), 1)
-    elif name == "avid" and task.get("cma_start_epoch") is not None:
+    elif name in ("avid_cma", "avid") and task.get("cma_start_epoch") is not None:  # avid: its former name
         changes.update(cma_start_epoch=min(int(task.cma_start_epoch), 1), cma_resample_epochs=1)
     elif name == "selavi" and task.get("variant", "offline") == "offline":
         changes["contrastive_warmup_epochs"] = min(int(task.get("contrastive_warmup_epochs", 0)), 1)

@@ -28,11 +28,12 @@ METHODS: dict[str, tuple[str, str]] = {
     "avc": ("Audio-Visual Correspondence (AVC)", "Look, Listen and Learn"),
     "avts": ("Audio-Visual Temporal Synchronization (AVTS)",
              "Cooperative Learning of Audio and Video Models from Self-Supervised Synchronization"),
-    "avid": ("Audio-Visual Instance Discrimination with Cross-Modal Agreement (AVID+CMA)",
-             "Audio-Visual Instance Discrimination with Cross-Modal Agreement"),
+    "avid_cma": ("Audio-Visual Instance Discrimination with Cross-Modal Agreement (AVID+CMA)",
+                 "Audio-Visual Instance Discrimination with Cross-Modal Agreement"),
     "selavi": ("Self-Labelling Videos (SeLaVi)",
                "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision"),
 }
+METHODS["avid"] = METHODS["avid_cma"]  # task.name of AVID+CMA checkpoints written before its rename
 # CSV columns that describe the run's speed or schedule, not what it learned.
 _NOT_FIGURES = ("lr-", "perf/", "epoch", "step")
 

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from avssl.config import RecipeError, data_config, to_plain
+from avssl.config import RecipeError, to_plain
 from avssl.csv_log import ResumableCSVLogger
 from avssl.data.compatibility import check_shards_fit_recipe
 from avssl.data.datamodule import AVDataModule
@@ -247,8 +247,9 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
     # ShardStream.__len__ is exact by construction (equal batches per worker and rank).
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
     from avssl.tasks.monitors import build_monitors
-    from avssl.tasks.pretext import build_pretext_task
+    from avssl.tasks.pretext import build_pretext_task, read_pretext_recipe
 
+    recipe = read_pretext_recipe(config)  # read once, for the task and its data module; a bad task key stops here
     run_dir = Path(config.run_dir)
     resume, resumed_at = resolve_resume(config.resume, run_dir) or (None, None)  # vetted before anything is written
     if resume:
@@ -257,9 +258,9 @@ def pretrain(config: DictConfig) -> dict[str, Any]:
         remove_stale_temporaries(run_dir)
     save_resolved(config, run_dir)
     pl.seed_everything(config.seed, workers=True)
-    task = build_pretext_task(to_plain(config))
+    task = build_pretext_task(recipe)
     speed_up_encoders(task, config.model.channels_last, config.model.compile)
-    datamodule = AVDataModule(data_config(config), views=task.views(), eval_views=task.eval_views())
+    datamodule = AVDataModule(recipe.data, views=task.views(), eval_views=task.eval_views())
     check_shards_fit_recipe(config, datamodule.views)  # warns, or stops, naming the `avssl shards` flags
     checkpoints = checkpoint_callbacks(config, run_dir)
     trainer_args = dict(OmegaConf.to_container(config.trainer, resolve=True))

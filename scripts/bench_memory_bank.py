@@ -12,8 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from avssl.losses.agreement import agreement_positives
 from avssl.losses.nce import MemoryBank, cross_modal_scores, nce_loss, sample_excluding
-from avssl.tasks.pretext.avid import agreement_positives
 
 
 def timed(fn, device: str, repeat: int) -> float:

@@ -127,7 +127,7 @@ def build_task(recipe: str, overrides: Sequence[str], num_instances: int) -> tup
     config = load_recipe(recipe, list(overrides))
     plain = to_plain(config)
     task_section = plain.setdefault("task", {})
-    if task_section.get("name") in ("avid", "selavi") and task_section.get("num_instances") is None:
+    if task_section.get("name") in ("avid_cma", "avid", "selavi") and task_section.get("num_instances") is None:
         task_section["num_instances"] = num_instances
     return build_pretext_task(plain), config
 
@@ -141,8 +141,9 @@ def steady_state(task: Any) -> None:
         task.super_hard_fraction = task.task_config.super_hard_fraction
     elif name == "SeLaVi" and task.task_config.variant == "offline":
         generator = torch.Generator().manual_seed(0)
-        task.labels.copy_(torch.randint(task.task_config.num_clusters, task.labels.shape, generator=generator))
-        task.labelings_done.fill_(1)
+        task.label_bank.labels.copy_(torch.randint(task.task_config.num_clusters, task.label_bank.labels.shape,
+                                                   generator=generator))
+        task.label_bank.labelings_done.fill_(1)
 
 
 def make_optimizer(task: Any) -> torch.optim.Optimizer:

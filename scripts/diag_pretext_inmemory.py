@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from avssl.evaluation.linear_probe import fit_logistic_regression
+from avssl.losses.label_bank import labeling_steps
 from avssl.metrics.clustering import clustering_scores
-from avssl.tasks.pretext.avid import AVID
-from avssl.tasks.pretext.selavi import SeLaVi, labeling_steps
+from avssl.tasks.pretext.avid_cma import AVIDCMA
+from avssl.tasks.pretext.selavi import SeLaVi
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ config = {"seed": seed,
           "model": {"video_encoder": {"name": "small3d"}, "audio_encoder": {"name": "small2d"}},
           "task": {"name": method, "num_instances": n, **task}}
 if method == "avid":
-    T = AVID
+    T = AVIDCMA
     config["task"].setdefault("projection_hidden", 128)
 else:
     T = SeLaVi

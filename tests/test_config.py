@@ -137,3 +137,44 @@ def test_section_values_and_post_init_refusals_are_recipe_errors() -> None:
     with pytest.raises(RecipeError) as caught:
         check_section(config, "separation", SeparationConfig)
     assert str(caught.value) == "separation.steps must be an integer >= 1, got 0"
+
+
+def test_task_choices_are_literal_fields_checked_where_the_recipe_is_read() -> None:
+    from avssl.tasks.pretext import build_pretext_task
+
+    config = load_recipe(RECIPES / "synth" / "avc_small.yaml", ["task.optimizer=rmsprop"])
+    with pytest.raises(RecipeError) as caught:
+        check_section(config, "task", AVCConfig)
+    assert str(caught.value) == "task.optimizer must be one of 'adam', 'adamw', 'sgd', got 'rmsprop'"
+    config = load_recipe(RECIPES / "synth" / "avc_small.yaml", ["task.negatives=hard"])
+    with pytest.raises(RecipeError) as caught:
+        build_pretext_task(config)
+    assert str(caught.value) == "task.negatives must be one of 'paired', 'in_batch', got 'hard'"
+    config = load_recipe(RECIPES / "synth" / "avc_small.yaml", ["task.name=avcc"])
+    with pytest.raises(RecipeError) as caught:
+        build_pretext_task(config)
+    assert str(caught.value) == "task.name must be one of ['avc', 'avid_cma', 'avts', 'selavi'], got 'avcc'"
+
+
+def test_pretext_recipe_reads_a_loaded_recipe_and_a_checkpoints_dict_alike() -> None:
+    from avssl.config import to_plain
+    from avssl.data.datamodule import DataConfig
+    from avssl.tasks.pretext.avid_cma import AVIDCMAConfig
+    from avssl.tasks.pretext.base import PretextRecipe
+
+    config = load_recipe(RECIPES / "synth" / "avid_cma_small.yaml", ["task.num_instances=50", "seed=3"])
+    loaded = PretextRecipe.read(config, AVIDCMAConfig)
+    assert isinstance(loaded.task, AVIDCMAConfig) and isinstance(loaded.data, DataConfig)
+    assert (loaded.task.loss, loaded.task.num_instances, loaded.data.batch_size, loaded.seed) == ("softmax", 50, 64, 3)
+    assert PretextRecipe.read(to_plain(config), AVIDCMAConfig) == loaded
+
+
+def test_pretrain_refuses_a_bad_task_key_before_writing_anything(tmp_path: Path) -> None:
+    from avssl.pretrain import pretrain
+
+    run_dir = tmp_path / "run"
+    config = load_recipe(RECIPES / "synth" / "avc_small.yaml", ["task.scheduler=step", f"run_dir={run_dir}"])
+    with pytest.raises(RecipeError) as caught:
+        pretrain(config)
+    assert str(caught.value) == "task.scheduler must be one of 'cosine', 'none', got 'step'"
+    assert not run_dir.exists()

@@ -140,10 +140,10 @@ def _phase(task: PretextTask, outputs: dict) -> str:
     if name == "avts":
         drawn = set(task.smoke_kinds.tolist())
         return "+".join(kind for code, kind in enumerate(("easy", "hard", "super_hard")) if code in drawn)
-    if name == "avid":
+    if name == "avid_cma":
         return "avid+cma" if "cma" in outputs["terms"] else "avid"
     if name == "selavi":
-        return "labels" if int(task.labelings_done) > 0 else "bank fill"
+        return "labels" if task.label_bank.has_labels else "bank fill"
     return name
 
 

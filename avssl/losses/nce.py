@@ -12,6 +12,7 @@ which stays finite for any score.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -152,4 +153,30 @@ def cross_modal_scores(query: torch.Tensor, bank: MemoryBank, positive_index: to
     return pos, neg
 
 
-__all__ = ["nce_loss", "softmax_instance_loss", "NCENormaliser", "MemoryBank", "cross_modal_scores", "sample_excluding"]
+
+def instance_discrimination_loss(query: torch.Tensor, bank: MemoryBank, index: torch.Tensor,
+                                 negatives: torch.Tensor, normaliser: NCENormaliser, temperature: float,
+                                 loss: Literal["nce", "softmax"] = "nce", partner: torch.Tensor | None = None,
+                                 batch_positives: bool = False, batch_negatives: bool = False) -> torch.Tensor:
+    """One direction of AVID's instance discrimination: queries (B×D) against their bank
+    slots ``index`` (B, or B×P positive sets) and the ``negatives`` slots (B×K), by NCE with
+    ``normaliser``'s Z (estimated on the bank negatives only) or, ``loss="softmax"``, InfoNCE.
+    ``partner``: the other modality's embeddings of this batch; ``batch_positives`` takes the
+    positive from it instead of the bank, ``batch_negatives`` adds its other clips as
+    negatives (pairs of two clips of one instance never are)."""
+    pos, neg = cross_modal_scores(query, bank, index, negatives, temperature)
+    log_z_scores = neg  # Z is estimated on the bank negatives only
+    if partner is not None and (batch_positives or batch_negatives):
+        q, p = F.normalize(query, dim=1), F.normalize(partner, dim=1)
+        if batch_positives:
+            pos = (q * p).sum(dim=1, keepdim=True) / temperature
+        if batch_negatives:
+            in_batch = (q @ p.T / temperature).masked_fill(index[:, None] == index[None, :], -float("inf"))
+            neg = torch.cat([neg, in_batch], dim=1)
+    if loss == "softmax":
+        return softmax_instance_loss(pos, neg)
+    return nce_loss(pos, neg, normaliser(log_z_scores))
+
+
+__all__ = ["nce_loss", "softmax_instance_loss", "NCENormaliser", "MemoryBank", "cross_modal_scores", "sample_excluding",
+           "instance_discrimination_loss"]

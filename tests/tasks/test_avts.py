@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from avssl.config import load_recipe
+from avssl.config import RecipeError, load_recipe
 from avssl.losses.contrastive import embedding_distance
 from avssl.tasks.pretext.avts import AVTS, AVTSCurriculum
 
@@ -41,7 +41,7 @@ def test_task_declares_a_non_overlapping_hard_view_and_the_curriculum_callback()
     assert "audio_superhard" not in views, "super-hard negatives are off by default"
     assert any(isinstance(c, AVTSCurriculum) for c in model.configure_callbacks())
     assert "audio_superhard" in _avts("task.super_hard=true").views().audio
-    with pytest.raises(ValueError, match="needs task.super_hard=true"):
+    with pytest.raises(RecipeError, match=r"^task\.super_hard_fraction > 0 needs task\.super_hard=true"):
         _avts("task.super_hard_fraction=0.1")
 
 
@@ -140,5 +140,9 @@ def test_contrastive_weight_adds_the_info_nce_to_the_margin_loss() -> None:
     assert set(losses[0.5]["terms"]) == {"margin", "info_nce"}
     assert losses[0.5]["loss"].item() == pytest.approx(losses[0.0]["loss"].item() + 0.5 * info_nce.item(), rel=1e-5)
     assert (v @ a.T).std() > 0.01, "scores that differ: the temperature matters"
-    with pytest.raises(ValueError, match="contrastive_weight must be ≥ 0"):
+    with pytest.raises(RecipeError) as caught:
         _avts("task.contrastive_weight=-1")
+    assert str(caught.value) == "task.contrastive_weight must be a number >= 0, got -1"
+    with pytest.raises(RecipeError) as caught:
+        _avts("task.contrastive_temperature=0")
+    assert str(caught.value) == "task.contrastive_temperature must be a number > 0, got 0"

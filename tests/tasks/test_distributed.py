@@ -20,7 +20,7 @@ GLOBAL_BATCH = 8
 
 
 def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool) -> None:
-    from avssl.tasks.pretext.avid import AVID
+    from avssl.tasks.pretext.avid_cma import AVIDCMA
 
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -33,10 +33,10 @@ def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool) -> N
                  f"task.cma_start_epoch={0 if cma else 'null'}", "task.projection_norm=none"]
     config = load_recipe(RECIPES / "synth" / "avid_cma_small.yaml", overrides)
     torch.manual_seed(0)
-    model = AVID(OmegaConf.to_container(config, resolve=True))
+    model = AVIDCMA(OmegaConf.to_container(config, resolve=True))
     if cma:
-        model.positives = torch.stack([torch.arange(1, 5) + i for i in range(40)]) % 40
-        model.positives = model.positives.sort(dim=1).values
+        positives = torch.stack([torch.arange(1, 5) + i for i in range(40)]) % 40
+        model.positives.indices = positives.sort(dim=1).values
     g = torch.Generator().manual_seed(1)
     per_rank = GLOBAL_BATCH // world
     results = []
@@ -99,8 +99,8 @@ def _sinkhorn_and_selavi(rank: int, world: int, init_file: str, out: str) -> Non
                           "task.contrastive_weight=0.0"])
     torch.manual_seed(0)
     model = SeLaVi(OmegaConf.to_container(config, resolve=True))
-    model.labels.copy_(torch.randint(0, 3, (2, 16), generator=g))
-    model.labelings_done.fill_(1)
+    model.label_bank.labels.copy_(torch.randint(0, 3, (2, 16), generator=g))
+    model.label_bank.labelings_done.fill_(1)
     video = torch.randn(GLOBAL_BATCH, 3, 1, 32, 32, generator=g)
     audio = torch.randn(GLOBAL_BATCH, 1, 64, 101, generator=g)
     index = torch.randperm(16, generator=g)[:GLOBAL_BATCH]
@@ -116,8 +116,8 @@ def _sinkhorn_and_selavi(rank: int, world: int, init_file: str, out: str) -> Non
         grads /= world
         dist.all_reduce(loss_sum := loss.detach().clone())
         loss = loss_sum / world
-    torch.save({"plan": plan, "loss": loss.detach(), "grads": grads, "bank": model.log_prob_bank.clone(),
-                "seen": model.seen.clone()}, os.path.join(out, f"sk_rank{rank}_of{world}.pt"))
+    torch.save({"plan": plan, "loss": loss.detach(), "grads": grads, "bank": model.label_bank.log_probs.clone(),
+                "seen": model.label_bank.seen.clone()}, os.path.join(out, f"sk_rank{rank}_of{world}.pt"))
     if world > 1:
         dist.destroy_process_group()
 

@@ -2,7 +2,7 @@
 
 Does this frame go with this sound? Embeddings of both modalities are fused by the L³
 head (concatenate → FC → ReLU → FC) into one correspondence logit, trained with binary
-cross-entropy. Negatives (``task.negatives``):
+cross-entropy (``avssl.losses.correspondence``). Negatives (``task.negatives``):
 
 * ``paired``: the paper's sampling, one negative per positive: the clip's video with the
   audio of another clip of the batch.
@@ -23,23 +23,25 @@ sooner (docs/methods/avc.md). ``none`` is the paper's head as published.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.tasks.pretext.base import PretextTask, TaskConfig, paired_negative_permutation
+from avssl.losses.correspondence import balanced_pair_bce, paired_bce, paired_negative_permutation
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
 @dataclass
 class AVCConfig(TaskConfig):
     name: str = "avc"
-    negatives: str = "in_batch"  # paired | in_batch
-    head: str = "l3"  # l3 (concatenate → MLP, L³-Net) | distance (AVE-Net, "Objects that Sound", ECCV 2018)
+    negatives: Literal["paired", "in_batch"] = "in_batch"
+    head: Literal["l3", "distance"] = "l3"  # l3: concatenate → MLP (L³-Net); distance: AVE-Net ("Objects that Sound")
     fusion_hidden: int = 128
     embedding_dim: int = 128  # the distance head's projection size
-    embedding_norm: str = "batchnorm"  # batchnorm | none: standardise each embedding before the head
+    embedding_norm: Literal["batchnorm", "none"] = "batchnorm"  # standardise each embedding before the head
 
 
 class DistanceHead(nn.Module):
@@ -92,44 +94,19 @@ class PairwiseFusion(nn.Module):
         return self.out(F.relu(hidden)).squeeze(-1)
 
 
-def balanced_pair_bce(logits: torch.Tensor, same_instance: torch.Tensor) -> torch.Tensor:
-    """BCE over a B×B logit matrix: the diagonal is positive, pairs of other instances
-    negative (pairs of the same instance off the diagonal are ignored); both classes
-    weigh the same in total."""
-    batch = logits.shape[0]
-    positive = torch.eye(batch, dtype=torch.bool, device=logits.device)
-    negative = ~same_instance
-    loss_pos = F.binary_cross_entropy_with_logits(logits[positive], torch.ones(batch, device=logits.device))
-    neg_logits = logits[negative]
-    if neg_logits.numel() == 0:  # every clip of the batch comes from one video
-        return loss_pos
-    loss_neg = F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
-    return 0.5 * (loss_pos + loss_neg)
-
-
 class AVC(PretextTask):
     config_class = AVCConfig
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, recipe: PretextRecipe | dict) -> None:
+        super().__init__(recipe)
         self.require_both_encoders()
         cfg: AVCConfig = self.task_config
-        if cfg.negatives not in ("paired", "in_batch"):
-            raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
         dims = (self.video_encoder.embedding_dim, self.audio_encoder.embedding_dim)
-        if cfg.embedding_norm == "batchnorm":
-            self.video_norm: nn.Module = nn.BatchNorm1d(dims[0])
-            self.audio_norm: nn.Module = nn.BatchNorm1d(dims[1])
-        elif cfg.embedding_norm == "none":
-            self.video_norm, self.audio_norm = nn.Identity(), nn.Identity()
-        else:
-            raise ValueError(f"task.embedding_norm must be batchnorm or none, got {cfg.embedding_norm!r}")
-        if cfg.head == "l3":
-            self.fusion: nn.Module = PairwiseFusion(*dims, cfg.fusion_hidden)
-        elif cfg.head == "distance":
-            self.fusion = DistanceHead(*dims, cfg.embedding_dim)
-        else:
-            raise ValueError(f"task.head must be l3 or distance, got {cfg.head!r}")
+        batchnorm = cfg.embedding_norm == "batchnorm"
+        self.video_norm = nn.BatchNorm1d(dims[0]) if batchnorm else nn.Identity()
+        self.audio_norm = nn.BatchNorm1d(dims[1]) if batchnorm else nn.Identity()
+        head = PairwiseFusion(*dims, cfg.fusion_hidden) if cfg.head == "l3" else DistanceHead(*dims, cfg.embedding_dim)
+        self.fusion: PairwiseFusion | DistanceHead = head
 
     def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """The correspondence logit of the head."""
@@ -152,8 +129,7 @@ class AVC(PretextTask):
             partner = paired_negative_permutation(index)
             pos_logits = self.fusion(video, audio)
             neg_logits = self.fusion(video, audio[partner])
-            loss = 0.5 * (F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
-                          + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits)))
+            loss = paired_bce(pos_logits, neg_logits)
             pos_acc = (pos_logits > 0).float().mean()
             neg_acc = (neg_logits < 0).float().mean()
         return loss, 0.5 * (pos_acc + neg_acc)

@@ -29,6 +29,7 @@ window and two audio windows of the same video, one aligned and one shifted by a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -36,10 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO, AudioView
-from avssl.losses.contrastive import embedding_distance, margin_contrastive_loss
+from avssl.losses.contrastive import embedding_distance, in_batch_margin_loss, paired_margin_loss
+from avssl.losses.correspondence import paired_negative_permutation
 from avssl.losses.nce import cross_modal_info_nce
 from avssl.models.heads import MLP
-from avssl.tasks.pretext.base import PretextTask, TaskConfig, paired_negative_permutation
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 HARD = "audio_hard"
 SUPER_HARD = "audio_superhard"
@@ -55,10 +57,15 @@ class AVTSConfig(TaskConfig):
     super_hard: bool = False
     super_hard_fraction: float = 0.0  # share of the negatives that are super-hard (needs super_hard)
     min_shift_seconds: float = 0.5  # hard negatives: at least this far (and never overlapping)
-    embedding_norm: str = "none"  # none | batchnorm: standardise each projection before L2-normalising
-    negatives: str = "paired"  # paired: one negative per clip (the paper) | in_batch: every other clip's audio too
+    embedding_norm: Literal["none", "batchnorm"] = "none"  # batchnorm: standardise each projection before L2
+    # paired: one negative per clip (the paper); in_batch: every other clip's audio too
+    negatives: Literal["paired", "in_batch"] = "paired"
     contrastive_weight: float = 0.0  # not in the paper: an in-batch InfoNCE added to the margin loss, this weight
     contrastive_temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.super_hard_fraction > 0 and not self.super_hard:
+            raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
 
 
 class AVTSCurriculum(pl.Callback):
@@ -84,19 +91,10 @@ class AVTSCurriculum(pl.Callback):
 class AVTS(PretextTask):
     config_class = AVTSConfig
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, recipe: PretextRecipe | dict) -> None:
+        super().__init__(recipe)
         self.require_both_encoders()
         cfg: AVTSConfig = self.task_config
-        if cfg.negatives not in ("paired", "in_batch"):
-            raise ValueError(f"task.negatives must be paired or in_batch, got {cfg.negatives!r}")
-        if cfg.super_hard_fraction > 0 and not cfg.super_hard:
-            raise ValueError("task.super_hard_fraction > 0 needs task.super_hard=true (the view must be decoded)")
-        if cfg.contrastive_weight < 0 or cfg.contrastive_temperature <= 0:
-            raise ValueError("task.contrastive_weight must be ≥ 0 and task.contrastive_temperature > 0, got "
-                             f"{cfg.contrastive_weight} and {cfg.contrastive_temperature}")
-        if cfg.embedding_norm not in ("batchnorm", "none"):
-            raise ValueError(f"task.embedding_norm must be batchnorm or none, got {cfg.embedding_norm!r}")
 
         def head(dim: int) -> nn.Module:
             mlp = MLP([dim, cfg.embedding_dim, cfg.embedding_dim], batchnorm=True)
@@ -179,11 +177,10 @@ class AVTS(PretextTask):
         d_pos = embedding_distance(v, a)
         d_neg = embedding_distance(v, negatives)
         if cfg.negatives == "in_batch":
-            loss = self._in_batch_loss(v, a, batch[INDEX], d_pos, d_neg, kinds)
+            loss = in_batch_margin_loss(v, a, batch[INDEX], d_pos, d_neg[kinds > 0],
+                                        self.hard_fraction + self.super_hard_fraction, cfg.margin)
         else:
-            distance = torch.cat([d_pos, d_neg])
-            in_sync = torch.cat([torch.ones(size, device=v.device), torch.zeros(size, device=v.device)])
-            loss = margin_contrastive_loss(distance, in_sync, cfg.margin)
+            loss = paired_margin_loss(d_pos, d_neg, cfg.margin)
         terms = {"margin": loss.detach()}
         if cfg.contrastive_weight:
             info_nce = cross_modal_info_nce(F.normalize(self.video_contrastive(video_features), dim=-1),
@@ -202,21 +199,6 @@ class AVTS(PretextTask):
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": terms,
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
-
-    def _in_batch_loss(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor, d_pos: torch.Tensor,
-                       d_neg: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-        """½·positives + ½·[(1 − h)·every other video's audio + h·same-video negatives]."""
-        margin = self.task_config.margin
-        distances = torch.cdist(F.normalize(v, dim=-1), F.normalize(a, dim=-1))
-        other_video = index[:, None] != index[None, :]
-        easy = margin_contrastive_loss(distances[other_video], torch.zeros_like(distances[other_video]), margin)
-        positive = margin_contrastive_loss(d_pos, torch.ones_like(d_pos), margin)
-        same_video = kinds > 0
-        if not bool(same_video.any()):
-            return 0.5 * (positive + easy)
-        hard = margin_contrastive_loss(d_neg[same_video], torch.zeros_like(d_neg[same_video]), margin)
-        share = self.hard_fraction + self.super_hard_fraction
-        return 0.5 * (positive + (1 - share) * easy + share * hard)
 
     def _sync_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict:
         video_features, v = self.embed_video(batch[VIDEO])

@@ -7,14 +7,15 @@ returning ``{"loss", "terms", "embeddings"}`` so that monitors can be callbacks.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from avssl.config import Recipe, check_section, data_config, refuse_smoke_mix
+from avssl.config import Recipe, check_section, data_config, refuse_smoke_mix, to_plain
 from avssl.data.datamodule import DataConfig, ShardList, base_views
 from avssl.data.views import SKIPPED, AudioView, ViewSpec
 from avssl.models.registry import build_encoders
@@ -25,26 +26,50 @@ class TaskConfig:
     """Fields every method's ``task`` section has."""
 
     name: str = ""
-    optimizer: str = "adam"  # adam | adamw | sgd
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 1e-5
     momentum: float = 0.9  # sgd only
-    scheduler: str = "cosine"  # cosine | none
+    scheduler: Literal["cosine", "none"] = "cosine"
     warmup_epochs: int = 0
 
 
+@dataclass(frozen=True)
+class PretextRecipe:
+    """A pretraining recipe read once: the plain dict the checkpoint keeps (``load_pretext_task``
+    rebuilds the task from it) and the typed sections the task and its data module use."""
+
+    plain: dict[str, Any]
+    task: TaskConfig
+    data: DataConfig
+
+    @classmethod
+    def read(cls, config: DictConfig | Mapping[str, Any], task_schema: type[TaskConfig]) -> PretextRecipe:
+        """``config``: what ``load_recipe`` returned (already checked against the schema), or a
+        plain dict (a checkpoint's recipe), checked here."""
+        if not (isinstance(config, DictConfig) and OmegaConf.get_type(config) is Recipe):
+            config = OmegaConf.merge(OmegaConf.structured(Recipe), config)
+        return cls(plain=to_plain(config), task=check_section(config, "task", task_schema), data=data_config(config))
+
+    @property
+    def seed(self) -> int:
+        return int(self.plain.get("seed", 0))
+
+
 class PretextTask(pl.LightningModule):
-    """Base class; ``config`` is the resolved recipe as a plain dict."""
+    """Base class; ``recipe`` is the recipe read once (or a plain dict of it, read here)."""
 
     config_class: type[TaskConfig] = TaskConfig
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, recipe: PretextRecipe | Mapping[str, Any]) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config})
-        recipe = OmegaConf.merge(OmegaConf.structured(Recipe), config)
-        self.task_config = check_section(recipe, "task", self.config_class)
-        self.data_config: DataConfig = data_config(recipe)
-        self.video_encoder, self.audio_encoder = build_encoders(config["model"])
+        if not isinstance(recipe, PretextRecipe):
+            recipe = PretextRecipe.read(recipe, self.config_class)
+        self.save_hyperparameters({"config": recipe.plain})
+        self.task_config = recipe.task
+        self.data_config: DataConfig = recipe.data
+        self.seed = recipe.seed
+        self.video_encoder, self.audio_encoder = build_encoders(recipe.plain["model"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A real run never continues a smoke run (tiny banks, a shrunken schedule), nor a
@@ -99,14 +124,10 @@ class PretextTask(pl.LightningModule):
             optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adamw":
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "sgd":
+        else:  # sgd
             optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            raise ValueError(f"task.optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}")
         if cfg.scheduler == "none":
             return optimizer
-        if cfg.scheduler != "cosine":
-            raise ValueError(f"task.scheduler must be cosine or none, got {cfg.scheduler!r}")
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(cfg.warmup_epochs * max(total // max(self.trainer.max_epochs or 1, 1), 1), total - 1)
 
@@ -125,14 +146,3 @@ class PretextTask(pl.LightningModule):
             self.log(f"{stage}/skipped_samples", batch[SKIPPED].sum().float(), reduce_fx="sum",
                      on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
 
-
-def paired_negative_permutation(index: torch.Tensor) -> torch.Tensor:
-    """For each row, another row of a different instance (shift by one, then fix ties)."""
-    batch = index.shape[0]
-    partner = torch.roll(torch.arange(batch, device=index.device), 1)
-    for shift in range(2, batch):
-        clash = index[partner] == index
-        if not clash.any():
-            break
-        partner = torch.where(clash, torch.roll(torch.arange(batch, device=index.device), shift), partner)
-    return partner

@@ -7,10 +7,11 @@ modalities: labels come from Sinkhorn–Knopp (``avssl.losses.sinkhorn``, float6
 the mean of the two modalities' log-probabilities (the paper's P_v ⊙ P_a raised to λ/2),
 with Gaussian cluster-size marginals; both heads are trained with cross-entropy to it.
 
-Streaming instead of the paper's labelling passes: a per-head bank holds the latest
-log-probabilities of every training video (keyed by the shard ``index``, gathered across
-ranks, stored in float16). Epoch 0 only fills it (no gradient: it is the paper's pass of
-the random network over the data, and warms BatchNorm up); the labels are then solved
+Streaming instead of the paper's labelling passes: a per-head bank (``avssl.losses.label_bank``,
+in the checkpoint under ``label_bank.``) holds the latest log-probabilities of every training
+video (keyed by the shard ``index``, gathered across ranks, stored in float16). Epoch 0 only
+fills it (no gradient: it is the paper's pass of the random network over the data, and warms
+BatchNorm up); the labels are then solved
 ``task.num_labelings`` times, at steps spaced as (k / (n−1))^1.5 of the run (front-loaded,
 as in the paper), the first at the end of epoch 0. With ``task.contrastive_warmup_epochs``
 = W > 0 (not in the paper) the encoders first train W epochs with a cross-modal in-batch
@@ -26,27 +27,27 @@ Not implemented from the paper: modality alignment of the audio head's output un
 Cluster Assignments", NeurIPS 2020): each modality → projection MLP → 128-d, L2-normalised;
 K shared prototypes (unit norm, re-normalised every step); per-batch codes q = Sinkhorn(zCᵀ/ε, 3 iterations,
 equipartition over the global batch) without gradient; cross-modal swapped prediction
-½ [CE(q_v, softmax(z_a Cᵀ/τ)) + CE(q_a, softmax(z_v Cᵀ/τ))]. No label bank, no index.
-Evaluation reads it as one head with logits zCᵀ/τ.
+½ [CE(q_v, softmax(z_a Cᵀ/τ)) + CE(q_a, softmax(z_v Cᵀ/τ))] (``avssl.losses.swapped_prediction``).
+No label bank, no index. Evaluation reads it as one head with logits zCᵀ/τ.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
-from avssl.losses.distributed import gather, rank
+from avssl.losses.distributed import gather
+from avssl.losses.label_bank import LabelBank, labeling_steps, shared_label_loss
 from avssl.losses.nce import cross_modal_info_nce
-from avssl.losses.sinkhorn import SinkhornResult, sinkhorn_knopp, swav_codes
+from avssl.losses.state import load_former_keys
+from avssl.losses.swapped_prediction import swapped_prediction_loss
 from avssl.metrics.clustering import clustering_scores
 from avssl.models.heads import MLP
-from avssl.tasks.pretext.base import PretextTask, TaskConfig
-
-logger = logging.getLogger(__name__)
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
 @dataclass
@@ -59,7 +60,8 @@ class SeLaViConfig(TaskConfig):
     num_labelings: int = 100
     marginal_std: float = 0.1  # Gaussian cluster sizes N(1, std²)·N/K; 0 = equipartition
     num_instances: int | None = None  # None: the training split's size from the manifest
-    variant: str = "offline"  # offline: the paper's label bank + Sinkhorn | online: SwAV-style swapped codes
+    # offline: the paper's label bank + Sinkhorn; online: SwAV-style swapped codes
+    variant: Literal["offline", "online"] = "offline"
     swav_dim: int = 128  # online: projection MLP [D, swav_hidden, swav_dim], L2-normalised
     swav_hidden: int = 512
     swav_epsilon: float = 0.05  # online: codes exp(zᵀC/ε)
@@ -73,17 +75,12 @@ class SeLaViConfig(TaskConfig):
     contrastive_dim: int = 128  # the warm-up's projection MLP [D, D, dim] with BatchNorm, L2-normalised
     contrastive_weight: float = 0.0  # after the warm-up: the InfoNCE kept beside the clustering loss, this weight
 
-
-def swapped_prediction_loss(video_scores: torch.Tensor, audio_scores: torch.Tensor, epsilon: float,
-                            temperature: float, iterations: int) -> torch.Tensor:
-    """SwAV's swapped prediction across modalities (B×K prototype scores zᵀC of each).
-    Codes: :func:`swav_codes` (equal prototype mass over the global batch), no gradient.
-    Loss ½ [CE(q_v, p_a) + CE(q_a, p_v)]."""
-    codes = [swav_codes(scores.detach(), epsilon, iterations).to(scores.dtype)
-             for scores in (video_scores, audio_scores)]
-    log_p_video = F.log_softmax(video_scores / temperature, dim=1)
-    log_p_audio = F.log_softmax(audio_scores / temperature, dim=1)
-    return 0.5 * (-(codes[0] * log_p_audio).sum(1).mean() - (codes[1] * log_p_video).sum(1).mean())
+    def __post_init__(self) -> None:
+        if self.num_clusters < 2:
+            raise ValueError("task.num_clusters must be set (≥ 2); the paper uses the number of classes")
+        if self.variant == "offline" and self.contrastive_weight and not self.contrastive_warmup_epochs:
+            raise ValueError("task.contrastive_weight > 0 needs task.contrastive_warmup_epochs > 0 (its projections), "
+                             f"got {self.contrastive_weight}")
 
 
 def cluster_head(dim: int, k: int, dropout: float) -> nn.Sequential:
@@ -91,59 +88,15 @@ def cluster_head(dim: int, k: int, dropout: float) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim, k))
 
 
-def labeling_steps(total_steps: int, first_step: int, count: int) -> list[int]:
-    """``count`` steps from ``first_step`` to ``total_steps``, spaced as (k/(count−1))^1.5."""
-    if count <= 1:
-        return [first_step]
-    span = max(total_steps - first_step, 0)
-    return sorted({first_step + int(span * (k / (count - 1)) ** 1.5) for k in range(count)})
-
-
-def gaussian_marginal(current_mass: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
-    """Cluster-size fractions ~ N(1, std²), largest to the cluster that is largest now."""
-    k = current_mass.numel()
-    if std <= 0:
-        return torch.full((k,), 1.0 / k, dtype=torch.float64)
-    sizes = (1 + std * torch.randn(k, generator=generator, dtype=torch.float64)).clamp_min(0.05)
-    marginal = torch.empty(k, dtype=torch.float64)
-    marginal[current_mass.argsort(descending=True).cpu()] = sizes.sort(descending=True).values
-    return marginal / marginal.sum()
-
-
-#: `check_cluster_sizes`: the largest miss of a cluster's mass (|column sum − r_k|, as a
-#: fraction of the smallest target share min r) that passes silently, and the one that stops.
-SIZE_MISS_WARNING = 0.01
-SIZE_MISS_ERROR = 0.5
-
-
-def check_cluster_sizes(result: SinkhornResult, marginal: torch.Tensor, head: int) -> None:
-    """The rule for a labelling whose column sums miss the marginal (Sinkhorn stopped at
-    ``max_iterations`` short of its 1e-9 tolerance): a miss up to 1 % of the smallest cluster's
-    target passes (labels are argmaxes, a small miss moves few of them); up to 50 % logs a
-    warning on rank 0 and the labels are used; beyond, clusters are empty or double their size
-    and training on them would be training on the wrong problem: RuntimeError."""
-    miss = result.column_error / float(marginal.min())
-    if miss <= SIZE_MISS_WARNING:
-        return
-    message = (f"SeLaVi head {head}: Sinkhorn–Knopp stopped after {result.iterations} iterations with cluster "
-               f"masses off by up to {miss:.1%} of the smallest target (column error {result.column_error:.3g})")
-    if miss > SIZE_MISS_ERROR:
-        raise RuntimeError(f"{message}: the labels do not follow the cluster-size marginal; lower task.lam")
-    if rank() == 0:
-        logger.warning("%s; the labels are used", message)
-
-
 class SeLaVi(PretextTask):
     config_class = SeLaViConfig
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, recipe: PretextRecipe | dict) -> None:
+        super().__init__(recipe)
         self.require_both_encoders()
         cfg: SeLaViConfig = self.task_config
-        if cfg.num_clusters < 2:
-            raise ValueError("task.num_clusters must be set (≥ 2); the paper uses the number of classes")
         self.resolve_num_instances()
-        k, n, h = cfg.num_clusters, cfg.num_instances, cfg.num_heads
+        k = cfg.num_clusters
         if cfg.variant == "online":
             self.video_projection = MLP([self.video_encoder.embedding_dim, cfg.swav_hidden, cfg.swav_dim],
                                         batchnorm=True)
@@ -153,30 +106,19 @@ class SeLaVi(PretextTask):
             with torch.no_grad():
                 self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
             return
-        if cfg.variant != "offline":
-            raise ValueError(f"task.variant must be offline or online, got {cfg.variant!r}")
         self.video_heads = nn.ModuleList(cluster_head(self.video_encoder.embedding_dim, k, cfg.head_dropout)
-                                       for _ in range(h))
+                                       for _ in range(cfg.num_heads))
         self.audio_heads = nn.ModuleList(cluster_head(self.audio_encoder.embedding_dim, k, cfg.head_dropout)
-                                       for _ in range(h))
-        self.register_buffer("log_prob_bank", torch.full((h, n, k), -float(torch.log(torch.tensor(k))),
-                                                         dtype=torch.float16))
-        self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
-        self.register_buffer("labels", torch.full((h, n), -1, dtype=torch.long))
-        self.register_buffer("labelings_done", torch.zeros((), dtype=torch.long))
-        if cfg.contrastive_warmup_epochs < 0:
-            raise ValueError(f"task.contrastive_warmup_epochs must be ≥ 0, got {cfg.contrastive_warmup_epochs}")
-        if cfg.contrastive_weight < 0 or (cfg.contrastive_weight and not cfg.contrastive_warmup_epochs):
-            raise ValueError("task.contrastive_weight must be ≥ 0, and > 0 only with task.contrastive_warmup_epochs "
-                             f"(its projections), got {cfg.contrastive_weight}")
+                                       for _ in range(cfg.num_heads))
+        self.label_bank = LabelBank(cfg.num_heads, cfg.num_instances, k, cfg.lam, cfg.marginal_std, self.seed)
+        self.register_load_state_dict_pre_hook(  # checkpoints from before the bank was a module
+            load_former_keys({former: f"label_bank.{name}" for former, name in LabelBank.FORMER_NAMES.items()}))
         if cfg.contrastive_warmup_epochs:
             self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
                                              batchnorm=True)
             self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
                                              batchnorm=True)
         self._schedule: list[int] | None = None
-        self._last_labeled_step = -1  # a step seen twice (gradient accumulation) labels once
-        self._generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
 
     # -- model ----------------------------------------------------------------------------
     def head_logits(self, video_features: torch.Tensor, audio_features: torch.Tensor
@@ -215,31 +157,12 @@ class SeLaVi(PretextTask):
             self._schedule = labeling_steps(total, first, self.task_config.num_labelings)
         return self._schedule
 
-    @torch.no_grad()
-    def relabel(self) -> None:
-        """Solve the labels of every head from the bank (identical on every rank); the sizes
-        Sinkhorn reached are judged by `check_cluster_sizes` (warning or error)."""
-        cfg: SeLaViConfig = self.task_config
-        for head in range(cfg.num_heads):
-            log_probs = self.log_prob_bank[head].double()
-            current = torch.bincount(log_probs.argmax(1), minlength=cfg.num_clusters).double()
-            marginal = gaussian_marginal(current, cfg.marginal_std, self._generator)
-            result = sinkhorn_knopp(log_probs, cfg.lam, marginal.to(log_probs.device))
-            check_cluster_sizes(result, marginal, head)
-            self.labels[head] = result.labels
-        self.labelings_done += 1
-
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if self.task_config.variant == "online":
             with torch.no_grad():  # SwAV: unit-norm prototypes before every step
                 self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
             return
-        step = int(self.global_step)
-        # Rows never seen (a video skipped as undecodable, an epoch cut short) keep the
-        # uniform prior and get labels by the marginals: requiring every row left the labels unsolved.
-        if step in self.schedule() and bool(self.seen.any()) and self._last_labeled_step != step:
-            self.relabel()
-            self._last_labeled_step = step
+        self.label_bank.relabel_at(int(self.global_step), self.schedule())
 
     # -- training -------------------------------------------------------------------------
     def on_after_backward(self) -> None:
@@ -255,22 +178,17 @@ class SeLaVi(PretextTask):
         video_logits, audio_logits = self.head_logits(video_features, audio_features)
         index = batch[INDEX]
         with torch.no_grad():  # the bank: every rank's latest predictions
-            all_index = gather(index)
-            all_log_probs = gather(self.joint_log_probs(video_logits, audio_logits).transpose(0, 1).contiguous())
-            self.log_prob_bank[:, all_index] = all_log_probs.transpose(0, 1).to(self.log_prob_bank.dtype)
-            self.seen[all_index] = True
+            self.label_bank.write(index, self.joint_log_probs(video_logits, audio_logits))
         size = index.numel()
         cfg: SeLaViConfig = self.task_config
-        if int(self.labelings_done) == 0 and cfg.contrastive_warmup_epochs:  # before the first labels
+        if not self.label_bank.has_labels and cfg.contrastive_warmup_epochs:  # before the first labels
             loss = self._info_nce(video_features, audio_features)
             loss = loss + 0.0 * (video_logits.sum() + audio_logits.sum())  # every parameter in the graph (DDP)
-        elif int(self.labelings_done) == 0:  # epoch 0: filling the bank, nothing to learn yet
+        elif not self.label_bank.has_labels:  # epoch 0: filling the bank, nothing to learn yet
             loss = 0.0 * (video_logits.sum() + audio_logits.sum())
         else:
-            targets = self.labels[:, index]  # H×B
-            k = video_logits.shape[-1]
-            loss = 0.5 * (F.cross_entropy(video_logits.reshape(-1, k), targets.reshape(-1))
-                          + F.cross_entropy(audio_logits.reshape(-1, k), targets.reshape(-1)))
+            targets = self.label_bank.targets(index)  # H×B
+            loss = shared_label_loss(video_logits, audio_logits, targets)
             if cfg.contrastive_weight:
                 loss = loss + cfg.contrastive_weight * self._info_nce(video_features, audio_features)
             elif cfg.contrastive_warmup_epochs:  # the warm-up projections stay in the graph for DDP, at zero gradient

@@ -1,4 +1,4 @@
-"""AVID + CMA: agreement positives, negative sampling, symmetry of the cross-modal loss."""
+"""AVID + CMA: negative sampling, symmetry of the cross-modal loss, the CMA phase, choices."""
 from __future__ import annotations
 
 import math
@@ -9,29 +9,20 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from avssl.config import load_recipe
+from avssl.config import RecipeError, load_recipe
+from avssl.losses.agreement import agreement_positives
 from avssl.losses.nce import sample_excluding
-from avssl.tasks.pretext.avid import AVID, agreement_positives
+from avssl.tasks.pretext import build_pretext_task
+from avssl.tasks.pretext.avid_cma import AVIDCMA
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-def _avid(*overrides: str) -> AVID:
+def _avid(*overrides: str) -> AVIDCMA:
     config = load_recipe(RECIPES / "synth" / "avid_cma_small.yaml",
                          ["data.video.size=32", "task.num_instances=50", "task.num_negatives=16",
                           "task.cma_positives=4", "task.cma_negatives=8", *overrides])
-    return AVID(OmegaConf.to_container(config, resolve=True))
-
-
-def test_agreement_positives_match_brute_force() -> None:
-    g = torch.Generator().manual_seed(0)
-    video = F.normalize(torch.randn(30, 8, generator=g), dim=1)
-    audio = F.normalize(torch.randn(30, 8, generator=g), dim=1)
-    got = agreement_positives(video, audio, k=5, chunk=7)
-    for i in range(30):
-        rho = [min(float(video[i] @ video[j]), float(audio[i] @ audio[j])) if j != i else -9 for j in range(30)]
-        best = sorted(range(30), key=lambda j: -rho[j])[:5]
-        assert got[i].tolist() == sorted(best)
+    return AVIDCMA(OmegaConf.to_container(config, resolve=True))
 
 
 def test_sample_excluding_skips_the_excluded_and_splits_over_ranks() -> None:
@@ -68,8 +59,8 @@ def test_cma_adds_the_positive_set_term_after_its_start_epoch(monkeypatch: pytes
     assert set(model.losses(v, a, index)) == {"xid"}
     monkeypatch.setattr(type(model), "current_epoch", property(lambda self: 1))
     model.on_train_epoch_start()
-    assert model.positives.shape == (50, 4)
-    assert not (model.positives == torch.arange(50)[:, None]).any(), "an instance is never its own positive"
+    assert model.positives.indices.shape == (50, 4)
+    assert not (model.positives.indices == torch.arange(50)[:, None]).any(), "an instance is never its own positive"
     terms = model.losses(v, a, index)
     assert set(terms) == {"xid", "cma"} and torch.isfinite(terms["cma"])
 
@@ -98,10 +89,19 @@ def test_projection_batchnorm_spreads_embeddings_with_a_shared_mean() -> None:
 
 
 def test_option_values_are_checked() -> None:
-    with pytest.raises(ValueError, match="projection_norm"):
+    with pytest.raises(RecipeError) as caught:
         _avid("task.projection_norm=layernorm")
-    with pytest.raises(ValueError, match="positives"):
+    assert str(caught.value) == "task.projection_norm must be one of 'none', 'batchnorm', got 'layernorm'"
+    with pytest.raises(RecipeError) as caught:
         _avid("task.positives=queue")
+    assert str(caught.value) == "task.positives must be one of 'bank', 'batch', got 'queue'"
+
+
+def test_former_task_name_avid_still_builds_avid_cma() -> None:
+    config = load_recipe(RECIPES / "synth" / "avid_cma_small.yaml",
+                         ["data.video.size=32", "task.num_instances=50", "task.name=avid"])
+    task = build_pretext_task(config)
+    assert type(task) is AVIDCMA and task.hparams["config"]["task"]["name"] == "avid"
 
 
 def test_batch_positives_and_batch_negatives_by_hand() -> None:
@@ -134,7 +134,7 @@ def test_batch_positives_and_batch_negatives_by_hand() -> None:
 
 
 def test_in_batch_only_needs_batch_positives_and_negatives() -> None:
-    with pytest.raises(ValueError, match="num_negatives=0"):
+    with pytest.raises(RecipeError, match=r"^task\.num_negatives=0 \(no bank negatives: in-batch InfoNCE\) needs "):
         _avid("task.num_negatives=0", "task.positives=bank")
     model = _avid("task.num_negatives=0", "task.positives=batch", "task.batch_negatives=true", "task.loss=softmax")
     v, a = torch.randn(4, 128), torch.randn(4, 128)
@@ -151,11 +151,26 @@ def test_a_checkpoint_with_cma_positives_loads_for_evaluation(tmp_path: Path) ->
     from avssl.tasks.pretext import load_pretext_task
 
     task = _avid()
-    assert task.positives.shape[0] == 0
+    assert task.positives.indices.shape[0] == 0
     positives = torch.randint(task.task_config.num_instances, (task.task_config.num_instances, 3))
-    task.positives = positives
+    task.positives.indices = positives
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"config": task.hparams["config"]}}, path)
     loaded = load_pretext_task(path)
-    assert torch.equal(loaded.positives, positives)
+    assert torch.equal(loaded.positives.indices, positives)
     assert not loaded.training
+
+
+def test_a_checkpoint_of_the_former_layout_loads_its_name_and_positive_sets(tmp_path: Path) -> None:
+    # before the rename: task.name avid, and the positive sets a buffer of the task ("positives")
+    from avssl.tasks.pretext import load_pretext_task
+
+    trained = _avid("task.name=avid")
+    trained.positives.indices = agreement_positives(trained.video_bank.bank, trained.audio_bank.bank, 4)
+    state = {("positives" if key == "positives.indices" else key): value for key, value in trained.state_dict().items()}
+    path = tmp_path / "avid.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(trained.hparams), "global_step": 0}, path)
+    loaded = load_pretext_task(path)
+    assert type(loaded) is AVIDCMA and loaded.task_config.name == "avid"
+    torch.testing.assert_close(loaded.positives.indices, trained.positives.indices)
+    torch.testing.assert_close(loaded.video_bank.bank, trained.video_bank.bank)

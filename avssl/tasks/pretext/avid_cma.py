@@ -1,17 +1,18 @@
 """AVID + CMA: cross-modal instance discrimination with memory banks, then cross-modal
 agreement positives (Morgado, Vasconcelos, Misra 2021; "Audio-Visual Instance Discrimination with Cross-Modal
-Agreement", CVPR 2021).
+Agreement", CVPR 2021). ``task.name: avid_cma`` (``avid``, its former name, still reads).
 
 AVID: each modality's embedding → projection MLP → 128-d, L2-normalised. Two memory banks
 (video, audio) hold one slot per training video, keyed by the shard ``index`` and updated
 with momentum from every rank's embeddings. The loss is NCE with a fixed normaliser Z
 (estimated on the first batch) over K negatives drawn uniformly from the other slots,
 cross-modal: video queries against the audio bank and audio queries against the video
-bank, ½ each. The objective is written once (``_instance_term``) and applied both ways.
+bank, ½ each (``avssl.losses.nce``). The objective is written once (``_instance_term``) and
+applied both ways.
 
 CMA (from ``task.cma_start_epoch``): every ``task.cma_resample_epochs`` epochs, each
 instance's positive set P_i is the top-k of ρ(i, j) = min(video cosine, audio cosine)
-between bank slots (agreement in both spaces); the loss becomes ½·AVID + ½·positive-set
+between bank slots (agreement in both spaces, ``avssl.losses.agreement``); the loss becomes ½·AVID + ½·positive-set
 NCE, within-modal (video query against video-bank positives P_i and negatives outside
 P_i ∪ {i}, likewise audio). The paper runs CMA as a second run loading the AVID
 checkpoint (weights, banks, Z); here both phases are one run with a switch epoch, which
@@ -24,41 +25,38 @@ draws (the 1-vs-2-process test relies on it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avssl.config import RecipeError
 from avssl.data.views import AUDIO, INDEX, VIDEO
+from avssl.losses.agreement import PositiveSets, excluded_from_negatives
 from avssl.losses.distributed import rank, world_size
-from avssl.losses.nce import (
-    MemoryBank,
-    NCENormaliser,
-    cross_modal_scores,
-    nce_loss,
-    sample_excluding,
-    softmax_instance_loss,
-)
+from avssl.losses.nce import MemoryBank, NCENormaliser, instance_discrimination_loss, sample_excluding
+from avssl.losses.state import load_former_keys
 from avssl.models.heads import MLP
-from avssl.tasks.pretext.base import PretextTask, TaskConfig
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
 @dataclass
-class AVIDConfig(TaskConfig):
-    name: str = "avid"
+class AVIDCMAConfig(TaskConfig):
+    name: str = "avid_cma"  # or "avid", its former name
     projection_hidden: int = 512  # MLP [D, hidden, dim] (paper: [512, 512, 128])
     embedding_dim: int = 128
     # none: the paper's head. batchnorm: BatchNorm1d on the pooled embedding before the
     # projection, in its hidden layer and on its output; without it the all-positive pooled embeddings of
     # small ReLU encoders project to one direction (docs/methods/avid_cma.md).
-    projection_norm: str = "none"
+    projection_norm: Literal["none", "batchnorm"] = "none"
     temperature: float = 0.07
-    loss: str = "nce"  # nce: the paper's NCE with a fixed Z | softmax: InfoNCE over 1 + K bank scores
+    loss: Literal["nce", "softmax"] = "nce"  # nce: the paper's NCE with a fixed Z; softmax: InfoNCE over 1 + K scores
     num_negatives: int = 1024  # bank negatives; 0: none (in-batch InfoNCE, see positives/batch_negatives)
     # Cross-modal terms only. bank: the paper's positive, the other modality's memory slot
     # M[i]; batch: the other modality's embedding of the same clip in this step (fresh, with
     # gradient to both towers), the bank still giving the negatives.
-    positives: str = "bank"
+    positives: Literal["bank", "batch"] = "bank"
     batch_negatives: bool = False  # also score the other modality's B−1 other clips of this (local) batch
     bank_momentum: float = 0.5
     num_instances: int | None = None  # memory slots; None: the training split's size from the manifest
@@ -68,69 +66,43 @@ class AVIDConfig(TaskConfig):
     cma_resample_epochs: int = 5
     cma_chunk: int = 1024  # queries per block when computing agreement (memory: chunk × N)
 
-
-def agreement_positives(video_bank: torch.Tensor, audio_bank: torch.Tensor, k: int, chunk: int = 1024
-                        ) -> torch.Tensor:
-    """N×k indices: for each slot, the k others with the highest min(video cos, audio cos)
-    (CMA's "consensus" agreement), sorted ascending by index. Exhaustive, in blocks."""
-    n = video_bank.shape[0]
-    if not 0 < k < n:
-        raise ValueError(f"cma_positives must lie in (0, {n}), got {k}")
-    out = torch.empty(n, k, dtype=torch.long, device=video_bank.device)
-    for start in range(0, n, chunk):
-        rows = torch.arange(start, min(start + chunk, n), device=video_bank.device)
-        rho = torch.minimum(video_bank[rows] @ video_bank.T, audio_bank[rows] @ audio_bank.T)
-        rho[torch.arange(rows.numel()), rows] = -float("inf")  # never yourself
-        out[rows] = rho.topk(k, dim=1).indices.sort(dim=1).values
-    return out
+    def __post_init__(self) -> None:
+        if self.num_negatives == 0 and not (self.batch_negatives and self.positives == "batch"
+                                            and self.loss == "softmax"):
+            raise ValueError("task.num_negatives=0 (no bank negatives: in-batch InfoNCE) needs task.positives=batch, "
+                             "task.batch_negatives=true and task.loss=softmax")
 
 
-def projection_head(dim: int, cfg: AVIDConfig) -> nn.Module:
+def projection_head(dim: int, cfg: AVIDCMAConfig) -> nn.Module:
     """``MLP([dim, hidden, embedding_dim])``; with ``projection_norm: batchnorm`` the pooled
     embedding is standardised first (BatchNorm1d), the hidden layer has BatchNorm, and the
     output is standardised (BatchNorm1d without affine: no shared direction to learn)."""
     dims = [dim, cfg.projection_hidden, cfg.embedding_dim]
     if cfg.projection_norm == "none":
         return MLP(dims)
-    if cfg.projection_norm == "batchnorm":
-        return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True),
-                             nn.BatchNorm1d(cfg.embedding_dim, affine=False))
-    raise ValueError(f"task.projection_norm must be none or batchnorm, got {cfg.projection_norm!r}")
+    return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True),
+                         nn.BatchNorm1d(cfg.embedding_dim, affine=False))
 
 
-class AVID(PretextTask):
-    config_class = AVIDConfig
+class AVIDCMA(PretextTask):
+    config_class = AVIDCMAConfig
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, recipe: PretextRecipe | dict) -> None:
+        super().__init__(recipe)
         self.require_both_encoders()
-        cfg: AVIDConfig = self.task_config
+        cfg: AVIDCMAConfig = self.task_config
         self.resolve_num_instances()
-        if cfg.loss not in ("nce", "softmax"):
-            raise ValueError(f"task.loss must be nce or softmax, got {cfg.loss!r}")
-        if cfg.positives not in ("bank", "batch"):
-            raise ValueError(f"task.positives must be bank or batch, got {cfg.positives!r}")
-        if cfg.num_negatives == 0 and not (cfg.batch_negatives and cfg.positives == "batch" and cfg.loss == "softmax"):
-            raise ValueError("task.num_negatives=0 (no bank negatives: in-batch InfoNCE) needs task.positives=batch, "
-                             "task.batch_negatives=true and task.loss=softmax")
-        if cfg.num_negatives >= cfg.num_instances:
-            raise ValueError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
+        if cfg.num_negatives >= cfg.num_instances:  # known once the manifest is read: not a schema check
+            raise RecipeError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
                              f"instances ({cfg.num_instances})")
         self.video_head = projection_head(self.video_encoder.embedding_dim, cfg)
         self.audio_head = projection_head(self.audio_encoder.embedding_dim, cfg)
-        seed = int(config.get("seed", 0))
-        self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed)
-        self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=seed + 1)
+        self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed)
+        self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed + 1)
         self.normalisers = nn.ModuleDict({name: NCENormaliser() for name in ("v2a", "a2v", "v2v", "a2a")})
-        self.register_buffer("positives", torch.zeros(0, cfg.cma_positives, dtype=torch.long))
-        self.seed = seed
-
-    # -- state that changes shape (positive sets appear when CMA starts) ------------------------
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        stored = checkpoint["state_dict"].get("positives")
-        if stored is not None:
-            self.positives = torch.zeros_like(stored)
+        self.positives = PositiveSets(cfg.cma_positives, cfg.cma_chunk)  # CMA's P_i, solved when CMA starts
+        # checkpoints from before the positive sets were a module
+        self.register_load_state_dict_pre_hook(load_former_keys({"positives": "positives.indices"}))
 
     @property
     def cma_active(self) -> bool:
@@ -138,13 +110,12 @@ class AVID(PretextTask):
         return start is not None and self.current_epoch >= start
 
     def on_train_epoch_start(self) -> None:
-        cfg: AVIDConfig = self.task_config
+        cfg: AVIDCMAConfig = self.task_config
         if not self.cma_active:
             return
-        if self.positives.numel() == 0 or (self.current_epoch - cfg.cma_start_epoch) % cfg.cma_resample_epochs == 0:
+        if not self.positives.solved or (self.current_epoch - cfg.cma_start_epoch) % cfg.cma_resample_epochs == 0:
             # Banks are identical on every rank (updates gather), so is this.
-            self.positives = agreement_positives(self.video_bank.bank, self.audio_bank.bank, cfg.cma_positives,
-                                                 cfg.cma_chunk)
+            self.positives.solve(self.video_bank.bank, self.audio_bank.bank)
 
     # -- loss -------------------------------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -152,21 +123,11 @@ class AVID(PretextTask):
 
     def _instance_term(self, query: torch.Tensor, bank: MemoryBank, index: torch.Tensor, negatives: torch.Tensor,
                        normaliser: NCENormaliser, partner: torch.Tensor | None = None) -> torch.Tensor:
-        """One direction's loss. ``partner``: the other modality's embeddings of this batch
-        (cross-modal terms), used by ``task.positives: batch`` and ``task.batch_negatives``."""
-        cfg: AVIDConfig = self.task_config
-        pos, neg = cross_modal_scores(query, bank, index, negatives, cfg.temperature)
-        log_z_scores = neg  # Z is estimated on the bank negatives only
-        if partner is not None and (cfg.positives == "batch" or cfg.batch_negatives):
-            q, p = F.normalize(query, dim=1), F.normalize(partner, dim=1)
-            if cfg.positives == "batch":
-                pos = (q * p).sum(dim=1, keepdim=True) / cfg.temperature
-            if cfg.batch_negatives:  # pairs of two clips of one instance are never negatives
-                in_batch = (q @ p.T / cfg.temperature).masked_fill(index[:, None] == index[None, :], -float("inf"))
-                neg = torch.cat([neg, in_batch], dim=1)
-        if cfg.loss == "softmax":
-            return softmax_instance_loss(pos, neg)
-        return nce_loss(pos, neg, normaliser(log_z_scores))
+        """One direction's loss, as the recipe sets it. ``partner``: the other modality's
+        embeddings of this batch (cross-modal terms only)."""
+        cfg: AVIDCMAConfig = self.task_config
+        return instance_discrimination_loss(query, bank, index, negatives, normaliser, cfg.temperature, cfg.loss,
+                                            partner, cfg.positives == "batch", cfg.batch_negatives)
 
     def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity in the shared projection space of the NCE objective."""
@@ -174,7 +135,7 @@ class AVID(PretextTask):
 
     def losses(self, v: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for one rank's projected embeddings (B×dim each) and indices."""
-        cfg: AVIDConfig = self.task_config
+        cfg: AVIDCMAConfig = self.task_config
         self.video_bank.check_index(index)
         generator = self._generator()
         split = {"total_rows": v.shape[0] * world_size(), "row_offset": v.shape[0] * rank()}
@@ -184,9 +145,9 @@ class AVID(PretextTask):
                           + self._instance_term(a, self.video_bank, index, negatives, self.normalisers["a2v"], v)),
         }
         if self.cma_active:
-            positives = self.positives[index]  # B×k, sorted
-            excluded = torch.sort(torch.cat([positives, index[:, None]], dim=1), dim=1).values
-            within = sample_excluding(excluded, cfg.num_instances, cfg.cma_negatives, generator, **split)
+            positives = self.positives.indices[index]  # B×k, sorted
+            within = sample_excluding(excluded_from_negatives(positives, index), cfg.num_instances,
+                                      cfg.cma_negatives, generator, **split)
             terms["cma"] = 0.5 * (
                 self._instance_term(v, self.video_bank, positives, within, self.normalisers["v2v"])
                 + self._instance_term(a, self.audio_bank, positives, within, self.normalisers["a2a"]))
