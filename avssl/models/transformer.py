@@ -20,19 +20,21 @@ from avssl.models.base import conv_bn_relu_stack
 
 
 def sincos_position_embedding(dim: int, grid: Sequence[int]) -> torch.Tensor:
-    """prod(grid)×``dim`` fixed embedding: ``dim`` split equally over the grid axes, each part
-    the 1-D sin/cos code of that axis' index (frequencies 1/10000^(2i/part), sines then
-    cosines), as MAE's 2-D embedding ("Masked Autoencoders Are Scalable Vision Learners")
-    generalised to 1-D and 3-D grids."""
+    """prod(grid)×``dim`` fixed embedding: for each grid axis, last axis first (MAE's 2-D code
+    puts the column before the row, "Masked Autoencoders Are Scalable Vision Learners"), the
+    1-D code [sin(pos·ω), cos(pos·ω)] with ω = 1/10000^(2i/part) over an even share ``part``
+    of the width; shares differ by 2 where ``dim`` does not split equally."""
     grid = tuple(int(g) for g in grid)
-    if dim % (2 * len(grid)):
-        raise ValueError(f"a sin-cos position embedding over a {len(grid)}-D grid needs a width divisible by "
+    if dim % 2 or dim < 2 * len(grid):
+        raise ValueError(f"a sin-cos position embedding over a {len(grid)}-D grid needs an even width of at least "
                          f"{2 * len(grid)}, got {dim}")
-    part = dim // len(grid)
-    omega = 1.0 / 10000 ** (torch.arange(part // 2, dtype=torch.float64) / (part / 2))
+    parts = [2 * (dim // (2 * len(grid)))] * len(grid)
+    for i in range((dim - sum(parts)) // 2):
+        parts[i] += 2
     coords = torch.meshgrid(*(torch.arange(g, dtype=torch.float64) for g in grid), indexing="ij")
     codes = []
-    for axis in coords:
+    for axis, part in zip(reversed(coords), parts):
+        omega = 1.0 / 10000 ** (torch.arange(part // 2, dtype=torch.float64) / (part / 2))
         angle = axis.reshape(-1, 1) * omega
         codes += [angle.sin(), angle.cos()]
     return torch.cat(codes, dim=1).float()

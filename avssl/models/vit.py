@@ -34,7 +34,7 @@ class ViTSize(NamedTuple):
 #: tiny: CPU demo; small and base: ViT-S/ViT-B ("An Image is Worth 16x16 Words"); base is the
 #: width of VATT's ViT-Base and of CAV-MAE's encoders.
 VIT_SIZES: dict[str, ViTSize] = {
-    "tiny": ViTSize(dim=96, depth=4, heads=3),
+    "tiny": ViTSize(dim=64, depth=4, heads=2),
     "small": ViTSize(dim=384, depth=12, heads=6),
     "base": ViTSize(dim=768, depth=12, heads=12),
 }
@@ -123,9 +123,9 @@ def _vit(input_kind: str, size: str, input_size: Sequence[int], patch_size: Sequ
 
 
 def vit_tiny(*, input_size: Sequence[int] = (1, 64, 64), patch_size: Sequence[int] = (1, 8, 8),
-             stem_widths: Sequence[int] = (24, 48), position_embedding: str = "sincos",
+             stem_widths: Sequence[int] = (16, 32), position_embedding: str = "sincos",
              pooling: str = "avg") -> VisionTransformer:
-    """CPU-demo video ViT: width 96, 4 blocks, 3 heads; single 64×64 frames in 8×8 patches
+    """CPU-demo video ViT: width 64, 4 blocks, 2 heads; single 64×64 frames in 8×8 patches
     (64 tokens) behind a two-layer conv stem."""
     return _vit("video", "tiny", input_size, patch_size, stem_widths, position_embedding, pooling)
 
@@ -149,7 +149,7 @@ def vit_base(*, input_size: Sequence[int] = (32, 224, 224), patch_size: Sequence
 def ast_tiny(*, input_size: Sequence[int] = (64, 101), patch_size: Sequence[int] = (8, 10),
              stem_widths: Sequence[int] = (), position_embedding: str = "sincos",
              pooling: str = "avg") -> VisionTransformer:
-    """CPU-demo spectrogram transformer: width 96, 4 blocks; 64-band × 1 s log-mel in 8×10
+    """CPU-demo spectrogram transformer: width 64, 4 blocks, 2 heads; 64-band × 1 s log-mel in 8×10
     patches (80 tokens)."""
     return _vit("logmel", "tiny", input_size, patch_size, stem_widths, position_embedding, pooling)
 
@@ -171,7 +171,7 @@ def ast_base(*, input_size: Sequence[int] = (128, 1024), patch_size: Sequence[in
 
 def wat_tiny(*, input_size: Sequence[int] = (16000,), patch_size: Sequence[int] = (128,),
              position_embedding: str = "sincos", pooling: str = "avg") -> VisionTransformer:
-    """CPU-size waveform transformer: width 96, 4 blocks, 128-sample patches."""
+    """CPU-size waveform transformer: width 64, 4 blocks, 2 heads, 128-sample patches."""
     return _vit("waveform", "tiny", input_size, patch_size, (), position_embedding, pooling)
 
 
