@@ -13,10 +13,12 @@ tokens plus position embedding, before any masking, as MAE and VATT add it) and
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from avssl.models.base import Encoder
@@ -179,3 +181,58 @@ def wat_base(*, input_size: Sequence[int] = (153600,), patch_size: Sequence[int]
              position_embedding: str = "sincos", pooling: str = "avg") -> VisionTransformer:
     """VATT's waveform transformer: ViT-B width over 128-sample patches of 3.2 s at 48 kHz."""
     return _vit("waveform", "base", input_size, patch_size, (), position_embedding, pooling)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local weights file as tensors: safetensors, or a torch file read with
+    ``weights_only=True`` (never unpickled), unwrapped from a ``{"model": …}`` or
+    ``{"state_dict": …}`` checkpoint as MAE's and Lightning's are; ``module.`` prefixes dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"initialisation file {path} not found")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def initialise_from_vit(encoder: VisionTransformer, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy an image ViT's encoder (timm / MAE names, e.g. an ImageNet checkpoint) into
+    ``encoder``; returns the encoder keys it set.
+
+    The first ``len(encoder.blocks)`` blocks and the final norm are copied as they are (later
+    blocks stay in ``state`` for a method's joint layers, as CAV-MAE's). The 2-D patch kernel
+    is summed over RGB for one-channel audio (as AST) and spread evenly over a space-time
+    patch's frames (I3D's inflation). The class token and position embedding are not copied:
+    these encoders pool without one and use their own position code.
+    """
+    own = encoder.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for key in own:
+        if key.startswith(("blocks.", "norm.")):
+            if key not in state:
+                raise ValueError(f"the initialisation has no {key!r} (a ViT encoder with timm's parameter names?)")
+            loaded[key] = state[key]
+    kernel = state.get("patch_embed.proj.weight")
+    if kernel is None or encoder.patch_embed.stem is not None or kernel.shape[-2:] != encoder.patch_size[-2:]:
+        shape = None if kernel is None else tuple(kernel.shape)
+        stem = " behind a conv stem" if encoder.patch_embed.stem is not None else ""
+        raise ValueError(f"the initialisation's patch kernel {shape} does not fit {encoder.patch_size} patches{stem}")
+    if encoder.in_channels == 1:
+        kernel = kernel.sum(dim=1, keepdim=True)
+    if len(encoder.patch_size) == 3:
+        frames = encoder.patch_size[0]
+        kernel = kernel.unsqueeze(2).expand(-1, -1, frames, -1, -1) / frames
+    loaded["patch_embed.proj.weight"] = kernel
+    loaded["patch_embed.proj.bias"] = state["patch_embed.proj.bias"]
+    wrong = [f"{k} {tuple(v.shape)} ≠ {tuple(own[k].shape)}" for k, v in loaded.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"the initialisation does not fit this encoder: {'; '.join(wrong[:3])}")
+    encoder.load_state_dict(loaded, strict=False)
+    return sorted(loaded)

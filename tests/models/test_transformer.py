@@ -19,7 +19,7 @@ from avssl.models.transformer import (
     sincos_position_embedding,
     unpatchify,
 )
-from avssl.models.vit import VisionTransformer
+from avssl.models.vit import VisionTransformer, initialise_from_vit, read_state_dict
 
 
 # -- sin-cos position embedding ------------------------------------------------------------------
@@ -233,3 +233,53 @@ def test_export_round_trip(tmp_path):
         assert original.state_dict().keys() == restored.state_dict().keys()
         with torch.no_grad():
             torch.testing.assert_close(restored(x), original(x), rtol=0, atol=0)
+
+
+# -- ImageNet initialisation ---------------------------------------------------------------------------
+def _image_vit_state(dim: int = 12, depth: int = 3, patch: int = 8) -> dict[str, torch.Tensor]:
+    """An image ViT's state dict under timm's names (class token, position embedding and a
+    head included), built from one of ours with an extra block."""
+    torch.manual_seed(5)
+    image = VisionTransformer("video", (1, 16, 16), (1, patch, patch), dim, depth, 2)
+    state = {k: v.clone() for k, v in image.state_dict().items()}
+    state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"][:, :, 0]  # a 2-D kernel
+    state.update({"cls_token": torch.zeros(1, 1, dim), "pos_embed": torch.zeros(1, 5, dim),
+                  "head.weight": torch.zeros(10, dim)})
+    return state
+
+
+def test_initialise_from_an_image_vit(tmp_path):
+    state = _image_vit_state()
+    torch.save({"model": state}, tmp_path / "mae.pth")
+    read = read_state_dict(tmp_path / "mae.pth")
+    assert torch.equal(read["blocks.2.attn.qkv.weight"], state["blocks.2.attn.qkv.weight"])
+
+    video = VisionTransformer("video", (4, 16, 16), (2, 8, 8), 12, 2, 2)  # two of the three blocks
+    keys = initialise_from_vit(video, read)
+    assert "patch_embed.proj.weight" in keys and not any(k.startswith("blocks.2") for k in keys)
+    assert torch.equal(video.blocks[1].mlp.fc2.weight, state["blocks.1.mlp.fc2.weight"])
+    assert torch.equal(video.norm.weight, state["norm.weight"])
+    # inflated: the 3-D kernel on a clip of identical frames gives the 2-D kernel's tokens
+    frame = torch.randn(1, 3, 1, 16, 16)
+    inflated = video.patch_embed(frame.expand(-1, -1, 2, -1, -1))
+    image = torch.nn.functional.conv2d(frame[:, :, 0], state["patch_embed.proj.weight"],
+                                       state["patch_embed.proj.bias"], stride=8)
+    torch.testing.assert_close(inflated, image.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+    audio = VisionTransformer("logmel", (16, 16), (8, 8), 12, 3, 2)
+    initialise_from_vit(audio, state)
+    torch.testing.assert_close(audio.patch_embed.proj.weight, state["patch_embed.proj.weight"].sum(1, keepdim=True))
+
+
+def test_initialise_refuses_what_does_not_fit(tmp_path):
+    state = _image_vit_state()
+    with pytest.raises(ValueError, match=r"patch kernel \(12, 3, 8, 8\) does not fit \(8, 10\) patches"):
+        initialise_from_vit(VisionTransformer("logmel", (16, 20), (8, 10), 12, 2, 2), state)
+    with pytest.raises(ValueError, match="behind a conv stem"):
+        initialise_from_vit(VisionTransformer("video", (1, 16, 16), (1, 8, 8), 12, 2, 2, stem_widths=(4,)), state)
+    with pytest.raises(ValueError, match=r"no 'blocks.3.norm1.weight'"):
+        initialise_from_vit(VisionTransformer("video", (1, 16, 16), (1, 8, 8), 12, 4, 2), state)
+    with pytest.raises(ValueError, match=r"does not fit this encoder: blocks.0.norm1.weight \(12,\) ≠ \(16,\)"):
+        initialise_from_vit(VisionTransformer("video", (1, 16, 16), (1, 8, 8), 16, 2, 2), state)
+    with pytest.raises(FileNotFoundError, match="initialisation file"):
+        read_state_dict(tmp_path / "absent.pth")
