@@ -283,3 +283,17 @@ def test_initialise_refuses_what_does_not_fit(tmp_path):
         initialise_from_vit(VisionTransformer("video", (1, 16, 16), (1, 8, 8), 16, 2, 2), state)
     with pytest.raises(FileNotFoundError, match="initialisation file"):
         read_state_dict(tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("name,shape", [("vit_tiny", (2, 3, 1, 64, 64)), ("ast_tiny", (2, 1, 64, 101))])
+def test_channels_last_gives_the_same_embeddings(name, shape):
+    """The CPU recipes set model.channels_last: the transformers take it as the CNNs do."""
+    torch.manual_seed(0)
+    build = build_video_encoder if name.startswith("vit") else build_audio_encoder
+    plain = build(name).eval()
+    fast = build(name).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.use_channels_last()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
