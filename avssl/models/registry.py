@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from avssl.models import audio, video
+from avssl.models import audio, video, vit
 from avssl.models.base import Encoder
 
 VIDEO_ENCODERS: dict[str, Callable[..., Encoder]] = {
@@ -18,12 +18,20 @@ VIDEO_ENCODERS: dict[str, Callable[..., Encoder]] = {
     "r3d_18": video.r3d_18,
     "mc3_18": video.mc3_18,
     "small3d": video.small3d,
+    "vit_tiny": vit.vit_tiny,
+    "vit_small": vit.vit_small,
+    "vit_base": vit.vit_base,
 }
 
 AUDIO_ENCODERS: dict[str, Callable[..., Encoder]] = {
     "avid_conv2d": audio.avid_conv2d,
     "resnet18": audio.resnet18,
     "small2d": audio.small2d,
+    "ast_tiny": vit.ast_tiny,
+    "ast_small": vit.ast_small,
+    "ast_base": vit.ast_base,
+    "wat_tiny": vit.wat_tiny,
+    "wat_base": vit.wat_base,
 }
 
 

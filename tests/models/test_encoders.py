@@ -19,6 +19,7 @@ from avssl.models import (
 VIDEO_INPUT = (2, 3, 4, 32, 32)
 TORCHVISION_VIDEO_INPUT = (2, 3, 2, 32, 32)  # the ResNet-18s are slow on a shared CPU
 AUDIO_INPUT = (2, 1, 64, 48)  # F×T log-mel
+WAVEFORM_INPUT = (2, 1, 1024)  # the waveform transformers' B×1×N
 # feature map (C, T', H', W') for VIDEO_INPUT (small3d) or TORCHVISION_VIDEO_INPUT;
 # (C, F', T') for AUDIO_INPUT
 VIDEO_MAPS = {
@@ -26,14 +27,24 @@ VIDEO_MAPS = {
     "r3d_18": (512, 1, 2, 2),
     "mc3_18": (512, 2, 2, 2),  # MC3's later groups are spatial-only: no temporal stride
     "small3d": (128, 1, 2, 2),
+    "vit_tiny": (64, 4, 4, 4),  # patches 1×8×8
+    "vit_small": (384, 2, 2, 2),  # 2×16×16
+    "vit_base": (768, 1, 2, 2),  # 4×16×16
 }
 AUDIO_MAPS = {
     "avid_conv2d": (512, 4, 3),  # 64×48 → stem /2 → three stride-2 blocks → 4×3
     "resnet18": (512, 2, 2),
     "small2d": (128, 4, 3),
+    "ast_tiny": (64, 8, 4),  # patches 8×10
+    "ast_small": (384, 4, 3),  # 16×16
+    "ast_base": (768, 4, 3),
+    "wat_tiny": (64, 1, 8),  # 128-sample patches of WAVEFORM_INPUT
+    "wat_base": (768, 1, 8),
 }
 DEFAULT_POOLING = {"r2plus1d_18": "avg", "r3d_18": "avg", "mc3_18": "avg", "small3d": "avg",
-                   "avid_conv2d": "max", "resnet18": "avg", "small2d": "avg"}
+                   "avid_conv2d": "max", "resnet18": "avg", "small2d": "avg",
+                   **dict.fromkeys(["vit_tiny", "vit_small", "vit_base", "ast_tiny", "ast_small", "ast_base",
+                                    "wat_tiny", "wat_base"], "avg")}
 TORCHVISION_VIDEO = {
     "r2plus1d_18": torchvision.models.video.r2plus1d_18,
     "r3d_18": torchvision.models.video.r3d_18,
@@ -46,6 +57,8 @@ def _build(name: str, **kwargs):
         return build_video_encoder(name, **kwargs), torch.randn(TORCHVISION_VIDEO_INPUT)
     if name in VIDEO_ENCODERS:
         return build_video_encoder(name, **kwargs), torch.randn(VIDEO_INPUT)
+    if name.startswith("wat_"):
+        return build_audio_encoder(name, **kwargs), torch.randn(WAVEFORM_INPUT)
     return build_audio_encoder(name, **kwargs), torch.randn(AUDIO_INPUT)
 
 
