@@ -1,6 +1,7 @@
 """Cross-modal retrieval: partner ranks, recall@K and median rank against a hand-computed
-example, torchmetrics and numpy; all-pairs scoring through a method's row-wise score; the
-verb end to end on a tiny synthetic set (random init and a trained checkpoint)."""
+example, torchmetrics, scikit-learn and numpy; all-pairs scoring through a method's
+row-wise score; the verb end to end on a tiny synthetic set (random init and a trained
+checkpoint)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import top_k_accuracy_score
 from torchmetrics.retrieval import RetrievalRecall
 
 from avssl.cli import main
@@ -43,7 +45,7 @@ def test_median_rank_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
     assert recall_at(torch.tensor([1, 2, 5, 9]), [1])["median_rank"] == 3.5
 
 
-def test_recall_matches_torchmetrics_and_numpy_on_random_scores() -> None:
+def test_recall_matches_torchmetrics_sklearn_and_numpy_on_random_scores() -> None:
     generator = torch.Generator().manual_seed(0)
     n, ks = 57, [1, 5, 10]
     scores = torch.randn(n, n, generator=generator, dtype=torch.float64)  # no ties
@@ -58,6 +60,9 @@ def test_recall_matches_torchmetrics_and_numpy_on_random_scores() -> None:
             expected = RetrievalRecall(top_k=k)(matrix.flatten(), target.flatten(), indexes=indexes.flatten())
             assert result[direction][f"r@{k}"] == pytest.approx(float(expected) * 100, abs=1e-5)  # float32
             assert result[direction][f"r@{k}"] == pytest.approx((ranks <= k).mean() * 100, abs=1e-9)
+            # sklearn: each query a classification whose class is its partner's column
+            top_k = top_k_accuracy_score(np.arange(n), matrix.numpy(), k=k, labels=np.arange(n))
+            assert result[direction][f"r@{k}"] == pytest.approx(top_k * 100, abs=1e-9)
         assert result[direction]["median_rank"] == float(np.median(ranks))
 
 
