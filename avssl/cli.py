@@ -338,6 +338,12 @@ def _clustering() -> ModuleType:
     return clustering
 
 
+def _retrieval() -> ModuleType:
+    from avssl.evaluation import retrieval
+
+    return retrieval
+
+
 @dataclass(frozen=True)
 class EvaluationVerb:
     """A recipe verb that writes metrics.json into the recipe's run_dir (docs/evaluation.md)."""
@@ -411,6 +417,19 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
          ("cluster.num_clusters", "null: the classes in the manifest"), ("cluster.split", "the split clustered"),
          ("cluster.batch_size", "clips per feature batch")),
         "avssl cluster recipes/eval/synth_cluster.yaml cluster.encoders=runs/synth_avc_small/export"),
+    "retrieve": EvaluationVerb(
+        _retrieval, "retrieval", lambda: _retrieval().RetrievalConfig,
+        "video→audio and audio→video retrieval, R@1/5/10 and median rank (retrieval.checkpoint=CKPT|random)",
+        "Score every test video against every test audio (one centre clip per video) with the method's own "
+        "cross-modal score and report recall@K and the median rank of each clip's partner, both directions.",
+        (("retrieval.checkpoint", "a pretext run's Lightning .ckpt (the score needs its cross-modal head), or random"),
+         ("data.shards", "folder written by `avssl shards`"), ("run_dir", "where metrics.json goes"),
+         ("retrieval.split", "the split retrieved among"),
+         ("retrieval.per_class", "null, or the first N clips of each class (CAV-MAE: 5)"),
+         ("retrieval.max_items", "null, or at most the first N clips"), ("retrieval.ks", "the K of recall@K"),
+         ("retrieval.batch_size", "clips per feature batch"), ("retrieval.device", "auto, cpu or cuda")),
+        "avssl retrieve recipes/eval/synth_retrieval.yaml "
+        "retrieval.checkpoint=runs/synth_avc_small/checkpoints/last.ckpt"),
 }
 
 

@@ -99,12 +99,13 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
     # evaluation verbs' sections, each checked by its verb (avssl probe / finetune / localize /
-    # separate / cluster)
+    # separate / cluster / retrieve)
     probe: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
     localization: dict[str, Any] = field(default_factory=dict)
     separation: dict[str, Any] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] = field(default_factory=dict)
 
 
 def _resolve_base(base: str, relative_to: Path) -> Path:
@@ -378,6 +379,10 @@ VALUE_RULES: dict[str, Accepts] = {
     "cluster.num_clusters": integer(2, nullable=True),
     "cluster.restarts": integer(1),
     "cluster.batch_size": integer(1),
+    "retrieval.per_class": integer(1, nullable=True),
+    "retrieval.max_items": integer(2, nullable=True),
+    "retrieval.batch_size": integer(1),
+    "retrieval.pairs_per_batch": integer(1),
     "trainer.max_epochs": integer(1, -1, "no limit", nullable=True),
     "trainer.min_epochs": integer(0, nullable=True),
     "trainer.max_steps": integer(1, -1, "no limit"),

@@ -2,7 +2,7 @@
 AVID+CMA and SeLaVi, each with the same budget) → linear probes of random-init and
 pretrained encoders → exported checkpoints → downstream evaluation of the first method
 (fine-tuning, sound-source and event localization against random init, mix-and-separate)
-→ results table and results.json.
+and video↔audio retrieval of every method → results table and results.json.
 
 Every step is an `avssl` verb; a step whose output already exists is not redone
 (delete the demo folder to start over). After the shards, the steps form a small graph
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", default="avc", help=f"comma-separated from {sorted(METHODS)}, or 'all'")
-    parser.add_argument("--downstream", default="finetune,localize,separate",
+    parser.add_argument("--downstream", default="finetune,localize,separate,retrieve",
                         help="downstream steps after pretraining (comma-separated; '' for none); "
                              "'events' adds AVE-style event localization to the localize step (~2 min more)")
     parser.add_argument("--seed", type=int, default=0,
@@ -242,7 +242,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; known: {sorted(METHODS)} or 'all'")
     wanted = [s for s in args.downstream.split(",") if s]
-    unknown = sorted(set(wanted) - {"finetune", "localize", "separate", "events"})
+    unknown = sorted(set(wanted) - {"finetune", "localize", "separate", "events", "retrieve"})
     if unknown:
         raise SystemExit(f"unknown downstream step(s) {unknown}")
     cores = os.cpu_count() or 1
@@ -290,8 +290,8 @@ def main() -> None:
 def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int,
                seed: int = 0) -> list[Step]:
     """The steps after the shards, writing under ``out``: each method's pretraining and probe,
-    the downstream steps of the first method, the random-init probe, localization (every
-    method and random init). ``seed`` ≠ 0 adds ``seed=<seed>`` to the pretraining, probes,
+    the downstream steps of the first method, the random-init probe, localization and
+    retrieval (every method and random init). ``seed`` ≠ 0 adds ``seed=<seed>`` to the pretraining, probes,
     fine-tuning and localization (initialisation, batch order, augmentations); the separation
     keeps its recipe's ``separation.seed``, which also draws its test mixtures, so that every
     seed is scored on the same mixtures (it varies through the encoders it reads). Seed 0
@@ -341,6 +341,16 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
                 f"localization.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
                 f"run_dir={out / f'localize_{method}'}")
 
+    def retrieve(threads: int) -> None:
+        recipe = str(evals / "synth_retrieval.yaml")
+        options = [f"retrieval.cache_dir={out / 'feature_cache'}"]
+        run("retrieve", recipe, *common, *seeded, *options, "retrieval.checkpoint=random",
+            f"run_dir={out / 'retrieve_random'}")
+        for method in methods:
+            run("retrieve", recipe, *common, *seeded, *options,
+                f"retrieval.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
+                f"run_dir={out / f'retrieve_{method}'}")
+
     steps = [Step(first, pretrain_and_probe(first))]
     if "separate" in downstream:
         steps.append(Step("separate", separate, after=(first,)))
@@ -350,6 +360,8 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
     steps.append(Step("probe_random", probe_random))
     if "localize" in downstream:
         steps.append(Step("localize", localize, after=tuple(methods)))
+    if "retrieve" in downstream:  # last: a step run in this process leaves the others' random draws as they were
+        steps.append(Step("retrieve", retrieve, after=tuple(methods)))
     return steps
 
 
@@ -395,6 +407,15 @@ def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dic
                 "event_segment_accuracy": loc.get("events", {}).get("segment_accuracy"),
                 "random_event_segment_accuracy": random_loc.get("events", {}).get("segment_accuracy"),
             }
+    if "retrieve" in downstream:
+        random_ret = json.loads((out / "retrieve_random" / "metrics.json").read_text())
+        results["retrieval"] = {}
+        for method in ["random", *methods]:
+            ret = random_ret if method == "random" else json.loads((out / f"retrieve_{method}" / "metrics.json")
+                                                                     .read_text())
+            results["retrieval"][method] = {direction: ret[direction] for direction in ("video_to_audio",
+                                                                                        "audio_to_video")}
+            results["retrieval"][method]["num_items"] = ret["num_items"]
     if "separate" in downstream:
         metrics = json.loads((out / "separate" / "metrics.json").read_text())
         mixtures = metrics["mixtures"]
@@ -418,6 +439,15 @@ def print_downstream(results: dict, methods: list[str]) -> None:
             if loc.get("event_segment_accuracy") is not None:
                 print(f"  {'':<9} event segments: {loc['event_segment_accuracy']:.1f} % "
                       f"(random init {loc['random_event_segment_accuracy']:.1f} %)")
+    if "retrieval" in results:
+        items = next(iter(results["retrieval"].values()))["num_items"]
+        print(f"video↔audio retrieval among the {items} test clips (R@1 / R@5 / R@10 %, median rank; "
+              f"chance R@1 {100 / items:.1f} %):")
+        print(f"  {'':<9} {'video → audio':>28} {'audio → video':>28}")
+        for method, ret in results["retrieval"].items():
+            cells = [f"{r['r@1']:5.1f} / {r['r@5']:5.1f} / {r['r@10']:5.1f}, {r['median_rank']:>4g}"
+                     for r in (ret["video_to_audio"], ret["audio_to_video"])]
+            print(f"  {method:<9} {cells[0]:>28} {cells[1]:>28}")
     if "separation" in results:
         s = results["separation"]
         print(f"separation of two-clip mixtures ({s['method']} video encoder): SDR {s['sdr_db']:.1f} dB "

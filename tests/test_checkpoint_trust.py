@@ -81,6 +81,7 @@ def test_export_refuses(evil: tuple[Path, Path], tmp_path: Path, capsys: pytest.
     ("localize", "synth_localization.yaml", "localization.checkpoint"),
     ("separate", "synth_separation.yaml", "separation.encoders"),
     ("cluster", "synth_cluster.yaml", "cluster.encoders"),
+    ("retrieve", "synth_retrieval.yaml", "retrieval.checkpoint"),
 ])
 def test_evaluation_verbs_refuse(verb: str, recipe: str, key: str, evil: tuple[Path, Path], shards: Path,
                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -190,3 +190,44 @@ def test_a_negative_seed_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pyt
         demo.main()
     assert exit_info.value.code == 2 and "--seed must be at least 0, got -1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_retrieval_runs_last_for_random_init_and_every_method(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo, "run", lambda *argv: calls.append(list(argv)))
+    steps = demo.demo_steps(tmp_path, ["data.shards=S"], ["avc", "avts"], ["localize", "retrieve"], 3)
+    assert steps[-1].name == "retrieve" and set(steps[-1].after) == {"avc", "avts"}
+    steps[-1].run(1)
+    recipe = str(demo.RECIPES / "eval" / "synth_retrieval.yaml")
+    common = ["retrieve", recipe, "data.shards=S", f"retrieval.cache_dir={tmp_path / 'feature_cache'}"]
+    assert calls == [[*common, "retrieval.checkpoint=random", f"run_dir={tmp_path / 'retrieve_random'}"]] + [
+        [*common, f"retrieval.checkpoint={tmp_path / m / 'checkpoints' / 'last.ckpt'}",
+         f"run_dir={tmp_path / f'retrieve_{m}'}"] for m in ("avc", "avts")]
+
+
+def test_retrieval_results_and_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def scores(r1: float) -> dict:
+        return {"r@1": r1, "r@5": 50.0, "r@10": 100.0, "median_rank": 5.5}
+
+    for name, r1 in (("random", 10.0), ("avc", 40.0)):
+        (tmp_path / f"retrieve_{name}").mkdir()
+        (tmp_path / f"retrieve_{name}" / "metrics.json").write_text(json.dumps(
+            {"video_to_audio": scores(r1), "audio_to_video": scores(r1 + 1), "num_items": 10, "checkpoint": name}))
+    (tmp_path / "probe_random").mkdir()
+    probe = {m: {"test_video_top1": 12.5} for m in ("video", "audio", "both")}
+    (tmp_path / "probe_random" / "metrics.json").write_text(json.dumps(probe))
+    (tmp_path / "probe_avc").mkdir()
+    (tmp_path / "probe_avc" / "metrics.json").write_text(json.dumps(probe))
+    (tmp_path / "avc" / "csv").mkdir(parents=True)
+    (tmp_path / "avc" / "csv" / "metrics.csv").write_text("val/accuracy\n0.7\n")
+    results = demo.collect_results(tmp_path, ["avc"], ["retrieve"])
+    assert results["retrieval"] == {
+        "random": {"video_to_audio": scores(10.0), "audio_to_video": scores(11.0), "num_items": 10},
+        "avc": {"video_to_audio": scores(40.0), "audio_to_video": scores(41.0), "num_items": 10}}
+    demo.print_downstream(results, ["avc"])
+    assert capsys.readouterr().out == (
+        "video↔audio retrieval among the 10 test clips (R@1 / R@5 / R@10 %, median rank; chance R@1 10.0 %):\n"
+        "                           video → audio                audio → video\n"
+        "  random      10.0 /  50.0 / 100.0,  5.5   11.0 /  50.0 / 100.0,  5.5\n"
+        "  avc         40.0 /  50.0 / 100.0,  5.5   41.0 /  50.0 / 100.0,  5.5\n")

@@ -13,12 +13,13 @@ from avssl.evaluation.clustering import ClusterConfig
 from avssl.evaluation.finetune import FinetuneConfig
 from avssl.evaluation.linear_probe import ProbeConfig
 from avssl.evaluation.localization import LocalizationConfig
+from avssl.evaluation.retrieval import RetrievalConfig
 from avssl.evaluation.separation import SeparationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_RECIPES = sorted(p for p in (ROOT / "recipes" / "eval").glob("*.yaml") if not p.name.startswith("synth_"))
 SECTIONS = {"probe": ProbeConfig, "finetune": FinetuneConfig, "localization": LocalizationConfig,
-            "separation": SeparationConfig, "cluster": ClusterConfig}
+            "separation": SeparationConfig, "cluster": ClusterConfig, "retrieval": RetrievalConfig}
 
 
 def test_there_are_published_eval_recipes() -> None:

@@ -6,5 +6,5 @@
 * ``report(results: dict) -> str``: the text the verb prints.
 
 linear_probe (probe), finetune, localization (localize), separation (separate), clustering
-(cluster); what they share: encoders (what is evaluated, and on which device), features
+(cluster), retrieval (retrieve); what they share: encoders (what is evaluated, and on which device), features
 (cached frozen features), io (one pass over a split through AVDataModule, metrics.json)."""

@@ -72,21 +72,22 @@ def load_encoders(config: DictConfig, source_name: str, run_dir: Path) -> Loaded
     return LoadedEncoders(encoders, data, "export:" + file_digest(list(source.glob("*.safetensors"))))
 
 
-def load_task(config: DictConfig, checkpoint: str) -> tuple["PretextTask", str]:
+def load_task(config: DictConfig, checkpoint: str, section: str = "localization") -> tuple["PretextTask", str]:
     """(task, an id for the feature cache): a pretext run's task from its checkpoint, or the
-    recipe's task freshly initialised with ``seed`` (``random``)."""
+    recipe's task freshly initialised with ``seed`` (``random``); ``section`` is the verb's
+    recipe section (left out of the pretext recipe, and named in the error)."""
     from avssl.tasks.pretext import build_pretext_task, load_pretext_task
 
     if checkpoint == "random":
         pl.seed_everything(config.seed)
         recipe = to_plain(config)
-        recipe.pop("localization", None)
+        recipe.pop(section, None)
         return build_pretext_task(recipe).eval(), random_id(config)
     path = Path(checkpoint)
     if path.suffix != ".ckpt":
-        raise FileNotFoundError(f"localization.checkpoint={checkpoint}: give a pretext run's .ckpt (the heatmap "
-                                "needs the method's cross-modal head, which an export folder does not hold) "
-                                "or 'random'")
+        raise FileNotFoundError(f"{section}.checkpoint={checkpoint}: give a pretext run's .ckpt (the method's "
+                                "cross-modal score needs its cross-modal head, which an export folder does not "
+                                "hold) or 'random'")
     return load_pretext_task(path), f"ckpt:{path.resolve()}:{path.stat().st_mtime_ns}"
 
 
