@@ -7,6 +7,7 @@ DEMO_DIR ?= runs/demo
 METHODS ?= avc
 JOBS ?=          # steps side by side after the shards (empty: one per method, at most one per core)
 SEED ?= 0        # the recipes' seed for the steps after the shards (0: the recorded demo; N: in DEMO_DIR/seedN)
+DOWNSTREAM ?=    # steps after pretraining (empty: finetune,localize,separate; add retrieve for R@1/5/10)
 SEEDS ?= 0,1,2   # demo-seeds: one demo per seed, one after another, on the same data, then mean ± std
 comma := ,
 
@@ -30,7 +31,7 @@ test-fast: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 demo: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS) --seed $(strip $(SEED)) $(if $(strip $(JOBS)),--jobs $(JOBS))
+	WANDB_MODE=offline $(BIN)/python scripts/demo.py --out $(DEMO_DIR) --methods $(METHODS) --seed $(strip $(SEED)) $(if $(strip $(JOBS)),--jobs $(JOBS)) $(if $(strip $(DOWNSTREAM)),--downstream $(strip $(DOWNSTREAM)))
 
 demo-seeds: $(STAMP)
 	set -e; for seed in $(subst $(comma), ,$(SEEDS)); do \

@@ -205,9 +205,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", default="avc", help=f"comma-separated from {sorted(METHODS)}, or 'all'")
-    parser.add_argument("--downstream", default="finetune,localize,separate,retrieve",
+    parser.add_argument("--downstream", default="finetune,localize,separate",
                         help="downstream steps after pretraining (comma-separated; '' for none); "
-                             "'events' adds AVE-style event localization to the localize step (~2 min more)")
+                             "'events' adds AVE-style event localization to the localize step (~2 min more); "
+                             "'retrieve' adds video↔audio retrieval of every method (~30 s a method)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the recipes' seed for every pretraining and evaluation step; N ≠ 0 writes to "
                              "<out>/seedN and reuses <out>'s synthetic set and shards (0: the recorded demo)")
