@@ -400,6 +400,21 @@ VALUE_RULES: dict[str, Accepts] = {
     "trainer.gradient_clip_val": number(0, nullable=True),
 }
 
+# Keys recipes once had and no longer do: a recipe naming one is refused as unknown, but a
+# checkpoint written before the removal still loads (its saved recipe drops them).
+RETIRED_KEYS: tuple[str, ...] = ("data.eval_clips_per_video",)
+
+
+def without_retired_keys(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe (a checkpoint's plain dict) without the keys in RETIRED_KEYS."""
+    recipe = dict(recipe)
+    for key in RETIRED_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(recipe.get(section), dict) and name in recipe[section]:
+            recipe[section] = {k: v for k, v in recipe[section].items() if k != name}
+    return recipe
+
+
 _ABSENT = object()
 
 

@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from avssl.config import without_retired_keys
 from avssl.data.errors import DataError
 from avssl.data.transforms import VIDEO_MEAN, VIDEO_STD
 from avssl.data.views import AudioView, MelSettings, VideoView, input_views
@@ -120,7 +121,7 @@ def checkpoint_recipe(checkpoint: Mapping[str, Any], path: Path) -> dict[str, An
         )
     if not isinstance(config.get("model"), Mapping):
         raise ExportError(f"{path}: the recipe in hyper_parameters['config'] has no 'model' section")
-    return dict(config)
+    return without_retired_keys(dict(config))
 
 
 def _sub_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

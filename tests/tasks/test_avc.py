@@ -55,3 +55,21 @@ def test_unknown_embedding_norm_is_an_error() -> None:
     with pytest.raises(RecipeError) as caught:
         _avc(embedding_norm="layernorm")
     assert str(caught.value) == "task.embedding_norm must be one of 'batchnorm', 'none', got 'layernorm'"
+
+
+def test_a_checkpoint_whose_recipe_has_a_retired_key_still_loads_and_exports(tmp_path: Path) -> None:
+    """``data.eval_clips_per_video`` was removed from the schema (never used): a recipe naming
+    it is refused, but checkpoints written before carry it in their saved recipe."""
+    from avssl.export import export_checkpoint, load_pretrained
+    from avssl.tasks.pretext import load_pretext_task
+
+    trained = _avc()
+    old_recipe = dict(trained.hparams["config"])
+    old_recipe["data"] = {**old_recipe["data"], "eval_clips_per_video": 3}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": {"config": old_recipe}, "global_step": 0},
+               path)
+    loaded = load_pretext_task(path)
+    torch.testing.assert_close(loaded.state_dict(), trained.state_dict())
+    exported = load_pretrained(export_checkpoint(path, tmp_path / "export"))
+    assert "eval_clips_per_video" not in exported.spec["recipe"]["data"]
