@@ -25,11 +25,11 @@ and, with a frozen encoder, its feature maps are computed once.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import multiprocessing as mp
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -41,6 +41,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.plugins.environments import LightningEnvironment
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
@@ -65,8 +67,6 @@ from avssl.evaluation.spectral import (
 )
 from avssl.models.unet import LinearSynthesizer, UNet, VisualProjection
 from avssl.probe import load_encoders
-
-log = logging.getLogger(__name__)
 
 POOLINGS = ("box", "frame")
 LOG_EPSILON = 1e-10
@@ -455,10 +455,13 @@ def train(model: SeparationModel, clips: Clips, features: VisualFeatures, cfg: S
     """``cfg.steps`` steps on random mixtures, run by a Lightning Trainer on the model's
     device; the loss of every step. Nothing is written (no logger, no checkpoint)."""
     training = SeparationTraining(model, clips, features)
+    # one process on one device, whatever launched it (no torchrun or SLURM ranks to find)
     trainer = pl.Trainer(max_steps=cfg.steps, **trainer_devices(next(model.parameters()).device), logger=False,
                          enable_checkpointing=False, enable_model_summary=False, callbacks=[TrainingBar()],
-                         num_sanity_val_steps=0)
-    trainer.fit(training, train_dataloaders=MixtureBatches(clips, cfg))
+                         num_sanity_val_steps=0, plugins=[LightningEnvironment()])
+    with warnings.catch_warnings():  # the frozen video encoder is in eval mode on purpose (SeparationTraining)
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+        trainer.fit(training, train_dataloaders=MixtureBatches(clips, cfg))
     return training.losses
 
 
