@@ -326,7 +326,7 @@ EVALUATION_VERBS: dict[str, EvaluationVerb] = {
         "avssl localize recipes/eval/synth_localization.yaml "
         "localization.checkpoint=runs/synth_avc_small/checkpoints/last.ckpt"),
     "separate": EvaluationVerb(
-        "avssl.separate:separation_from_recipe", "separation", "avssl.evaluation.separation:SeparationConfig",
+        "avssl.cli:_separate", "separation", "avssl.evaluation.separation:SeparationConfig",
         "mix-and-separate with a visually conditioned U-Net, SDR/SIR/SAR/SI-SDR "
         "(separation.encoders=EXPORT_DIR|CKPT|random)",
         "Train a U-Net conditioned on the video encoder's features to separate mixtures of two clips "
@@ -355,6 +355,15 @@ def _load(target: str) -> Any:
 
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _separate(config: Any) -> dict[str, Any]:
+    """`avssl separate`: avssl.evaluation.separation's evaluate, and its report printed."""
+    from avssl.evaluation import separation
+
+    results = separation.evaluate(config)
+    print(separation.report(results))
+    return results
 
 
 def _evaluate(args: argparse.Namespace) -> int:
