@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -436,11 +437,18 @@ class SeparationTraining(pl.LightningModule):
 
 
 class TrainingBar(TQDMProgressBar):
-    """Lightning's bar, named for the task, with the mean loss of the last 20 steps."""
+    """Lightning's bar, named for the task, with the mean loss of the last 20 steps, on stderr
+    (Lightning's goes to stdout, which `avssl separate` keeps for its report)."""
+
+    def init_train_tqdm(self) -> tqdm:
+        return tqdm(desc="separation training", unit="step", disable=self.is_disabled, file=sys.stderr)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.set_description("separation training")
+        self.train_progress_bar.reset(total=self.total_train_batches)  # the one epoch: cfg.steps batches
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self.train_progress_bar.close()  # before the Trainer logs that it stopped
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, str]:
         return {"loss": f"{np.mean(pl_module.losses[-20:]):.4f}"}
