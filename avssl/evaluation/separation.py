@@ -19,8 +19,11 @@ mixture magnitude, inverted with the mixture phase. Scores: ``avssl.metrics.sepa
 (BSS Eval v3 through mir_eval, SI-SDR), averaged over sources, then over mixtures; mixtures
 with a silent reference or estimate are skipped and counted.
 
-Clips are decoded once into memory (the test and train windows of this scale fit easily)
-and, with a frozen encoder, its feature maps are computed once.
+Clips are decoded once into memory (the test and train windows of this scale fit easily),
+through the data module's stream, and, with a frozen encoder, its feature maps are computed
+once. A Lightning Trainer runs the training (:class:`SeparationTraining`); its batches are drawn
+from the clips in memory by one seeded generator (:class:`MixtureBatches`). `avssl separate` is
+:func:`evaluate` (metrics.json) and :func:`report` (what it prints).
 """
 from __future__ import annotations
 
