@@ -19,32 +19,45 @@ mixture magnitude, inverted with the mixture phase. Scores: ``avssl.metrics.sepa
 (BSS Eval v3 through mir_eval, SI-SDR), averaged over sources, then over mixtures; mixtures
 with a silent reference or estimate are skipped and counted.
 
-Clips are decoded once into memory (the test and train windows of this scale fit easily)
-and, with a frozen encoder, its feature maps are computed once.
+Clips are decoded once into memory (the test and train windows of this scale fit easily),
+through the data module's stream, and, with a frozen encoder, its feature maps are computed
+once. A Lightning Trainer runs the training (:class:`SeparationTraining`); its batches are drawn
+from the clips in memory by one seeded generator (:class:`MixtureBatches`). `avssl separate` is
+:func:`evaluate` (metrics.json) and :func:`report` (what it prints).
 """
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.plugins.environments import LightningEnvironment
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
+from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
-from avssl.config import RecipeError
-from avssl.data.datamodule import DataConfig, ShardList, ShardStream, make_loader
+from avssl.config import RecipeError, start_evaluation
+from avssl.data.datamodule import AVDataModule, DataConfig, ShardList, make_loader
 from avssl.data.sampling import ViewSampler
 from avssl.data.skips import split_clips
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
-from avssl.data.transforms import AugmentSettings, VideoBatchTransform
+from avssl.data.transforms import VideoBatchTransform
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO, AudioView, ViewSpec
+from avssl.evaluation.encoders import load_encoders, resolve_device
+from avssl.evaluation.io import write_metrics
 from avssl.evaluation.spectral import (
     MASK_TYPES,
     StftSettings,
@@ -152,19 +165,18 @@ class Clips:
 
 
 def load_clips(data: DataConfig, split: str, targets: tuple[str, ...], train: bool, max_clips: int = 0) -> Clips:
-    """One window per video of ``split`` (random window and flip for training, the centre
-    window otherwise), the aligned audio as a waveform, with the ``targets`` asked for."""
+    """One window per video of ``split``, read once in the manifest's order (random window and
+    flip for training, the centre window otherwise), the aligned audio as a waveform, with the
+    ``targets`` asked for."""
     if data.video is None or data.audio is None:
         raise ValueError("separation needs a video and an audio window in the data section")
     views = ViewSpec(video=data.video, audio={AUDIO: AudioView(seconds=data.audio.seconds, representation="waveform")},
                      mel=data.mel, targets=targets)
-    augment = dict(data.augment)
-    if "crop_scale" in augment:
-        augment["crop_scale"] = tuple(augment["crop_scale"])
-    shards = ShardList.from_manifest(data.shards, split)
-    stream = ShardStream(shards, ViewSampler(views, train=train, augment=AugmentSettings(**augment)),
-                         data.eval_batch_size or data.batch_size, num_workers=data.num_workers, shuffle=False,
-                         pad=False, seed=data.seed, max_skip_fraction=data.max_skip_fraction)
+    # each window is drawn once, so a split decoded whole into memory first (data.cache) would only cost its size
+    module = AVDataModule(replace(data, cache="none"), views)
+    stream = module.stream(split, train=False, distributed=False)  # every clip once, in order, no padding
+    if train:  # the training windows, still read once in order (the data module's training stream shuffles and pads)
+        stream.sampler = ViewSampler(views, train=True, augment=module.augment)
     keys = [VIDEO, AUDIO, LABEL, INDEX, *(t for t in (BOXES, STEMS) if t in targets)]
     if STEMS in targets:
         keys.append(NUM_STEMS)
@@ -379,26 +391,89 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: SeparationConfig) -> torc
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, [round(f * cfg.steps) for f in cfg.lr_decay_at], gamma=0.1)
 
 
+class MixtureBatches(IterableDataset):
+    """``cfg.steps`` training batches (:func:`training_batch`), drawn in this process from the
+    clips in memory by one generator seeded with ``cfg.seed`` (a fresh one per pass)."""
+
+    def __init__(self, clips: Clips, cfg: SeparationConfig) -> None:
+        self.clips, self.cfg = clips, cfg
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        for _ in range(self.cfg.steps):
+            yield training_batch(self.clips, self.cfg, generator)
+
+
+class SeparationTraining(pl.LightningModule):
+    """The separation network's training for the Trainer: the mask loss of each batch of
+    mixtures, Adam (:func:`make_optimizer`) and the step-wise decay (:func:`lr_schedule`).
+    ``losses`` holds the loss of every step."""
+
+    def __init__(self, model: SeparationModel, clips: Clips, features: VisualFeatures) -> None:
+        super().__init__()
+        self.model, self.clips, self.features = model, clips, features
+        self.losses: list[float] = []
+
+    def on_fit_start(self) -> None:
+        self.model.train()
+        self.model.video_encoder.eval()  # BatchNorm statistics stay those of pretraining, even when fine-tuned
+        self.model.video_encoder.requires_grad_(self.model.cfg.finetune_video)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # the rows index clips kept on the CPU; training_loss moves the audio itself
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = training_loss(self.model, self.features, self.clips, *batch)
+        self.losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = make_optimizer(self.model, self.model.cfg)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": lr_schedule(optimizer, self.model.cfg), "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        self.model.eval()
+
+
+class TrainingBar(TQDMProgressBar):
+    """Lightning's bar, named for the task, with the mean loss of the last 20 steps, on stderr
+    (Lightning's goes to stdout, which `avssl separate` keeps for its report)."""
+
+    def init_train_tqdm(self) -> tqdm:
+        return tqdm(desc="separation training", unit="step", disable=self.is_disabled, file=sys.stderr)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.train_progress_bar.reset(total=self.total_train_batches)  # the one epoch: cfg.steps batches
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self.train_progress_bar.close()  # before the Trainer logs that it stopped
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, str]:
+        return {"loss": f"{np.mean(pl_module.losses[-20:]):.4f}"}
+
+
+def trainer_devices(device: torch.device) -> dict[str, Any]:
+    """The Trainer's accelerator and devices for one torch device (``cuda:1``: that GPU)."""
+    return {"accelerator": device.type, "devices": [device.index] if device.index is not None else 1}
+
+
 def train(model: SeparationModel, clips: Clips, features: VisualFeatures, cfg: SeparationConfig) -> list[float]:
-    """``cfg.steps`` steps on random mixtures; the loss of every step."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = make_optimizer(model, cfg)
-    schedule = lr_schedule(optimizer, cfg)
-    model.train()
-    model.video_encoder.eval()  # BatchNorm statistics stay those of pretraining, even when fine-tuned
-    model.video_encoder.requires_grad_(cfg.finetune_video)
-    losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc="separation training", unit="step")
-    for _ in bar:
-        loss = training_loss(model, features, clips, *training_batch(clips, cfg, generator))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    model.eval()
-    return losses
+    """``cfg.steps`` steps on random mixtures, run by a Lightning Trainer on the model's
+    device; the loss of every step. Nothing is written (no logger, no checkpoint)."""
+    training = SeparationTraining(model, clips, features)
+    # one process on one device, whatever launched it (no torchrun or SLURM ranks to find)
+    trainer = pl.Trainer(max_steps=cfg.steps, **trainer_devices(next(model.parameters()).device), logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[TrainingBar()],
+                         num_sanity_val_steps=0, plugins=[LightningEnvironment()])
+    with warnings.catch_warnings():  # the frozen video encoder is in eval mode on purpose (SeparationTraining)
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+        trainer.fit(training, train_dataloaders=MixtureBatches(clips, cfg))
+    return training.losses
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -552,12 +627,6 @@ def plot_separation(separated: Separated, model: SeparationModel, path: Path, co
 
 
 # -- the whole protocol ---------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: SeparationConfig, run_dir: Path
                    ) -> dict[str, Any]:
     """Decode, train, evaluate (a) and (b), plot; the metrics.json content."""
@@ -565,7 +634,7 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
         raise ValueError("separation needs a video window (data.video)")
     started = time.time()
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     check_splits_exist(data.shards, cfg)
     train_targets = (BOXES,) if cfg.pooling == "box" else ()
     train_clips = load_clips(data, cfg.train_split, train_targets, train=True, max_clips=cfg.max_train_clips)
@@ -599,7 +668,51 @@ def run_separation(video_encoder: torch.nn.Module, data: DataConfig, cfg: Separa
     return results
 
 
-__all__ = ["Clips", "box_cells", "check_mixable", "check_splits_exist", "SeparationConfig", "SeparationModel",
-           "VisualFeatures", "load_clips", "partners",
-           "plot_separation", "run_separation", "score_sets", "separate_test_mixtures",
-           "separate_two_source_clips", "evaluation_pairs", "train", "training_batch", "training_loss"]
+# -- the verb ----------------------------------------------------------------------------------
+METRIC_ROWS = ("sdr_db", "sir_db", "sar_db", "si_sdr_db", "sdr_improvement_db", "sdr_mixture_db")
+
+
+def evaluate(config: DictConfig) -> dict[str, Any]:
+    """`avssl separate`: the video encoder the checked recipe names through :func:`run_separation`;
+    the results, also written to ``run_dir/metrics.json``."""
+    cfg, run_dir = start_evaluation(config, "separation", SeparationConfig)
+    try:
+        encoders, data, _ = load_encoders(config, cfg.encoders, run_dir)
+    except FileNotFoundError as error:
+        raise RecipeError(f"separation.encoders={cfg.encoders}: {error}") from None
+    if encoders.get("video") is None:
+        raise RecipeError(f"separation.encoders={cfg.encoders}: these encoders have no video encoder")
+    results = run_separation(encoders["video"], data, cfg, run_dir)
+    results["encoders"] = cfg.encoders
+    results["splits"] = {"train": cfg.train_split, "test": cfg.test_split}
+    return {**results, "metrics_file": str(write_metrics(results, run_dir))}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One row of dB means per scored set (a dash where nothing could be scored)."""
+    rows = [f"{'scored set':<17} " + " ".join(f"{k.removesuffix('_db'):>15}" for k in METRIC_ROWS) + f" {'count':>6}"]
+    for name in ("mixtures", "two_source_clips"):
+        if name not in results:
+            continue
+        r = results[name]
+        cells = " ".join(f"{r[k]:>15.2f}" if r[k] is not None else f"{'-':>15}" for k in METRIC_ROWS)
+        rows.append(f"{name:<17} {cells} {r['count']:>6}")
+    return "\n".join(rows)
+
+
+def report(results: dict[str, Any]) -> str:
+    """What `avssl separate` prints of :func:`evaluate`'s results: the split, the table, the files."""
+    metrics_file = Path(results["metrics_file"])
+    splits = results["splits"]
+    held_out = "" if splits["test"] != splits["train"] else ", the split it was trained on: not held out"
+    return (f"separation with video encoder {results['encoders']} (split {splits['test']}{held_out}; dB, means over "
+            f"sources then mixtures):\n"
+            f"{format_table(results)}\n{results['seconds']['total']:.0f} s; "
+            f"written: {metrics_file}, {metrics_file.parent / 'separation.png'}")
+
+
+__all__ = ["Clips", "MixtureBatches", "SeparationConfig", "SeparationModel", "SeparationTraining", "TrainingBar",
+           "VisualFeatures", "box_cells", "check_mixable", "check_splits_exist", "evaluate", "evaluation_pairs",
+           "format_table", "load_clips", "partners", "plot_separation", "report", "run_separation", "score_sets",
+           "separate_test_mixtures", "separate_two_source_clips", "train", "trainer_devices", "training_batch",
+           "training_loss"]

@@ -1,24 +1,36 @@
 """Mix-and-separate: the log-frequency warp, mask targets, ideal-mask reconstruction, a
-training step, and `avssl separate` end to end on a tiny synthetic set."""
+training step, the Trainer's run of the training, the clips read through the data module, the
+report, and `avssl separate` end to end on a tiny synthetic set."""
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from avssl.cli import main
+from avssl.data.datamodule import DataConfig, ShardList
+from avssl.data.targets import BOXES
+from avssl.data.views import AudioView, VideoView
 from avssl.evaluation.separation import (
     Clips,
+    MixtureBatches,
     SeparationConfig,
     SeparationModel,
     VisualFeatures,
     box_cells,
     evaluation_pairs,
+    load_clips,
+    lr_schedule,
+    make_optimizer,
     partners,
+    report,
     score_sets,
+    train,
+    trainer_devices,
     training_batch,
     training_loss,
 )
@@ -145,8 +157,6 @@ def _toy_clips(count: int = 8) -> Clips:
 
 
 def test_lr_decays_tenfold_at_the_given_fractions_of_the_steps() -> None:
-    from avssl.evaluation.separation import lr_schedule
-
     cfg = SeparationConfig(steps=10, lr=1e-3, lr_decay_at=[0.4, 0.8])
     optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
     schedule, rates = lr_schedule(optimizer, cfg), []
@@ -180,6 +190,69 @@ def test_one_training_step_reduces_the_loss(mask_type: str) -> None:
     optimizer.step()
     after = training_loss(model, features, clips, *batch)
     assert after.item() < before.item()
+
+
+def test_mixture_batches_are_the_seeded_draws_of_training_batch() -> None:
+    """``cfg.steps`` batches, those of one generator seeded with ``cfg.seed``; each pass the same."""
+    cfg = SeparationConfig(steps=3, batch_size=4, seed=5)
+    clips = _toy_clips()
+    batches = MixtureBatches(clips, cfg)
+    generator = torch.Generator().manual_seed(5)
+    expected = [training_batch(clips, cfg, generator) for _ in range(3)]
+    for _ in range(2):
+        drawn = list(batches)
+        assert len(batches) == len(drawn) == 3
+        for got, want in zip(drawn, expected):
+            for a, b in zip(got, want):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("finetune_video", [False, True])
+def test_the_trainer_runs_the_hand_written_training_loop(finetune_video: bool) -> None:
+    """The Trainer's steps are those of the loop it replaced (forward, zero_grad, backward,
+    Adam step, scheduler step, per batch): the same losses and weights to the bit, with the
+    learning rate divided by 10 mid-run and, when fine-tuned, the video encoder trained in eval mode."""
+    cfg = SeparationConfig(steps=6, batch_size=4, unet_width=8, unet_levels=4, channels=8, log_bins=64,
+                           lr_decay_at=[0.5], finetune_video=finetune_video, device="cpu")
+    clips = _toy_clips()
+
+    def fresh() -> tuple[SeparationModel, VisualFeatures]:
+        torch.manual_seed(3)
+        model = SeparationModel(small3d(widths=(8, 16)), cfg, frame_size=32)
+        return model, VisualFeatures(model, clips, torch.device("cpu"))
+
+    reference, features = fresh()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(reference, cfg)
+    schedule = lr_schedule(optimizer, cfg)
+    reference.train()
+    reference.video_encoder.eval()
+    reference.video_encoder.requires_grad_(finetune_video)
+    expected = []
+    for _ in range(cfg.steps):
+        loss = training_loss(reference, features, clips, *training_batch(clips, cfg, generator))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        expected.append(loss.item())
+
+    model, features = fresh()
+    initial = {k: v.clone() for k, v in model.video_encoder.state_dict().items()}
+    losses = train(model, clips, features, cfg)
+    assert losses == expected and len(set(losses)) == cfg.steps
+    for (name, got), want in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(got, want), name
+    trained = model.video_encoder.state_dict()
+    assert not torch.equal(trained["blocks.0.0.weight"], initial["blocks.0.0.weight"]) == finetune_video
+    assert all(torch.equal(trained[k], v) for k, v in initial.items() if "running_" in k), "BatchNorm stays frozen"
+    assert not model.training and not model.video_encoder.training
+
+
+def test_trainer_devices() -> None:
+    assert trainer_devices(torch.device("cpu")) == {"accelerator": "cpu", "devices": 1}
+    assert trainer_devices(torch.device("cuda")) == {"accelerator": "cuda", "devices": 1}
+    assert trainer_devices(torch.device("cuda:1")) == {"accelerator": "cuda", "devices": [1]}
 
 
 @pytest.mark.parametrize("reduce", ["max", "mean"])
@@ -219,6 +292,43 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_clips_are_read_once_in_the_manifests_order(tiny_set: Path) -> None:
+    """Through the data module's stream: every clip of the split once, in order; training
+    windows drawn (random window and flip, the same on every read), test windows centred;
+    the in-memory cache of the recipe changes nothing."""
+    data = DataConfig(shards=str(tiny_set / "shards"), video=VideoView(num_frames=1, fps=25.0, size=48),
+                      audio=AudioView(seconds=1.0), batch_size=8, num_workers=0)
+    count = ShardList.from_manifest(data.shards, "train").num_samples
+    drawn = load_clips(data, "train", (BOXES,), train=True)
+    centred = load_clips(data, "train", (), train=False)
+    assert drawn.index.tolist() == centred.index.tolist() == list(range(count))
+    assert torch.equal(drawn.label, centred.label) and centred.boxes is None and drawn.boxes.shape == (count, 4, 4)
+    assert drawn.video.shape == (count, 3, 1, 48, 48) and drawn.audio.shape == (count, RATE)
+    assert not torch.equal(drawn.audio, centred.audio), "training windows are drawn, not centred"
+    again = load_clips(replace(data, cache="memory"), "train", (BOXES,), train=True, max_clips=5)
+    assert torch.equal(again.audio, drawn.audio[:5]) and torch.equal(again.video, drawn.video[:5])
+    torch.testing.assert_close(again.boxes, drawn.boxes[:5], rtol=0, atol=0, equal_nan=True)  # NaN: no box
+    assert len(again) == 5
+
+
+def test_report_is_the_printed_summary() -> None:
+    scores = {"sdr_db": 5.123, "sir_db": 12.0, "sar_db": 7.5, "si_sdr_db": 4.25, "sdr_improvement_db": 5.0,
+              "sdr_mixture_db": 0.125, "count": 63}
+    results = {"mixtures": scores, "two_source_clips": {**{k: None for k in scores}, "count": 0},
+               "seconds": {"total": 151.6}, "encoders": "runs/demo/avc/export",
+               "metrics_file": "runs/separate/metrics.json",
+               "splits": {"train": "train", "test": "test"}}
+    lines = report(results).splitlines()
+    assert lines[0] == ("separation with video encoder runs/demo/avc/export (split test; dB, means over sources then "
+                        "mixtures):")
+    assert lines[1].split() == ["scored", "set", "sdr", "sir", "sar", "si_sdr", "sdr_improvement", "sdr_mixture",
+                                "count"]
+    assert lines[2].split() == ["mixtures", "5.12", "12.00", "7.50", "4.25", "5.00", "0.12", "63"]
+    assert lines[3].split() == ["two_source_clips", *["-"] * 6, "0"]
+    assert lines[4] == "152 s; written: runs/separate/metrics.json, runs/separate/separation.png"
+    assert len(lines) == 5
+
+
 @pytest.mark.slow
 def test_separate_verb_end_to_end(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "sep"
@@ -231,6 +341,9 @@ def test_separate_verb_end_to_end(tiny_set: Path, tmp_path: Path, capsys: pytest
                  "separation.unet_width=8", "separation.unet_levels=4", "separation.channels=8",
                  "separation.test_mixtures=4", "separation.eval_workers=0", "separation.figure_mixtures=2"]) == 0
     result = json.loads((run_dir / "metrics.json").read_text())
+    assert "metrics_file" not in result and not list(run_dir.glob(".*.tmp"))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.json", "separation.png"], \
+        "the Trainer writes no logs or checkpoints"
     mixtures, clips = result["mixtures"], result["two_source_clips"]
     assert mixtures["count"] + mixtures["skipped_silent_reference"] + mixtures["skipped_silent_estimate"] == 4
     for key in ("sdr_db", "sir_db", "sar_db", "si_sdr_db", "sdr_improvement_db"):
@@ -247,7 +360,9 @@ def test_separate_verb_end_to_end(tiny_set: Path, tmp_path: Path, capsys: pytest
             + clips["skipped_missing_box"]) == two
     assert result["train"]["steps"] == 3 and result["encoders"] == "random"
     assert (run_dir / "separation.png").stat().st_size > 1000
-    assert "separation with video encoder random" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("separation with video encoder random (split test; dB")
+    assert printed.endswith(f"written: {run_dir / 'metrics.json'}, {run_dir / 'separation.png'}\n")
 
 
 def test_separate_a_set_without_boxes_or_stems(tiny_set: Path, tmp_path: Path) -> None:

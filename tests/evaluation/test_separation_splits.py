@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import avssl.evaluation.separation as separation
-import avssl.separate
 from avssl.cli import main
 from tests.conftest import flash_click_clip, write_test_shards
 
@@ -59,7 +58,7 @@ def test_the_scored_split_is_printed_and_recorded(shards: Path, tmp_path: Path, 
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     scores = {"sdr_db": 1.0, "sir_db": 2.0, "sar_db": 3.0, "si_sdr_db": 0.5, "sdr_improvement_db": 0.25,
               "sdr_mixture_db": 0.75, "count": 2}
-    monkeypatch.setattr(avssl.separate, "run_separation",
+    monkeypatch.setattr(separation, "run_separation",
                         lambda *args: {"mixtures": dict(scores), "seconds": {"total": 3.0}})
     run_dir = tmp_path / "run"
     assert main(["separate", RECIPE, f"data.shards={shards}", f"run_dir={run_dir}", *SMALL,
