@@ -190,3 +190,16 @@ def test_a_negative_seed_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pyt
         demo.main()
     assert exit_info.value.code == 2 and "--seed must be at least 0, got -1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_xdc_results_report_the_nmi_of_its_last_clustering(tmp_path: Path) -> None:
+    probe = {m: {"test_video_top1": top1} for m, top1 in (("video", 60.0), ("audio", 90.0), ("both", 92.0))}
+    for folder in ("probe_random", "probe_xdc"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(probe))
+    (tmp_path / "xdc" / "csv").mkdir(parents=True)
+    (tmp_path / "xdc" / "csv" / "metrics.csv").write_text(
+        "epoch,train/xdc_nmi,val/nmi_video_head\n0,0.25,\n7,,0.5\n7,0.75,\n")
+    entry = demo.collect_results(tmp_path, ["xdc"], [])["xdc"]
+    assert entry["nmi"] == 0.75 and entry["pretext"] == {"val_nmi_video_head": 0.5}
+    assert entry["probe"]["audio"] == {"random": 90.0, "pretrained": 90.0}

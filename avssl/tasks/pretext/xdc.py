@@ -15,6 +15,14 @@ re-initialised after each clustering (cluster ids carry no meaning from one clus
 the next) and each row's loss is weighted by the inverse of its cluster's size
 (``task.balance_clusters``: DeepCluster samples uniformly over clusters instead).
 
+``task.contrastive_warmup_epochs`` = W > 0 (not in the paper, as SeLaVi's recipe here): the
+encoders first train W epochs with a cross-modal in-batch InfoNCE on projections of their
+features (per rank, AVC's in-batch negatives), and the first clustering comes at the start of
+epoch W. On the synthetic set, k-means of the random network's features groups nuisances
+(background colours, microphone colouring) and the cross-modal prediction left them slowly
+(docs/methods/xdc.md). ``task.contrastive_weight`` > 0 keeps the InfoNCE beside the
+clustering loss after the warm-up.
+
 Logged: ``train/xdc_nmi`` (and ``_audio``, ``_joint``): NMI of each clustering of the
 training set against its categories (where the shards carry them), from the last clustering;
 ``val/nmi_video_head``: NMI of the video encoder's head's predictions on the validation split.
@@ -30,6 +38,7 @@ import torch.nn.functional as F
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.losses.distributed import gather
+from avssl.losses.nce import cross_modal_info_nce
 from avssl.losses.xdc import (
     ClusterHeads,
     PseudoLabels,
@@ -39,6 +48,7 @@ from avssl.losses.xdc import (
     pseudo_label_loss,
 )
 from avssl.metrics.clustering import clustering_scores
+from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 logger = logging.getLogger(__name__)
@@ -58,6 +68,11 @@ class XDCConfig(TaskConfig):
     reset_heads: bool = True  # re-initialise the heads after each clustering (DeepCluster)
     balance_clusters: bool = True  # weight each row by the inverse of its cluster's size
     num_instances: int | None = None  # label slots; None: the training split's size from the manifest
+    # not in the paper: train this many epochs with a cross-modal in-batch InfoNCE before the first clustering
+    contrastive_warmup_epochs: int = 0
+    contrastive_temperature: float = 0.1
+    contrastive_dim: int = 128  # the warm-up's projection MLP [D, D, dim] with BatchNorm, L2-normalised
+    contrastive_weight: float = 0.0  # after the warm-up: the InfoNCE kept beside the clustering loss, this weight
 
     def __post_init__(self) -> None:
         for name in ("num_clusters", "video_clusters", "audio_clusters"):
@@ -66,6 +81,9 @@ class XDCConfig(TaskConfig):
                 raise ValueError(f"task.{name} must be ≥ 2, got {value}")
         if self.recluster_epochs < 1 or self.kmeans_iterations < 1:
             raise ValueError("task.recluster_epochs and task.kmeans_iterations must be ≥ 1")
+        if self.contrastive_weight and not self.contrastive_warmup_epochs:
+            raise ValueError("task.contrastive_weight > 0 needs task.contrastive_warmup_epochs > 0 (its projections), "
+                             f"got {self.contrastive_weight}")
 
     def clusters(self) -> dict[str, int]:
         """k of each cluster set the variant needs."""
@@ -85,6 +103,11 @@ class XDC(PretextTask):
         self.heads = ClusterHeads(cfg.variant, self.video_encoder.embedding_dim, self.audio_encoder.embedding_dim,
                                   cfg.clusters())
         self.pseudo_labels = PseudoLabels(cluster_sets(cfg.variant), cfg.num_instances, cfg.clusters())
+        if cfg.contrastive_warmup_epochs:
+            self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
+                                               batchnorm=True)
+            self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
+                                               batchnorm=True)
         self._class_weights: dict[str, torch.Tensor] | None = None
         self._train_pass = None  # the evaluation loader over the training split, built once
         self.clustering_nmi: dict[str, float] = {}
@@ -140,9 +163,10 @@ class XDC(PretextTask):
     def on_train_epoch_start(self) -> None:
         cfg: XDCConfig = self.task_config
         epoch = int(self.current_epoch)
-        if int(self.pseudo_labels.solved_epoch) == epoch:  # resumed within the epoch: its labels are restored
-            return
-        if int(self.pseudo_labels.clusterings_done) == 0 or epoch % cfg.recluster_epochs == 0:
+        if int(self.pseudo_labels.solved_epoch) == epoch or epoch < cfg.contrastive_warmup_epochs:
+            return  # resumed within the epoch (its labels are restored), or still warming up
+        if int(self.pseudo_labels.clusterings_done) == 0 or (epoch - cfg.contrastive_warmup_epochs) \
+                % cfg.recluster_epochs == 0:
             self.relabel(*self.training_set_features())
 
     def class_weights(self) -> dict[str, torch.Tensor] | None:
@@ -158,7 +182,17 @@ class XDC(PretextTask):
         audio_features = self.audio_encoder(batch[AUDIO])
         logits = self.heads(video_features, audio_features)
         targets = self.pseudo_labels.targets(batch[INDEX])
-        loss = pseudo_label_loss(logits, targets, self.class_weights())
+        cfg: XDCConfig = self.task_config
+        every_head = 0.0 * sum(t.sum() for heads in logits.values() for t in heads.values())  # in the graph (DDP)
+        if int(self.pseudo_labels.clusterings_done) == 0:  # the warm-up: no labels yet
+            loss = self._info_nce(video_features, audio_features) + every_head
+        else:
+            loss = pseudo_label_loss(logits, targets, self.class_weights())
+            if cfg.contrastive_weight:
+                loss = loss + cfg.contrastive_weight * self._info_nce(video_features, audio_features)
+            elif cfg.contrastive_warmup_epochs:  # the warm-up projections stay in the graph for DDP, at zero gradient
+                loss = loss + 0.0 * sum(p.sum() for p in [*self.video_warmup_projection.parameters(),
+                                                           *self.audio_warmup_projection.parameters()])
         size = video_features.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         for encoder, heads in logits.items():
@@ -171,6 +205,12 @@ class XDC(PretextTask):
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": {"cross_entropy": loss.detach()},
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
+
+    def _info_nce(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """The warm-up's cross-modal in-batch InfoNCE on its projections."""
+        return cross_modal_info_nce(F.normalize(self.video_warmup_projection(video_features), dim=1),
+                                    F.normalize(self.audio_warmup_projection(audio_features), dim=1),
+                                    self.task_config.contrastive_temperature)
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.clustering_nmi.items():
