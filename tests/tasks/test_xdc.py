@@ -156,3 +156,15 @@ def test_nmi_of_each_clustering_against_the_categories(epoch: dict[str, int]) ->
     model.relabel(index, features, labels)
     assert model.clustering_nmi["video"] == pytest.approx(1.0)
     assert model.clustering_nmi["audio"] < 0.5
+
+
+def test_reset_linear_draws_as_torch_from_its_generator() -> None:
+    from avssl.tasks.pretext.xdc import reset_linear
+
+    layer = torch.nn.Linear(5, 3)
+    torch.manual_seed(11)
+    reference = torch.nn.Linear(5, 3)  # nn.Linear.reset_parameters from the global generator at seed 11
+    state = torch.get_rng_state()
+    reset_linear(layer, torch.Generator().manual_seed(11))
+    assert torch.equal(layer.weight, reference.weight) and torch.equal(layer.bias, reference.bias)
+    assert torch.equal(torch.get_rng_state(), state), "the global generator is left alone"

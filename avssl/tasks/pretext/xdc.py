@@ -30,11 +30,13 @@ training set against its categories (where the shards carry them), from the last
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.losses.distributed import gather
@@ -90,6 +92,18 @@ class XDCConfig(TaskConfig):
         k = {"video": self.video_clusters or self.num_clusters, "audio": self.audio_clusters or self.num_clusters,
              "joint": self.num_clusters}
         return {name: k[name] for name in cluster_sets(self.variant)}
+
+
+@torch.no_grad()
+def reset_linear(layer: nn.Linear, generator: torch.Generator) -> None:
+    """``nn.Linear.reset_parameters`` drawn from ``generator`` (on the CPU, then copied: the
+    global generators, CUDA's included, are left alone)."""
+    weight = torch.empty(layer.weight.shape)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    layer.weight.copy_(weight)
+    if layer.bias is not None:
+        bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0
+        layer.bias.copy_(torch.empty(layer.bias.shape).uniform_(-bound, bound, generator=generator))
 
 
 class XDC(PretextTask):
@@ -154,10 +168,11 @@ class XDC(PretextTask):
                     int(self.pseudo_labels.clusterings_done), int(self.current_epoch),
                     {k: round(v, 2) for k, v in inertia.items()},
                     {k: round(v, 3) for k, v in self.clustering_nmi.items()})
-        if cfg.reset_heads:
+        if cfg.reset_heads:  # drawn from (seed, clustering): a run resumed later draws the same heads
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.pseudo_labels.clusterings_done))
             for heads in self.heads.heads.values():
                 for head in heads.values():
-                    head.reset_parameters()
+                    reset_linear(head, generator)
         self._class_weights = None
 
     def on_train_epoch_start(self) -> None:
