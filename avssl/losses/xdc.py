@@ -25,6 +25,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from avssl.losses.distributed import all_reduce, gather
@@ -149,6 +150,24 @@ def preprocess_features(x: torch.Tensor, pca_dim: int | None, l2_normalize: bool
     return x
 
 
+@torch.no_grad()
+def align_labels(new: torch.Tensor, previous: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """``new`` with its cluster ids renamed so that they overlap ``previous`` the most (the
+    Hungarian assignment on the k×k contingency of the rows labelled in both; −1 kept):
+    k-means numbers its clusters arbitrarily, and a head kept from one clustering to the next
+    (``task.reset_heads: false``) predicts the old numbering."""
+    both = (new >= 0) & (previous >= 0)
+    if not bool(both.any()):
+        return new
+    contingency = torch.zeros(num_clusters, num_clusters, dtype=torch.long)
+    contingency.index_put_((new[both].cpu(), previous[both].cpu()), torch.ones(int(both.sum()), dtype=torch.long),
+                           accumulate=True)
+    rows, cols = linear_sum_assignment(contingency.numpy(), maximize=True)
+    rename = torch.empty(num_clusters, dtype=torch.long)
+    rename[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return torch.where(new >= 0, rename.to(new.device)[new.clamp_min(0)], new)
+
+
 class PseudoLabels(nn.Module):
     """Per cluster set (``video``, ``audio``, ``joint``), every training video's current
     label (−1: not clustered, e.g. a video skipped as undecodable); the epoch they were solved
@@ -175,17 +194,22 @@ class PseudoLabels(nn.Module):
 
     @torch.no_grad()
     def relabel(self, index: torch.Tensor, features: dict[str, torch.Tensor], epoch: int, seed: int,
-                iterations: int = 25, pca_dim: int | None = None, l2_normalize: bool = True) -> dict[str, float]:
+                iterations: int = 25, pca_dim: int | None = None, l2_normalize: bool = True,
+                align: bool = False) -> dict[str, float]:
         """Cluster this rank's rows (``index``: N_r shard indices; ``features``: cluster set →
         N_r×D) together with every other rank's (collective), and store every rank's labels
-        by index. Each clustering draws its initial centroids from (seed, clusterings done).
+        by index (``align``: renamed to match the previous clustering, :func:`align_labels`).
+        Each clustering draws its initial centroids from (seed, clusterings done).
         Returns each set's k-means inertia."""
         inertia = {}
         draw = seed * 1_000_003 + int(self.clusterings_done)
         for name in self.sets:
             x = preprocess_features(features[name], pca_dim, l2_normalize)
             result = distributed_kmeans(x, self.num_clusters[name], iterations, seed=draw)
-            self.labels(name).copy_(labels_by_index(index, result.labels, self.labels(name).numel()))
+            labels = labels_by_index(index, result.labels, self.labels(name).numel())
+            if align:
+                labels = align_labels(labels, self.labels(name), self.num_clusters[name])
+            self.labels(name).copy_(labels)
             inertia[name] = result.inertia
         self.solved_epoch.fill_(epoch)
         self.clusterings_done += 1
@@ -193,4 +217,5 @@ class PseudoLabels(nn.Module):
 
 
 __all__ = ["VARIANTS", "supervision", "cluster_sets", "clustering_features", "ClusterHeads", "pseudo_label_loss",
-           "labels_by_index", "balancing_weights", "preprocess_features", "PseudoLabels"]
+           "labels_by_index", "balancing_weights", "preprocess_features", "align_labels",
+           "PseudoLabels"]

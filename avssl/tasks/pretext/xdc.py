@@ -68,6 +68,9 @@ class XDCConfig(TaskConfig):
     pca_dim: int | None = 256  # DeepCluster's PCA-whitening before k-means; None: none
     l2_normalize: bool = True
     reset_heads: bool = True  # re-initialise the heads after each clustering (DeepCluster)
+    # not in the paper: rename each clustering's ids to match the previous one (Hungarian), so that kept heads
+    # (reset_heads: false) go on predicting the same clusters
+    align_labels: bool = False
     balance_clusters: bool = True  # weight each row by the inverse of its cluster's size
     num_instances: int | None = None  # label slots; None: the training split's size from the manifest
     # not in the paper: train this many epochs with a cross-modal in-batch InfoNCE before the first clustering
@@ -155,7 +158,7 @@ class XDC(PretextTask):
         and re-initialise the heads."""
         cfg: XDCConfig = self.task_config
         inertia = self.pseudo_labels.relabel(index, features, int(self.current_epoch), self.seed,
-                                             cfg.kmeans_iterations, cfg.pca_dim, cfg.l2_normalize)
+                                             cfg.kmeans_iterations, cfg.pca_dim, cfg.l2_normalize, cfg.align_labels)
         categories = labels_by_index(index, category, cfg.num_instances)
         known = categories >= 0
         self.clustering_nmi = {}
