@@ -138,3 +138,27 @@ def test_relabel_two_processes_match_one(tmp_path: Path) -> None:
             assert two.keys() == one.keys()
             for key in one:
                 assert torch.equal(two[key], one[key]), key
+
+
+def test_align_labels_renames_to_the_best_overlap() -> None:
+    from avssl.losses.xdc import align_labels
+
+    new = torch.tensor([2, 2, 0, 0, 1, -1, 1])
+    previous = torch.tensor([0, 0, 1, 1, 2, 2, -1])
+    # new 2 ↔ old 0 (2 rows), new 0 ↔ old 1 (2 rows), new 1 ↔ old 2 (1 row); −1 stays
+    assert align_labels(new, previous, 3).tolist() == [0, 0, 1, 1, 2, -1, 2]
+    assert torch.equal(align_labels(new, torch.full((7,), -1), 3), new), "nothing to align with: unchanged"
+
+
+def test_relabel_with_align_keeps_the_numbering() -> None:
+    bank = PseudoLabels(("video",), 4, {"video": 2})
+    x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+    index = torch.arange(4)
+    bank.relabel(index, {"video": x}, epoch=0, seed=0, l2_normalize=False)
+    first = bank.labels("video").clone()
+    other = PseudoLabels(("video",), 4, {"video": 2})
+    other.relabel(index, {"video": x}, epoch=0, seed=1, l2_normalize=False)
+    assert torch.equal(other.labels("video"), 1 - first), "unaligned, seed 1 numbers the two clusters the other way"
+    for seed in range(1, 6):  # other initial centroids may number the clusters the other way round
+        bank.relabel(index, {"video": x}, epoch=seed, seed=seed, l2_normalize=False, align=True)
+        assert torch.equal(bank.labels("video"), first)
