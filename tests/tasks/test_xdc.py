@@ -19,7 +19,8 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 def _xdc(*overrides: str) -> XDC:
     config = load_recipe(RECIPES / "synth" / "xdc_small.yaml",
                          ["data.video.size=32", "task.num_instances=24", "task.num_clusters=3",
-                          "task.contrastive_warmup_epochs=0", *overrides])  # the paper's loss
+                          "task.contrastive_warmup_epochs=0", "task.contrastive_weight=0.0", "task.reset_heads=true",
+                          "task.align_labels=false", *overrides])  # the paper's loop
     return XDC(OmegaConf.to_container(config, resolve=True))
 
 
@@ -168,3 +169,16 @@ def test_reset_linear_draws_as_torch_from_its_generator() -> None:
     reset_linear(layer, torch.Generator().manual_seed(11))
     assert torch.equal(layer.weight, reference.weight) and torch.equal(layer.bias, reference.bias)
     assert torch.equal(torch.get_rng_state(), state), "the global generator is left alone"
+
+
+def test_pair_scores(epoch: dict[str, int]) -> None:
+    video, audio = torch.randn(5, 64), torch.randn(5, 64)
+    warm = _xdc("task.contrastive_warmup_epochs=2").eval()
+    expected = F.cosine_similarity(warm.video_warmup_projection(video), warm.audio_warmup_projection(audio), dim=-1)
+    torch.testing.assert_close(warm.pair_scores(video, audio), expected)
+    model = _xdc("task.variant=mdc").eval()
+    logits = model.heads(video, audio)
+    same = [(logits["video"][s].softmax(-1) * logits["audio"][s].softmax(-1)).sum(-1) for s in ("video", "audio")]
+    torch.testing.assert_close(model.pair_scores(video, audio), (same[0] + same[1]) / 2)
+    scores = _xdc().pair_scores(video, audio)
+    assert scores.shape == (5,) and bool(((scores > 0) & (scores < 1)).all())

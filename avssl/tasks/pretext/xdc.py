@@ -236,9 +236,13 @@ class XDC(PretextTask):
 
     # -- cross-modal score ----------------------------------------------------------------
     def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
-        """Probability that the video and the audio fall in the same cluster, mean over the
+        """With the warm-up's projections: their cosine (the InfoNCE's score). Otherwise the
+        probability that the video and the audio fall in the same cluster, mean over the
         cluster sets both encoders predict (MDC, CDC); XDC and SDC have none in common, so the
         video head's and the audio head's cluster distributions are compared as they are."""
+        if self.task_config.contrastive_warmup_epochs:
+            return F.cosine_similarity(self.video_warmup_projection(video_features),
+                                       self.audio_warmup_projection(audio_features), dim=-1)
         logits = self.heads(video_features, audio_features)
         common = [name for name in logits["video"] if name in logits["audio"]]
         if common:
