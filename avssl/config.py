@@ -480,7 +480,8 @@ SMOKE_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy":
 
 # Method constants that count training instances: at most this many in a smoke run, whose
 # shards hold a few dozen videos (a bank needs more instances than negatives drawn from it).
-SMOKE_TASK_LIMITS = {"num_negatives": 8, "cma_positives": 2, "cma_negatives": 4, "num_clusters": 4}
+SMOKE_TASK_LIMITS = {"num_negatives": 8, "cma_positives": 2, "cma_negatives": 4, "num_clusters": 4,
+                     "video_clusters": 4, "audio_clusters": 4}
 
 # float16 autocast is CUDA's; the CPU's autocast runs bfloat16 (every other precision runs as written)
 CPU_PRECISION = {"16-mixed": "bf16-mixed", "16": "bf16-mixed", "16-true": "bf16-true"}
@@ -499,7 +500,8 @@ def smoke_phases(task: Any) -> tuple[int, dict[str, Any]]:
     """The smoke run's epochs and the task keys that move each phase switch to epoch 1, so
     that 2 steps of every phase run: AVTS easy, then hard (and super-hard) negatives;
     AVID, then CMA (positives re-solved every epoch); SeLaVi filling its label bank (or its
-    contrastive warm-up), then labels by Sinkhorn and the heads' cross-entropy."""
+    contrastive warm-up), then labels by Sinkhorn and the heads' cross-entropy; XDC clustering
+    the training set and training on the labels, then clustering again (every epoch)."""
     name, changes = task.get("name"), {}
     if name == "avts":
         changes["hard_start_epoch"] = min(int(task.get("hard_start_epoch", 1)), 1)
@@ -507,6 +509,8 @@ def smoke_phases(task: Any) -> tuple[int, dict[str, Any]]:
         changes.update(cma_start_epoch=min(int(task.cma_start_epoch), 1), cma_resample_epochs=1)
     elif name == "selavi" and task.get("variant", "offline") == "offline":
         changes["contrastive_warmup_epochs"] = min(int(task.get("contrastive_warmup_epochs", 0)), 1)
+    elif name == "xdc":
+        changes["recluster_epochs"] = 1
     else:
         return 1, changes
     return 2, changes

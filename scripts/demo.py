@@ -36,6 +36,7 @@ METHODS = {
     "avts": ("avts_small.yaml", "val/sync_accuracy"),
     "avid_cma": ("avid_cma_small.yaml", "val/retrieval_top1"),
     "selavi": ("selavi_small.yaml", "val/nmi_best_head"),
+    "xdc": ("xdc_small.yaml", "val/nmi_video_head"),
 }
 
 
@@ -386,6 +387,8 @@ def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dic
             best = max(heads, key=lambda k: _last(log, k))  # chosen on val …
             entry["nmi"] = _last(log, best.replace("val/", "test/"))  # … read on test
             entry["best_head"] = int(best.removeprefix("val/nmi_head"))
+        if method == "xdc":  # the final clustering of the training set's video features against its categories
+            entry["nmi"] = _last(log, "train/xdc_nmi")
         results[method] = entry
     first = methods[0]
     if "finetune" in downstream:

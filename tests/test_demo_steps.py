@@ -231,3 +231,16 @@ def test_retrieval_results_and_table(tmp_path: Path, capsys: pytest.CaptureFixtu
         "                           video → audio                audio → video\n"
         "  random      10.0 /  50.0 / 100.0,  5.5   11.0 /  50.0 / 100.0,  5.5\n"
         "  avc         40.0 /  50.0 / 100.0,  5.5   41.0 /  50.0 / 100.0,  5.5\n")
+
+
+def test_xdc_results_report_the_nmi_of_its_last_clustering(tmp_path: Path) -> None:
+    probe = {m: {"test_video_top1": top1} for m, top1 in (("video", 60.0), ("audio", 90.0), ("both", 92.0))}
+    for folder in ("probe_random", "probe_xdc"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(probe))
+    (tmp_path / "xdc" / "csv").mkdir(parents=True)
+    (tmp_path / "xdc" / "csv" / "metrics.csv").write_text(
+        "epoch,train/xdc_nmi,val/nmi_video_head\n0,0.25,\n7,,0.5\n7,0.75,\n")
+    entry = demo.collect_results(tmp_path, ["xdc"], [])["xdc"]
+    assert entry["nmi"] == 0.75 and entry["pretext"] == {"val_nmi_video_head": 0.5}
+    assert entry["probe"]["audio"] == {"random": 90.0, "pretrained": 90.0}

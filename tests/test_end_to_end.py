@@ -97,6 +97,8 @@ def test_pretrain_export_probe(tiny_shards: Path, tmp_path: Path, capsys: pytest
     ("avid_cma", "avid_cma_small.yaml", ["val/retrieval_top1", "train/xid", "train/cma", "online/video_knn_top1"]),
     ("selavi", "selavi_small.yaml", ["val/nmi_best_head", "test/nmi_head0", "train/video_head_accuracy",
                                      "online/audio_linear_top1"]),
+    ("xdc", "xdc_small.yaml", ["val/nmi_video_head", "train/xdc_nmi", "train/xdc_nmi_audio",
+                               "train/video_head_audio_accuracy", "online/video_knn_top1"]),
 ])
 def test_other_pretext_tasks_train_and_export(tiny_shards: Path, tmp_path: Path, method: str, recipe: str,
                                               metrics: list[str]) -> None:
@@ -106,6 +108,7 @@ def test_other_pretext_tasks_train_and_export(tiny_shards: Path, tmp_path: Path,
         "avts": ["task.hard_start_epoch=1"],
         "avid_cma": ["task.cma_start_epoch=1", "task.cma_positives=3", "task.cma_negatives=4"],
         "selavi": ["task.num_labelings=3", "task.contrastive_warmup_epochs=1"],
+        "xdc": ["task.num_clusters=3", "task.contrastive_warmup_epochs=1"],
     }[method]
     assert main(["pretrain", str(RECIPES / "synth" / recipe), f"data.shards={tiny_shards}", "data.num_workers=0",
                  "data.batch_size=8", "data.video.size=48", "model.video_encoder.widths=[8,8,16,16]",

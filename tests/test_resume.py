@@ -121,7 +121,9 @@ TINY = ["model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8
 @pytest.mark.parametrize("recipe,extra", [
     ("avc_small.yaml", ["task.scheduler=cosine", "task.warmup_epochs=1"]),  # the scheduler's state too
     ("selavi_small.yaml", ["task.num_labelings=4"]),  # label bank and Sinkhorn labels, relabelled mid-run
-], ids=["avc", "selavi"])
+    # pseudo-labels from k-means at epoch start: the resumed epoch keeps its labels, epoch 1 clusters again
+    ("xdc_small.yaml", ["task.num_clusters=3", "task.contrastive_warmup_epochs=0", "task.contrastive_weight=0.0"]),
+], ids=["avc", "selavi", "xdc"])
 def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(shards: Path, tmp_path: Path, recipe: str,
                                                             extra: list[str]) -> None:
     # 24 training videos, 2 workers × 3 batches of 4 = 6 steps an epoch; killed at step 5

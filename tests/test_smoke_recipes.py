@@ -31,7 +31,7 @@ AVTS_RECIPE = RECIPES / "pretrain" / "avts" / "kinetics400_mc318_8x32_16f112.yam
 
 # the phase of each epoch of a smoke run, per method folder (see _phase)
 PHASES = {"avc": ["avc"], "avts": ["easy", "easy+hard"], "avid_cma": ["avid", "avid+cma"],
-          "selavi": ["bank fill", "labels"]}
+          "selavi": ["bank fill", "labels"], "xdc": ["clustering 1", "clustering 2"]}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def _smoke_args(recipe: Path, shards: Path, run_dir: Path, *overrides: str) -> l
 # -- settings ------------------------------------------------------------------------------------
 
 def test_there_is_a_recipe_per_method() -> None:
-    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi"}
+    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi", "xdc"}
 
 
 def test_smoke_shrinks_the_run_and_keeps_the_method() -> None:
@@ -98,13 +98,14 @@ def test_a_smoke_run_has_its_own_folder() -> None:
 def test_smoke_moves_every_phase_switch_to_epoch_one() -> None:
     expected = {"avc": (1, {}), "avts": (2, {"hard_start_epoch": 1}),
                 "avid_cma": (2, {"cma_start_epoch": 1, "cma_resample_epochs": 1}),
-                "selavi": (2, {"contrastive_warmup_epochs": 0})}
+                "selavi": (2, {"contrastive_warmup_epochs": 0}), "xdc": (2, {"recluster_epochs": 1})}
     for recipe in FULL_SCALE:
         epochs, keys = expected[recipe.parent.name]
         smoke = load_recipe(recipe, ["smoke=true"])
         assert smoke.trainer.max_epochs == epochs and smoke.trainer.max_steps == -1, recipe
         assert {key: smoke.task[key] for key in keys} == keys, recipe
-    warm = load_recipe(FULL_SCALE[-1], ["smoke=true", "task.contrastive_warmup_epochs=20"])
+    selavi = next(p for p in FULL_SCALE if p.parent.name == "selavi")
+    warm = load_recipe(selavi, ["smoke=true", "task.contrastive_warmup_epochs=20"])
     assert warm.task.contrastive_warmup_epochs == 20, "the user's"
 
 
@@ -144,6 +145,8 @@ def _phase(task: PretextTask, outputs: dict) -> str:
         return "avid+cma" if "cma" in outputs["terms"] else "avid"
     if name == "selavi":
         return "labels" if task.label_bank.has_labels else "bank fill"
+    if name == "xdc":  # the clustering that gave this step's labels
+        return f"clustering {int(task.pseudo_labels.clusterings_done)}"
     return name
 
 
