@@ -36,6 +36,8 @@ METHODS = {
     "avts": ("avts_small.yaml", "val/sync_accuracy"),
     "avid_cma": ("avid_cma_small.yaml", "val/retrieval_top1"),
     "selavi": ("selavi_small.yaml", "val/nmi_best_head"),
+    "avenet": ("avenet_small.yaml", "val/accuracy"),
+    "lvs": ("lvs_small.yaml", "val/accuracy"),
 }
 
 
