@@ -86,3 +86,19 @@ def test_localize_draws_avols_own_heatmap() -> None:
                         task.audio_proj(task.audio_encoder(audio))).heatmap
     expected = torch.nn.functional.interpolate(own[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(heatmaps(task, video, audio, kind="auto"), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["ave", "avol"])
+def test_in_batch_scores_every_pair_as_the_paired_head_does(variant: str) -> None:
+    torch.manual_seed(0)
+    task = _task(f"task.variant={variant}", "task.negatives=in_batch")
+    video_map, audio = torch.randn(3, 2, 2, 64), torch.randn(3, 64)
+    grid = task.all_pair_logits(video_map, audio)
+    for j in range(3):
+        torch.testing.assert_close(grid[:, j], task.pair_logits(video_map, audio[j].expand(3, -1)))
+    # clips 1 and 2 of one video: neither is the other's negative
+    loss, _ = task.correspondence(video_map, audio, torch.tensor([0, 4, 4]), "in_batch")
+    negatives = grid[[0, 1, 2, 0], [1, 0, 0, 2]]
+    by_hand = 0.5 * (torch.nn.functional.softplus(-grid.diagonal()).mean()
+                     + torch.nn.functional.softplus(negatives).mean())
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)

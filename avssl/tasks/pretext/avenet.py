@@ -27,7 +27,7 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.avenet import AVENetHead, AVOLNetHead, avol_loss, correspondence_loss
-from avssl.losses.correspondence import paired_negative_permutation
+from avssl.losses.correspondence import balanced_pair_bce, paired_negative_permutation
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
@@ -35,6 +35,7 @@ from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 class AVENetConfig(TaskConfig):
     name: str = "avenet"
     variant: Literal["ave", "avol"] = "avol"
+    negatives: Literal["paired", "in_batch"] = "paired"  # as AVC's: paired is the paper's sampling
     embedding_dim: int = 128  # the paper's embedding size (both variants)
     # AVOL's calibration a·s + b of the cosine s, learnt; its initial values (the paper gives
     # none): a slope of 1 leaves the logits in [−1, 1] for the many steps Adam needs to grow it
@@ -82,9 +83,24 @@ class AVENet(PretextTask):
         video_map = feature_map.mean(dim=2).permute(0, 2, 3, 1)
         return video_map, self.video_encoder.pool(feature_map), self.audio_encoder(batch[AUDIO])
 
-    def correspondence(self, video_map: torch.Tensor, audio: torch.Tensor, index: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, accuracy) over the batch's positives and one mismatched pair per clip."""
+    def all_pair_logits(self, video_map: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """B×B log-odds of every (video i, audio j) pair of the batch."""
+        audio = self.audio_proj(audio)
+        if self.task_config.variant == "ave":
+            logits = self.head.all_pairs(self.video_proj(video_map.mean(dim=(1, 2))), audio)
+            return logits[..., 1] - logits[..., 0]
+        return self.head.all_pairs(self.video_proj(video_map).permute(0, 3, 1, 2), audio)
+
+    def correspondence(self, video_map: torch.Tensor, audio: torch.Tensor, index: torch.Tensor,
+                       negatives: str = "paired") -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, balanced accuracy): ``paired``, the batch's positives and one mismatched pair
+        per clip; ``in_batch``, every pair of clips of different videos (as AVC's, both classes
+        weighing the same; on the log-odds, BCE is the 2-way cross-entropy of AVE-Net)."""
+        if negatives == "in_batch":
+            logits = self.all_pair_logits(video_map, audio)
+            same = index[:, None] == index[None, :]
+            accuracy = 0.5 * ((logits.diagonal() > 0).float().mean() + (logits[~same] < 0).float().mean())
+            return balanced_pair_bce(logits, same), accuracy
         partner = paired_negative_permutation(index)
         video_map = torch.cat([video_map, video_map])
         logits = self.pair_logits(video_map, torch.cat([audio, audio[partner]]))
@@ -98,7 +114,7 @@ class AVENet(PretextTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         video_map, video, audio = self.embed(batch)
-        loss, accuracy = self.correspondence(video_map, audio, batch[INDEX])
+        loss, accuracy = self.correspondence(video_map, audio, batch[INDEX], self.task_config.negatives)
         size = audio.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         self.log("train/accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=size)
@@ -107,6 +123,7 @@ class AVENet(PretextTask):
                 "embeddings": {"video": video.detach(), "audio": audio.detach()}}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        # held-out correspondence as the paper reports it: one negative per positive
         video_map, video, audio = self.embed(batch)
         loss, accuracy = self.correspondence(video_map, audio, batch[INDEX])
         size = audio.shape[0]
