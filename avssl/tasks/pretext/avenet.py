@@ -58,8 +58,8 @@ class AVENet(PretextTask):
         cfg: AVENetConfig = self.task_config
         self.video_proj = projection(self.video_encoder.embedding_dim, cfg.embedding_dim)
         self.audio_proj = projection(self.audio_encoder.embedding_dim, cfg.embedding_dim)
-        self.head: AVENetHead | AVOLNetHead = (
-            AVENetHead() if cfg.variant == "ave" else AVOLNetHead(scale=cfg.calibration_scale, bias=cfg.calibration_bias))
+        self.head: AVENetHead | AVOLNetHead = (AVENetHead() if cfg.variant == "ave" else
+                                               AVOLNetHead(scale=cfg.calibration_scale, bias=cfg.calibration_bias))
         # AVOL's own map is the score of every location; AVE-Net has none (gradients of its pooled score)
         self.localization_map = "per_location" if cfg.variant == "avol" else "contribution"
 
