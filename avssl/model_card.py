@@ -33,6 +33,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "selavi": ("Self-Labelling Videos (SeLaVi)",
                "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision"),
     "xdc": ("Cross-Modal Deep Clustering (XDC)", "Self-Supervised Learning by Cross-Modal Audio-Video Clustering"),
+    "avenet": ("AVE-Net / AVOL-Net (audio-visual embedding and object localization)", "Objects that Sound"),
+    "lvs": ("Localizing Visual Sounds the Hard Way (LVS)", "Localizing Visual Sounds the Hard Way"),
 }
 METHODS["avid"] = METHODS["avid_cma"]  # task.name of AVID+CMA checkpoints written before its rename
 # CSV columns that describe the run's speed or schedule, not what it learned.

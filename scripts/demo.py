@@ -37,6 +37,8 @@ METHODS = {
     "avid_cma": ("avid_cma_small.yaml", "val/retrieval_top1"),
     "selavi": ("selavi_small.yaml", "val/nmi_best_head"),
     "xdc": ("xdc_small.yaml", "val/nmi_video_head"),
+    "avenet": ("avenet_small.yaml", "val/accuracy"),
+    "lvs": ("lvs_small.yaml", "val/accuracy"),
 }
 
 

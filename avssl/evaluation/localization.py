@@ -4,7 +4,7 @@ Heatmaps (zero-shot), from the pretext method's own cross-modal score
 (:meth:`~avssl.tasks.pretext.base.PretextTask.pair_scores`) and the video encoder's last
 feature map A (time-averaged), upsampled bilinearly to the frame:
 
-* ``contribution`` (default): how much each location adds to the score of the clip's own
+* ``contribution``: how much each location adds to the score of the clip's own
   audio — gradient × activation, Σ_c A_c(x, y) ∂s/∂A_c(x, y) (Grad-CAM's map without its
   ReLU; for an average-pooled encoder the linearisation of s around the clip's pooled
   embedding) — minus the mean of the same map for ``contrast_audios`` other clips' audio
@@ -12,6 +12,8 @@ feature map A (time-averaged), upsampled bilinearly to the frame:
   with *this* sound stays (the idea of LVS's negatives, without training).
 * ``per_location``: the score of the audio with every location's feature vector, LVS's
   cosine map for methods whose encoders share a space ("Localizing Visual Sounds the Hard Way", CVPR 2021).
+* ``auto`` (default): the method's own, ``PretextTask.localization_map``: ``per_location``
+  for the methods trained on that map (AVOL-Net, LVS), ``contribution`` for the others.
 
 Scored with cIoU against the sounding objects' boxes (union map), under the recipe's
 binarisation rule, with AUC over cIoU thresholds and the whole-image baseline (a map that
@@ -61,7 +63,7 @@ class LocalizationConfig:
     checkpoint: str = "random"  # a pretext run's Lightning .ckpt (encoders + head), or "random"
     split: str = "test"
     rule: str = "gt_area"  # cIoU binarisation: gt_area (top-k, k = box area) | median (LVS)
-    map: str = "contribution"  # contribution | per_location (see the module doc)
+    map: str = "auto"  # contribution | per_location (see the module doc) | auto: the method's (task.localization_map)
     contrast_audios: int = 7  # contribution maps: other clips' audio subtracted (0 = none)
     batch_size: int = 64
     num_plot: int = 8  # clips in localization.png
@@ -76,6 +78,8 @@ class LocalizationConfig:
 def heatmaps(task: PretextTask, video: torch.Tensor, audio: torch.Tensor, kind: str = "contribution",
              contrast_audios: int = 7) -> torch.Tensor:
     """B×H×W maps (H×W of the frames) of how strongly each place goes with the audio."""
+    if kind == "auto":
+        kind = task.localization_map
     with torch.no_grad():
         feature_map = task.video_encoder.feature_map(video)  # B×C×T×h×w
         audio_embedding = task.audio_encoder(audio)
@@ -92,7 +96,7 @@ def heatmaps(task: PretextTask, video: torch.Tensor, audio: torch.Tensor, kind: 
         others = [_contribution(task, feature_map, audio_embedding.roll(k, 0)) for k in shifts]
         maps = own - torch.stack(others).mean(0) if others else own
     else:
-        raise ValueError(f"localization.map must be contribution or per_location, got {kind!r}")
+        raise ValueError(f"localization.map must be auto, contribution or per_location, got {kind!r}")
     return F.interpolate(maps.float(), size=video.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 

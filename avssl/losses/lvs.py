@@ -61,13 +61,16 @@ def masked_mean(similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def lvs_logits(video_map: torch.Tensor, audio: torch.Tensor, epsilon_positive: float = EPSILON_POSITIVE,
                epsilon_negative: float = EPSILON_NEGATIVE, tau: float = TRIMAP_TAU,
-               temperature: float = TEMPERATURE, hard_negatives: bool = True) -> LVSOutput:
+               temperature: float = TEMPERATURE, hard_negatives: bool = True,
+               same_instance: torch.Tensor | None = None) -> LVSOutput:
     """The logits of the LVS loss (the positive in column 0) and the maps that made them.
 
     video_map: B×D×H×W spatial video features; audio: B×D pooled audio embeddings.
     ``hard_negatives=False`` drops the same-image negative region (the paper's ablation
     without the tri-map's negative term). ``epsilon_negative == epsilon_positive`` makes
     the negative region the complement of the positive one (no uncertain band).
+    ``same_instance``: B×B, true where audio j comes from the same video as image i (two
+    clips of one video in the batch); those easy negatives get logit −∞ (left out).
     """
     if epsilon_negative > epsilon_positive:
         raise ValueError(f"epsilon_negative ({epsilon_negative}) must not exceed epsilon_positive ({epsilon_positive})")
@@ -79,7 +82,10 @@ def lvs_logits(video_map: torch.Tensor, audio: torch.Tensor, epsilon_positive: f
     negative_mask = soft_region(-heatmap, -epsilon_negative, tau)  # 1 − σ(x) = σ(−x), without cancellation
     positive = masked_mean(heatmap, positive_mask)[:, None]
     others = ~torch.eye(b, dtype=torch.bool, device=maps.device)
-    easy = masked_mean(maps, positive_all)[others].view(b, b - 1)
+    easy = masked_mean(maps, positive_all)
+    if same_instance is not None:
+        easy = easy.masked_fill(same_instance, float("-inf"))
+    easy = easy[others].view(b, b - 1)
     columns = [positive, easy]
     if hard_negatives:
         columns.append(masked_mean(heatmap, negative_mask)[:, None])

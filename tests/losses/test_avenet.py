@@ -50,3 +50,8 @@ def test_avol_unnormalised_and_gradients() -> None:
     # only the max location (and the audio) get a gradient: multiple-instance pooling
     assert video.grad[0, 0, 0, 1].item() == 0.0 and video.grad[0, 0, 0, 0].item() != 0.0
     assert head.scale.grad.item() == pytest.approx(-(1 - 1 / (1 + math.exp(-6.0))) * 6.0, rel=1e-4)  # float32 σ(6)
+
+
+def test_avenet_starts_with_log_odds_five_minus_five_times_the_distance() -> None:
+    logits = AVENetHead()(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[2.0, 0.0], [-1.0, 0.0]]))
+    torch.testing.assert_close(logits[:, 1] - logits[:, 0], torch.tensor([5.0, -5.0]))

@@ -9,14 +9,16 @@ from omegaconf import DictConfig
 
 from avssl.config import RecipeError
 from avssl.tasks.pretext.avc import AVC
+from avssl.tasks.pretext.avenet import AVENet
 from avssl.tasks.pretext.avid_cma import AVIDCMA
 from avssl.tasks.pretext.avts import AVTS
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask
+from avssl.tasks.pretext.lvs import LVS
 from avssl.tasks.pretext.selavi import SeLaVi
 from avssl.tasks.pretext.xdc import XDC
 
 PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid_cma": AVIDCMA, "selavi": SeLaVi,
-                                              "xdc": XDC}
+                                              "xdc": XDC, "avenet": AVENet, "lvs": LVS}
 # former names, still read from recipes and checkpoints
 PRETEXT_ALIASES: dict[str, str] = {"avid": "avid_cma"}
 

@@ -60,6 +60,9 @@ class PretextTask(pl.LightningModule):
     """Base class; ``recipe`` is the recipe read once (or a plain dict of it, read here)."""
 
     config_class: type[TaskConfig] = TaskConfig
+    #: the heat map ``avssl localize`` draws when its recipe says ``map: auto``: ``per_location``
+    #: for methods whose own score of every location is their localisation (AVOL-Net, LVS)
+    localization_map: str = "contribution"
 
     def __init__(self, recipe: PretextRecipe | Mapping[str, Any]) -> None:
         super().__init__()

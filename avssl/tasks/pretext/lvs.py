@@ -1,0 +1,98 @@
+"""LVS ("Localizing Visual Sounds the Hard Way", Chen et al., CVPR 2021).
+
+The audio embedding's cosine similarity with every location of the video feature map is
+the heat map; a tri-map drawn from the map itself (positive region above ε_p, negative
+region below ε_n, the band between ignored) gives each clip a positive score, a hard
+negative (its own image's negative region) and easy negatives (its image with the other
+clips' audio), contrasted by cross-entropy (``avssl.losses.lvs``, §3 and the official
+code's constants). There is no projection head: the official code compares the
+L2-normalised ResNet-18 outputs directly, so ``pair_scores`` is the cosine of the encoder
+features and ``avssl localize`` scores every location with it (``per_location``).
+
+Other clips of the same video in the batch (same ``index``) are never easy negatives.
+Validation reports, beside the loss, the correspondence accuracy on the batch's paired
+negatives (``paired_negative_permutation``): how often a clip's positive-region score with
+its own audio beats the one with a mismatched audio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from avssl.config import RecipeError
+from avssl.data.views import AUDIO, INDEX, VIDEO
+from avssl.losses.correspondence import paired_negative_permutation
+from avssl.losses.lvs import (
+    EPSILON_NEGATIVE,
+    EPSILON_POSITIVE,
+    TEMPERATURE,
+    TRIMAP_TAU,
+    LVSOutput,
+    lvs_logits,
+    lvs_loss,
+    masked_mean,
+    similarity_maps,
+    soft_region,
+)
+from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
+
+
+@dataclass
+class LVSConfig(TaskConfig):
+    name: str = "lvs"
+    epsilon_positive: float = EPSILON_POSITIVE
+    epsilon_negative: float = EPSILON_NEGATIVE
+    trimap_tau: float = TRIMAP_TAU
+    temperature: float = TEMPERATURE
+    hard_negatives: bool = True  # false: the paper's ablation without the tri-map's negative region
+
+
+class LVS(PretextTask):
+    config_class = LVSConfig
+    localization_map = "per_location"
+
+    def __init__(self, recipe: PretextRecipe | dict) -> None:
+        super().__init__(recipe)
+        self.require_both_encoders()
+        cfg: LVSConfig = self.task_config
+        if cfg.epsilon_negative > cfg.epsilon_positive:
+            raise RecipeError(f"task.epsilon_negative ({cfg.epsilon_negative}) must not exceed "
+                              f"task.epsilon_positive ({cfg.epsilon_positive})")
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The video feature map averaged over time (B×C×h×w), the pooled video embedding (the
+        encoder's, for the monitors) and the audio embedding."""
+        feature_map = self.video_encoder.feature_map(batch[VIDEO])
+        return feature_map.mean(dim=2), self.video_encoder.pool(feature_map), self.audio_encoder(batch[AUDIO])
+
+    def lvs(self, video_map: torch.Tensor, audio: torch.Tensor, index: torch.Tensor) -> LVSOutput:
+        cfg: LVSConfig = self.task_config
+        return lvs_logits(video_map, audio, cfg.epsilon_positive, cfg.epsilon_negative, cfg.trimap_tau,
+                          cfg.temperature, cfg.hard_negatives, same_instance=index[:, None] == index[None, :])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        video_map, video, audio = self.embed(batch)
+        out = self.lvs(video_map, audio, batch[INDEX])
+        loss = lvs_loss(out.logits)
+        size = audio.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
+        self.log("train/positive_area", out.positive_mask.mean(), on_epoch=True, batch_size=size)
+        self.log_skipped(batch, "train")
+        return {"loss": loss, "terms": {"lvs": loss.detach()},
+                "embeddings": {"video": video.detach(), "audio": audio.detach()}}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        video_map, video, audio = self.embed(batch)
+        out = self.lvs(video_map, audio, batch[INDEX])
+        cfg: LVSConfig = self.task_config
+        mismatched = similarity_maps(video_map, audio[paired_negative_permutation(batch[INDEX])])
+        own = torch.arange(audio.shape[0], device=audio.device)
+        mismatched = mismatched[own, own]  # image i with its partner's audio
+        wrong = masked_mean(mismatched, soft_region(mismatched, cfg.epsilon_positive, cfg.trimap_tau))
+        accuracy = (out.logits[:, 0] * cfg.temperature > wrong).float().mean()
+        size = audio.shape[0]
+        self.log("val/loss", lvs_loss(out.logits), sync_dist=True, batch_size=size)
+        self.log("val/accuracy", accuracy, prog_bar=True, sync_dist=True, batch_size=size)
+        self.log_skipped(batch, "val")
+        return {"embeddings": {"video": video, "audio": audio}}

@@ -1,0 +1,90 @@
+"""LVS task: the loss of a batch by hand (clips of one video never each other's negative),
+the thresholds checked where the recipe is read, ``avssl localize`` drawing the cosine map,
+and the real-data localization recipes evaluating an LVS checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from avssl.cli import main
+from avssl.config import RecipeError, load_recipe
+from avssl.evaluation.localization import heatmaps
+from avssl.losses.lvs import lvs_logits, lvs_loss
+from avssl.tasks.pretext.lvs import LVS
+from tests.conftest import make_synth_shards
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _task(*overrides: str) -> LVS:
+    config = load_recipe(RECIPES / "synth" / "lvs_small.yaml", list(overrides))
+    return LVS(OmegaConf.to_container(config, resolve=True))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_loss_by_hand_leaves_out_clips_of_the_same_video() -> None:
+    # three clips of 1×2 locations; clips 1 and 2 come from the same video (index 5)
+    video = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]]).repeat(3, 1, 1, 1)  # B×C×h×w = 3×2×1×2
+    audio = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    index = torch.tensor([0, 5, 5])
+    out = _task().lvs(video, audio, index)
+    # every image: location 0 is [1, 0], location 1 is [0, 1]; S(image, audio 0) = [1, 0], audio 1 or 2 = [0, 1]
+    pos = lambda s: [_sigmoid((x - 0.65) / 0.03) for x in s]  # noqa: E731
+    neg = lambda s: [1 - _sigmoid((x - 0.4) / 0.03) for x in s]  # noqa: E731
+    mean = lambda s, w: sum(a * b for a, b in zip(s, w)) / sum(w)  # noqa: E731
+    maps = {0: [1.0, 0.0], 1: [0.0, 1.0], 2: [0.0, 1.0]}
+    by_hand = 0.0
+    for i in range(3):
+        own = maps[i]
+        logits = [mean(own, pos(own))]
+        logits += [mean(maps[j], pos(maps[j])) for j in range(3) if j != i and index[j] != index[i]]
+        logits.append(mean(own, neg(own)))
+        logits = [x / 0.07 for x in logits]
+        by_hand += math.log(sum(math.exp(x) for x in logits)) - logits[0]
+    assert out.logits.shape == (3, 4) and torch.isinf(out.logits[1, 2]) and torch.isinf(out.logits[2, 2])
+    assert lvs_loss(out.logits).item() == pytest.approx(by_hand / 3, rel=1e-5)
+    # without duplicates the same call is the plain loss unit
+    plain = lvs_logits(video, audio)
+    torch.testing.assert_close(_task().lvs(video, audio, torch.tensor([0, 1, 2])).logits, plain.logits)
+
+
+def test_thresholds_are_checked_where_the_recipe_is_read() -> None:
+    with pytest.raises(RecipeError, match=r"task.epsilon_negative \(0.7\) must not exceed task.epsilon_positive"):
+        _task("task.epsilon_negative=0.7")
+
+
+def test_pair_scores_and_the_localization_map_are_the_cosine() -> None:
+    torch.manual_seed(0)
+    task = _task().eval()
+    video, audio = torch.randn(2, 3, 1, 64, 64), torch.randn(2, 1, 40, 100)
+    assert task.localization_map == "per_location"
+    with torch.no_grad():
+        video_map = task.video_encoder.feature_map(video).mean(dim=2)
+        cosine = lvs_logits(video_map, task.audio_encoder(audio)).heatmap
+    expected = torch.nn.functional.interpolate(cosine[:, None], size=(64, 64), mode="bilinear",
+                                               align_corners=False)[:, 0]
+    torch.testing.assert_close(heatmaps(task, video, audio, kind="auto"), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["vggss_localization.yaml", "flickr-soundnet_localization.yaml"])
+def test_real_data_localization_recipes_evaluate_an_lvs_checkpoint(recipe: str, tmp_path: Path) -> None:
+    shards = make_synth_shards(tmp_path / "data", size=32)
+    small = ["data.num_workers=0", "data.batch_size=6", "data.video.size=32",
+             "model.video_encoder.widths=[8,8,16]", "model.audio_encoder.widths=[8,8,16]"]
+    assert main(["pretrain", str(RECIPES / "synth" / "lvs_small.yaml"), f"data.shards={shards}", *small,
+                 f"run_dir={tmp_path / 'lvs'}", "trainer.max_epochs=1", "logger.wandb=false"]) == 0
+    checkpoint = tmp_path / "lvs" / "checkpoints" / "last.ckpt"
+    assert main(["localize", str(RECIPES / "eval" / recipe), f"data.shards={shards}", "data.num_workers=0",
+                 "data.video.size=32", "data.batch_size=6", "localization.device=cpu",
+                 f"localization.checkpoint={checkpoint}", f"run_dir={tmp_path / 'loc'}"]) == 0
+    metrics = json.loads((tmp_path / "loc" / "metrics.json").read_text())
+    assert metrics["rule"] == "median" and metrics["num_clips"] > 0 and 0.0 <= metrics["mean_ciou"] <= 1.0
