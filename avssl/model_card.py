@@ -32,6 +32,9 @@ METHODS: dict[str, tuple[str, str]] = {
                  "Audio-Visual Instance Discrimination with Cross-Modal Agreement"),
     "selavi": ("Self-Labelling Videos (SeLaVi)",
                "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision"),
+    "vatt": ("Video-Audio Transformers with DropToken (VATT, audio-video)",
+             "VATT: Transformers for Multimodal Self-Supervised Learning from Raw Video, Audio and Text"),
+    "cav_mae": ("Contrastive Audio-Visual Masked Autoencoder (CAV-MAE)", "Contrastive Audio-Visual Masked Autoencoder"),
 }
 METHODS["avid"] = METHODS["avid_cma"]  # task.name of AVID+CMA checkpoints written before its rename
 # CSV columns that describe the run's speed or schedule, not what it learned.

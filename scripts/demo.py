@@ -36,6 +36,8 @@ METHODS = {
     "avts": ("avts_small.yaml", "val/sync_accuracy"),
     "avid_cma": ("avid_cma_small.yaml", "val/retrieval_top1"),
     "selavi": ("selavi_small.yaml", "val/nmi_best_head"),
+    "vatt": ("vatt_small.yaml", "val/retrieval_top1"),
+    "cav_mae": ("cav_mae_small.yaml", "val/reconstruction_ratio"),
 }
 
 
@@ -373,6 +375,10 @@ def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dic
             best = max(heads, key=lambda k: _last(log, k))  # chosen on val …
             entry["nmi"] = _last(log, best.replace("val/", "test/"))  # … read on test
             entry["best_head"] = int(best.removeprefix("val/nmi_head"))
+        if method == "cav_mae":  # masked-patch error on val beside predicting each patch's mean
+            entry["reconstruction"] = {m: {"error": _last(log, f"val/reconstruction_{m}"),
+                                           "patch_mean": _last(log, f"val/patch_mean_{m}")}
+                                       for m in ("video", "audio")}
         results[method] = entry
     first = methods[0]
     if "finetune" in downstream:
