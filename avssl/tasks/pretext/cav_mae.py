@@ -38,8 +38,8 @@ from avssl.losses.cav_mae import (
     masked_reconstruction_loss,
     normalised_targets,
 )
-from avssl.losses.distributed import gather_with_grad
-from avssl.losses.masking import CAV_MAE_MASK_RATIO, MaskedTokens, random_masking, restore_tokens
+from avssl.losses.distributed import gather_with_grad, rank, world_size
+from avssl.losses.masking import CAV_MAE_MASK_RATIO, MaskedTokens, mask_from_noise, restore_tokens
 from avssl.metrics.retrieval import in_batch_retrieval_top1
 from avssl.models.transformer import init_vit_weights, patchify, sincos_position_embedding, transformer_blocks
 from avssl.models.vit import VisionTransformer
@@ -129,7 +129,8 @@ class CAVMAE(PretextTask):
         return {"audio": self.audio_encoder, "video": self.video_encoder}
 
     def _generator(self, offset: int = 0) -> torch.Generator:
-        """Masking draws: seeded by (seed, global step) in training, (seed, batch) in validation."""
+        """Masking draws: seeded by (seed, global step) in training, (seed, batch) in validation;
+        the same on every rank."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
 
     def masked_forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
@@ -140,7 +141,10 @@ class CAVMAE(PretextTask):
         encoded, masked, grids, pooled = {}, {}, {}, {}
         for m, encoder in self.encoders().items():  # audio first, as the official code
             tokens, grids[m] = encoder.embed(inputs[m])
-            masked[m] = random_masking(tokens, self.task_config.mask_ratio, generator)
+            # noise for the global batch, this rank's rows: N ranks × B clips mask as one process with N·B
+            b, n = tokens.shape[:2]
+            noise = torch.rand(b * world_size(), n, generator=generator)[b * rank():b * (rank() + 1)]
+            masked[m] = mask_from_noise(tokens, noise.to(tokens.device), self.task_config.mask_ratio)
             encoded[m] = encoder.encode(masked[m].kept)
             pooled[m] = self.joint_norms[m](self.joint(encoded[m])).mean(dim=1)
         joint = self.joint_norms["joint"](self.joint(torch.cat([encoded["audio"], encoded["video"]], dim=1)))
