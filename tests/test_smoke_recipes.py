@@ -31,7 +31,7 @@ AVTS_RECIPE = RECIPES / "pretrain" / "avts" / "kinetics400_mc318_8x32_16f112.yam
 
 # the phase of each epoch of a smoke run, per method folder (see _phase)
 PHASES = {"avc": ["avc"], "avts": ["easy", "easy+hard"], "avid_cma": ["avid", "avid+cma"],
-          "selavi": ["bank fill", "labels"]}
+          "selavi": ["bank fill", "labels"], "vatt": ["vatt"], "cav_mae": ["cav_mae"]}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def _smoke_args(recipe: Path, shards: Path, run_dir: Path, *overrides: str) -> l
 # -- settings ------------------------------------------------------------------------------------
 
 def test_there_is_a_recipe_per_method() -> None:
-    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi"}
+    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi", "vatt", "cav_mae"}
 
 
 def test_smoke_shrinks_the_run_and_keeps_the_method() -> None:
