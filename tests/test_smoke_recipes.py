@@ -40,6 +40,17 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
                              seconds=4.0)  # AVTS: a hard negative needs room beside the window
 
 
+@pytest.fixture(scope="module")
+def long_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """For the recipes whose window is longer than ``shards``' 4 s (CAV-MAE: 10 s of audio)."""
+    return make_synth_shards(tmp_path_factory.mktemp("smoke_long"), num_videos=12, size=48, split=(0.5, 0.25, 0.25),
+                             seconds=10.5)
+
+
+def _shards_for(method: str, request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue("long_shards" if method == "cav_mae" else "shards")
+
+
 def _smoke_args(recipe: Path, shards: Path, run_dir: Path, *overrides: str) -> list[str]:
     return ["pretrain", str(recipe), "smoke=true", f"data.shards={shards}", f"run_dir={run_dir}",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *overrides]
@@ -190,12 +201,16 @@ def _assert_every_phase_learns(steps: list[Step], phases: list[str], precision: 
 # the CPU recipes' small encoders (the method's heads, banks and losses as written).
 FLOAT32 = "trainer.precision=32-true"
 SMALL_ENCODERS = ("model.video_encoder.name=small3d", "model.audio_encoder.name=small2d")
+# the token methods need transformers: the tiny ones, with the recipe's patch sizes
+TINY_TRANSFORMERS = {"vatt": ("model.video_encoder.name=vit_tiny", "model.audio_encoder.name=wat_tiny"),
+                     "cav_mae": ("model.video_encoder.name=vit_tiny", "model.audio_encoder.name=ast_tiny")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", FULL_SCALE, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_full_scale_recipe_smoke_run_learns_in_every_phase(recipe: Path, shards: Path, tmp_path: Path,
-                                                            steps: list[Step]) -> None:
+def test_full_scale_recipe_smoke_run_learns_in_every_phase(recipe: Path, request: pytest.FixtureRequest,
+                                                            tmp_path: Path, steps: list[Step]) -> None:
+    shards = _shards_for(recipe.parent.name, request)
     assert main(_smoke_args(recipe, shards, tmp_path / "run", FLOAT32)) == 0
     _assert_every_phase_learns(steps, PHASES[recipe.parent.name], "32-true")
     run_dir = tmp_path / "run-smoke"
@@ -209,11 +224,13 @@ def test_full_scale_recipe_smoke_run_learns_in_every_phase(recipe: Path, shards:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(PHASES))
-def test_every_method_smokes_in_bf16_mixed_on_the_cpu(method: str, shards: Path, tmp_path: Path,
+def test_every_method_smokes_in_bf16_mixed_on_the_cpu(method: str, request: pytest.FixtureRequest, tmp_path: Path,
                                                       steps: list[Step]) -> None:
     recipe = next(p for p in FULL_SCALE if p.parent.name == method)
+    shards = _shards_for(method, request)
     # channels-last too: the layout a GPU recipe turns on for its bf16 convolutions
-    assert main(_smoke_args(recipe, shards, tmp_path / "run", *SMALL_ENCODERS, "model.channels_last=true")) == 0
+    small = TINY_TRANSFORMERS.get(method, SMALL_ENCODERS)
+    assert main(_smoke_args(recipe, shards, tmp_path / "run", *small, "model.channels_last=true")) == 0
     _assert_every_phase_learns(steps, PHASES[method], "bf16-mixed")
 
 
