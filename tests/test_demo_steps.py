@@ -190,3 +190,18 @@ def test_a_negative_seed_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pyt
         demo.main()
     assert exit_info.value.code == 2 and "--seed must be at least 0, got -1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_cav_mae_results_keep_the_reconstruction_beside_the_patch_mean(tmp_path: Path) -> None:
+    probe = {m: {"test_video_top1": 50.0} for m in ("video", "audio", "both")}
+    for folder in ("probe_random", "probe_cav_mae"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(probe))
+    (tmp_path / "cav_mae" / "csv").mkdir(parents=True)
+    (tmp_path / "cav_mae" / "csv" / "metrics.csv").write_text(
+        "step,val/reconstruction_ratio,val/reconstruction_video,val/patch_mean_video,val/reconstruction_audio,"
+        "val/patch_mean_audio\n10,0.9,0.8,0.99,1.0,0.98\n20,0.6,0.5,0.99,0.7,0.98\n")
+    entry = demo.collect_results(tmp_path, ["cav_mae"], [])["cav_mae"]
+    assert entry["pretext"] == {"val_reconstruction_ratio": 0.6}
+    assert entry["reconstruction"] == {"video": {"error": 0.5, "patch_mean": 0.99},
+                                       "audio": {"error": 0.7, "patch_mean": 0.98}}
