@@ -73,3 +73,13 @@ def test_needs_transformer_encoders() -> None:
         build_pretext_task(OmegaConf.to_container(config, resolve=True))
     with pytest.raises(ValueError, match="drop_token_rate"):
         _vatt("task.drop_token_rate=1.0")
+
+
+def test_a_waveform_encoder_keeps_its_layout_under_channels_last() -> None:
+    """``model.channels_last`` on a waveform transformer (B×1×N, 1-D patches) is a no-op, not an error."""
+    task = _vatt("model.audio_encoder={name: wat_tiny}")
+    wave = torch.randn(2, 1, 16000)
+    before = task.audio_encoder.eval()(wave)
+    assert task.audio_encoder.use_channels_last() is task.audio_encoder
+    assert task.audio_encoder.memory_format == torch.contiguous_format
+    torch.testing.assert_close(task.audio_encoder(wave), before)
