@@ -35,6 +35,9 @@ METHODS: dict[str, tuple[str, str]] = {
     "xdc": ("Cross-Modal Deep Clustering (XDC)", "Self-Supervised Learning by Cross-Modal Audio-Video Clustering"),
     "avenet": ("AVE-Net / AVOL-Net (audio-visual embedding and object localization)", "Objects that Sound"),
     "lvs": ("Localizing Visual Sounds the Hard Way (LVS)", "Localizing Visual Sounds the Hard Way"),
+    "vatt": ("Video-Audio Transformers with DropToken (VATT, audio-video)",
+             "VATT: Transformers for Multimodal Self-Supervised Learning from Raw Video, Audio and Text"),
+    "cav_mae": ("Contrastive Audio-Visual Masked Autoencoder (CAV-MAE)", "Contrastive Audio-Visual Masked Autoencoder"),
 }
 METHODS["avid"] = METHODS["avid_cma"]  # task.name of AVID+CMA checkpoints written before its rename
 # CSV columns that describe the run's speed or schedule, not what it learned.

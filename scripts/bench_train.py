@@ -29,7 +29,9 @@ Achieved TFLOP/s = FLOPs per clip × clips/s. MFU = achieved / the device's dens
 Steady state of each method: AVTS with the recipe's hard-negative fraction (after its
 curriculum starts: the shifted audio view goes through the audio encoder too), SeLaVi after
 its first labelling (cross-entropy against labels, not the epoch-0 zero loss), AVID in its
-AVID phase (CMA adds a second bank term, no encoder work).
+AVID phase (CMA adds a second bank term, no encoder work). VATT and CAV-MAE drop or mask
+tokens inside ``training_step`` (DropToken's half, CAV-MAE's 75 %), so their FLOPs per clip
+are those of the kept tokens plus, for CAV-MAE, the decoder over every patch.
 """
 from __future__ import annotations
 

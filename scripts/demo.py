@@ -39,6 +39,8 @@ METHODS = {
     "xdc": ("xdc_small.yaml", "val/nmi_video_head"),
     "avenet": ("avenet_small.yaml", "val/accuracy"),
     "lvs": ("lvs_small.yaml", "val/accuracy"),
+    "vatt": ("vatt_small.yaml", "val/retrieval_top1"),
+    "cav_mae": ("cav_mae_small.yaml", "val/reconstruction_ratio"),
 }
 
 
@@ -391,6 +393,10 @@ def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dic
             entry["best_head"] = int(best.removeprefix("val/nmi_head"))
         if method == "xdc":  # the final clustering of the training set's video features against its categories
             entry["nmi"] = _last(log, "train/xdc_nmi")
+        if method == "cav_mae":  # masked-patch error on val beside predicting each patch's mean
+            entry["reconstruction"] = {m: {"error": _last(log, f"val/reconstruction_{m}"),
+                                           "patch_mean": _last(log, f"val/patch_mean_{m}")}
+                                       for m in ("video", "audio")}
         results[method] = entry
     first = methods[0]
     if "finetune" in downstream:

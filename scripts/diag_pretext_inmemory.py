@@ -1,6 +1,8 @@
 """In-memory pretext training on scripts/diag_cache_clips.py output, with cosine / NMI diagnostics and a linear probe.
 python scripts/diag_pretext_inmemory.py avid 600 probe_every=600 task.projection_norm=batchnorm task.loss=softmax
-python scripts/diag_pretext_inmemory.py selavi 600 probe_every=600 task.variant=online task.swav_dim=8"""
+python scripts/diag_pretext_inmemory.py selavi 600 probe_every=600 task.variant=online task.swav_dim=8
+python scripts/diag_pretext_inmemory.py vatt 300 probe_every=300 recipe=recipes/synth/vatt_small.yaml
+(vatt, cav_mae: the recipe's model and task sections, ``task.*`` overrides on top; docs/methods/vatt.md)"""
 import json
 import sys
 import time
@@ -11,11 +13,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avssl.config import load_recipe, to_plain
 from avssl.evaluation.linear_probe import fit_logistic_regression
+from avssl.losses.cav_mae import masked_reconstruction_loss
 from avssl.losses.label_bank import labeling_steps
 from avssl.metrics.clustering import clustering_scores
+from avssl.metrics.retrieval import in_batch_retrieval_top1
 from avssl.tasks.pretext.avid_cma import AVIDCMA
+from avssl.tasks.pretext.cav_mae import CAVMAE
 from avssl.tasks.pretext.selavi import SeLaVi
+from avssl.tasks.pretext.vatt import VATT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +33,8 @@ seed = int(over.pop("seed", 0))
 probe_every = int(over.pop("probe_every", 0))
 bs = int(over.pop("bs", 64))
 lr = float(over.pop("lr", 5e-4))
+recipe = over.pop("recipe", None)
+warmup = int(over.pop("warmup", 0))  # linear warm-up steps
 
 
 def parse(v):
@@ -46,15 +55,26 @@ config = {"seed": seed,
           "data": {"shards": str(REPO) + "/runs/demo/shards", "video": {"num_frames": 1, "fps": 25.0, "size": 64}},
           "model": {"video_encoder": {"name": "small3d"}, "audio_encoder": {"name": "small2d"}},
           "task": {"name": method, "num_instances": n, **task}}
+if recipe:  # the transformer methods: the recipe's encoders and task, task.* overrides on top
+    plain = to_plain(load_recipe(recipe))
+    config["model"] = plain["model"]
+    config["task"] = {**plain["task"], **task}
 if method == "avid":
     T = AVIDCMA
     config["task"].setdefault("projection_hidden", 128)
+elif method in ("vatt", "cav_mae"):
+    T = VATT if method == "vatt" else CAVMAE
 else:
     T = SeLaVi
     config["task"].setdefault("num_clusters", 8)
     config["task"].setdefault("num_heads", 4)
 model = T(config)
-opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-5)
+if method in ("vatt", "cav_mae"):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=model.task_config.weight_decay)
+else:
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-5)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
 # two windows per video: rows [0,n) and [n,2n) ordered by index
 order = torch.argsort(tr["index"] * 2 + (torch.arange(len(tr["index"])) >= len(tr["index"]) // 2).long())
 V, A, INDEX, L = tr["video"], tr["audio"], tr["index"], tr["label"]
@@ -133,6 +153,33 @@ def diag_avid():
 
 
 @torch.no_grad()
+def diag_transformer():
+    """vatt: cosine and retrieval in the common space; cav_mae: masked-patch error / patch-mean error."""
+    d = cache["val"]
+    model.eval()
+    batch = {"video": d["video"][:64], "audio": d["audio"][:64], "index": d["index"][:64]}
+    if method == "vatt":
+        vf, af = model.video_encoder(batch["video"]), model.audio_encoder(batch["audio"])
+        v, a = F.normalize(model.video_head(vf), dim=1), F.normalize(model.audio_head(af), dim=1)
+        model.train()
+        s = v @ a.T
+        eye = torch.eye(len(s), dtype=torch.bool)
+        ret = in_batch_retrieval_top1(v, a)
+        vv = F.normalize(vf, dim=1) @ F.normalize(vf, dim=1).T
+        return {"cos_pos": round(s[eye].mean().item(), 3), "cos_neg": round(s[~eye].mean().item(), 3),
+                "ret64": round(ret.item(), 3), "enc_cos_vv": round(vv[~eye].mean().item(), 3)}
+    out = model.masked_forward(batch, torch.Generator().manual_seed(7))
+    res = {}
+    for m in ("audio", "video"):
+        p, mask = out["patches"][m], out["masked"][m].mask
+        err = float(masked_reconstruction_loss(out["predictions"][m], p, mask))
+        base = float(masked_reconstruction_loss(torch.zeros_like(p), p, mask))  # each patch's mean
+        res[m] = [round(err, 3), round(base, 3), round(err / base, 3)]
+    model.train()
+    return res
+
+
+@torch.no_grad()
 def diag_selavi():
     d = cache["val"]
     model.eval()
@@ -157,7 +204,7 @@ model.__class__ = T2
 if method == "selavi":
     model._schedule = labeling_steps(steps, per_epoch, model.task_config.num_labelings)
 t0 = time.time()
-diag = diag_avid if method == "avid" else diag_selavi
+diag = {"avid": diag_avid, "selavi": diag_selavi}.get(method, diag_transformer)
 print("init", diag(), probe() if probe_every else "", flush=True)
 losses = []
 last_epoch = -1
@@ -169,7 +216,7 @@ for step, (epoch, batch) in enumerate(batches()):
     if epoch != last_epoch:
         model.on_train_epoch_start()
         last_epoch = epoch
-    if method == "avid":
+    if method in ("avid", "vatt", "cav_mae"):
         out = model.training_step(batch, step)
     else:
         model.on_train_batch_start(batch, step)
@@ -180,6 +227,7 @@ for step, (epoch, batch) in enumerate(batches()):
         loss.backward()
         model.on_after_backward()
     opt.step()
+    sched.step()
     losses.append(float(loss))
     if (step + 1) % 100 == 0:
         msg = f"step {step+1} ep {epoch} loss {np.mean(losses[-100:]):.4f} t {time.time()-t0:.0f}s"

@@ -36,3 +36,18 @@ def test_flop_count_and_model_only_measurement():
         forward_only = bench.count_flops(lambda: (task.video_encoder(torch.randn(1, 3, 1, 64, 64)),
                                                   task.audio_encoder(torch.randn(1, 1, 64, 101))))
     assert 2 * forward_only <= result.gflops_per_clip * 1e9 <= 3.2 * forward_only
+
+
+def test_transformer_recipes_count_the_tokens_they_keep():
+    """VATT's DropToken and CAV-MAE's masking happen inside training_step, so the FLOPs per
+    clip are those of the tokens kept: half the tokens cost less than half the encoders' work
+    plus the conv stem (not dropped), more than a quarter (attention is quadratic in tokens)."""
+    bench = load_script("bench_train")
+    flops = {rate: bench.measure("recipes/synth/vatt_small.yaml", device=torch.device("cpu"),
+                                 overrides=["data.batch_size=4", f"task.drop_token_rate={rate}"],
+                                 steps=1, warmup=0).gflops_per_clip
+             for rate in (0.0, 0.5)}
+    assert 0.4 < flops[0.5] / flops[0.0] < 0.6
+    masked = bench.measure("recipes/synth/cav_mae_small.yaml", device=torch.device("cpu"),
+                           overrides=["data.batch_size=4"], steps=1, warmup=0)
+    assert masked.input_shape == "video 3x1x64x64, audio 1x64x101" and masked.gflops_per_clip > 0

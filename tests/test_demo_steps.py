@@ -244,3 +244,18 @@ def test_xdc_results_report_the_nmi_of_its_last_clustering(tmp_path: Path) -> No
     entry = demo.collect_results(tmp_path, ["xdc"], [])["xdc"]
     assert entry["nmi"] == 0.75 and entry["pretext"] == {"val_nmi_video_head": 0.5}
     assert entry["probe"]["audio"] == {"random": 90.0, "pretrained": 90.0}
+
+
+def test_cav_mae_results_keep_the_reconstruction_beside_the_patch_mean(tmp_path: Path) -> None:
+    probe = {m: {"test_video_top1": 50.0} for m in ("video", "audio", "both")}
+    for folder in ("probe_random", "probe_cav_mae"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(probe))
+    (tmp_path / "cav_mae" / "csv").mkdir(parents=True)
+    (tmp_path / "cav_mae" / "csv" / "metrics.csv").write_text(
+        "step,val/reconstruction_ratio,val/reconstruction_video,val/patch_mean_video,val/reconstruction_audio,"
+        "val/patch_mean_audio\n10,0.9,0.8,0.99,1.0,0.98\n20,0.6,0.5,0.99,0.7,0.98\n")
+    entry = demo.collect_results(tmp_path, ["cav_mae"], [])["cav_mae"]
+    assert entry["pretext"] == {"val_reconstruction_ratio": 0.6}
+    assert entry["reconstruction"] == {"video": {"error": 0.5, "patch_mean": 0.99},
+                                       "audio": {"error": 0.7, "patch_mean": 0.98}}

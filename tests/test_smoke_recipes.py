@@ -32,13 +32,25 @@ AVTS_RECIPE = RECIPES / "pretrain" / "avts" / "kinetics400_mc318_8x32_16f112.yam
 # the phase of each epoch of a smoke run, per method folder (see _phase)
 PHASES = {"avc": ["avc"], "avts": ["easy", "easy+hard"], "avid_cma": ["avid", "avid+cma"],
           "selavi": ["bank fill", "labels"], "xdc": ["clustering 1", "clustering 2"],
-          "avenet": ["avenet"], "lvs": ["lvs"]}
+          "avenet": ["avenet"], "lvs": ["lvs"],
+          "vatt": ["vatt"], "cav_mae": ["cav_mae"]}
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synth_shards(tmp_path_factory.mktemp("smoke"), num_videos=24, size=48, split=(0.7, 0.15, 0.15),
                              seconds=4.0)  # AVTS: a hard negative needs room beside the window
+
+
+@pytest.fixture(scope="module")
+def long_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """For the recipes whose window is longer than ``shards``' 4 s (CAV-MAE: 10 s of audio)."""
+    return make_synth_shards(tmp_path_factory.mktemp("smoke_long"), num_videos=12, size=48, split=(0.5, 0.25, 0.25),
+                             seconds=10.5)
+
+
+def _shards_for(method: str, request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue("long_shards" if method == "cav_mae" else "shards")
 
 
 def _smoke_args(recipe: Path, shards: Path, run_dir: Path, *overrides: str) -> list[str]:
@@ -49,7 +61,8 @@ def _smoke_args(recipe: Path, shards: Path, run_dir: Path, *overrides: str) -> l
 # -- settings ------------------------------------------------------------------------------------
 
 def test_there_is_a_recipe_per_method() -> None:
-    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi", "xdc", "avenet", "lvs"}
+    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi", "xdc", "avenet", "lvs",
+                                                  "vatt", "cav_mae"}
 
 
 def test_smoke_shrinks_the_run_and_keeps_the_method() -> None:
@@ -100,7 +113,7 @@ def test_smoke_moves_every_phase_switch_to_epoch_one() -> None:
     expected = {"avc": (1, {}), "avts": (2, {"hard_start_epoch": 1}),
                 "avid_cma": (2, {"cma_start_epoch": 1, "cma_resample_epochs": 1}),
                 "selavi": (2, {"contrastive_warmup_epochs": 0}), "xdc": (2, {"recluster_epochs": 1}),
-                "avenet": (1, {}), "lvs": (1, {})}
+                "avenet": (1, {}), "lvs": (1, {}), "vatt": (1, {}), "cav_mae": (1, {})}
     for recipe in FULL_SCALE:
         epochs, keys = expected[recipe.parent.name]
         smoke = load_recipe(recipe, ["smoke=true"])
@@ -195,12 +208,16 @@ def _assert_every_phase_learns(steps: list[Step], phases: list[str], precision: 
 # the CPU recipes' small encoders (the method's heads, banks and losses as written).
 FLOAT32 = "trainer.precision=32-true"
 SMALL_ENCODERS = ("model.video_encoder.name=small3d", "model.audio_encoder.name=small2d")
+# the token methods need transformers: the tiny ones, with the recipe's patch sizes
+TINY_TRANSFORMERS = {"vatt": ("model.video_encoder.name=vit_tiny", "model.audio_encoder.name=wat_tiny"),
+                     "cav_mae": ("model.video_encoder.name=vit_tiny", "model.audio_encoder.name=ast_tiny")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", FULL_SCALE, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_full_scale_recipe_smoke_run_learns_in_every_phase(recipe: Path, shards: Path, tmp_path: Path,
-                                                            steps: list[Step]) -> None:
+def test_full_scale_recipe_smoke_run_learns_in_every_phase(recipe: Path, request: pytest.FixtureRequest,
+                                                            tmp_path: Path, steps: list[Step]) -> None:
+    shards = _shards_for(recipe.parent.name, request)
     assert main(_smoke_args(recipe, shards, tmp_path / "run", FLOAT32)) == 0
     _assert_every_phase_learns(steps, PHASES[recipe.parent.name], "32-true")
     run_dir = tmp_path / "run-smoke"
@@ -214,11 +231,13 @@ def test_full_scale_recipe_smoke_run_learns_in_every_phase(recipe: Path, shards:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(PHASES))
-def test_every_method_smokes_in_bf16_mixed_on_the_cpu(method: str, shards: Path, tmp_path: Path,
+def test_every_method_smokes_in_bf16_mixed_on_the_cpu(method: str, request: pytest.FixtureRequest, tmp_path: Path,
                                                       steps: list[Step]) -> None:
     recipe = next(p for p in FULL_SCALE if p.parent.name == method)
+    shards = _shards_for(method, request)
     # channels-last too: the layout a GPU recipe turns on for its bf16 convolutions
-    assert main(_smoke_args(recipe, shards, tmp_path / "run", *SMALL_ENCODERS, "model.channels_last=true")) == 0
+    small = TINY_TRANSFORMERS.get(method, SMALL_ENCODERS)
+    assert main(_smoke_args(recipe, shards, tmp_path / "run", *small, "model.channels_last=true")) == 0
     _assert_every_phase_learns(steps, PHASES[method], "bf16-mixed")
 
 

@@ -35,3 +35,15 @@ def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return x
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, keeping the gradient path to each rank's
+    own slice (in-batch contrastive losses over the global batch, as VATT and CAV-MAE compute
+    them). Every rank then computes the same loss; DDP's gradient average makes the step
+    equal to one process's step on the whole batch."""
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)

@@ -86,6 +86,8 @@ class Encoder(nn.Module):
         convert inputs in ``forward``: cuDNN's fast layout for bf16 convolutions. Values and
         state-dict keys are unchanged (export writes contiguous copies)."""
         rank = len(self.input_layout.split("×"))
+        if rank < 4:  # a waveform (B×1×N) has no channels-last layout: its 1-D convolutions keep theirs
+            return self
         self.memory_format = torch.channels_last_3d if rank == 5 else torch.channels_last
         for parameter in self.parameters():
             if parameter.dim() == rank:

@@ -133,3 +133,46 @@ def test_sinkhorn_and_selavi_two_processes_match_one(tmp_path: Path) -> None:
         torch.testing.assert_close(half["grads"], single["grads"], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(half["bank"], single["bank"])
         assert torch.equal(half["seen"], single["seen"]) and int(half["seen"].sum()) == GLOBAL_BATCH
+
+
+def _transformer_step(rank: int, world: int, init_file: str, out: str, method: str) -> None:
+    """One VATT or CAV-MAE training step: the contrastive terms over the global batch (gathered
+    with their gradient), DropToken's and the masking's draws alike on 1 and 2 processes."""
+    from avssl.tasks.pretext import build_pretext_task
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    overrides = ["task.projection_norm=none"] if method == "vatt" else []
+    config = load_recipe(RECIPES / "synth" / f"{method}_small.yaml", overrides)
+    torch.manual_seed(0)
+    model = build_pretext_task(OmegaConf.to_container(config, resolve=True))
+    model.eval()  # the conv stem's BatchNorm with running statistics (per-rank batch statistics are SyncBN's)
+    model.log = lambda *args, **kwargs: None
+    g = torch.Generator().manual_seed(1)
+    video = torch.randn(GLOBAL_BATCH, 3, 1, 64, 64, generator=g)
+    audio = torch.randn(GLOBAL_BATCH, 1, 64, 101, generator=g)
+    per_rank = GLOBAL_BATCH // world
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    output = model.training_step({"video": video[rows], "audio": audio[rows], "index": torch.arange(8)[rows]}, 0)
+    output["loss"].backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    terms = torch.stack(list(output["terms"].values()))
+    if world > 1:  # DDP: gradients averaged; the reconstruction terms are per-rank means, averaged as DDP's loss
+        dist.all_reduce(grads)
+        grads /= world
+        dist.all_reduce(terms)
+        terms /= world
+    torch.save({"terms": terms, "grads": grads}, os.path.join(out, f"{method}_rank{rank}_of{world}.pt"))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["vatt", "cav_mae"])
+def test_transformer_contrastive_terms_two_processes_match_one(tmp_path: Path, method: str) -> None:
+    _transformer_step(0, 1, "", str(tmp_path), method)
+    mp.spawn(_transformer_step, args=(2, str(tmp_path / "init"), str(tmp_path), method), nprocs=2, join=True)
+    single = torch.load(tmp_path / f"{method}_rank0_of1.pt")
+    for rank in range(2):
+        pair = torch.load(tmp_path / f"{method}_rank{rank}_of2.pt")
+        torch.testing.assert_close(pair["terms"], single["terms"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pair["grads"], single["grads"], rtol=1e-4, atol=1e-6)

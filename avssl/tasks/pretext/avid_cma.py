@@ -37,6 +37,7 @@ from avssl.losses.agreement import PositiveSets, excluded_from_negatives
 from avssl.losses.distributed import rank, world_size
 from avssl.losses.nce import MemoryBank, NCENormaliser, instance_discrimination_loss, sample_excluding
 from avssl.losses.state import load_former_keys
+from avssl.metrics.retrieval import in_batch_retrieval_top1
 from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
@@ -174,12 +175,7 @@ class AVIDCMA(PretextTask):
         """Held-out cross-modal retrieval within the batch: is a clip's own audio the
         nearest of the batch's audio to its video (and vice versa)?"""
         video_features, audio_features = self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
-        v = F.normalize(self.video_head(video_features), dim=1)
-        a = F.normalize(self.audio_head(audio_features), dim=1)
-        similarity = v @ a.T
-        target = torch.arange(v.shape[0], device=v.device)
-        accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean()
-                          + (similarity.argmax(0) == target).float().mean())
-        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
+        accuracy = in_batch_retrieval_top1(self.video_head(video_features), self.audio_head(audio_features))
+        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=video_features.shape[0])
         self.log_skipped(batch, "val")
         return {"embeddings": {"video": video_features, "audio": audio_features}}  # for the online monitors
