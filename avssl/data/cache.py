@@ -37,7 +37,7 @@ from avssl.data.decode import (
     sample_video_entry,
 )
 from avssl.data.remote import is_local_path
-from avssl.losses.distributed import rank
+from avssl.distributed import rank
 
 # Sample entries that hold the media (decoded into the cache, their bytes dropped).
 MEDIA_ENTRIES = (*CONTAINER_FORMATS, "pcm")

@@ -25,7 +25,7 @@ from avssl.data.skips import SkipMonitor
 from avssl.data.stream import ShardStream, seed_cpu_draws, slice_bounds
 from avssl.data.transforms import AugmentSettings, BatchTransform
 from avssl.data.views import AUDIO, AudioView, MelSettings, VideoView, ViewSpec
-from avssl.losses.distributed import rank, world_size
+from avssl.distributed import rank, world_size
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from avssl.losses.distributed import all_reduce, gather, rank
+from avssl.distributed import all_reduce, gather, rank
 
 logger = logging.getLogger(__name__)
 

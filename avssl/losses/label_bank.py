@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.losses.distributed import gather, rank
+from avssl.distributed import gather, rank
 from avssl.losses.sinkhorn import SinkhornResult, sinkhorn_knopp
 
 logger = logging.getLogger(__name__)

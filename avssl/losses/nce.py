@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.losses.distributed import all_reduce, gather
+from avssl.distributed import all_reduce, gather
 
 
 def nce_loss(positive: torch.Tensor, negative: torch.Tensor, log_z: torch.Tensor | float) -> torch.Tensor:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from avssl.losses.distributed import all_reduce
+from avssl.distributed import all_reduce
 
 logger = logging.getLogger(__name__)
 

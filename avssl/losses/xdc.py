@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from avssl.losses.distributed import all_reduce, gather
+from avssl.distributed import all_reduce, gather
 from avssl.losses.kmeans import distributed_kmeans
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from torch import nn
 from avssl.config import MonitorsConfig
 from avssl.data.datamodule import manifest_classes
 from avssl.data.views import LABEL
-from avssl.losses.distributed import all_reduce, gather, world_size
+from avssl.distributed import all_reduce, gather, world_size
 
 MODALITIES = ("video", "audio")
 

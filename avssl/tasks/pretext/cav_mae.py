@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from avssl.data.views import AUDIO, VIDEO
+from avssl.distributed import gather_with_grad, rank, world_size
 from avssl.losses.cav_mae import (
     CONTRASTIVE_WEIGHT,
     DECODER_DEPTH,
@@ -38,7 +39,6 @@ from avssl.losses.cav_mae import (
     masked_reconstruction_loss,
     normalised_targets,
 )
-from avssl.losses.distributed import gather_with_grad, rank, world_size
 from avssl.losses.masking import CAV_MAE_MASK_RATIO, MaskedTokens, mask_from_noise, restore_tokens
 from avssl.metrics.retrieval import in_batch_retrieval_top1
 from avssl.models.transformer import init_vit_weights, patchify, sincos_position_embedding, transformer_blocks

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
-from avssl.losses.distributed import gather
+from avssl.distributed import gather
 from avssl.losses.label_bank import LabelBank, labeling_steps, shared_label_loss
 from avssl.losses.nce import cross_modal_info_nce
 from avssl.losses.state import load_former_keys

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.views import AUDIO, VIDEO
-from avssl.losses.distributed import gather_with_grad
+from avssl.distributed import gather_with_grad
 from avssl.losses.masking import DROP_TOKEN_RATE, drop_tokens
 from avssl.losses.nce import cross_modal_info_nce
 from avssl.metrics.retrieval import in_batch_retrieval_top1
