@@ -594,8 +594,9 @@ def _is_avssl_error(error: BaseException) -> bool:
 
 def exit_status(error: BaseException) -> int | None:
     """The exit status of a user's mistake, or None for a bug (which keeps its traceback)."""
-    config = sys.modules.get("avssl.config")  # no RecipeError before it is imported; importing it costs seconds
-    if config is not None and isinstance(error, config.RecipeError):
+    from avssl.errors import RecipeError  # a module of its own: importing it costs nothing
+
+    if isinstance(error, RecipeError):
         return USAGE_ERROR
     if isinstance(error, PATH_ERRORS):
         return DATA_ERROR

@@ -24,12 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from avssl.data.datamodule import DataConfig
+from avssl.errors import RecipeError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used as written; the message names the key or file."""
 
 
 @dataclass

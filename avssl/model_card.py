@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from avssl.config import RecipeError
+from avssl.errors import RecipeError
 
 MODEL_CARD = "README.md"
 # The Hub's value for "not stated": the weights' terms depend on the data they were trained

@@ -17,10 +17,11 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from avssl.config import RecipeError, to_plain
+from avssl.config import to_plain
 from avssl.csv_log import ResumableCSVLogger
 from avssl.data.compatibility import check_shards_fit_recipe
 from avssl.data.datamodule import AVDataModule
+from avssl.errors import RecipeError
 from avssl.tasks.throughput import ThroughputMonitor
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from avssl.cli import (
     main,
     one_line,
 )
-from avssl.config import RecipeError
 from avssl.data.errors import DataError
+from avssl.errors import RecipeError
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"

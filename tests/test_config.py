@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from avssl.cli import main
-from avssl.config import RecipeError, check_section, load_recipe
+from avssl.config import check_section, load_recipe
+from avssl.errors import RecipeError
 from avssl.tasks.pretext.avc import AVCConfig
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

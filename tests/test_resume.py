@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from avssl.cli import main
-from avssl.config import RecipeError
+from avssl.errors import RecipeError
 from avssl.pretrain import AtomicCheckpointIO, find_resume_checkpoint, remove_stale_temporaries, resolve_resume
 from tests.conftest import make_synth_shards
 

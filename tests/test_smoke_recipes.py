@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from avssl.cli import main
-from avssl.config import RecipeError, load_recipe, refuse_smoke_mix
+from avssl.config import load_recipe, refuse_smoke_mix
+from avssl.errors import RecipeError
 from avssl.pretrain import resolve_resume
 from avssl.tasks.pretext.avts import AVTS
 from avssl.tasks.pretext.base import PretextTask

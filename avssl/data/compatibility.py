@@ -6,7 +6,7 @@ repeats frames on its own. What a mismatch silently costs is quality (audio upsa
 16 kHz has no content above 8 kHz; 224² crops of a 128-pixel short side are blurred), so
 each one is a :class:`ShardsMismatchWarning` naming both values and the flag that rewrites
 the shards to fit. Two mismatches make the recipe's run impossible as written and stop it
-with a :class:`~avssl.config.RecipeError`: training videos shorter on average than the
+with a :class:`~avssl.errors.RecipeError`: training videos shorter on average than the
 clip window, and a ``task.num_instances`` smaller than the training split (one bank slot
 per video).
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from avssl.config import RecipeError
 from avssl.data.remote import read_manifest
 from avssl.data.views import AUDIO, ViewSpec
+from avssl.errors import RecipeError
 
 
 class ShardsMismatchWarning(UserWarning):

@@ -76,7 +76,7 @@ def shard_name(spec: str) -> str:
     """The shard's file name in a listed URL or command (``train-000003.tar``)."""
     found = _SHARD_NAME.findall(spec)
     if not found:
-        from avssl.config import RecipeError
+        from avssl.errors import RecipeError
 
         raise RecipeError(f"data.shards: {spec!r} names no .tar file; list the shards by their file names "
                           f"(e.g. train-{{000000..000009}}.tar)")

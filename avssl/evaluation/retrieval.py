@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from avssl.config import RecipeError, data_config, start_evaluation
+from avssl.config import data_config, start_evaluation
 from avssl.data.skips import split_clips
+from avssl.errors import RecipeError
 from avssl.evaluation.encoders import load_task, resolve_device
 from avssl.evaluation.features import Features, extract_features
 from avssl.evaluation.io import write_metrics

@@ -49,13 +49,14 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
-from avssl.config import RecipeError, start_evaluation
+from avssl.config import start_evaluation
 from avssl.data.datamodule import AVDataModule, DataConfig, ShardList, make_loader
 from avssl.data.sampling import ViewSampler
 from avssl.data.skips import split_clips
 from avssl.data.targets import BOXES, NUM_STEMS, STEMS
 from avssl.data.transforms import VideoBatchTransform
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO, AudioView, ViewSpec
+from avssl.errors import RecipeError
 from avssl.evaluation.encoders import load_encoders, resolve_device
 from avssl.evaluation.io import write_metrics
 from avssl.evaluation.spectral import (

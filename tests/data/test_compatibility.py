@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from avssl.cli import main
-from avssl.config import RecipeError, data_config, load_recipe
+from avssl.config import data_config, load_recipe
 from avssl.data.compatibility import (
     ShardsMismatchWarning,
     check_shards_fit_recipe,
@@ -20,6 +20,7 @@ from avssl.data.compatibility import (
 from avssl.data.datamodule import base_views
 from avssl.data.shards import ShardSettings
 from avssl.data.views import AudioView
+from avssl.errors import RecipeError
 
 PRETRAIN = Path(__file__).resolve().parents[2] / "recipes" / "pretrain"
 AVC = PRETRAIN / "avc" / "kinetics-sounds_r2plus1d18_8x32_1f224.yaml"

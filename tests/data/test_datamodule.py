@@ -240,7 +240,8 @@ def test_samples_written_by_avssl_shards_stream_with_clicks_on_flashes(tmp_path:
 
 def test_a_recipe_naming_the_removed_data_eval_clips_per_video_gets_the_unknown_key_error() -> None:
     """The key was never read (the probe and finetune sections have their own): it is gone."""
-    from avssl.config import RecipeError, load_recipe
+    from avssl.config import load_recipe
+    from avssl.errors import RecipeError
 
     recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "synth" / "avc_small.yaml")
     with pytest.raises(RecipeError) as error:

@@ -23,7 +23,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from avssl.config import RecipeError
 from avssl.data import remote
 from avssl.data.datamodule import (
     AVDataModule,
@@ -35,6 +34,7 @@ from avssl.data.datamodule import (
 from avssl.data.errors import DataError
 from avssl.data.sampling import ViewSampler
 from avssl.data.views import AudioView, VideoView, ViewSpec
+from avssl.errors import RecipeError
 from tests.conftest import flash_click_clip, write_test_shards
 
 SPEC = ViewSpec(video=VideoView(num_frames=2, fps=25.0, size=32), audio={"audio": AudioView(seconds=0.5)})

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avssl.config import RecipeError
+from avssl.errors import RecipeError
 from avssl.tasks.pretext.avc import PairwiseFusion
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

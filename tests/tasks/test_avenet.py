@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from avssl.config import RecipeError, load_recipe
+from avssl.config import load_recipe
+from avssl.errors import RecipeError
 from avssl.evaluation.localization import heatmaps
 from avssl.tasks.pretext.avenet import AVENet
 

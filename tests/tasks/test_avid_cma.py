@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from avssl.config import RecipeError, load_recipe
+from avssl.config import load_recipe
+from avssl.errors import RecipeError
 from avssl.losses.agreement import agreement_positives
 from avssl.losses.nce import sample_excluding
 from avssl.tasks.pretext import build_pretext_task

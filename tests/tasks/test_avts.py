@@ -7,7 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from avssl.config import RecipeError, load_recipe
+from avssl.config import load_recipe
+from avssl.errors import RecipeError
 from avssl.losses.contrastive import embedding_distance
 from avssl.tasks.pretext.avts import AVTS, AVTSCurriculum
 

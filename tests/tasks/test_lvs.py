@@ -12,7 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from avssl.cli import main
-from avssl.config import RecipeError, load_recipe
+from avssl.config import load_recipe
+from avssl.errors import RecipeError
 from avssl.evaluation.localization import heatmaps
 from avssl.losses.lvs import lvs_logits, lvs_loss
 from avssl.tasks.pretext.lvs import LVS

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from avssl.config import MonitorsConfig, RecipeError, load_recipe
+from avssl.config import MonitorsConfig, load_recipe
+from avssl.errors import RecipeError
 from avssl.tasks import monitors
 from avssl.tasks.monitors import FeatureQueue, OnlineKNN, OnlineLinearProbe, build_monitors, knn_vote
 

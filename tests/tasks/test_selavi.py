@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from avssl.config import RecipeError, load_recipe
+from avssl.config import load_recipe
+from avssl.errors import RecipeError
 from avssl.tasks.pretext.selavi import SeLaVi
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from avssl.config import RecipeError, load_recipe
+from avssl.config import load_recipe
+from avssl.errors import RecipeError
 from avssl.losses.xdc import balancing_weights
 from avssl.tasks.pretext.xdc import XDC
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from avssl.config import RecipeError
+from avssl.errors import RecipeError
 from avssl.tasks.pretext.avc import AVC
 from avssl.tasks.pretext.avenet import AVENet
 from avssl.tasks.pretext.avid_cma import AVIDCMA

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.config import RecipeError
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.distributed import rank, world_size
+from avssl.errors import RecipeError
 from avssl.losses.agreement import PositiveSets, excluded_from_negatives
 from avssl.losses.nce import MemoryBank, NCENormaliser, instance_discrimination_loss, sample_excluding
 from avssl.losses.state import load_former_keys

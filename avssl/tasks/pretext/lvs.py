@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from avssl.config import RecipeError
 from avssl.data.views import AUDIO, INDEX, VIDEO
+from avssl.errors import RecipeError
 from avssl.losses.correspondence import paired_negative_permutation
 from avssl.losses.lvs import (
     EPSILON_NEGATIVE,
