@@ -54,6 +54,14 @@ def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: 
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def projected_info_nce(video_projection: nn.Module, audio_projection: nn.Module, video_features: torch.Tensor,
+                       audio_features: torch.Tensor, temperature: float) -> torch.Tensor:
+    """:func:`cross_modal_info_nce` of each modality's features through its projection,
+    L2-normalised: the contrastive warm-up the clustering methods (SeLaVi, XDC) share."""
+    return cross_modal_info_nce(F.normalize(video_projection(video_features), dim=1),
+                                F.normalize(audio_projection(audio_features), dim=1), temperature)
+
+
 class NCENormaliser(nn.Module):
     """Z, estimated once from the first batch's noise scores (mean of e^s⁻ over the
     batch and every rank), then fixed and saved in the checkpoint ("Audio-Visual Instance Discrimination with

@@ -37,7 +37,6 @@ from avssl.errors import RecipeError
 from avssl.losses.agreement import PositiveSets, excluded_from_negatives
 from avssl.losses.nce import MemoryBank, NCENormaliser, instance_discrimination_loss, sample_excluding
 from avssl.losses.state import load_former_keys
-from avssl.metrics.retrieval import in_batch_retrieval_top1
 from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
@@ -172,10 +171,4 @@ class AVIDCMA(PretextTask):
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        """Held-out cross-modal retrieval within the batch: is a clip's own audio the
-        nearest of the batch's audio to its video (and vice versa)?"""
-        video_features, audio_features = self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
-        accuracy = in_batch_retrieval_top1(self.video_head(video_features), self.audio_head(audio_features))
-        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=video_features.shape[0])
-        self.log_skipped(batch, "val")
-        return {"embeddings": {"video": video_features, "audio": audio_features}}  # for the online monitors
+        return self.in_batch_retrieval_validation(batch, self.video_head, self.audio_head)

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from avssl.config import Recipe, check_section, data_config, refuse_smoke_mix, to_plain
 from avssl.data.datamodule import DataConfig, ShardList, base_views
-from avssl.data.views import SKIPPED, AudioView, ViewSpec
+from avssl.data.views import AUDIO, SKIPPED, VIDEO, AudioView, ViewSpec
+from avssl.metrics.retrieval import in_batch_retrieval_top1
 from avssl.models.registry import build_encoders
 
 
@@ -142,6 +143,18 @@ class PretextTask(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- validation -------------------------------------------------------------------------------
+    def in_batch_retrieval_validation(self, batch: dict[str, torch.Tensor], video_head: torch.nn.Module,
+                                      audio_head: torch.nn.Module) -> dict:
+        """Held-out cross-modal retrieval within the batch for methods with projection heads
+        into one space: is a clip's own audio the nearest of the batch's audio to its video
+        (and vice versa)? Logs ``val/retrieval_top1``; returns the embeddings for the monitors."""
+        video_features, audio_features = self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
+        accuracy = in_batch_retrieval_top1(video_head(video_features), audio_head(audio_features))
+        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=video_features.shape[0])
+        self.log_skipped(batch, "val")
+        return {"embeddings": {"video": video_features, "audio": audio_features}}
 
     # -- data health --------------------------------------------------------------------------
     def log_skipped(self, batch: dict[str, torch.Tensor], stage: str) -> None:

@@ -42,7 +42,7 @@ from torch import nn
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.distributed import gather
 from avssl.losses.label_bank import LabelBank, labeling_steps, shared_label_loss
-from avssl.losses.nce import cross_modal_info_nce
+from avssl.losses.nce import projected_info_nce
 from avssl.losses.state import load_former_keys
 from avssl.losses.swapped_prediction import swapped_prediction_loss
 from avssl.metrics.clustering import clustering_scores
@@ -203,9 +203,8 @@ class SeLaVi(PretextTask):
 
     def _info_nce(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """The warm-up's cross-modal in-batch InfoNCE on its projections."""
-        return cross_modal_info_nce(F.normalize(self.video_warmup_projection(video_features), dim=1),
-                                    F.normalize(self.audio_warmup_projection(audio_features), dim=1),
-                                    self.task_config.contrastive_temperature)
+        return projected_info_nce(self.video_warmup_projection, self.audio_warmup_projection, video_features,
+                                  audio_features, self.task_config.contrastive_temperature)
 
     def _online_step(self, batch: dict[str, torch.Tensor], video_features: torch.Tensor,
                      audio_features: torch.Tensor) -> dict:

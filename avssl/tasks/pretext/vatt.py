@@ -24,7 +24,6 @@ from avssl.data.views import AUDIO, VIDEO
 from avssl.distributed import gather_with_grad
 from avssl.losses.masking import DROP_TOKEN_RATE, drop_tokens
 from avssl.losses.nce import cross_modal_info_nce
-from avssl.metrics.retrieval import in_batch_retrieval_top1
 from avssl.models.heads import MLP
 from avssl.models.vit import VisionTransformer
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
@@ -112,10 +111,4 @@ class VATT(PretextTask):
                 "embeddings": {"video": video_features.detach(), "audio": audio_features.detach()}}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        """Held-out retrieval within the batch, every token fed: is a clip's own audio the
-        nearest of the batch's audio to its video (and vice versa)?"""
-        video_features, audio_features = self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
-        accuracy = in_batch_retrieval_top1(self.video_head(video_features), self.audio_head(audio_features))
-        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=video_features.shape[0])
-        self.log_skipped(batch, "val")
-        return {"embeddings": {"video": video_features, "audio": audio_features}}
+        return self.in_batch_retrieval_validation(batch, self.video_head, self.audio_head)

@@ -40,7 +40,7 @@ from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.distributed import gather
-from avssl.losses.nce import cross_modal_info_nce
+from avssl.losses.nce import projected_info_nce
 from avssl.losses.xdc import (
     ClusterHeads,
     PseudoLabels,
@@ -226,9 +226,8 @@ class XDC(PretextTask):
 
     def _info_nce(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """The warm-up's cross-modal in-batch InfoNCE on its projections."""
-        return cross_modal_info_nce(F.normalize(self.video_warmup_projection(video_features), dim=1),
-                                    F.normalize(self.audio_warmup_projection(audio_features), dim=1),
-                                    self.task_config.contrastive_temperature)
+        return projected_info_nce(self.video_warmup_projection, self.audio_warmup_projection, video_features,
+                                  audio_features, self.task_config.contrastive_temperature)
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.clustering_nmi.items():
