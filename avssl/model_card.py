@@ -32,6 +32,8 @@ METHODS: dict[str, tuple[str, str]] = {
                  "Audio-Visual Instance Discrimination with Cross-Modal Agreement"),
     "selavi": ("Self-Labelling Videos (SeLaVi)",
                "Labelling Unlabelled Videos from Scratch with Multi-modal Self-supervision"),
+    "robust_xid": ("Robust cross-modal instance discrimination (Robust-xID)",
+                   "Robust Audio-Visual Instance Discrimination"),
 }
 METHODS["avid"] = METHODS["avid_cma"]  # task.name of AVID+CMA checkpoints written before its rename
 # CSV columns that describe the run's speed or schedule, not what it learned.

@@ -36,6 +36,7 @@ METHODS = {
     "avts": ("avts_small.yaml", "val/sync_accuracy"),
     "avid_cma": ("avid_cma_small.yaml", "val/retrieval_top1"),
     "selavi": ("selavi_small.yaml", "val/nmi_best_head"),
+    "robust_xid": ("robust_xid_small.yaml", "val/retrieval_top1"),
 }
 
 

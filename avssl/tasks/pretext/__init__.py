@@ -12,9 +12,11 @@ from avssl.tasks.pretext.avc import AVC
 from avssl.tasks.pretext.avid_cma import AVIDCMA
 from avssl.tasks.pretext.avts import AVTS
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask
+from avssl.tasks.pretext.robust_xid import RobustXID
 from avssl.tasks.pretext.selavi import SeLaVi
 
-PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid_cma": AVIDCMA, "selavi": SeLaVi}
+PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid_cma": AVIDCMA, "selavi": SeLaVi,
+                                                "robust_xid": RobustXID}
 # former names, still read from recipes and checkpoints
 PRETEXT_ALIASES: dict[str, str] = {"avid": "avid_cma"}
 

@@ -76,12 +76,22 @@ class AVIDCMAConfig(TaskConfig):
 def projection_head(dim: int, cfg: AVIDCMAConfig) -> nn.Module:
     """``MLP([dim, hidden, embedding_dim])``; with ``projection_norm: batchnorm`` the pooled
     embedding is standardised first (BatchNorm1d), the hidden layer has BatchNorm, and the
-    output is standardised (BatchNorm1d without affine: no shared direction to learn)."""
+    output is standardised (BatchNorm1d without affine: no shared direction to learn).
+    ``cfg``: any task section with ``projection_hidden``, ``embedding_dim`` and
+    ``projection_norm`` (Robust-xID's too)."""
     dims = [dim, cfg.projection_hidden, cfg.embedding_dim]
     if cfg.projection_norm == "none":
         return MLP(dims)
     return nn.Sequential(nn.BatchNorm1d(dim), MLP(dims, batchnorm=True),
                          nn.BatchNorm1d(cfg.embedding_dim, affine=False))
+
+
+def retrieval_top1(video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Is a clip's own audio the nearest (cosine) of the batch's audio to its video, and vice
+    versa? The mean of both directions' top-1 accuracy over the batch's B×D projections."""
+    similarity = F.normalize(video, dim=1) @ F.normalize(audio, dim=1).T
+    target = torch.arange(similarity.shape[0], device=similarity.device)
+    return 0.5 * ((similarity.argmax(1) == target).float().mean() + (similarity.argmax(0) == target).float().mean())
 
 
 class AVIDCMA(PretextTask):
@@ -174,12 +184,7 @@ class AVIDCMA(PretextTask):
         """Held-out cross-modal retrieval within the batch: is a clip's own audio the
         nearest of the batch's audio to its video (and vice versa)?"""
         video_features, audio_features = self.video_encoder(batch[VIDEO]), self.audio_encoder(batch[AUDIO])
-        v = F.normalize(self.video_head(video_features), dim=1)
-        a = F.normalize(self.audio_head(audio_features), dim=1)
-        similarity = v @ a.T
-        target = torch.arange(v.shape[0], device=v.device)
-        accuracy = 0.5 * ((similarity.argmax(1) == target).float().mean()
-                          + (similarity.argmax(0) == target).float().mean())
-        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
+        accuracy = retrieval_top1(self.video_head(video_features), self.audio_head(audio_features))
+        self.log("val/retrieval_top1", accuracy, prog_bar=True, sync_dist=True, batch_size=video_features.shape[0])
         self.log_skipped(batch, "val")
         return {"embeddings": {"video": video_features, "audio": audio_features}}  # for the online monitors
