@@ -153,7 +153,8 @@ def test_task_choices_are_literal_fields_checked_where_the_recipe_is_read() -> N
     config = load_recipe(RECIPES / "synth" / "avc_small.yaml", ["task.name=avcc"])
     with pytest.raises(RecipeError) as caught:
         build_pretext_task(config)
-    assert str(caught.value) == "task.name must be one of ['avc', 'avid_cma', 'avts', 'selavi'], got 'avcc'"
+    assert str(caught.value) == ("task.name must be one of ['avc', 'avid_cma', 'avts', 'robust_xid', 'selavi'], "
+                                 "got 'avcc'")
 
 
 def test_pretext_recipe_reads_a_loaded_recipe_and_a_checkpoints_dict_alike() -> None:

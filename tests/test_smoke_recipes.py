@@ -31,7 +31,7 @@ AVTS_RECIPE = RECIPES / "pretrain" / "avts" / "kinetics400_mc318_8x32_16f112.yam
 
 # the phase of each epoch of a smoke run, per method folder (see _phase)
 PHASES = {"avc": ["avc"], "avts": ["easy", "easy+hard"], "avid_cma": ["avid", "avid+cma"],
-          "selavi": ["bank fill", "labels"]}
+          "selavi": ["bank fill", "labels"], "robust_xid": ["xid", "xid+weights+soft targets"]}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def _smoke_args(recipe: Path, shards: Path, run_dir: Path, *overrides: str) -> l
 # -- settings ------------------------------------------------------------------------------------
 
 def test_there_is_a_recipe_per_method() -> None:
-    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi"}
+    assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi", "robust_xid"}
 
 
 def test_smoke_shrinks_the_run_and_keeps_the_method() -> None:
@@ -98,7 +98,7 @@ def test_a_smoke_run_has_its_own_folder() -> None:
 def test_smoke_moves_every_phase_switch_to_epoch_one() -> None:
     expected = {"avc": (1, {}), "avts": (2, {"hard_start_epoch": 1}),
                 "avid_cma": (2, {"cma_start_epoch": 1, "cma_resample_epochs": 1}),
-                "selavi": (2, {"contrastive_warmup_epochs": 0})}
+                "selavi": (2, {"contrastive_warmup_epochs": 0}), "robust_xid": (2, {"robust_start_epoch": 1})}
     for recipe in FULL_SCALE:
         epochs, keys = expected[recipe.parent.name]
         smoke = load_recipe(recipe, ["smoke=true"])
@@ -144,6 +144,8 @@ def _phase(task: PretextTask, outputs: dict) -> str:
         return "avid+cma" if "cma" in outputs["terms"] else "avid"
     if name == "selavi":
         return "labels" if task.label_bank.has_labels else "bank fill"
+    if name == "robust_xid":  # the weights' diagnostic is logged once they apply
+        return "xid+weights+soft targets" if task.robust_active and "mean_weight" in outputs["terms"] else "xid"
     return name
 
 
