@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from avssl.config import RecipeError
 from avssl.data.views import AUDIO, INDEX, VIDEO
-from avssl.losses.distributed import rank, world_size
+from avssl.losses.distributed import all_reduce, rank, world_size
 from avssl.losses.nce import MemoryBank, cross_modal_scores, sample_excluding
 from avssl.losses.robust_xid import (
     bank_positive_similarity,
@@ -109,8 +109,8 @@ class RobustXID(PretextTask):
 
     # -- loss -------------------------------------------------------------------------------------
     def _direction(self, query: torch.Tensor, partner: torch.Tensor, own_bank: MemoryBank, other_bank: MemoryBank,
-                   index: torch.Tensor, negatives: torch.Tensor,
-                   weights: torch.Tensor | None) -> torch.Tensor:
+                   index: torch.Tensor, negatives: torch.Tensor, weights: torch.Tensor | None,
+                   weight_total: torch.Tensor | None) -> torch.Tensor:
         """One direction: ``query`` (B×D) against the other modality (its bank slot or
         ``partner``, this batch's embeddings) with the bank ``negatives`` (B×K) and, with
         ``batch_negatives``, the batch's other clips; soft targets from ``own_bank``."""
@@ -129,7 +129,7 @@ class RobustXID(PretextTask):
                 slots = own_bank.bank[index]
                 relations = torch.cat([relations, (slots @ slots.T).masked_fill(same, -float("inf"))], dim=1)
             targets = smoothed_targets(relations.to(pos.dtype), cfg.target_smoothing, cfg.target_temperature)
-        return soft_instance_loss(pos, neg, targets, weights)
+        return soft_instance_loss(pos, neg, targets, weights, weight_total)
 
     def positive_weights(self, index: torch.Tensor) -> torch.Tensor:
         """The faulty-positive weights of this batch's instances, measured against every
@@ -145,11 +145,14 @@ class RobustXID(PretextTask):
         self.video_bank.check_index(index)
         split = {"total_rows": v.shape[0] * world_size(), "row_offset": v.shape[0] * rank()}
         negatives = sample_excluding(index[:, None], cfg.num_instances, cfg.num_negatives, self._generator(), **split)
-        weights = None
+        weights = weight_total = None
         if self.robust_active and cfg.faulty_positive_weights:
             weights = self.positive_weights(index).to(v.dtype)
-        terms = {"xid": 0.5 * (self._direction(v, a, self.video_bank, self.audio_bank, index, negatives, weights)
-                               + self._direction(a, v, self.audio_bank, self.video_bank, index, negatives, weights))}
+            # the global batch's Σw per rank: DDP's averaged gradients are the global weighted mean's
+            weight_total = all_reduce(weights.sum().detach().clone()) / world_size()
+        shared = (index, negatives, weights, weight_total)
+        terms = {"xid": 0.5 * (self._direction(v, a, self.video_bank, self.audio_bank, *shared)
+                               + self._direction(a, v, self.audio_bank, self.video_bank, *shared))}
         if weights is not None:
             terms["mean_weight"] = weights.mean()
         return terms
