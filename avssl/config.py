@@ -496,14 +496,17 @@ def smoke_run_dir(run_dir: str) -> str:
 def smoke_phases(task: Any) -> tuple[int, dict[str, Any]]:
     """The smoke run's epochs and the task keys that move each phase switch to epoch 1, so
     that 2 steps of every phase run: AVTS easy, then hard (and super-hard) negatives;
-    AVID, then CMA (positives re-solved every epoch); SeLaVi filling its label bank (or its
-    contrastive warm-up), then labels by Sinkhorn and the heads' cross-entropy; XDC clustering
-    the training set and training on the labels, then clustering again (every epoch)."""
+    AVID, then CMA (positives re-solved every epoch); Robust-xID's plain xID, then its
+    weights and soft targets; SeLaVi filling its label bank (or its contrastive warm-up),
+    then labels by Sinkhorn and the heads' cross-entropy; XDC clustering the training set
+    and training on the labels, then clustering again (every epoch)."""
     name, changes = task.get("name"), {}
     if name == "avts":
         changes["hard_start_epoch"] = min(int(task.get("hard_start_epoch", 1)), 1)
     elif name in ("avid_cma", "avid") and task.get("cma_start_epoch") is not None:  # avid: its former name
         changes.update(cma_start_epoch=min(int(task.cma_start_epoch), 1), cma_resample_epochs=1)
+    elif name == "robust_xid" and task.get("robust_start_epoch") is not None:
+        changes["robust_start_epoch"] = min(int(task.robust_start_epoch), 1)
     elif name == "selavi" and task.get("variant", "offline") == "offline":
         changes["contrastive_warmup_epochs"] = min(int(task.get("contrastive_warmup_epochs", 0)), 1)
     elif name == "xdc":

@@ -38,6 +38,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "vatt": ("Video-Audio Transformers with DropToken (VATT, audio-video)",
              "VATT: Transformers for Multimodal Self-Supervised Learning from Raw Video, Audio and Text"),
     "cav_mae": ("Contrastive Audio-Visual Masked Autoencoder (CAV-MAE)", "Contrastive Audio-Visual Masked Autoencoder"),
+    "robust_xid": ("Robust cross-modal instance discrimination (Robust-xID)",
+                   "Robust Audio-Visual Instance Discrimination"),
 }
 METHODS["avid"] = METHODS["avid_cma"]  # task.name of AVID+CMA checkpoints written before its rename
 # CSV columns that describe the run's speed or schedule, not what it learned.

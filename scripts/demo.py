@@ -41,6 +41,7 @@ METHODS = {
     "lvs": ("lvs_small.yaml", "val/accuracy"),
     "vatt": ("vatt_small.yaml", "val/retrieval_top1"),
     "cav_mae": ("cav_mae_small.yaml", "val/reconstruction_ratio"),
+    "robust_xid": ("robust_xid_small.yaml", "val/retrieval_top1"),
 }
 
 

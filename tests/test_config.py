@@ -155,7 +155,7 @@ def test_task_choices_are_literal_fields_checked_where_the_recipe_is_read() -> N
     with pytest.raises(RecipeError) as caught:
         build_pretext_task(config)
     assert str(caught.value) == ("task.name must be one of ['avc', 'avenet', 'avid_cma', 'avts', 'cav_mae', 'lvs', "
-                                 "'selavi', 'vatt', 'xdc'], got 'avcc'")
+                                 "'robust_xid', 'selavi', 'vatt', 'xdc'], got 'avcc'")
 
 
 def test_pretext_recipe_reads_a_loaded_recipe_and_a_checkpoints_dict_alike() -> None:

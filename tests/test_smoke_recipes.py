@@ -34,7 +34,8 @@ AVTS_RECIPE = RECIPES / "pretrain" / "avts" / "kinetics400_mc318_8x32_16f112.yam
 PHASES = {"avc": ["avc"], "avts": ["easy", "easy+hard"], "avid_cma": ["avid", "avid+cma"],
           "selavi": ["bank fill", "labels"], "xdc": ["clustering 1", "clustering 2"],
           "avenet": ["avenet"], "lvs": ["lvs"],
-          "vatt": ["vatt"], "cav_mae": ["cav_mae"]}
+          "vatt": ["vatt"], "cav_mae": ["cav_mae"],
+          "robust_xid": ["xid", "xid+weights+soft targets"]}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def _smoke_args(recipe: Path, shards: Path, run_dir: Path, *overrides: str) -> l
 
 def test_there_is_a_recipe_per_method() -> None:
     assert {p.parent.name for p in FULL_SCALE} >= {"avc", "avts", "avid_cma", "selavi", "xdc", "avenet", "lvs",
-                                                  "vatt", "cav_mae"}
+                                                  "vatt", "cav_mae", "robust_xid"}
 
 
 def test_smoke_shrinks_the_run_and_keeps_the_method() -> None:
@@ -114,7 +115,8 @@ def test_smoke_moves_every_phase_switch_to_epoch_one() -> None:
     expected = {"avc": (1, {}), "avts": (2, {"hard_start_epoch": 1}),
                 "avid_cma": (2, {"cma_start_epoch": 1, "cma_resample_epochs": 1}),
                 "selavi": (2, {"contrastive_warmup_epochs": 0}), "xdc": (2, {"recluster_epochs": 1}),
-                "avenet": (1, {}), "lvs": (1, {}), "vatt": (1, {}), "cav_mae": (1, {})}
+                "avenet": (1, {}), "lvs": (1, {}), "vatt": (1, {}), "cav_mae": (1, {}),
+                "robust_xid": (2, {"robust_start_epoch": 1})}
     for recipe in FULL_SCALE:
         epochs, keys = expected[recipe.parent.name]
         smoke = load_recipe(recipe, ["smoke=true"])
@@ -163,6 +165,8 @@ def _phase(task: PretextTask, outputs: dict) -> str:
         return "labels" if task.label_bank.has_labels else "bank fill"
     if name == "xdc":  # the clustering that gave this step's labels
         return f"clustering {int(task.pseudo_labels.clusterings_done)}"
+    if name == "robust_xid":  # the weights' diagnostic is logged once they apply
+        return "xid+weights+soft targets" if task.robust_active and "mean_weight" in outputs["terms"] else "xid"
     return name
 
 

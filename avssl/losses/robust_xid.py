@@ -18,8 +18,9 @@ Two sources of noise and their remedies:
   and ℓ_i = −Σ_j y_ij log p_ij with p the softmax of the xID scores.
 
 Scores come from :func:`avssl.losses.nce.cross_modal_scores` (bank slots), negatives from
-:func:`avssl.losses.nce.sample_excluding`. λ, T_s, δ and κ are parameters: the official
-code was not at hand to take its values from.
+:func:`avssl.losses.nce.sample_excluding`. λ, T_s, δ and κ are parameters without defaults:
+the recipes set them (docs/recipes.md says where each value comes from). A score of −inf
+(a masked candidate) has target 0 and adds nothing to the loss.
 """
 from __future__ import annotations
 
@@ -65,19 +66,27 @@ def smoothed_targets(relations: torch.Tensor, smoothing: float, temperature: flo
 
 
 def soft_instance_loss(positive: torch.Tensor, negative: torch.Tensor, targets: torch.Tensor | None = None,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
+                       weights: torch.Tensor | None = None,
+                       weight_total: torch.Tensor | float | None = None) -> torch.Tensor:
     """−Σ_j y_j log softmax(positive, negatives)_j per query, weighted mean over queries.
 
     positive: B (or B×1) scores; negative: B×K; ``targets``: B×(1+K) (None: one-hot on the
-    positive, xID's softmax loss); ``weights``: B (None: all 1)."""
+    positive, xID's softmax loss); ``weights``: B (None: all 1), divided by ``weight_total``
+    (None: their sum). Under data parallelism, pass the sum over every rank divided by the
+    number of ranks: the ranks' gradients, averaged, are then those of the global batch's
+    weighted mean."""
     if positive.dim() == 1:
         positive = positive[:, None]
     log_p = F.log_softmax(torch.cat([positive, negative], dim=1), dim=1)
-    per_query = -log_p[:, 0] if targets is None else -(targets * log_p).sum(dim=1)
+    if targets is None:
+        per_query = -log_p[:, 0]
+    else:  # a masked score (−inf, target 0) adds nothing, not 0·(−inf) = nan
+        per_query = -torch.where(targets > 0, targets * log_p, torch.zeros_like(log_p)).sum(dim=1)
     if weights is None:
         return per_query.mean()
     weights = weights.detach()
-    return (weights * per_query).sum() / weights.sum().clamp_min(1e-12)
+    total = weights.sum() if weight_total is None else torch.as_tensor(weight_total, dtype=weights.dtype)
+    return (weights * per_query).sum() / total.clamp_min(1e-12)
 
 
 __all__ = ["bank_positive_similarity", "faulty_positive_weights", "within_modal_similarity", "smoothed_targets",

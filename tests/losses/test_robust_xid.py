@@ -77,3 +77,16 @@ def test_weights_carry_no_gradient_and_zero_weight_drops_a_query() -> None:
     weights = torch.tensor([0.0, 2.0], requires_grad=True)
     soft_instance_loss(positive, negative, weights=weights).backward()
     assert positive.grad[0].item() == 0.0 and positive.grad[1].item() != 0.0 and weights.grad is None
+
+
+def test_a_masked_candidate_adds_nothing() -> None:
+    """A −inf score with target 0 (a batch negative of the query's own instance) leaves the
+    loss as without that column, and finite, gradient included."""
+    positive = torch.tensor([[1.0]], requires_grad=True)
+    negative = torch.tensor([[0.5, -float("inf")]])
+    targets = torch.tensor([[0.75, 0.25, 0.0]])
+    loss = soft_instance_loss(positive, negative, targets)
+    p = torch.softmax(torch.tensor([1.0, 0.5]), dim=0)
+    assert loss.item() == pytest.approx(-(0.75 * math.log(p[0]) + 0.25 * math.log(p[1])), rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(positive.grad).all()

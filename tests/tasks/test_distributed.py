@@ -1,5 +1,5 @@
 """One training step on 2 processes (gloo) equals the same global batch on 1 process:
-loss, gradients and memory banks (AVID+CMA), for the parts that are not per-rank by
+loss, gradients and memory banks (AVID+CMA, Robust-xID), for the parts that are not per-rank by
 design (the encoders' BatchNorm is per rank unless SyncBN is on, so the step starts from
 the encoder features)."""
 from __future__ import annotations
@@ -19,8 +19,9 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 GLOBAL_BATCH = 8
 
 
-def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool) -> None:
+def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool, robust_xid: bool = False) -> None:
     from avssl.tasks.pretext.avid_cma import AVIDCMA
+    from avssl.tasks.pretext.robust_xid import RobustXID
 
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -31,9 +32,12 @@ def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool) -> N
     overrides = ["task.positives=bank", "task.batch_negatives=false",
                  "task.num_instances=40", "task.num_negatives=16", "task.cma_positives=4", "task.cma_negatives=8",
                  f"task.cma_start_epoch={0 if cma else 'null'}", "task.projection_norm=none"]
-    config = load_recipe(RECIPES / "synth" / "avid_cma_small.yaml", overrides)
+    if robust_xid:  # weights and soft targets from the first step; Σw is global (not each rank's)
+        overrides = [*overrides[:4], "task.projection_norm=none", "task.robust_start_epoch=0"]
+    recipe = "robust_xid_small.yaml" if robust_xid else "avid_cma_small.yaml"
+    config = load_recipe(RECIPES / "synth" / recipe, overrides)
     torch.manual_seed(0)
-    model = AVIDCMA(OmegaConf.to_container(config, resolve=True))
+    model = (RobustXID if robust_xid else AVIDCMA)(OmegaConf.to_container(config, resolve=True))
     if cma:
         positives = torch.stack([torch.arange(1, 5) + i for i in range(40)]) % 40
         model.positives.indices = positives.sort(dim=1).values
@@ -67,10 +71,11 @@ def _avid_steps(rank: int, world: int, init_file: str, out: str, cma: bool) -> N
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("cma", [False, True], ids=["avid", "cma"])
-def test_avid_two_processes_match_one(tmp_path: Path, cma: bool) -> None:
-    _avid_steps(0, 1, "", str(tmp_path), cma)
-    mp.spawn(_avid_steps, args=(2, str(tmp_path / "init"), str(tmp_path), cma), nprocs=2, join=True)
+@pytest.mark.parametrize(("cma", "robust_xid"), [(False, False), (True, False), (False, True)],
+                         ids=["avid", "cma", "robust_xid"])
+def test_avid_two_processes_match_one(tmp_path: Path, cma: bool, robust_xid: bool) -> None:
+    _avid_steps(0, 1, "", str(tmp_path), cma, robust_xid)
+    mp.spawn(_avid_steps, args=(2, str(tmp_path / "init"), str(tmp_path), cma, robust_xid), nprocs=2, join=True)
     single = torch.load(tmp_path / "rank0_of1.pt")
     for rank in range(2):
         pair = torch.load(tmp_path / f"rank{rank}_of2.pt")

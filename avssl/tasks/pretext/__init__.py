@@ -15,13 +15,14 @@ from avssl.tasks.pretext.avts import AVTS
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask
 from avssl.tasks.pretext.cav_mae import CAVMAE
 from avssl.tasks.pretext.lvs import LVS
+from avssl.tasks.pretext.robust_xid import RobustXID
 from avssl.tasks.pretext.selavi import SeLaVi
 from avssl.tasks.pretext.vatt import VATT
 from avssl.tasks.pretext.xdc import XDC
 
 PRETEXT_TASKS: dict[str, type[PretextTask]] = {"avc": AVC, "avts": AVTS, "avid_cma": AVIDCMA, "selavi": SeLaVi,
                                               "xdc": XDC, "avenet": AVENet, "lvs": LVS, "vatt": VATT,
-                                              "cav_mae": CAVMAE}
+                                              "cav_mae": CAVMAE, "robust_xid": RobustXID}
 # former names, still read from recipes and checkpoints
 PRETEXT_ALIASES: dict[str, str] = {"avid": "avid_cma"}
 

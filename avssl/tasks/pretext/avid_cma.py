@@ -76,7 +76,9 @@ class AVIDCMAConfig(TaskConfig):
 def projection_head(dim: int, cfg: AVIDCMAConfig) -> nn.Module:
     """``MLP([dim, hidden, embedding_dim])``; with ``projection_norm: batchnorm`` the pooled
     embedding is standardised first (BatchNorm1d), the hidden layer has BatchNorm, and the
-    output is standardised (BatchNorm1d without affine: no shared direction to learn)."""
+    output is standardised (BatchNorm1d without affine: no shared direction to learn).
+    ``cfg``: any task section with ``projection_hidden``, ``embedding_dim`` and
+    ``projection_norm`` (Robust-xID's too)."""
     dims = [dim, cfg.projection_hidden, cfg.embedding_dim]
     if cfg.projection_norm == "none":
         return MLP(dims)
