@@ -25,7 +25,7 @@ draws (the 1-vs-2-process test relies on it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,20 @@ def projection_head(dim: int, cfg: AVIDCMAConfig) -> nn.Module:
                          nn.BatchNorm1d(cfg.embedding_dim, affine=False))
 
 
+def add_heads_and_banks(task: PretextTask, cfg: Any) -> None:
+    """The projection heads and per-instance memory banks cross-modal instance discrimination
+    needs (AVID+CMA, Robust-xID; ``cfg`` either config), set on ``task`` in this order (parameter
+    order, seeded draws)."""
+    task.resolve_num_instances()
+    if cfg.num_negatives >= cfg.num_instances:  # known once the manifest is read: not a schema check
+        raise RecipeError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
+                          f"instances ({cfg.num_instances})")
+    task.video_head = projection_head(task.video_encoder.embedding_dim, cfg)
+    task.audio_head = projection_head(task.audio_encoder.embedding_dim, cfg)
+    task.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=task.seed)
+    task.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=task.seed + 1)
+
+
 class AVIDCMA(PretextTask):
     config_class = AVIDCMAConfig
 
@@ -93,14 +107,7 @@ class AVIDCMA(PretextTask):
         super().__init__(recipe)
         self.require_both_encoders()
         cfg: AVIDCMAConfig = self.task_config
-        self.resolve_num_instances()
-        if cfg.num_negatives >= cfg.num_instances:  # known once the manifest is read: not a schema check
-            raise RecipeError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
-                             f"instances ({cfg.num_instances})")
-        self.video_head = projection_head(self.video_encoder.embedding_dim, cfg)
-        self.audio_head = projection_head(self.audio_encoder.embedding_dim, cfg)
-        self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed)
-        self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed + 1)
+        add_heads_and_banks(self, cfg)
         self.normalisers = nn.ModuleDict({name: NCENormaliser() for name in ("v2a", "a2v", "v2v", "a2a")})
         self.positives = PositiveSets(cfg.cma_positives, cfg.cma_chunk)  # CMA's P_i, solved when CMA starts
         # checkpoints from before the positive sets were a module

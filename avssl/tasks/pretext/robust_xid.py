@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.distributed import all_reduce, rank, world_size
-from avssl.errors import RecipeError
 from avssl.losses.nce import MemoryBank, cross_modal_scores, sample_excluding
 from avssl.losses.robust_xid import (
     bank_positive_similarity,
@@ -42,7 +41,7 @@ from avssl.losses.robust_xid import (
     soft_instance_loss,
     within_modal_similarity,
 )
-from avssl.tasks.pretext.avid_cma import projection_head
+from avssl.tasks.pretext.avid_cma import add_heads_and_banks
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
@@ -86,14 +85,7 @@ class RobustXID(PretextTask):
         super().__init__(recipe)
         self.require_both_encoders()
         cfg: RobustXIDConfig = self.task_config
-        self.resolve_num_instances()
-        if cfg.num_negatives >= cfg.num_instances:  # known once the manifest is read: not a schema check
-            raise RecipeError(f"task.num_negatives ({cfg.num_negatives}) must be below the number of training "
-                              f"instances ({cfg.num_instances})")
-        self.video_head = projection_head(self.video_encoder.embedding_dim, cfg)
-        self.audio_head = projection_head(self.audio_encoder.embedding_dim, cfg)
-        self.video_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed)
-        self.audio_bank = MemoryBank(cfg.num_instances, cfg.embedding_dim, cfg.bank_momentum, seed=self.seed + 1)
+        add_heads_and_banks(self, cfg)
 
     @property
     def robust_active(self) -> bool:
