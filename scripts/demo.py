@@ -1,5 +1,5 @@
-"""`make demo`: synthetic videos → shards → pretraining (AVC; `--methods all` adds AVTS,
-AVID+CMA and SeLaVi, each with the same budget) → linear probes of random-init and
+"""`make demo`: synthetic videos → shards → pretraining (AVC; `--methods all` adds the other
+nine methods, each with the same budget) → linear probes of random-init and
 pretrained encoders → exported checkpoints → downstream evaluation of the first method
 (fine-tuning, sound-source and event localization against random init, mix-and-separate)
 and video↔audio retrieval of every method → results table and results.json.
@@ -43,6 +43,14 @@ METHODS = {
     "cav_mae": ("cav_mae_small.yaml", "val/reconstruction_ratio"),
     "robust_xid": ("robust_xid_small.yaml", "val/retrieval_top1"),
 }
+# Methods whose encoders are not the CNN methods': their gains are read against a random-init
+# probe of their own architecture (recipes/eval/synth_probe_<method>.yaml), not the CNN's.
+OWN_RANDOM_PROBE = {"vatt", "cav_mae"}
+
+
+def random_probe_folder(method: str) -> str:
+    """The run folder of the random-init probe ``method``'s gains are read against."""
+    return f"probe_random_{method}" if method in OWN_RANDOM_PROBE else "probe_random"
 
 
 def seed_dir(out: Path, seed: int) -> Path:
@@ -281,8 +289,13 @@ def main() -> None:
         for entry in (results[m] for m in methods):
             row = entry["probe"][modality]
             cells.append(f"{row['pretrained']:>7.1f} ({row['pretrained'] - row['random']:+5.1f})")
-        random_top1 = results[methods[0]]["probe"][modality]["random"]  # the same random-init probe in every entry
-        print(f"{modality:<8} {random_top1:>12.1f} " + " ".join(f"{c:>16}" for c in cells))
+        cnn = [m for m in methods if m not in OWN_RANDOM_PROBE]  # the CNN methods share one random-init probe
+        random_top1 = f"{results[cnn[0]]['probe'][modality]['random']:.1f}" if cnn else "-"
+        print(f"{modality:<8} {random_top1:>12} " + " ".join(f"{c:>16}" for c in cells))
+    for method in (m for m in methods if m in OWN_RANDOM_PROBE):
+        randoms = {modality: row["random"] for modality, row in results[method]["probe"].items()}
+        print(f"{method}'s gains are over its own architecture at random init: "
+              + ", ".join(f"{modality} {top1:.1f}" for modality, top1 in randoms.items()))
     for method in methods:
         entry = results[method]
         extras = {**entry["pretext"], **{k: entry[k] for k in ("sync_accuracy", "nmi") if k in entry}}
@@ -297,7 +310,8 @@ def main() -> None:
 def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int,
                seed: int = 0) -> list[Step]:
     """The steps after the shards, writing under ``out``: each method's pretraining and probe,
-    the downstream steps of the first method, the random-init probe, localization and
+    the downstream steps of the first method, the random-init probes (the CNN's, and each
+    transformer method's own), localization and
     retrieval (every method and random init). ``seed`` ≠ 0 adds ``seed=<seed>`` to the pretraining, probes,
     fine-tuning and localization (initialisation, batch order, augmentations); the separation
     keeps its recipe's ``separation.seed``, which also draws its test mixtures, so that every
@@ -324,9 +338,10 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
                 f"run_dir={out / f'probe_{method}'}")
         return go
 
-    def probe_random(threads: int) -> None:
-        run("probe", probe_recipe, *common, *seeded, cache, "probe.encoders=random",
-            f"run_dir={out / 'probe_random'}")
+    def probe_random(folder: str, recipe: str) -> Callable[[int], None]:
+        def go(threads: int) -> None:
+            run("probe", recipe, *common, *seeded, cache, "probe.encoders=random", f"run_dir={out / folder}")
+        return go
 
     def finetune(threads: int) -> None:
         run("finetune", str(evals / "synth_finetune.yaml"), *common, *seeded,
@@ -364,7 +379,9 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
     steps += [Step(method, pretrain_and_probe(method)) for method in methods[1:]]
     if "finetune" in downstream:
         steps.append(Step("finetune", finetune, after=(first,)))
-    steps.append(Step("probe_random", probe_random))
+    steps.append(Step("probe_random", probe_random("probe_random", probe_recipe)))
+    steps += [Step(random_probe_folder(m), probe_random(random_probe_folder(m), str(evals / f"synth_probe_{m}.yaml")))
+              for m in methods if m in OWN_RANDOM_PROBE]
     if "localize" in downstream:
         steps.append(Step("localize", localize, after=tuple(methods)))
     if "retrieve" in downstream:  # last: a step run in this process leaves the others' random draws as they were
@@ -374,10 +391,10 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
 
 def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dict:
     """results.json from the steps' metrics files and logs."""
-    random_metrics = json.loads((out / "probe_random" / "metrics.json").read_text())
     results: dict = {}
     for method in methods:
         _, metric = METHODS[method]
+        random_metrics = json.loads((out / random_probe_folder(method) / "metrics.json").read_text())
         metrics = json.loads((out / f"probe_{method}" / "metrics.json").read_text())
         log = _metrics_log(out / method)
         entry = {

@@ -248,7 +248,7 @@ def test_xdc_results_report_the_nmi_of_its_last_clustering(tmp_path: Path) -> No
 
 def test_cav_mae_results_keep_the_reconstruction_beside_the_patch_mean(tmp_path: Path) -> None:
     probe = {m: {"test_video_top1": 50.0} for m in ("video", "audio", "both")}
-    for folder in ("probe_random", "probe_cav_mae"):
+    for folder in ("probe_random_cav_mae", "probe_cav_mae"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "metrics.json").write_text(json.dumps(probe))
     (tmp_path / "cav_mae" / "csv").mkdir(parents=True)
@@ -259,3 +259,26 @@ def test_cav_mae_results_keep_the_reconstruction_beside_the_patch_mean(tmp_path:
     assert entry["pretext"] == {"val_reconstruction_ratio": 0.6}
     assert entry["reconstruction"] == {"video": {"error": 0.5, "patch_mean": 0.99},
                                        "audio": {"error": 0.7, "patch_mean": 0.98}}
+
+
+def test_transformer_methods_are_read_against_a_random_init_probe_of_their_own_architecture(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo, "run", lambda *argv: calls.append(list(argv)))
+    steps = {s.name: s for s in demo.demo_steps(tmp_path, ["data.shards=S"], ["avc", "vatt"], [], 3)}
+    assert set(steps) == {"avc", "vatt", "probe_random", "probe_random_vatt"}
+    steps["probe_random_vatt"].run(1)
+    assert calls == [["probe", str(demo.RECIPES / "eval" / "synth_probe_vatt.yaml"), "data.shards=S",
+                      f"probe.cache_dir={tmp_path / 'feature_cache'}", "probe.encoders=random",
+                      f"run_dir={tmp_path / 'probe_random_vatt'}"]]
+    for folder, top1 in (("probe_random", 10.0), ("probe_avc", 60.0), ("probe_random_vatt", 20.0),
+                         ("probe_vatt", 45.0)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(
+            {m: {"test_video_top1": top1 + i} for i, m in enumerate(("video", "audio", "both"))}))
+    for method in ("avc", "vatt"):
+        (tmp_path / method / "csv").mkdir(parents=True)
+        (tmp_path / method / "csv" / "metrics.csv").write_text("val/accuracy,val/retrieval_top1\n0.7,0.3\n")
+    results = demo.collect_results(tmp_path, ["avc", "vatt"], [])
+    assert results["avc"]["probe"]["video"] == {"random": 10.0, "pretrained": 60.0}
+    assert results["vatt"]["probe"]["audio"] == {"random": 21.0, "pretrained": 46.0}
