@@ -46,6 +46,15 @@ def test_task_declares_a_non_overlapping_hard_view_and_the_curriculum_callback()
         _avts("task.super_hard_fraction=0.1")
 
 
+def test_held_out_sync_reads_several_clips_per_video_training_one() -> None:
+    model = _avts()  # the CPU recipe: 4
+    assert model.eval_views().clips_per_video == 4 and model.views().clips_per_video == 1
+    assert model.eval_views().audio["audio_hard"] == model.views().audio["audio_hard"]
+    assert _avts("task.held_out_clips_per_video=1").eval_views().clips_per_video == 1
+    with pytest.raises(RecipeError, match=r"^task\.held_out_clips_per_video must be at least 1, got 0"):
+        _avts("task.held_out_clips_per_video=0")
+
+
 def test_negative_kinds_follow_the_fractions() -> None:
     model = _avts()
     torch.manual_seed(0)
