@@ -83,3 +83,21 @@ def test_a_waveform_encoder_keeps_its_layout_under_channels_last() -> None:
     assert task.audio_encoder.use_channels_last() is task.audio_encoder
     assert task.audio_encoder.memory_format == torch.contiguous_format
     torch.testing.assert_close(task.audio_encoder(wave), before)
+
+
+@pytest.mark.parametrize("method", ["vatt", "cav_mae"])
+def test_probe_recipe_random_init_is_the_methods_transformers(method: str) -> None:
+    """recipes/eval/synth_probe_<method>.yaml: ``probe.encoders=random`` builds the method's
+    own encoders (the tiny transformers with its pooling), the baseline its probe gain is
+    measured against, not avc_small's CNNs as synth_probe.yaml would."""
+    from avssl.evaluation.encoders import load_encoders
+    from avssl.models.vit import VisionTransformer
+
+    probe = load_recipe(RECIPES / "eval" / f"synth_probe_{method}.yaml")
+    pretrain = load_recipe(RECIPES / "synth" / f"{method}_small.yaml")
+    assert probe.probe.encoders == "random" and OmegaConf.to_container(probe.model) == OmegaConf.to_container(
+        pretrain.model)
+    encoders = load_encoders(probe, "random", Path("unused")).encoders
+    for modality, spec in (("video", pretrain.model.video_encoder), ("audio", pretrain.model.audio_encoder)):
+        assert isinstance(encoders[modality], VisionTransformer)
+        assert encoders[modality].pooling == spec.get("pooling", "avg")
