@@ -166,17 +166,34 @@ def resolve_resume(resume: str | None, run_dir: Path) -> tuple[str, int] | None:
     return resume, _global_step(Path(resume))
 
 
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the newest state, as the one "top-k" file named ``last`` (no monitor:
+    the newest is kept). Lightning's ``save_last`` beside ``save_top_k=0`` writes only when
+    training ends (or with ``every_n_train_steps``), so a run killed before its end left nothing
+    to resume from; and with ``check_val_every_n_epoch`` ≠ 1 it saves at validation's end only
+    (``save_on_train_epoch_end`` here). The end of training is saved too when the last epochs
+    fell between two ``every_n_epochs`` saves (``tail``)."""
+
+    def __init__(self, folder: Path, tail: bool = False, **when: Any) -> None:
+        super().__init__(dirpath=folder, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
+                         save_last=False, enable_version_counter=False, **when)
+        self.tail = tail
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.tail and self._last_global_step_saved != trainer.global_step:  # every rank alike
+            trainer.save_checkpoint(Path(self.dirpath) / (self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
+
+
 def checkpoint_callbacks(config: DictConfig, run_dir: Path) -> list[ModelCheckpoint]:
-    """``last.ckpt`` at the end of every ``checkpoint.every_n_epochs`` epochs and, when set,
-    every ``checkpoint.every_n_train_steps`` steps (mid-epoch checkpoints resume exactly).
-    Both callbacks write the one ``last.ckpt``, whichever saves later (no version counter:
-    with one, the second would write ``last-v1.ckpt`` and leave ``last.ckpt`` behind)."""
+    """``last.ckpt`` at the end of every ``checkpoint.every_n_epochs`` epochs and of training,
+    and, when set, every ``checkpoint.every_n_train_steps`` steps (mid-epoch checkpoints resume
+    exactly). Both callbacks write the one ``last.ckpt``, whichever saves later."""
     folder, every = run_dir / "checkpoints", config.checkpoint
-    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=every.every_n_epochs,
-                                 enable_version_counter=False)]
+    callbacks: list[ModelCheckpoint] = [LatestCheckpoint(folder, tail=True, every_n_epochs=every.every_n_epochs,
+                                                         save_on_train_epoch_end=True)]
     if every.every_n_train_steps:
-        callbacks.append(ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0,
-                                         every_n_train_steps=every.every_n_train_steps, enable_version_counter=False))
+        callbacks.append(LatestCheckpoint(folder, every_n_train_steps=every.every_n_train_steps))
     return callbacks
 
 

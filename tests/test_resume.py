@@ -117,6 +117,27 @@ TINY = ["model.video_encoder.widths=[8,8,16,16]", "model.audio_encoder.widths=[8
         "data.augment.time_masks=1", "data.augment.freq_masks=1"]
 
 
+def test_a_run_killed_between_validations_keeps_its_last_finished_epoch(shards: Path, tmp_path: Path) -> None:
+    """Validation every 4 epochs: a run killed in its second epoch resumes from the end of
+    its first (Lightning's default with sparse validation saves only at validation's end:
+    nothing on disk until epoch 4, and last.ckpt lagging the run by up to 3 epochs)."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    overrides = [*TINY, f"data.shards={shards}", "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=3",
+                 "trainer.check_val_every_n_epoch=4", "checkpoint.every_n_train_steps=0", f"run_dir={tmp_path / 'run'}"]
+    _pretrain(driver, "avc_small.yaml", overrides, kill_at=8)  # 6 steps an epoch: killed in the second
+    saved = _final_state(tmp_path / "run")
+    assert (saved["epoch"], saved["global_step"]) == (0, 6)  # the end of epoch 0: resume starts epoch 1
+
+
+def test_the_end_of_training_is_saved_between_two_epoch_checkpoints(shards: Path, tmp_path: Path) -> None:
+    overrides = [*TINY, f"data.shards={shards}", "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=3",
+                 "checkpoint.every_n_epochs=2", "checkpoint.every_n_train_steps=0", f"run_dir={tmp_path / 'run'}"]
+    assert main(["pretrain", str(RECIPES / "synth" / "avc_small.yaml"), *overrides]) == 0
+    assert _final_state(tmp_path / "run")["global_step"] == 3 * 6  # not epoch 2's 12
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe,extra", [
     ("avc_small.yaml", ["task.scheduler=cosine", "task.warmup_epochs=1"]),  # the scheduler's state too
