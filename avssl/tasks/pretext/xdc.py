@@ -4,7 +4,7 @@ Clustering", Alwassel et al., NeurIPS 2020), with its baselines SDC, MDC and CDC
 
 Every ``task.recluster_epochs`` epochs, at the start of the epoch, both encoders (in
 evaluation mode, without augmentation) embed every training video once: the data module's
-evaluation loader over the training split, each rank its own slice. The features are
+evaluation stream of the training split (a single-pass loader), each rank its own slice. The features are
 preprocessed as DeepCluster's (PCA-whitening to ``task.pca_dim``, L2 normalisation), each
 cluster set is clustered by k-means over all ranks' rows (``avssl.losses.kmeans``), and the
 labels, gathered by the shard ``index``, go to the :class:`~avssl.losses.xdc.PseudoLabels`
@@ -127,7 +127,7 @@ class XDC(PretextTask):
             self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
                                                batchnorm=True)
         self._class_weights: dict[str, torch.Tensor] | None = None
-        self._train_pass = None  # the evaluation loader over the training split, built once
+        self._train_pass = None  # a single-pass loader of the training split's evaluation stream, built once
         self.clustering_nmi: dict[str, float] = {}
 
     # -- clustering ---------------------------------------------------------------------------
