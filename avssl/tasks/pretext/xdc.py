@@ -4,7 +4,7 @@ Clustering", Alwassel et al., NeurIPS 2020), with its baselines SDC, MDC and CDC
 
 Every ``task.recluster_epochs`` epochs, at the start of the epoch, both encoders (in
 evaluation mode, without augmentation) embed every training video once: the data module's
-evaluation loader over the training split, each rank its own slice. The features are
+evaluation stream of the training split (a single-pass loader), each rank its own slice. The features are
 preprocessed as DeepCluster's (PCA-whitening to ``task.pca_dim``, L2 normalisation), each
 cluster set is clustered by k-means over all ranks' rows (``avssl.losses.kmeans``), and the
 labels, gathered by the shard ``index``, go to the :class:`~avssl.losses.xdc.PseudoLabels`
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avssl.data.loader import make_loader
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.distributed import gather
 from avssl.losses.nce import projected_info_nce
@@ -126,7 +127,7 @@ class XDC(PretextTask):
             self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
                                                batchnorm=True)
         self._class_weights: dict[str, torch.Tensor] | None = None
-        self._train_pass = None  # the evaluation loader over the training split, built once
+        self._train_pass = None  # a single-pass loader of the training split's evaluation stream, built once
         self.clustering_nmi: dict[str, float] = {}
 
     # -- clustering ---------------------------------------------------------------------------
@@ -136,7 +137,11 @@ class XDC(PretextTask):
         split: one evaluation pass (no augmentation) of both encoders in evaluation mode."""
         datamodule = self.trainer.datamodule
         if self._train_pass is None:
-            self._train_pass = datamodule.evaluation_loader(self.data_config.train_split)
+            # single_pass: its workers exit after each pass. Kept alive (an evaluation loader's
+            # persistent workers), each one holds its own copy of the whole decoded training split
+            # under data.cache=memory (4.3 GB on the demo set) for the rest of the run.
+            stream = datamodule.stream(self.data_config.train_split, train=False)
+            self._train_pass = make_loader(stream, datamodule.config.num_workers, single_pass=True)
         finish = datamodule.eval_transform.to(self.device)
         was_training = self.training
         self.eval()
