@@ -62,17 +62,41 @@ def test_thresholds_are_checked_where_the_recipe_is_read() -> None:
         _task("task.epsilon_negative=0.7")
 
 
-def test_pair_scores_and_the_localization_map_are_the_cosine() -> None:
+@pytest.mark.parametrize("norm", ["none", "batchnorm"])
+def test_pair_scores_and_the_localization_map_are_the_cosine(norm: str) -> None:
+    """The map ``avssl localize`` draws is the loss's heat map S_ii (after the BatchNorms in
+    eval mode with ``embedding_norm: batchnorm``), upsampled to the frame."""
     torch.manual_seed(0)
-    task = _task().eval()
+    task = _task(f"task.embedding_norm={norm}").eval()
+    if norm == "batchnorm":  # running statistics away from the identity, so that the norm matters
+        for bn in (task.video_norm, task.audio_norm):
+            bn.running_mean.uniform_(0.5, 1.5)
+            bn.running_var.uniform_(0.5, 2.0)
     video, audio = torch.randn(2, 3, 1, 64, 64), torch.randn(2, 1, 40, 100)
     assert task.localization_map == "per_location"
     with torch.no_grad():
-        video_map = task.video_encoder.feature_map(video).mean(dim=2)
-        cosine = lvs_logits(video_map, task.audio_encoder(audio)).heatmap
+        video_map, _, raw_audio, audio_embedding = task.embed({"video": video, "audio": audio})
+        cosine = lvs_logits(video_map, audio_embedding).heatmap
+        plain = lvs_logits(task.video_encoder.feature_map(video).mean(dim=2), raw_audio).heatmap
+    assert torch.allclose(cosine, plain) == (norm == "none")
     expected = torch.nn.functional.interpolate(cosine[:, None], size=(64, 64), mode="bilinear",
                                                align_corners=False)[:, 0]
     torch.testing.assert_close(heatmaps(task, video, audio, kind="auto"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_batchnorm_standardises_every_location_in_training() -> None:
+    """``embedding_norm: batchnorm``: in training, each channel of the video map has zero mean
+    and unit variance over the batch and its locations, and each audio channel over the batch."""
+    torch.manual_seed(0)
+    task = _task("task.embedding_norm=batchnorm", "model.video_encoder.spatial_strides=[2,2,2,1]").train()
+    with torch.no_grad():
+        batch = {"video": torch.randn(4, 3, 1, 64, 64), "audio": torch.randn(4, 1, 40, 100)}
+        video_map, _, _, audio = task.embed(batch)
+    assert video_map.shape[-2:] == (8, 8)
+    torch.testing.assert_close(video_map.mean(dim=(0, 2, 3)), torch.zeros(video_map.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(video_map.var(dim=(0, 2, 3), unbiased=False), torch.ones(video_map.shape[1]),
+                               atol=1e-2, rtol=0)
+    torch.testing.assert_close(audio.mean(dim=0), torch.zeros(audio.shape[1]), atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow

@@ -17,8 +17,10 @@ its own audio beats the one with a mismatched audio.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from torch import nn
 
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.errors import RecipeError
@@ -46,6 +48,7 @@ class LVSConfig(TaskConfig):
     trimap_tau: float = TRIMAP_TAU
     temperature: float = TEMPERATURE
     hard_negatives: bool = True  # false: the paper's ablation without the tri-map's negative region
+    embedding_norm: Literal["none", "batchnorm"] = "none"  # batchnorm: standardise each channel before the cosine
 
 
 class LVS(PretextTask):
@@ -59,12 +62,31 @@ class LVS(PretextTask):
         if cfg.epsilon_negative > cfg.epsilon_positive:
             raise RecipeError(f"task.epsilon_negative ({cfg.epsilon_negative}) must not exceed "
                               f"task.epsilon_positive ({cfg.epsilon_positive})")
+        batchnorm = cfg.embedding_norm == "batchnorm"
+        self.video_norm = nn.BatchNorm1d(self.video_encoder.embedding_dim) if batchnorm else nn.Identity()
+        self.audio_norm = nn.BatchNorm1d(self.audio_encoder.embedding_dim) if batchnorm else nn.Identity()
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The video feature map averaged over time (B×C×h×w), the pooled video embedding (the
-        encoder's, for the monitors) and the audio embedding."""
+    def pair_scores(self, video_features: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """The cosine of the (standardised, with ``embedding_norm: batchnorm``) features: the
+        score the loss's heat map is made of, for one location or a pooled clip."""
+        return super().pair_scores(self.video_norm(video_features), self.audio_norm(audio_features))
+
+    def normalize_map(self, video_map: torch.Tensor) -> torch.Tensor:
+        """``video_norm`` at every location of a B×C×h×w map (one BatchNorm over batch and locations)."""
+        if isinstance(self.video_norm, nn.Identity):
+            return video_map
+        b, c, h, w = video_map.shape
+        flat = self.video_norm(video_map.permute(0, 2, 3, 1).reshape(b * h * w, c))
+        return flat.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The video feature map averaged over time (B×C×h×w) and the audio embedding, both
+        standardised with ``embedding_norm: batchnorm``, and the encoders' pooled embeddings
+        (for the monitors)."""
         feature_map = self.video_encoder.feature_map(batch[VIDEO])
-        return feature_map.mean(dim=2), self.video_encoder.pool(feature_map), self.audio_encoder(batch[AUDIO])
+        audio = self.audio_encoder(batch[AUDIO])
+        return (self.normalize_map(feature_map.mean(dim=2)), self.video_encoder.pool(feature_map), audio,
+                self.audio_norm(audio))
 
     def lvs(self, video_map: torch.Tensor, audio: torch.Tensor, index: torch.Tensor) -> LVSOutput:
         cfg: LVSConfig = self.task_config
@@ -72,8 +94,8 @@ class LVS(PretextTask):
                           cfg.temperature, cfg.hard_negatives, same_instance=index[:, None] == index[None, :])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        video_map, video, audio = self.embed(batch)
-        out = self.lvs(video_map, audio, batch[INDEX])
+        video_map, video, audio, audio_normed = self.embed(batch)
+        out = self.lvs(video_map, audio_normed, batch[INDEX])
         loss = lvs_loss(out.logits)
         size = audio.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
@@ -83,10 +105,10 @@ class LVS(PretextTask):
                 "embeddings": {"video": video.detach(), "audio": audio.detach()}}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        video_map, video, audio = self.embed(batch)
-        out = self.lvs(video_map, audio, batch[INDEX])
+        video_map, video, audio, audio_normed = self.embed(batch)
+        out = self.lvs(video_map, audio_normed, batch[INDEX])
         cfg: LVSConfig = self.task_config
-        mismatched = similarity_maps(video_map, audio[paired_negative_permutation(batch[INDEX])])
+        mismatched = similarity_maps(video_map, audio_normed[paired_negative_permutation(batch[INDEX])])
         own = torch.arange(audio.shape[0], device=audio.device)
         mismatched = mismatched[own, own]  # image i with its partner's audio
         wrong = masked_mean(mismatched, soft_region(mismatched, cfg.epsilon_positive, cfg.trimap_tau))
