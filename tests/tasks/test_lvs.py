@@ -113,3 +113,28 @@ def test_real_data_localization_recipes_evaluate_an_lvs_checkpoint(recipe: str, 
                  f"localization.checkpoint={checkpoint}", f"run_dir={tmp_path / 'loc'}"]) == 0
     metrics = json.loads((tmp_path / "loc" / "metrics.json").read_text())
     assert metrics["rule"] == "median" and metrics["num_clips"] > 0 and 0.0 <= metrics["mean_ciou"] <= 1.0
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_warmup_info_nce_on_the_pooled_map_by_hand(pool: str) -> None:
+    # three images of 1×2 unit-norm locations; clips 1 and 2 come from the same video (index 5)
+    locations = [[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [1.0, 0.0]], [[0.0, 1.0], [0.8, 0.6]]]
+    video = torch.tensor(locations).permute(0, 2, 1)[:, :, None, :]  # B×C×h×w = 3×2×1×2
+    audio = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.6, 0.8]])
+    unit = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
+    index = torch.tensor([0, 5, 5])
+    task = _task("task.contrastive_warmup_epochs=2", f"task.contrastive_pool={pool}",
+                 "task.contrastive_temperature=0.5")
+    cos = [[[sum(a * b for a, b in zip(loc, unit[j])) for loc in locations[i]] for j in range(3)] for i in range(3)]
+    s = [[(max(c) if pool == "max" else sum(c) / 2) / 0.5 for c in row] for row in cos]
+    lse = lambda xs: math.log(sum(math.exp(x) for x in xs))  # noqa: E731
+    keep = lambda i, j: i == j or index[i] != index[j]  # noqa: E731
+    video_to_audio = sum(lse([s[i][j] for j in range(3) if keep(i, j)]) - s[i][i] for i in range(3)) / 3
+    audio_to_video = sum(lse([s[i][j] for i in range(3) if keep(i, j)]) - s[j][j] for j in range(3)) / 3
+    loss = task.pooled_info_nce(video, audio, index)
+    assert loss.item() == pytest.approx((video_to_audio + audio_to_video) / 2, rel=1e-5)
+
+
+def test_contrastive_weight_needs_the_warmup() -> None:
+    with pytest.raises(RecipeError, match="contrastive_weight > 0 needs task.contrastive_warmup_epochs"):
+        _task("task.contrastive_warmup_epochs=0", "task.contrastive_weight=0.5")

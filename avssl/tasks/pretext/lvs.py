@@ -9,6 +9,16 @@ code's constants). There is no projection head: the official code compares the
 L2-normalised ResNet-18 outputs directly, so ``pair_scores`` is the cosine of the encoder
 features and ``avssl localize`` scores every location with it (``per_location``).
 
+``task.contrastive_warmup_epochs`` = W > 0 (not in the paper): the first W epochs train a
+cross-modal in-batch InfoNCE on the heat map pooled over locations (``contrastive_pool``:
+max, the multiple-instance score, or mean) instead of the tri-map loss; afterwards
+``contrastive_weight`` keeps that term beside the tri-map loss. The paper starts its image
+network from ImageNet, whose late features are local and discriminative; from scratch
+every location's cosine is ~0.53 for every audio, the tri-map's positive region is empty
+and the loss stays near log B for tens of epochs (docs/methods/lvs.md). The warm-up trains
+the very map the tri-map is drawn from (no projection head), so that afterwards it has a
+sounding region to find.
+
 Other clips of the same video in the batch (same ``index``) are never easy negatives.
 Validation reports, beside the loss, the correspondence accuracy on the batch's paired
 negatives (``paired_negative_permutation``): how often a clip's positive-region score with
@@ -37,6 +47,7 @@ from avssl.losses.lvs import (
     similarity_maps,
     soft_region,
 )
+from avssl.losses.nce import info_nce_from_scores
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
@@ -49,6 +60,10 @@ class LVSConfig(TaskConfig):
     temperature: float = TEMPERATURE
     hard_negatives: bool = True  # false: the paper's ablation without the tri-map's negative region
     embedding_norm: Literal["none", "batchnorm"] = "none"  # batchnorm: standardise each channel before the cosine
+    contrastive_warmup_epochs: int = 0  # W > 0: InfoNCE on the pooled heat map for the first W epochs
+    contrastive_pool: Literal["max", "mean"] = "max"  # how the warm-up pools each image-audio map to one score
+    contrastive_weight: float = 0.0  # the pooled InfoNCE's weight beside the tri-map loss after the warm-up
+    contrastive_temperature: float = TEMPERATURE
 
 
 class LVS(PretextTask):
@@ -59,6 +74,8 @@ class LVS(PretextTask):
         super().__init__(recipe)
         self.require_both_encoders()
         cfg: LVSConfig = self.task_config
+        if cfg.contrastive_weight and not cfg.contrastive_warmup_epochs:
+            raise RecipeError("task.contrastive_weight > 0 needs task.contrastive_warmup_epochs > 0")
         if cfg.epsilon_negative > cfg.epsilon_positive:
             raise RecipeError(f"task.epsilon_negative ({cfg.epsilon_negative}) must not exceed "
                               f"task.epsilon_positive ({cfg.epsilon_positive})")
@@ -93,11 +110,28 @@ class LVS(PretextTask):
         return lvs_logits(video_map, audio, cfg.epsilon_positive, cfg.epsilon_negative, cfg.trimap_tau,
                           cfg.temperature, cfg.hard_negatives, same_instance=index[:, None] == index[None, :])
 
+    def pooled_info_nce(self, video_map: torch.Tensor, audio: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The warm-up's InfoNCE: every image's heat map with every audio, pooled over locations."""
+        cfg: LVSConfig = self.task_config
+        maps = similarity_maps(video_map, audio).flatten(-2)
+        scores = maps.amax(-1) if cfg.contrastive_pool == "max" else maps.mean(-1)
+        return info_nce_from_scores(scores, cfg.contrastive_temperature, same_instance=index[:, None] == index[None, :])
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         video_map, video, audio, audio_normed = self.embed(batch)
         out = self.lvs(video_map, audio_normed, batch[INDEX])
-        loss = lvs_loss(out.logits)
+        cfg: LVSConfig = self.task_config
         size = audio.shape[0]
+        if int(self.current_epoch) < cfg.contrastive_warmup_epochs:
+            loss = self.pooled_info_nce(video_map, audio_normed, batch[INDEX])
+            self.log("train/pooled_info_nce", loss, on_epoch=True, batch_size=size)
+            loss = loss + 0.0 * out.heatmap.sum()  # the same parameters in the graph in both phases (DDP)
+        else:
+            loss = lvs_loss(out.logits)
+            if cfg.contrastive_weight:
+                pooled = self.pooled_info_nce(video_map, audio_normed, batch[INDEX])
+                self.log("train/pooled_info_nce", pooled, on_epoch=True, batch_size=size)
+                loss = loss + cfg.contrastive_weight * pooled
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         self.log("train/positive_area", out.positive_mask.mean(), on_epoch=True, batch_size=size)
         self.log_skipped(batch, "train")
