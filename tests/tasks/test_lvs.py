@@ -104,7 +104,8 @@ def test_batchnorm_standardises_every_location_in_training() -> None:
 def test_real_data_localization_recipes_evaluate_an_lvs_checkpoint(recipe: str, tmp_path: Path) -> None:
     shards = make_synth_shards(tmp_path / "data", size=32)
     small = ["data.num_workers=0", "data.batch_size=6", "data.video.size=32",
-             "model.video_encoder.widths=[8,8,16]", "model.audio_encoder.widths=[8,8,16]"]
+             "model.video_encoder.widths=[8,8,16]", "model.video_encoder.spatial_strides=[2,2,1]",
+             "model.audio_encoder.widths=[8,8,16]"]
     assert main(["pretrain", str(RECIPES / "synth" / "lvs_small.yaml"), f"data.shards={shards}", *small,
                  f"run_dir={tmp_path / 'lvs'}", "trainer.max_epochs=1", "logger.wandb=false"]) == 0
     checkpoint = tmp_path / "lvs" / "checkpoints" / "last.ckpt"
