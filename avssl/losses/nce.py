@@ -49,8 +49,19 @@ def softmax_instance_loss(positive: torch.Tensor, negative: torch.Tensor) -> tor
 def cross_modal_info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric in-batch InfoNCE of B×d L2-normalised embeddings: clip i's video against
     every audio of the batch (its own is the positive) and the same for audio."""
-    logits = video @ audio.T / temperature
+    return info_nce_from_scores(video @ audio.T, temperature)
+
+
+def info_nce_from_scores(scores: torch.Tensor, temperature: float,
+                         same_instance: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE of a B×B score matrix ([i, j]: video i with audio j, the
+    diagonal the positives), for scores that are not a product of two embeddings (LVS's
+    pooled localisation maps). ``same_instance``: B×B, true where i and j come from one
+    video; those off-diagonal pairs are left out (logit −∞), never negatives."""
+    logits = scores / temperature
     target = torch.arange(logits.shape[0], device=logits.device)
+    if same_instance is not None:
+        logits = logits.masked_fill(same_instance & (target[:, None] != target[None, :]), float("-inf"))
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 

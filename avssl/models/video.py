@@ -54,9 +54,13 @@ class TorchvisionVideoEncoder(TorchvisionBackbone):
 
 class Small3D(Encoder):
     """A small 3D CNN: one block per entry of ``widths``, each ``depth`` 3×3×3 convs
-    (padding 1) with BatchNorm and ReLU, the first of stride ``(temporal_stride, 2, 2)``.
+    (padding 1) with BatchNorm and ReLU, the first of stride ``(temporal_stride, spatial_stride,
+    spatial_stride)``.
 
-    Spatial size halves in every block (112 → 7 with four blocks). A temporal stride of 2
+    Spatial size halves in every block by default (112 → 7 with four blocks).
+    ``spatial_strides`` (1 or 2 per block) keeps a finer last feature map for methods that
+    localise on it: at 64 px the default map is 4×4, a cell of 16 px for objects of 22–29 px;
+    ``[2, 2, 2, 1]`` gives 8×8 (docs/methods/lvs.md). A temporal stride of 2
     with padding 1 maps T to ⌈T/2⌉, so T=1 stays 1: single frames need no special case.
     ``depth=2`` doubles the layers at about twice the compute: on single 64×64 synthetic
     frames, supervised, it took the test accuracy from 57 % to 91 % (docs/models.md).
@@ -72,6 +76,7 @@ class Small3D(Encoder):
         pooling: str = "avg",
         in_channels: int = 3,
         depth: int = 1,
+        spatial_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__(pooling)
         widths = tuple(int(w) for w in widths)
@@ -84,13 +89,19 @@ class Small3D(Encoder):
             raise ValueError(
                 f"temporal_strides must have one entry (1 or 2) per width ({len(widths)}), got {temporal_strides}"
             )
+        spatial_strides = tuple(int(s) for s in (spatial_strides or (2,) * len(widths)))
+        if len(spatial_strides) != len(widths) or any(s not in (1, 2) for s in spatial_strides):
+            raise ValueError(
+                f"spatial_strides must have one entry (1 or 2) per width ({len(widths)}), got {spatial_strides}"
+            )
         self.widths = widths
         self.temporal_strides = temporal_strides
+        self.spatial_strides = spatial_strides
         self.depth = int(depth)
         self.in_channels = in_channels
         layout = f"B×{in_channels}×T×H×W"
         self.input_layout = layout
-        strides = [(t_stride, 2, 2) for t_stride in temporal_strides]
+        strides = [(t_stride, s_stride, s_stride) for t_stride, s_stride in zip(temporal_strides, spatial_strides)]
         self.blocks = conv_bn_relu_stack(nn.Conv3d, nn.BatchNorm3d, in_channels, widths, strides, depth)
         self.embedding_dim = widths[-1]
 
@@ -137,6 +148,9 @@ def small3d(
     temporal_strides: Sequence[int] | None = None,
     pooling: str = "avg",
     depth: int = 1,
+    spatial_strides: Sequence[int] | None = None,
 ) -> Small3D:
-    """Small 3D CNN for CPU runs; ``embedding_dim = widths[-1]``, ``depth`` convs per block."""
-    return Small3D(widths=widths, temporal_strides=temporal_strides, pooling=pooling, depth=depth)
+    """Small 3D CNN for CPU runs; ``embedding_dim = widths[-1]``, ``depth`` convs per block,
+    ``spatial_strides`` (default 2 in every block) for a finer last feature map."""
+    return Small3D(widths=widths, temporal_strides=temporal_strides, pooling=pooling, depth=depth,
+                   spatial_strides=spatial_strides)

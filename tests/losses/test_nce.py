@@ -12,6 +12,7 @@ from avssl.losses.nce import (
     NCENormaliser,
     cross_modal_info_nce,
     cross_modal_scores,
+    info_nce_from_scores,
     nce_loss,
     sample_excluding,
 )
@@ -148,3 +149,16 @@ def test_cross_modal_info_nce_by_hand() -> None:
     video_to_audio = (lse(s[0][0], s[0][1]) - s[0][0] + lse(s[1][0], s[1][1]) - s[1][1]) / 2
     audio_to_video = (lse(s[0][0], s[1][0]) - s[0][0] + lse(s[0][1], s[1][1]) - s[1][1]) / 2
     assert cross_modal_info_nce(video, audio, 0.5).item() == pytest.approx((video_to_audio + audio_to_video) / 2)
+
+
+def test_info_nce_from_scores_is_the_embedding_one_and_leaves_out_same_video_pairs() -> None:
+    video = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=1)
+    audio = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    scores = video @ audio.T
+    assert info_nce_from_scores(scores, 0.5).item() == pytest.approx(cross_modal_info_nce(video, audio, 0.5).item())
+    same = torch.tensor([[True, False, False], [False, True, True], [False, True, True]])  # clips 1, 2: one video
+    s = (scores / 0.5).tolist()
+    lse = lambda *x: torch.logsumexp(torch.tensor(x), 0).item()  # noqa: E731
+    rows = lse(s[0][0], s[0][1], s[0][2]) - s[0][0] + lse(s[1][0], s[1][1]) - s[1][1] + lse(s[2][0], s[2][2]) - s[2][2]
+    cols = lse(s[0][0], s[1][0], s[2][0]) - s[0][0] + lse(s[0][1], s[1][1]) - s[1][1] + lse(s[0][2], s[2][2]) - s[2][2]
+    assert info_nce_from_scores(scores, 0.5, same).item() == pytest.approx((rows + cols) / 6, rel=1e-6)

@@ -130,6 +130,22 @@ def test_small_encoders_widths_are_configurable():
         build_video_encoder("small3d", widths=[4, 8], temporal_strides=[2])
 
 
+def test_small3d_spatial_strides_keep_a_finer_map() -> None:
+    """spatial_strides=[2, 2, 2, 1]: an 8×8 last map at 64 px instead of 4×4, on both the
+    single-frame (2D) path and the 3D path, with the same weights and embedding size."""
+    coarse = build_video_encoder("small3d", widths=[4, 8, 8, 8]).eval()
+    fine = build_video_encoder("small3d", widths=[4, 8, 8, 8], spatial_strides=[2, 2, 2, 1]).eval()
+    fine.load_state_dict(coarse.state_dict())
+    with torch.no_grad():
+        assert tuple(coarse.feature_map(torch.randn(1, 3, 1, 64, 64)).shape) == (1, 8, 1, 4, 4)
+        assert tuple(fine.feature_map(torch.randn(1, 3, 1, 64, 64)).shape) == (1, 8, 1, 8, 8)
+        assert tuple(fine.feature_map(torch.randn(1, 3, 4, 64, 64)).shape) == (1, 8, 1, 8, 8)
+        frame = torch.randn(1, 3, 1, 64, 64)  # the single-frame path is the 3D conv's middle slice
+        torch.testing.assert_close(fine.feature_map(frame), fine.blocks(frame))
+    with pytest.raises(ValueError, match="spatial_strides"):
+        build_video_encoder("small3d", widths=[4, 8], spatial_strides=[2, 3])
+
+
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_small_encoders_depth_adds_stride_one_layers(modality: str) -> None:
     """depth=2: two conv-BN-ReLU layers per width, the stride only in the first, so the
