@@ -352,26 +352,21 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
             run("separate", str(evals / "synth_separation.yaml"), *common,
                 f"separation.encoders={out / first / 'export'}", f"run_dir={out / 'separate'}")
 
+    def random_and_every_method(verb: str, section: str, recipe: str, options: list[str]) -> None:
+        """``verb`` on the random-init task, then on each method's last checkpoint."""
+        for name, checkpoint in [("random", "random"),
+                                 *((m, out / m / "checkpoints" / "last.ckpt") for m in methods)]:
+            run(verb, recipe, *common, *seeded, *options, f"{section}.checkpoint={checkpoint}",
+                f"run_dir={out / f'{verb}_{name}'}")
+
     def localize(threads: int) -> None:
-        recipe = str(evals / "synth_localization.yaml")
-        options = [f"localization.cache_dir={out / 'feature_cache'}",
-                   f"localization.events={'true' if 'events' in downstream else 'false'}"]
-        run("localize", recipe, *common, *seeded, *options, "localization.checkpoint=random",
-            f"run_dir={out / 'localize_random'}")
-        for method in methods:
-            run("localize", recipe, *common, *seeded, *options,
-                f"localization.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
-                f"run_dir={out / f'localize_{method}'}")
+        random_and_every_method("localize", "localization", str(evals / "synth_localization.yaml"),
+                                [f"localization.cache_dir={out / 'feature_cache'}",
+                                 f"localization.events={'true' if 'events' in downstream else 'false'}"])
 
     def retrieve(threads: int) -> None:
-        recipe = str(evals / "synth_retrieval.yaml")
-        options = [f"retrieval.cache_dir={out / 'feature_cache'}"]
-        run("retrieve", recipe, *common, *seeded, *options, "retrieval.checkpoint=random",
-            f"run_dir={out / 'retrieve_random'}")
-        for method in methods:
-            run("retrieve", recipe, *common, *seeded, *options,
-                f"retrieval.checkpoint={out / method / 'checkpoints' / 'last.ckpt'}",
-                f"run_dir={out / f'retrieve_{method}'}")
+        random_and_every_method("retrieve", "retrieval", str(evals / "synth_retrieval.yaml"),
+                                [f"retrieval.cache_dir={out / 'feature_cache'}"])
 
     steps = [Step(first, pretrain_and_probe(first))]
     if "separate" in downstream:
