@@ -186,11 +186,12 @@ class AVDataModule(pl.LightningDataModule):
             return []
         return self.evaluation_loader(self.config.test_split)
 
-    def evaluation_loader(self, split: str) -> DataLoader:
+    def evaluation_loader(self, split: str, single_pass: bool = False) -> DataLoader:
         """A validation or test loader: its losses are counted in the batches (``skipped``)
         and logged, never a stop mid-pass (a test split's clips are checked whole by the verb
-        that reports them: :func:`~avssl.data.skips.split_clips`)."""
-        loader = self.loader(self.stream(split, train=False))
+        that reports them: :func:`~avssl.data.skips.split_clips`). ``single_pass``: its
+        workers exit after each pass (:func:`make_loader`)."""
+        loader = make_loader(self.stream(split, train=False), self.config.num_workers, single_pass)
         loader.check_limit = False
         return loader
 

@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.data.loader import make_loader
 from avssl.data.views import AUDIO, INDEX, LABEL, VIDEO
 from avssl.distributed import gather
 from avssl.losses.nce import projected_info_nce
@@ -140,8 +139,7 @@ class XDC(PretextTask):
             # single_pass: its workers exit after each pass. Kept alive (an evaluation loader's
             # persistent workers), each one holds its own copy of the whole decoded training split
             # under data.cache=memory (4.3 GB on the demo set) for the rest of the run.
-            stream = datamodule.stream(self.data_config.train_split, train=False)
-            self._train_pass = make_loader(stream, datamodule.config.num_workers, single_pass=True)
+            self._train_pass = datamodule.evaluation_loader(self.data_config.train_split, single_pass=True)
         finish = datamodule.eval_transform.to(self.device)
         was_training = self.training
         self.eval()
