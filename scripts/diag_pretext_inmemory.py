@@ -35,6 +35,7 @@ bs = int(over.pop("bs", 64))
 lr = float(over.pop("lr", 5e-4))
 recipe = over.pop("recipe", None)
 warmup = int(over.pop("warmup", 0))  # linear warm-up steps
+probe_pooling = over.pop("probe_pooling", None)  # "both": probe the encoders avg- and max-pooled (cav_mae)
 
 
 def parse(v):
@@ -109,6 +110,20 @@ def feats(split, enc="both"):
 
 
 def probe():
+    if probe_pooling == "both":
+        res = {}
+        for pooling in ("avg", "max"):
+            saved = {e: e.pooling for e in (model.video_encoder, model.audio_encoder)}
+            for e in saved:
+                e.pooling = pooling
+            res[pooling] = probe_once()
+            for e, p in saved.items():
+                e.pooling = p
+        return res
+    return probe_once()
+
+
+def probe_once():
     half = len(INDEX) // 2
     trd = {"video": V[:half], "audio": A[:half], "index": INDEX[:half], "label": L[:half]}
     cache["_tr"] = trd

@@ -103,3 +103,24 @@ def test_in_batch_scores_every_pair_as_the_paired_head_does(variant: str) -> Non
     by_hand = 0.5 * (torch.nn.functional.softplus(-grid.diagonal()).mean()
                      + torch.nn.functional.softplus(negatives).mean())
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_the_optional_info_nce_adds_to_the_correspondence_loss_by_hand() -> None:
+    """``task.contrastive_weight``: w × the symmetric InfoNCE of the pooled features (through their
+    own projections, identities here) beside the correspondence loss; weight 0 builds no projections."""
+    assert not hasattr(_task(), "video_contrastive")
+    with pytest.raises(RecipeError, match=r"task.contrastive_weight must be a number >= 0, got -1.0"):
+        _task("task.contrastive_weight=-1.0")
+    task = _bare(_task("task.contrastive_weight=2.0", "task.contrastive_temperature=0.5", "task.negatives=paired"))
+    task.video_contrastive, task.audio_contrastive = nn.Identity(), nn.Identity()
+    pooled = torch.tensor([[3.0, 0.0], [0.6, 0.8]])
+    task.embed = lambda batch: (VIDEO_MAP, pooled, AUDIO)
+    out = task.training_step({"index": INDEX}, 0)
+    # cosines of the unit vectors [[1, 0], [0.6, 0.8]] with the audios [[1, 0], [0, 1]], over τ 0.5
+    logits = [[2.0, 0.0], [1.2, 1.6]]
+    rows = (-2.0 + math.log(math.exp(2.0) + 1.0)) + (-1.6 + math.log(math.exp(1.2) + math.exp(1.6)))
+    cols = (-2.0 + math.log(math.exp(2.0) + math.exp(1.2))) + (-1.6 + math.log(1.0 + math.exp(1.6)))
+    info_nce = 0.5 * (rows / 2 + cols / 2)
+    correspondence, _ = task.correspondence(VIDEO_MAP, AUDIO, INDEX)
+    assert logits[1][1] == 1.6 and out["terms"]["info_nce"].item() == pytest.approx(info_nce, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(correspondence.item() + 2.0 * info_nce, rel=1e-5)

@@ -15,7 +15,10 @@ two fully connected layers (→ ReLU →) to a shared ``embedding_dim`` (128) sp
   ``avssl localize`` scores every location with :meth:`AVENet.pair_scores` (``per_location``).
 
 The encoders are avssl's (docs/recipes.md states the difference with the paper's VGG-like
-subnetworks).
+subnetworks). Not in the paper: ``task.contrastive_weight`` adds an in-batch InfoNCE on the
+pooled encoder features through their own projections (as AVTS's and XDC's), which on the
+synthetic set pulls the pooled video features towards what identifies a clip
+(docs/methods/avenet.md).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from torch import nn
 from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.avenet import AVENetHead, AVOLNetHead, avol_loss, correspondence_loss
 from avssl.losses.correspondence import balanced_pair_bce, paired_negative_permutation
+from avssl.losses.nce import projected_info_nce
+from avssl.models.heads import MLP
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
@@ -41,6 +46,9 @@ class AVENetConfig(TaskConfig):
     # none): a slope of 1 leaves the logits in [−1, 1] for the many steps Adam needs to grow it
     calibration_scale: float = 10.0
     calibration_bias: float = -5.0
+    contrastive_weight: float = 0.0  # not in the paper: an in-batch InfoNCE on the pooled features, this weight
+    contrastive_temperature: float = 0.5
+    contrastive_dim: int = 128
 
 
 def projection(in_dim: int, embedding_dim: int) -> nn.Sequential:
@@ -62,6 +70,9 @@ class AVENet(PretextTask):
                                                AVOLNetHead(scale=cfg.calibration_scale, bias=cfg.calibration_bias))
         # AVOL's own map is the score of every location; AVE-Net has none (gradients of its pooled score)
         self.localization_map = "per_location" if cfg.variant == "avol" else "contribution"
+        if cfg.contrastive_weight:  # the InfoNCE's own projections: the correspondence head's space stays AVOL's
+            self.video_contrastive = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
+            self.audio_contrastive = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
 
     def pair_logits(self, video_map: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Correspondence logit of video row i with audio row i: ``video_map`` B×h×w×C
@@ -114,12 +125,20 @@ class AVENet(PretextTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         video_map, video, audio = self.embed(batch)
-        loss, accuracy = self.correspondence(video_map, audio, batch[INDEX], self.task_config.negatives)
+        cfg: AVENetConfig = self.task_config
+        correspondence, accuracy = self.correspondence(video_map, audio, batch[INDEX], cfg.negatives)
+        terms = {cfg.variant: correspondence}
+        if cfg.contrastive_weight:
+            terms["info_nce"] = projected_info_nce(self.video_contrastive, self.audio_contrastive, video, audio,
+                                                   cfg.contrastive_temperature)
+        loss = correspondence + cfg.contrastive_weight * terms.get("info_nce", 0.0)
         size = audio.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         self.log("train/accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=size)
+        if cfg.contrastive_weight:
+            self.log("train/info_nce", terms["info_nce"], on_epoch=True, batch_size=size)
         self.log_skipped(batch, "train")
-        return {"loss": loss, "terms": {self.task_config.variant: loss.detach()},
+        return {"loss": loss, "terms": {k: t.detach() for k, t in terms.items()},
                 "embeddings": {"video": video.detach(), "audio": audio.detach()}}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
