@@ -108,7 +108,7 @@ def test_in_batch_scores_every_pair_as_the_paired_head_does(variant: str) -> Non
 def test_the_optional_info_nce_adds_to_the_correspondence_loss_by_hand() -> None:
     """``task.contrastive_weight``: w × the symmetric InfoNCE of the pooled features (through their
     own projections, identities here) beside the correspondence loss; weight 0 builds no projections."""
-    assert not hasattr(_task(), "video_contrastive")
+    assert not hasattr(_task("task.contrastive_weight=0.0"), "video_contrastive")
     with pytest.raises(RecipeError, match=r"task.contrastive_weight must be a number >= 0, got -1.0"):
         _task("task.contrastive_weight=-1.0")
     task = _bare(_task("task.contrastive_weight=2.0", "task.contrastive_temperature=0.5", "task.negatives=paired"))
