@@ -276,7 +276,13 @@ def main() -> None:
     step("4/5 results")
     results = collect_results(root, methods, wanted)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "results.json").write_text(json.dumps(results, indent=2))
+    results, kept = merge_results(read_previous_results(root / "results.json"), results)
+    if kept:
+        print(f"kept from the earlier {root / 'results.json'} (steps not run this time; their run folders "
+              f"are in {root}): {', '.join(kept)}", flush=True)
+    partial = root / "results.json.tmp"
+    partial.write_text(json.dumps(results, indent=2))
+    os.replace(partial, root / "results.json")  # complete before it takes the final name
     step("5/5 table")
     print(f"data: {manifest['num_samples']} videos ({manifest['hours']:.2f} h) in "
           f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
@@ -382,6 +388,41 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
     if "retrieve" in downstream:  # last: a step run in this process leaves the others' random draws as they were
         steps.append(Step("retrieve", retrieve, after=tuple(methods)))
     return steps
+
+
+# results.json entries that hold one sub-entry per method (or baseline): merged key by key
+PER_METHOD_SECTIONS = ("localization", "retrieval")
+
+
+def read_previous_results(path: Path) -> dict:
+    """The results.json an earlier demo left in this folder ({} if none or unreadable: then it is
+    replaced, as before)."""
+    try:
+        previous = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        print(f"warning: {path} is not readable JSON ({error}); it is replaced", flush=True)
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
+def merge_results(previous: dict, current: dict) -> tuple[dict, list[str]]:
+    """``current`` with every entry of ``previous`` it lacks, so that `make demo METHODS=a` then
+    `METHODS=b` in one folder leave both methods' figures; the entries of the steps run now win.
+    Returns the merged results and the keys kept from ``previous`` (``section.method`` inside
+    the per-method sections)."""
+    merged, kept = dict(current), []
+    for key, value in previous.items():
+        if key not in merged:
+            merged[key] = value
+            kept.append(key)
+        elif key in PER_METHOD_SECTIONS and isinstance(value, dict) and isinstance(merged[key], dict):
+            for inner, entry in value.items():
+                if inner not in merged[key]:
+                    merged[key] = {**merged[key], inner: entry}
+                    kept.append(f"{key}.{inner}")
+    return merged, kept
 
 
 def collect_results(out: Path, methods: list[str], downstream: list[str]) -> dict:

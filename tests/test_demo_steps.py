@@ -282,3 +282,40 @@ def test_transformer_methods_are_read_against_a_random_init_probe_of_their_own_a
     results = demo.collect_results(tmp_path, ["avc", "vatt"], [])
     assert results["avc"]["probe"]["video"] == {"random": 10.0, "pretrained": 60.0}
     assert results["vatt"]["probe"]["audio"] == {"random": 21.0, "pretrained": 46.0}
+
+
+def test_a_later_demo_in_the_same_folder_keeps_the_earlier_methods_figures(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`make demo METHODS=avenet` then `METHODS=lvs` into one folder: results.json holds both (the
+    second run's entries win where both have one), and the run says what it kept."""
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "labels.csv").write_text("")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(
+        {"num_samples": 3, "hours": 0.01, "splits": {"train": {"shards": ["a"]}}, "skipped": [], "classes": ["x"]}))
+    monkeypatch.setattr(demo, "run", lambda *argv: None)
+    probe = {m: {"random": 10.0, "pretrained": 50.0} for m in ("video", "audio", "both")}
+    loc = {"ciou": 0.5, "auc": 0.4, "mean_ciou": 0.4, "rule": "gt_area", "random_ciou": 0.0, "random_auc": 0.1,
+           "whole_image_ciou": 0.0, "whole_image_mean_ciou": 0.2}
+    earlier = {"avenet": {"probe": probe, "pretext": {"val_accuracy": 0.7}}, "localization": {"avenet": loc},
+               "lvs": {"probe": "stale", "pretext": {}}}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    now = {"lvs": {"probe": probe, "pretext": {"val_accuracy": 0.8}}, "localization": {"lvs": {**loc, "ciou": 0.75}}}
+    monkeypatch.setattr(demo, "collect_results", lambda out, methods, downstream: json.loads(json.dumps(now)))
+    monkeypatch.setattr("sys.argv", ["demo.py", "--out", str(tmp_path), "--methods", "lvs", "--jobs", "1",
+                                     "--downstream", "localize", "--epochs", "1"])
+    demo.main()
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written == {"lvs": now["lvs"], "avenet": earlier["avenet"],
+                       "localization": {"lvs": now["localization"]["lvs"], "avenet": loc}}
+    assert not (tmp_path / "results.json.tmp").exists()
+    assert (f"kept from the earlier {tmp_path / 'results.json'} (steps not run this time; their run folders are in "
+            f"{tmp_path}): avenet, localization.avenet") in capsys.readouterr().out
+
+
+def test_an_unreadable_earlier_results_json_is_replaced_with_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "results.json").write_text("{not json")
+    assert demo.read_previous_results(tmp_path / "results.json") == {}
+    assert capsys.readouterr().out.startswith(f"warning: {tmp_path / 'results.json'} is not readable JSON (")
+    assert demo.read_previous_results(tmp_path / "missing.json") == {}
