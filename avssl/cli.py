@@ -600,8 +600,8 @@ def exit_status(error: BaseException) -> int | None:
         return USAGE_ERROR
     if isinstance(error, PATH_ERRORS):
         return DATA_ERROR
-    if isinstance(error, (ValueError, RuntimeError)) and _is_avssl_error(error):
-        return DATA_ERROR  # DataError, LabelsError, ExportError, ...
+    if isinstance(error, (ValueError, RuntimeError, MemoryError)) and _is_avssl_error(error):
+        return DATA_ERROR  # DataError, LabelsError, ExportError, DecodeCacheFull, ...
     return None
 
 

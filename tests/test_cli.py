@@ -20,6 +20,7 @@ from avssl.cli import (
     main,
     one_line,
 )
+from avssl.data.cache import DecodeCacheFull
 from avssl.data.errors import DataError
 from avssl.errors import RecipeError
 
@@ -184,6 +185,7 @@ def _raising(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
     (DataError("train-000001.tar: missing\nsecond line"), 1),
     (type("LabelsError", (ValueError,), {"__module__": "avssl.data.shards"})("labels.csv line 3: no id"), 1),
     (PermissionError(13, "Permission denied", "/data/out"), 1),
+    (DecodeCacheFull("data.cache=memory: the decoded train passed 2.3 GiB; stream it instead (data.cache=none)"), 1),
 ])
 def test_user_errors_map_to_exit_status(error: BaseException, code: int, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,7 +194,8 @@ def test_user_errors_map_to_exit_status(error: BaseException, code: int, monkeyp
     assert run(["export", "x.ckpt", "--out", "y"], capsys) == (code, f"avssl export: {line}\n")
 
 
-@pytest.mark.parametrize("error", [KeyError(174812789), ValueError("a bug's message"), ZeroDivisionError()])
+@pytest.mark.parametrize("error", [KeyError(174812789), ValueError("a bug's message"), ZeroDivisionError(),
+                                   MemoryError("torch ran out")])
 def test_bugs_keep_their_traceback(error: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
     _raising(monkeypatch, error)
     with pytest.raises(type(error)):

@@ -151,6 +151,11 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+class DecodeCacheFull(MemoryError):
+    """The decoded split would take more memory than ``data.cache=memory`` allows; the message
+    says how to stream instead (the CLI prints it on one line, as a user's mistake)."""
+
+
 class DecodedSplit:
     """Every sample of a split's shards, in the order streaming reads them, with its media
     decoded (:class:`DecodedMedia`, or the :class:`DecodeError` it raised, re-raised when
@@ -174,7 +179,7 @@ class DecodedSplit:
                 if isinstance(media, DecodedMedia):
                     self.nbytes += media.nbytes
                 if self.nbytes > limit:
-                    raise MemoryError(
+                    raise DecodeCacheFull(
                         f"data.cache=memory: the decoded {description or 'split'} passed {limit / 2**30:.1f} GiB "
                         f"({MEMORY_SHARE:.0%} of the memory available) at {url}:{sample.get('__key__')}; "
                         f"stream it instead (data.cache=none)")

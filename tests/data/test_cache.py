@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.data.cache import DecodedSplit, decode_media, release_decoded
+from avssl.data.cache import DecodeCacheFull, DecodedSplit, decode_media, release_decoded
 from avssl.data.datamodule import AVDataModule, DataConfig, ShardList, ShardStream, make_loader
 from avssl.data.decode import MediaReader
 from avssl.data.sampling import ViewSampler
@@ -113,7 +113,7 @@ def test_a_corrupt_sample_is_skipped_and_counted_as_when_streaming(tmp_path: Pat
 
 
 def test_a_split_too_large_for_memory_stops_with_the_fix(synth_shards: Path) -> None:
-    with pytest.raises(MemoryError, match="data.cache=none"):
+    with pytest.raises(DecodeCacheFull, match="data.cache=none"):
         DecodedSplit(ShardList.from_manifest(synth_shards, "train").files, memory_limit=10_000)
     with pytest.raises(ValueError, match="data.cache must be 'none' or 'memory'"):
         DataConfig(cache="disk")
