@@ -38,7 +38,7 @@ def test_nce_by_hand() -> None:
 
 
 def test_drop_token_keeps_half_the_tokens_in_training_and_all_in_evaluation() -> None:
-    task = _vatt()
+    task = _vatt("task.drop_token_rate=0.5")  # the paper's rate (the CPU recipe's is 0.25)
     seen: list[int] = []
     handle = task.video_encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     task.log = lambda *a, **k: None
@@ -49,6 +49,7 @@ def test_drop_token_keeps_half_the_tokens_in_training_and_all_in_evaluation() ->
     handle.remove()
     assert seen == [32, 64], "64 patches of 64×64 frames: 32 kept in training (rate 0.5), all 64 in validation"
     assert task.task_config.drop_token_rate == 0.5
+    assert _vatt().task_config.drop_token_rate == 0.25
 
 
 def test_drop_token_rate_zero_is_the_plain_forward() -> None:
