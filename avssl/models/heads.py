@@ -35,3 +35,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+def contrastive_projection(dim: int, out_dim: int) -> MLP:
+    """``MLP([dim, dim, out_dim])`` with BatchNorm: the projection each modality's pooled features
+    go through for an InfoNCE kept beside a method's own loss (AVTS, AVE-Net, SeLaVi's and XDC's
+    warm-up), so that its pull stays out of the method's heads."""
+    return MLP([dim, dim, out_dim], batchnorm=True)

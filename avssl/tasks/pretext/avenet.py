@@ -32,7 +32,7 @@ from avssl.data.views import AUDIO, INDEX, VIDEO
 from avssl.losses.avenet import AVENetHead, AVOLNetHead, avol_loss, correspondence_loss
 from avssl.losses.correspondence import balanced_pair_bce, paired_negative_permutation
 from avssl.losses.nce import projected_info_nce
-from avssl.models.heads import MLP
+from avssl.models.heads import contrastive_projection
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
@@ -71,8 +71,8 @@ class AVENet(PretextTask):
         # AVOL's own map is the score of every location; AVE-Net has none (gradients of its pooled score)
         self.localization_map = "per_location" if cfg.variant == "avol" else "contribution"
         if cfg.contrastive_weight:  # the InfoNCE's own projections: the correspondence head's space stays AVOL's
-            self.video_contrastive = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
-            self.audio_contrastive = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim], batchnorm=True)
+            self.video_contrastive = contrastive_projection(self.video_encoder.embedding_dim, cfg.contrastive_dim)
+            self.audio_contrastive = contrastive_projection(self.audio_encoder.embedding_dim, cfg.contrastive_dim)
 
     def pair_logits(self, video_map: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Correspondence logit of video row i with audio row i: ``video_map`` B×h×w×C
@@ -127,16 +127,14 @@ class AVENet(PretextTask):
         video_map, video, audio = self.embed(batch)
         cfg: AVENetConfig = self.task_config
         correspondence, accuracy = self.correspondence(video_map, audio, batch[INDEX], cfg.negatives)
-        terms = {cfg.variant: correspondence}
+        terms, loss, size = {cfg.variant: correspondence}, correspondence, audio.shape[0]
         if cfg.contrastive_weight:
             terms["info_nce"] = projected_info_nce(self.video_contrastive, self.audio_contrastive, video, audio,
                                                    cfg.contrastive_temperature)
-        loss = correspondence + cfg.contrastive_weight * terms.get("info_nce", 0.0)
-        size = audio.shape[0]
+            loss = loss + cfg.contrastive_weight * terms["info_nce"]
+            self.log("train/info_nce", terms["info_nce"], on_epoch=True, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=size)
         self.log("train/accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=size)
-        if cfg.contrastive_weight:
-            self.log("train/info_nce", terms["info_nce"], on_epoch=True, batch_size=size)
         self.log_skipped(batch, "train")
         return {"loss": loss, "terms": {k: t.detach() for k, t in terms.items()},
                 "embeddings": {"video": video.detach(), "audio": audio.detach()}}

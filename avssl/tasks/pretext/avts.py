@@ -41,7 +41,7 @@ from avssl.data.views import AUDIO, INDEX, VIDEO, AudioView, ViewSpec
 from avssl.losses.contrastive import embedding_distance, in_batch_margin_loss, paired_margin_loss
 from avssl.losses.correspondence import paired_negative_permutation
 from avssl.losses.nce import cross_modal_info_nce
-from avssl.models.heads import MLP
+from avssl.models.heads import MLP, contrastive_projection
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 HARD = "audio_hard"
@@ -114,8 +114,8 @@ class AVTS(PretextTask):
         self.video_head = head(self.video_encoder.embedding_dim)
         self.audio_head = head(self.audio_encoder.embedding_dim)
         if cfg.contrastive_weight:  # the InfoNCE's own projections: its identity pull stays out of the sync heads
-            self.video_contrastive = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.embedding_dim], batchnorm=True)
-            self.audio_contrastive = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.embedding_dim], batchnorm=True)
+            self.video_contrastive = contrastive_projection(self.video_encoder.embedding_dim, cfg.embedding_dim)
+            self.audio_contrastive = contrastive_projection(self.audio_encoder.embedding_dim, cfg.embedding_dim)
         self.hard_fraction = 0.0  # set each epoch by AVTSCurriculum
         self.super_hard_fraction = 0.0
 

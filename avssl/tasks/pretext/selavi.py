@@ -46,7 +46,7 @@ from avssl.losses.nce import projected_info_nce
 from avssl.losses.state import load_former_keys
 from avssl.losses.swapped_prediction import swapped_prediction_loss
 from avssl.metrics.clustering import clustering_scores
-from avssl.models.heads import MLP
+from avssl.models.heads import MLP, contrastive_projection
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 
@@ -114,10 +114,8 @@ class SeLaVi(PretextTask):
         self.register_load_state_dict_pre_hook(  # checkpoints from before the bank was a module
             load_former_keys({former: f"label_bank.{name}" for former, name in LabelBank.FORMER_NAMES.items()}))
         if cfg.contrastive_warmup_epochs:
-            self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
-                                             batchnorm=True)
-            self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
-                                             batchnorm=True)
+            self.video_warmup_projection = contrastive_projection(self.video_encoder.embedding_dim, cfg.contrastive_dim)
+            self.audio_warmup_projection = contrastive_projection(self.audio_encoder.embedding_dim, cfg.contrastive_dim)
         self._schedule: list[int] | None = None
 
     # -- model ----------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from avssl.losses.xdc import (
     pseudo_label_loss,
 )
 from avssl.metrics.clustering import clustering_scores
-from avssl.models.heads import MLP
+from avssl.models.heads import contrastive_projection
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
 
 logger = logging.getLogger(__name__)
@@ -121,10 +121,8 @@ class XDC(PretextTask):
                                   cfg.clusters())
         self.pseudo_labels = PseudoLabels(cluster_sets(cfg.variant), cfg.num_instances, cfg.clusters())
         if cfg.contrastive_warmup_epochs:
-            self.video_warmup_projection = MLP([self.video_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
-                                               batchnorm=True)
-            self.audio_warmup_projection = MLP([self.audio_encoder.embedding_dim] * 2 + [cfg.contrastive_dim],
-                                               batchnorm=True)
+            self.video_warmup_projection = contrastive_projection(self.video_encoder.embedding_dim, cfg.contrastive_dim)
+            self.audio_warmup_projection = contrastive_projection(self.audio_encoder.embedding_dim, cfg.contrastive_dim)
         self._class_weights: dict[str, torch.Tensor] | None = None
         self._train_pass = None  # a single-pass loader of the training split's evaluation stream, built once
         self.clustering_nmi: dict[str, float] = {}
