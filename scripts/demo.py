@@ -21,6 +21,7 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -280,9 +281,7 @@ def main() -> None:
     if kept:
         print(f"kept from the earlier {root / 'results.json'} (steps not run this time; their run folders "
               f"are in {root}): {', '.join(kept)}", flush=True)
-    partial = root / "results.json.tmp"
-    partial.write_text(json.dumps(results, indent=2))
-    os.replace(partial, root / "results.json")  # complete before it takes the final name
+    write_json(root / "results.json", results)
     step("5/5 table")
     print(f"data: {manifest['num_samples']} videos ({manifest['hours']:.2f} h) in "
           f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
@@ -388,6 +387,14 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
     if "retrieve" in downstream:  # last: a step run in this process leaves the others' random draws as they were
         steps.append(Step("retrieve", retrieve, after=tuple(methods)))
     return steps
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Temp file then rename: an interrupted write leaves the previous file."""
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
+    with handle:
+        json.dump(data, handle, indent=2)
+    os.replace(handle.name, path)
 
 
 # results.json entries that hold one sub-entry per method (or baseline): merged key by key

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/demo.py, the seed folders' layout
-from demo import seed_dir  # noqa: E402
+from demo import seed_dir, write_json  # noqa: E402
 
 ANY_METHOD = "*"
 # (method or ANY_METHOD, figure) → the smallest value that meets the target: issue 4's bars as
@@ -149,14 +147,6 @@ def format_table(summary: dict) -> str:
     if summary["targets_not_found"]:
         lines.append(f"targets with no figure in these results: {', '.join(summary['targets_not_found'])}")
     return "\n".join(lines)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Temp file then rename: an interrupted write leaves the previous file."""
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
-    with handle:
-        json.dump(data, handle, indent=2)
-    os.replace(handle.name, path)
 
 
 def main(argv: list[str] | None = None) -> int:

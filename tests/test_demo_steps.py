@@ -308,7 +308,7 @@ def test_a_later_demo_in_the_same_folder_keeps_the_earlier_methods_figures(
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == {"lvs": now["lvs"], "avenet": earlier["avenet"],
                        "localization": {"lvs": now["localization"]["lvs"], "avenet": loc}}
-    assert not (tmp_path / "results.json.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".results.json")] == []  # no temporary left
     assert (f"kept from the earlier {tmp_path / 'results.json'} (steps not run this time; their run folders are in "
             f"{tmp_path}): avenet, localization.avenet") in capsys.readouterr().out
 
