@@ -18,6 +18,14 @@ Constants of the official code (hche11/Localizing-Visual-Sounds-the-Hard-Way, mo
 test.py): ε_p = 0.65, ε_n = 0.4, τ = 0.03 (the sigmoid's temperature), and the logits are
 divided by 0.07 (the contrastive temperature). One difference: the official code scales the
 easy-negative diagonal (j = i) by −99 to push it out of the softmax; here it is removed.
+
+Region shares (not in the paper): with ``positive_share`` p and ``negative_share`` n the
+thresholds are each map's own quantiles instead of constants, ε_p = q(S, 1 − p) and
+ε_n = q(S, n) over the map's locations (detached), so the positive region keeps about a share
+p of the map whatever the spread of the cosines. With the constants, a map trained from scratch
+can shrink its positive region far below the sounding object (a smaller region raises its mean
+and serves the hard negative too), and its peak then covers only part of the object
+(docs/methods/lvs.md, "Three seeds").
 """
 from __future__ import annotations
 
@@ -53,6 +61,14 @@ def soft_region(similarity: torch.Tensor, threshold: float, tau: float) -> torch
     return torch.sigmoid((similarity - threshold) / tau)
 
 
+def share_threshold(similarity: torch.Tensor, share_above: float) -> torch.Tensor:
+    """Each map's (1 − share_above) quantile over its locations (the last two dimensions),
+    shaped to broadcast against it and detached: the threshold above which about
+    ``share_above`` of the map lies (linear interpolation between locations)."""
+    flat = similarity.detach().flatten(-2)
+    return torch.quantile(flat, 1.0 - share_above, dim=-1)[..., None, None]
+
+
 def masked_mean(similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ mask·S / Σ mask over the last two (spatial) dimensions; 0 for a region whose mask
     underflowed to all zeros (the official code's 0/0 would put NaN in the loss)."""
@@ -62,7 +78,8 @@ def masked_mean(similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def lvs_logits(video_map: torch.Tensor, audio: torch.Tensor, epsilon_positive: float = EPSILON_POSITIVE,
                epsilon_negative: float = EPSILON_NEGATIVE, tau: float = TRIMAP_TAU,
                temperature: float = TEMPERATURE, hard_negatives: bool = True,
-               same_instance: torch.Tensor | None = None) -> LVSOutput:
+               same_instance: torch.Tensor | None = None, positive_share: float | None = None,
+               negative_share: float | None = None) -> LVSOutput:
     """The logits of the LVS loss (the positive in column 0) and the maps that made them.
 
     video_map: B×D×H×W spatial video features; audio: B×D pooled audio embeddings.
@@ -71,15 +88,20 @@ def lvs_logits(video_map: torch.Tensor, audio: torch.Tensor, epsilon_positive: f
     the negative region the complement of the positive one (no uncertain band).
     ``same_instance``: B×B, true where audio j comes from the same video as image i (two
     clips of one video in the batch); those easy negatives get logit −∞ (left out).
+    ``positive_share`` / ``negative_share`` (both or neither): each map's own quantiles replace
+    ε_p and ε_n (module docstring).
     """
+    check_region_shares(positive_share, negative_share)
     if epsilon_negative > epsilon_positive:
         raise ValueError(f"epsilon_negative ({epsilon_negative}) must not exceed epsilon_positive ({epsilon_positive})")
     maps = similarity_maps(video_map, audio)  # B×B×H×W: [i, j] = image i, audio j
     b = maps.shape[0]
-    positive_all = soft_region(maps, epsilon_positive, tau)
+    shares = positive_share is not None
+    positive_all = soft_region(maps, share_threshold(maps, positive_share) if shares else epsilon_positive, tau)
     own = torch.arange(b, device=maps.device)
     heatmap, positive_mask = maps[own, own], positive_all[own, own]
-    negative_mask = soft_region(-heatmap, -epsilon_negative, tau)  # 1 − σ(x) = σ(−x), without cancellation
+    low = -share_threshold(heatmap, 1.0 - negative_share) if shares else -epsilon_negative
+    negative_mask = soft_region(-heatmap, low, tau)  # 1 − σ(x) = σ(−x), without cancellation
     positive = masked_mean(heatmap, positive_mask)[:, None]
     others = ~torch.eye(b, dtype=torch.bool, device=maps.device)
     easy = masked_mean(maps, positive_all)
@@ -92,10 +114,23 @@ def lvs_logits(video_map: torch.Tensor, audio: torch.Tensor, epsilon_positive: f
     return LVSOutput(torch.cat(columns, dim=1) / temperature, heatmap, positive_mask, negative_mask)
 
 
+def check_region_shares(positive_share: float | None, negative_share: float | None) -> None:
+    """Both shares or neither, each in (0, 1), together at most the whole map."""
+    if (positive_share is None) != (negative_share is None):
+        raise ValueError("positive_share and negative_share go together: set both or neither")
+    if positive_share is None:
+        return
+    for name, share in (("positive_share", positive_share), ("negative_share", negative_share)):
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {share}")
+    if positive_share + negative_share > 1.0:
+        raise ValueError(f"positive_share + negative_share must be at most 1, got {positive_share} + {negative_share}")
+
+
 def lvs_loss(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of column 0 (the positive) among the row's logits, averaged over the batch."""
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
 
 __all__ = ["EPSILON_POSITIVE", "EPSILON_NEGATIVE", "TRIMAP_TAU", "TEMPERATURE", "LVSOutput", "similarity_maps",
-           "soft_region", "masked_mean", "lvs_logits", "lvs_loss"]
+           "soft_region", "share_threshold", "masked_mean", "check_region_shares", "lvs_logits", "lvs_loss"]

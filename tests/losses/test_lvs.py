@@ -13,6 +13,8 @@ from avssl.losses.lvs import (
     TRIMAP_TAU,
     lvs_logits,
     lvs_loss,
+    share_threshold,
+    soft_region,
 )
 
 # two images of 1×2 locations in 2-D, two audios: every similarity is a number chosen here
@@ -89,3 +91,31 @@ def test_gradient_reaches_both_modalities() -> None:
     audio = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
     lvs_loss(lvs_logits(video, audio).logits).backward()
     assert video.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
+
+
+def test_region_shares_use_each_maps_own_quantiles() -> None:
+    # one image of 1×5 locations against one audio [1, 0]: S = 0.1, 0.3, 0.5, 0.7, 0.9
+    values = [0.1, 0.3, 0.5, 0.7, 0.9]
+    video = torch.tensor([[x, math.sqrt(1 - x * x)] for x in values]).T[None, :, None, :]  # 1×2×1×5
+    audio = torch.tensor([[1.0, 0.0]])
+    out = lvs_logits(video, audio, tau=0.05, positive_share=0.2, negative_share=0.4)
+    # linear-interpolated quantiles over 5 locations: q(0.8) at position 3.2 → 0.74, q(0.4) at 1.6 → 0.42
+    positive = [_sigmoid((x - 0.74) / 0.05) for x in values]
+    negative = [1 - _sigmoid((x - 0.42) / 0.05) for x in values]
+    torch.testing.assert_close(out.positive_mask[0, 0], torch.tensor(positive))
+    torch.testing.assert_close(out.negative_mask[0, 0], torch.tensor(negative))
+    torch.testing.assert_close(out.logits[0], torch.tensor([_mean(values, positive), _mean(values, negative)]) / 0.07)
+    # the constants would put only S = 0.9 in the positive region; the shares follow the map: the same
+    # map lowered by 0.3 keeps the same positive mask
+    lowered = torch.tensor([[[x - 0.3 for x in values]]])
+    torch.testing.assert_close(soft_region(lowered, share_threshold(lowered, 0.2), 0.05), out.positive_mask)
+
+
+def test_region_shares_are_checked() -> None:
+    video, audio = torch.randn(2, 2, 1, 3), torch.randn(2, 2)
+    with pytest.raises(ValueError, match="set both or neither"):
+        lvs_logits(video, audio, positive_share=0.2)
+    with pytest.raises(ValueError, match=r"negative_share must be in \(0, 1\), got 1.0"):
+        lvs_logits(video, audio, positive_share=0.2, negative_share=1.0)
+    with pytest.raises(ValueError, match=r"must be at most 1, got 0.5 \+ 0.6"):
+        lvs_logits(video, audio, positive_share=0.5, negative_share=0.6)

@@ -60,6 +60,14 @@ def test_loss_by_hand_leaves_out_clips_of_the_same_video() -> None:
 def test_thresholds_are_checked_where_the_recipe_is_read() -> None:
     with pytest.raises(RecipeError, match=r"task.epsilon_negative \(0.7\) must not exceed task.epsilon_positive"):
         _task("task.epsilon_negative=0.7")
+    with pytest.raises(RecipeError, match=r"^task.positive_share and negative_share go together"):
+        _task("task.positive_share=0.2")
+    with pytest.raises(RecipeError, match=r"^task.positive_share must be in \(0, 1\), got 0.0"):
+        _task("task.positive_share=0.0", "task.negative_share=0.5")
+    task = _task("task.positive_share=0.2", "task.negative_share=0.6")
+    video, audio = torch.randn(4, 3, 2, 2), torch.randn(4, 3)
+    torch.testing.assert_close(task.lvs(video, audio, torch.arange(4)).logits,
+                               lvs_logits(video, audio, positive_share=0.2, negative_share=0.6).logits)
 
 
 @pytest.mark.parametrize("norm", ["none", "batchnorm"])

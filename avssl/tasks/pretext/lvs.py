@@ -19,6 +19,10 @@ and the loss stays near log B for tens of epochs (docs/methods/lvs.md). The warm
 the very map the tri-map is drawn from (no projection head), so that afterwards it has a
 sounding region to find.
 
+``task.positive_share`` / ``negative_share`` (not in the paper): each map's own quantiles
+instead of the constant thresholds, so the positive region keeps its share of the map
+(``avssl.losses.lvs``).
+
 Other clips of the same video in the batch (same ``index``) are never easy negatives.
 Validation reports, beside the loss, the correspondence accuracy on the batch's paired
 negatives (``paired_negative_permutation``): how often a clip's positive-region score with
@@ -41,9 +45,11 @@ from avssl.losses.lvs import (
     TEMPERATURE,
     TRIMAP_TAU,
     LVSOutput,
+    check_region_shares,
     lvs_logits,
     lvs_loss,
     masked_mean,
+    share_threshold,
     similarity_maps,
     soft_region,
 )
@@ -64,6 +70,8 @@ class LVSConfig(TaskConfig):
     contrastive_pool: Literal["max", "mean"] = "max"  # how the warm-up pools each image-audio map to one score
     contrastive_weight: float = 0.0  # the pooled InfoNCE's weight beside the tri-map loss after the warm-up
     contrastive_temperature: float = TEMPERATURE
+    positive_share: float | None = None  # with negative_share: each map's quantiles as ε_p / ε_n (not in the paper)
+    negative_share: float | None = None
 
 
 class LVS(PretextTask):
@@ -76,6 +84,10 @@ class LVS(PretextTask):
         cfg: LVSConfig = self.task_config
         if cfg.contrastive_weight and not cfg.contrastive_warmup_epochs:
             raise RecipeError("task.contrastive_weight > 0 needs task.contrastive_warmup_epochs > 0")
+        try:
+            check_region_shares(cfg.positive_share, cfg.negative_share)
+        except ValueError as err:
+            raise RecipeError(f"task.{err}") from None
         if cfg.epsilon_negative > cfg.epsilon_positive:
             raise RecipeError(f"task.epsilon_negative ({cfg.epsilon_negative}) must not exceed "
                               f"task.epsilon_positive ({cfg.epsilon_positive})")
@@ -108,7 +120,8 @@ class LVS(PretextTask):
     def lvs(self, video_map: torch.Tensor, audio: torch.Tensor, index: torch.Tensor) -> LVSOutput:
         cfg: LVSConfig = self.task_config
         return lvs_logits(video_map, audio, cfg.epsilon_positive, cfg.epsilon_negative, cfg.trimap_tau,
-                          cfg.temperature, cfg.hard_negatives, same_instance=index[:, None] == index[None, :])
+                          cfg.temperature, cfg.hard_negatives, same_instance=index[:, None] == index[None, :],
+                          positive_share=cfg.positive_share, negative_share=cfg.negative_share)
 
     def pooled_info_nce(self, video_map: torch.Tensor, audio: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The warm-up's InfoNCE: every image's heat map with every audio, pooled over locations."""
@@ -145,7 +158,9 @@ class LVS(PretextTask):
         mismatched = similarity_maps(video_map, audio_normed[paired_negative_permutation(batch[INDEX])])
         own = torch.arange(audio.shape[0], device=audio.device)
         mismatched = mismatched[own, own]  # image i with its partner's audio
-        wrong = masked_mean(mismatched, soft_region(mismatched, cfg.epsilon_positive, cfg.trimap_tau))
+        threshold = (cfg.epsilon_positive if cfg.positive_share is None
+                     else share_threshold(mismatched, cfg.positive_share))
+        wrong = masked_mean(mismatched, soft_region(mismatched, threshold, cfg.trimap_tau))
         accuracy = (out.logits[:, 0] * cfg.temperature > wrong).float().mean()
         size = audio.shape[0]
         self.log("val/loss", lvs_loss(out.logits), sync_dist=True, batch_size=size)
