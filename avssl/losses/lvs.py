@@ -69,6 +69,12 @@ def share_threshold(similarity: torch.Tensor, share_above: float) -> torch.Tenso
     return torch.quantile(flat, 1.0 - share_above, dim=-1)[..., None, None]
 
 
+def positive_threshold(similarity: torch.Tensor, epsilon_positive: float,
+                       positive_share: float | None) -> torch.Tensor | float:
+    """ε_p for these maps: the constant, or with a ``positive_share`` each map's own quantile."""
+    return epsilon_positive if positive_share is None else share_threshold(similarity, positive_share)
+
+
 def masked_mean(similarity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ mask·S / Σ mask over the last two (spatial) dimensions; 0 for a region whose mask
     underflowed to all zeros (the official code's 0/0 would put NaN in the loss)."""
@@ -96,11 +102,10 @@ def lvs_logits(video_map: torch.Tensor, audio: torch.Tensor, epsilon_positive: f
         raise ValueError(f"epsilon_negative ({epsilon_negative}) must not exceed epsilon_positive ({epsilon_positive})")
     maps = similarity_maps(video_map, audio)  # B×B×H×W: [i, j] = image i, audio j
     b = maps.shape[0]
-    shares = positive_share is not None
-    positive_all = soft_region(maps, share_threshold(maps, positive_share) if shares else epsilon_positive, tau)
+    positive_all = soft_region(maps, positive_threshold(maps, epsilon_positive, positive_share), tau)
     own = torch.arange(b, device=maps.device)
     heatmap, positive_mask = maps[own, own], positive_all[own, own]
-    low = -share_threshold(heatmap, 1.0 - negative_share) if shares else -epsilon_negative
+    low = -epsilon_negative if negative_share is None else -share_threshold(heatmap, 1.0 - negative_share)
     negative_mask = soft_region(-heatmap, low, tau)  # 1 − σ(x) = σ(−x), without cancellation
     positive = masked_mean(heatmap, positive_mask)[:, None]
     others = ~torch.eye(b, dtype=torch.bool, device=maps.device)
@@ -133,4 +138,5 @@ def lvs_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["EPSILON_POSITIVE", "EPSILON_NEGATIVE", "TRIMAP_TAU", "TEMPERATURE", "LVSOutput", "similarity_maps",
-           "soft_region", "share_threshold", "masked_mean", "check_region_shares", "lvs_logits", "lvs_loss"]
+           "soft_region", "share_threshold", "positive_threshold", "masked_mean", "check_region_shares", "lvs_logits",
+           "lvs_loss"]

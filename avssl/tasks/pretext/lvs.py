@@ -49,7 +49,7 @@ from avssl.losses.lvs import (
     lvs_logits,
     lvs_loss,
     masked_mean,
-    share_threshold,
+    positive_threshold,
     similarity_maps,
     soft_region,
 )
@@ -158,8 +158,7 @@ class LVS(PretextTask):
         mismatched = similarity_maps(video_map, audio_normed[paired_negative_permutation(batch[INDEX])])
         own = torch.arange(audio.shape[0], device=audio.device)
         mismatched = mismatched[own, own]  # image i with its partner's audio
-        threshold = (cfg.epsilon_positive if cfg.positive_share is None
-                     else share_threshold(mismatched, cfg.positive_share))
+        threshold = positive_threshold(mismatched, cfg.epsilon_positive, cfg.positive_share)
         wrong = masked_mean(mismatched, soft_region(mismatched, threshold, cfg.trimap_tau))
         accuracy = (out.logits[:, 0] * cfg.temperature > wrong).float().mean()
         size = audio.shape[0]
