@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint
-	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra tests
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra --durations=15 tests
 
 test-fast: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -ra -m "not slow" tests

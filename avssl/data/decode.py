@@ -25,6 +25,18 @@ AUDIO_PREROLL_SECONDS = 0.25
 CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "matroska"}
 
 
+def audio_resampler(format: str, layout: str | av.AudioLayout, rate: int) -> av.AudioResampler:
+    """swresample behind a filter graph that runs on the calling thread.
+
+    By default PyAV gives a resampler's graph a pool of FFmpeg threads (one per core), which
+    resampling does not use. A resampler left for the garbage collector when a DataLoader
+    forks its workers (PyAV 18.1.1 leaves every one in a reference cycle) is then freed in a
+    worker, where those threads do not exist, and the worker waits on them forever (a CI
+    run hung this way). ``threads`` needs PyAV 18.1.1.
+    """
+    return av.AudioResampler(format=format, layout=layout, rate=rate, threads=1)
+
+
 class MonoResampler:
     """Decoded audio frames → mono float32 at one rate; the one downmix path of avssl.
 
@@ -35,7 +47,7 @@ class MonoResampler:
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        self._resampler = audio_resampler("flt", "mono", sample_rate)
 
     def __call__(self, frame: av.AudioFrame | None) -> np.ndarray:
         """Samples out for one frame in (``None`` flushes); the output may lag the input."""

@@ -3,6 +3,7 @@ the position it resumes from (the epoch and the batches consumed) and the sample
 """
 from __future__ import annotations
 
+import gc
 import warnings
 from typing import Callable, Iterator
 
@@ -79,6 +80,11 @@ class ShardLoader(DataLoader):
             self._counts, self._batch_counts, self._first_counted = SkipCounts(), [], 0
         samples = self.stream.shards.num_samples
         limit = self.stream.max_skip_fraction
+        if self.num_workers > 0:
+            # Workers are forked with the parent's uncollected garbage. Freed there, a native
+            # object whose FFmpeg threads live in the parent only waits on them forever
+            # (avssl.data.decode.audio_resampler): free it here first.
+            gc.collect()
         for batch in super().__iter__():
             counts = (int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum()))
             if self.consumed > self._first_counted:  # keep those of the batches not yet trained on

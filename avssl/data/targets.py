@@ -25,7 +25,7 @@ import av
 import numpy as np
 import torch
 
-from avssl.data.decode import DecodeError
+from avssl.data.decode import DecodeError, audio_resampler
 from avssl.data.transforms import CropBox
 from avssl.data.views import sample_count
 
@@ -94,7 +94,7 @@ def decode_stems(data: bytes, sample_rate: int) -> np.ndarray:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.audio[0]
             channels = stream.codec_context.layout.nb_channels
-            resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=sample_rate)
+            resampler = audio_resampler("fltp", stream.codec_context.layout, sample_rate)
             chunks = []
             for frame in container.decode(stream):
                 chunks += [f.to_ndarray() for f in resampler.resample(frame)]

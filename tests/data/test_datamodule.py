@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,35 @@ def test_persistent_workers_follow_set_epoch(shards: Path) -> None:
     epoch1 = [int(i) for b in loader for i in b["index"]]
     assert epoch1 == _epoch_indices(_stream(shards, 0, 1, 2, pad=False, shuffle=True), 2, epoch=1)
     assert epoch0 != epoch1
+
+
+def test_workers_start_after_the_parent_frees_its_garbage(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resampler with FFmpeg threads (PyAV's default since 18.1.1), left in a reference
+    cycle by the main process, is freed there before the workers fork: freed in a worker,
+    which has none of its threads, it hung the worker (and CI) for good."""
+    import av
+
+    worker_iter = ShardStream.__iter__
+
+    def collect_first(self: ShardStream):  # runs in the workers only
+        gc.enable()
+        gc.collect()
+        yield from worker_iter(self)
+
+    monkeypatch.setattr(ShardStream, "__iter__", collect_first)
+    gc.disable()  # the cycle survives until the loader collects it
+    try:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 44100, 0, Fraction(1, 44100)
+        resampler.resample(frame)
+        cycle: list = [resampler]
+        cycle.append(cycle)
+        del resampler, cycle
+        loader = make_loader(_stream(shards, 0, 1, 2, pad=False), 2, single_pass=True)
+        assert sorted(int(i) for b in loader for i in b["index"]) == list(range(22))
+    finally:
+        gc.enable()
 
 
 def test_single_pass_loader_stops_its_workers_at_the_end(shards: Path) -> None:

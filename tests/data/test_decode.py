@@ -1,10 +1,16 @@
 """Decoding windows: alignment, odd real-world inputs, errors."""
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import os
+from fractions import Fraction
+
+import av
 import numpy as np
 import pytest
 
-from avssl.data.decode import DecodeError, MediaReader, PcmAudio
+from avssl.data.decode import DecodeError, MediaReader, MonoResampler, PcmAudio
 from tests.conftest import FLASH_VALUE, flash_click_clip
 
 FPS = 25.0
@@ -194,3 +200,54 @@ def test_pcm_reads_pad_outside_and_resample_to_other_rates() -> None:
     assert slow.shape == (8000,) and np.argmax(np.abs(np.fft.rfft(slow))) == 440
     with pytest.raises(DecodeError, match="odd number of bytes"):
         PcmAudio(b"\x00\x01\x02", 16000)
+
+
+def _resample_some_audio(stereo: bool) -> None:
+    """Decodes a little audio (the downmix path when ``stereo``) and leaves the resampler in a
+    reference cycle, as PyAV's own objects may be: freed only by the garbage collector."""
+    resampler = MonoResampler(SR)
+    samples = np.zeros((2 if stereo else 1, 4096), np.float32)
+    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo" if stereo else "mono")
+    frame.sample_rate, frame.pts, frame.time_base = 44100, 0, Fraction(1, 44100)
+    resampler(frame)
+    cycle: list = [resampler]
+    cycle.append(cycle)
+
+
+def _native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_resampling_starts_no_ffmpeg_threads() -> None:
+    """PyAV 18.1.1 gives a resampler's filter graph one FFmpeg thread per core unless asked
+    for none; avssl asks for none (the fork hang below)."""
+    gc.collect()
+    before = _native_threads()
+    for stereo in (False, True, False):
+        _resample_some_audio(stereo)
+    assert _native_threads() == before
+
+
+def _collect_and_exit() -> None:
+    gc.collect()
+
+
+def test_a_forked_worker_frees_the_parents_unreachable_resamplers() -> None:
+    """A DataLoader forks its workers with the parent's uncollected garbage; a worker that
+    frees a resampler whose graph had threads (which a fork does not copy) waited on them
+    forever: a CI run hung in the first loader after a test that decoded in the main process."""
+    gc.collect()
+    gc.disable()  # keep the cycles for the child to collect
+    try:
+        for stereo in (False, True):
+            _resample_some_audio(stereo)
+        child = multiprocessing.get_context("fork").Process(target=_collect_and_exit)
+        child.start()
+    finally:
+        gc.enable()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung and child.exitcode == 0

@@ -39,6 +39,7 @@ def audio_to_video(audio: Path, target: Path, fps: float, image: Path | None = N
     number of audio samples written. Raises ValueError for a file without audio."""
     import av
 
+    from avssl.data.decode import audio_resampler
     from avssl.data.encode import MediaWriter
 
     frame_rgb = read_image(image) if image is not None else np.zeros((BLANK_SIZE, BLANK_SIZE, 3), np.uint8)
@@ -48,7 +49,7 @@ def audio_to_video(audio: Path, target: Path, fps: float, image: Path | None = N
         stream = container.streams.audio[0]
         rate = stream.rate or stream.codec_context.sample_rate
         channels = 1 if (stream.channels or 1) == 1 else 2  # more than 2 channels: downmixed to stereo
-        resampler = av.AudioResampler(format="flt", layout="mono" if channels == 1 else "stereo", rate=rate)
+        resampler = audio_resampler("flt", "mono" if channels == 1 else "stereo", rate)
         writer = MediaWriter(
             target, width=frame_rgb.shape[1], height=frame_rgb.shape[0], fps=fps, sample_rate=rate,
             audio_channels=channels, audio_codec="flac", crf=STILL_CRF if image is not None else 23,
