@@ -98,3 +98,20 @@ def test_training_and_validation_steps_log_the_ratio() -> None:
 def test_encoders_of_one_width() -> None:
     with pytest.raises(ValueError, match="joint layers need encoders of one width"):
         _cav_mae("model.audio_encoder={name: ast_small}")
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_contrastive_latent_pools_the_joint_layers_tokens(pooling: str) -> None:
+    """The latent of each modality is its kept tokens through the joint layer and that
+    modality's norm, averaged (the paper) or max-pooled (``task.contrastive_pooling``)."""
+    task = _cav_mae(f"task.contrastive_pooling={pooling}")
+    out = task.masked_forward(_batch(), torch.Generator().manual_seed(0))
+    for m in ("audio", "video"):
+        tokens = task.joint_norms[m](task.joint(out["encoded"][m]))
+        expected = tokens.mean(dim=1) if pooling == "avg" else tokens.max(dim=1).values
+        torch.testing.assert_close(out["pooled"][m], expected)
+
+
+def test_contrastive_pooling_names_its_choices() -> None:
+    with pytest.raises(ValueError, match=r"task.contrastive_pooling must be 'avg' or 'max', got 'mean'"):
+        _cav_mae("task.contrastive_pooling=mean")

@@ -5,7 +5,8 @@ ast_*`` on the log-mel) get their position embedding, 75 % of them are masked pe
 (MAE's random masking), and the kept ones go through the modality-specific transformer. Then
 ``task.joint_depth`` joint layers, shared, run three times as in the official code: on the
 audio tokens alone (then ``norm_audio``), on the video tokens alone (``norm_video``) and on
-both concatenated (``norm_joint``). The first two, mean-pooled, give the contrastive term
+both concatenated (``norm_joint``). The first two, mean-pooled (``task.contrastive_pooling: max``
+— not the paper — max-pools them), give the contrastive term
 (InfoNCE, temperature 0.05, each video choosing its audio among the global batch's); the
 third feeds a lightweight decoder (mask tokens put back in place, sin-cos positions and a
 modality embedding, its own blocks, one linear prediction head per modality) that
@@ -62,10 +63,15 @@ class CAVMAEConfig(TaskConfig):
     contrastive_weight: float = CONTRASTIVE_WEIGHT
     temperature: float = TEMPERATURE
     bidirectional: bool = False  # the official default: video → audio only
+    # the contrastive latent: the joint layer's tokens averaged (the paper) or max-pooled (VATT's
+    # finding on the synthetic set: averaged, the latents of different clips start nearly parallel)
+    contrastive_pooling: str = "avg"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"task.mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+        if self.contrastive_pooling not in ("avg", "max"):
+            raise ValueError(f"task.contrastive_pooling must be 'avg' or 'max', got {self.contrastive_pooling!r}")
 
 
 class MaskedDecoder(nn.Module):
@@ -146,7 +152,8 @@ class CAVMAE(PretextTask):
             noise = torch.rand(b * world_size(), n, generator=generator)[b * rank():b * (rank() + 1)]
             masked[m] = mask_from_noise(tokens, noise.to(tokens.device), self.task_config.mask_ratio)
             encoded[m] = encoder.encode(masked[m].kept)
-            pooled[m] = self.joint_norms[m](self.joint(encoded[m])).mean(dim=1)
+            latent = self.joint_norms[m](self.joint(encoded[m]))
+            pooled[m] = latent.mean(dim=1) if self.task_config.contrastive_pooling == "avg" else latent.amax(dim=1)
         joint = self.joint_norms["joint"](self.joint(torch.cat([encoded["audio"], encoded["video"]], dim=1)))
         split = encoded["audio"].shape[1]
         predictions = self.decoder({"audio": joint[:, :split], "video": joint[:, split:]}, masked, grids)
