@@ -323,6 +323,7 @@ VALUE_RULES: dict[str, Accepts] = {
     "data.num_workers": integer(0),
     "data.shuffle_buffer": integer(0),
     "data.max_skip_fraction": FRACTION,
+    "data.worker_timeout_s": NON_NEGATIVE,
     "data.video.num_frames": integer(1),
     "data.video.fps": POSITIVE,
     "data.video.size": integer(1),

@@ -61,6 +61,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, or -1 (no limit), got 0"),
     ("data.num_workers=-1", "data.num_workers must be an integer >= 0, got -1"),
     ("data.max_skip_fraction=1.5", "data.max_skip_fraction must be a number in [0, 1], got 1.5"),
+    ("data.worker_timeout_s=-0.5", "data.worker_timeout_s must be a number >= 0, got -0.5"),
     ("data.bach_size=4", f"{AVC}: unknown key 'data.bach_size' (did you mean 'data.batch_size'?)"),
 ])
 def test_recipe_mistake_is_one_line_exit_2(override: str, line: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -56,6 +56,10 @@ class DataConfig:
     # whole once, before the workers start, and draw the same windows from RAM
     # (avssl/data/cache.py: small sets on few cores, e.g. the CPU recipes)
     cache: str = "none"
+    # a loader whose workers send no batch for this long has a stuck worker (a deadlock in a
+    # native library, a hung network read): the run stops with an error instead of waiting
+    # forever (0: wait forever)
+    worker_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.audio_features not in ("device", "loader"):
@@ -137,6 +141,7 @@ class AVDataModule(pl.LightningDataModule):
             pad=train or world > 1,
             seed=self.config.seed,
             max_skip_fraction=self.config.max_skip_fraction,
+            worker_timeout=self.config.worker_timeout_s,
             finish=finish,
             cache=self.decoded(split, keep_entries=bool(views.targets)) if self.config.cache == "memory" else None,
         )

@@ -62,6 +62,7 @@ class ShardLoader(DataLoader):
             persistent_workers=num_workers > 0 and not single_pass,
             prefetch_factor=4 if num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous copies to the GPU
+            timeout=dataset.worker_timeout if num_workers > 0 else 0,
         )
         # DataLoader refuses a sampler for an IterableDataset, but Lightning looks for
         # `loader.sampler.set_epoch`: install one that only forwards the epoch.
@@ -85,17 +86,25 @@ class ShardLoader(DataLoader):
             # object whose FFmpeg threads live in the parent only waits on them forever
             # (avssl.data.decode.audio_resampler): free it here first.
             gc.collect()
-        for batch in super().__iter__():
-            counts = (int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum()))
-            if self.consumed > self._first_counted:  # keep those of the batches not yet trained on
-                del self._batch_counts[: self.consumed - self._first_counted]
-                self._first_counted = self.consumed
-            self._batch_counts.append(counts)
-            self._counts.add(*counts)
-            if self.check_limit and certainly_over_limit(self._counts.skipped, samples, limit):
-                raise DataError(over_limit_message(f"epoch {self.stream.epoch.get()}", self._counts.skipped,
-                                                   samples, limit))
-            yield batch
+        try:
+            for batch in super().__iter__():
+                counts = (int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum()))
+                if self.consumed > self._first_counted:  # keep those of the batches not yet trained on
+                    del self._batch_counts[: self.consumed - self._first_counted]
+                    self._first_counted = self.consumed
+                self._batch_counts.append(counts)
+                self._counts.add(*counts)
+                if self.check_limit and certainly_over_limit(self._counts.skipped, samples, limit):
+                    raise DataError(over_limit_message(f"epoch {self.stream.epoch.get()}", self._counts.skipped,
+                                                       samples, limit))
+                yield batch
+        except RuntimeError as error:
+            if not (self.timeout and str(error).startswith("DataLoader timed out")):
+                raise
+            raise DataError(
+                f"no batch from the {self.num_workers} loader workers in {self.timeout:g} s "
+                f"(data.worker_timeout_s): a worker is stuck or far too slow; py-spy dump --pid <worker> "
+                f"shows where, and data.worker_timeout_s=0 waits forever") from None
 
     def epoch_counts(self, batches: int | None = None) -> SkipCounts:
         """Samples lost and settled in this epoch's batches fetched so far (or its first ``batches``:

@@ -255,12 +255,14 @@ class ShardStream(IterableDataset):
         pad: bool = True,
         seed: int = 0,
         max_skip_fraction: float = 0.05,
+        worker_timeout: float = 0.0,
         finish: Callable[[Batch], Batch] | None = None,
         cache: DecodedSplit | None = None,
     ) -> None:
         """``finish``: applied to each collated batch inside the worker (the log-mel, when
         the recipe computes it in the loader). ``cache``: these shards already decoded into
-        memory (:mod:`avssl.data.cache`); the samples and their draws are the same."""
+        memory (:mod:`avssl.data.cache`); the samples and their draws are the same.
+        ``worker_timeout``: seconds the loader waits for its workers' next batch (0: forever)."""
         super().__init__()
         if shards.num_samples == 0:
             raise ValueError("the shard list is empty")
@@ -276,6 +278,7 @@ class ShardStream(IterableDataset):
         self.pad = pad
         self.seed = seed
         self.max_skip_fraction = max_skip_fraction
+        self.worker_timeout = worker_timeout
         self.finish = finish
         if cache is not None and set(cache.samples) != set(shards.files):
             raise ValueError("the decoded cache holds other shards than the stream reads")

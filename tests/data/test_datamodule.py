@@ -335,3 +335,26 @@ def test_collate_batches_reports_losses_with_the_batch_they_happened_in() -> Non
     assert [b["index"].tolist() for b in batches] == [[2, 3], [4]]  # the first batch was trained on before
     assert [int(b["number"]) for b in batches] == [2, 3]
     assert [(int(b["skipped"]), int(b["expected"])) for b in batches] == [(1, 2), (3, 4)]
+
+
+def test_a_stuck_worker_stops_the_loader_with_one_clear_error(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that never sends its batch (here: asleep in the decoder) stops the loader after
+    ``worker_timeout`` seconds with a DataError naming the setting, not a wait without end."""
+    import time
+
+    def asleep(self: ViewSampler, *args, **kwargs):
+        time.sleep(60)
+
+    monkeypatch.setattr(ViewSampler, "__call__", asleep)  # the forked workers inherit it
+    loader = make_loader(_stream(shards, 0, 1, 2, pad=False, worker_timeout=2.0), 2, single_pass=True)
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"^no batch from the 2 loader workers in 2 s \(data.worker_timeout_s\): "
+                                        r"a worker is stuck or far too slow"):
+        next(iter(loader))
+    assert time.monotonic() - started < 30
+
+
+def test_worker_timeout_reaches_the_loader_and_zero_waits_forever(shards: Path) -> None:
+    assert make_loader(_stream(shards, 0, 1, 2, worker_timeout=5.0), 2).timeout == 5.0
+    assert make_loader(_stream(shards, 0, 1, 2, worker_timeout=0.0), 2).timeout == 0
+    assert make_loader(_stream(shards, 0, 1, 0, worker_timeout=5.0), 0).timeout == 0  # no workers: nothing to wait on
