@@ -81,11 +81,6 @@ class ShardLoader(DataLoader):
             self._counts, self._batch_counts, self._first_counted = SkipCounts(), [], 0
         samples = self.stream.shards.num_samples
         limit = self.stream.max_skip_fraction
-        if self.num_workers > 0:
-            # Workers are forked with the parent's uncollected garbage. Freed there, a native
-            # object whose FFmpeg threads live in the parent only waits on them forever
-            # (avssl.data.decode.audio_resampler): free it here first.
-            gc.collect()
         try:
             for batch in super().__iter__():
                 counts = (int(batch[SKIPPED].sum()), int(batch[EXPECTED].sum()))
@@ -105,6 +100,15 @@ class ShardLoader(DataLoader):
                 f"no batch from the {self.num_workers} loader workers in {self.timeout:g} s "
                 f"(data.worker_timeout_s): a worker is stuck or far too slow; py-spy dump --pid <worker> "
                 f"shows where, and data.worker_timeout_s=0 waits forever") from None
+
+    def _get_iterator(self):
+        """DataLoader starts its workers here (once for persistent ones): a fork copies the
+        parent's uncollected garbage, and a native object freed in a worker waits forever on
+        FFmpeg threads that live in the parent only (avssl.data.decode.audio_resampler), so
+        the garbage is freed first, here."""
+        if self.num_workers > 0:
+            gc.collect()
+        return super()._get_iterator()
 
     def epoch_counts(self, batches: int | None = None) -> SkipCounts:
         """Samples lost and settled in this epoch's batches fetched so far (or its first ``batches``:

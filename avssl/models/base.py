@@ -46,6 +46,15 @@ def global_pool(feature_map: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
+def pool_tokens(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """B×N×D tokens → B×D by averaging (``"avg"``) or taking the maximum (``"max"``) over N."""
+    if pooling == "avg":
+        return tokens.mean(dim=1)
+    if pooling == "max":
+        return tokens.amax(dim=1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
 class Encoder(nn.Module):
     """Base class: subclasses implement :meth:`feature_map` and set ``embedding_dim``."""
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from avssl.models.base import Encoder
+from avssl.models.base import Encoder, pool_tokens
 from avssl.models.transformer import PatchEmbed, init_vit_weights, sincos_position_embedding, transformer_blocks
 
 POSITION_EMBEDDINGS: tuple[str, ...] = ("sincos", "learned")
@@ -112,7 +112,7 @@ class VisionTransformer(Encoder):
 
     def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The embedding of B×N×D encoded tokens (``pool`` on tokens, for kept-token subsets)."""
-        return tokens.mean(dim=1) if self.pooling == "avg" else tokens.amax(dim=1)
+        return pool_tokens(tokens, self.pooling)
 
 
 def _vit(input_kind: str, size: str, input_size: Sequence[int], patch_size: Sequence[int],

@@ -42,6 +42,7 @@ from avssl.losses.cav_mae import (
 )
 from avssl.losses.masking import CAV_MAE_MASK_RATIO, MaskedTokens, mask_from_noise, restore_tokens
 from avssl.metrics.retrieval import in_batch_retrieval_top1
+from avssl.models.base import POOLINGS, pool_tokens
 from avssl.models.transformer import init_vit_weights, patchify, sincos_position_embedding, transformer_blocks
 from avssl.models.vit import VisionTransformer
 from avssl.tasks.pretext.base import PretextRecipe, PretextTask, TaskConfig
@@ -70,7 +71,7 @@ class CAVMAEConfig(TaskConfig):
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"task.mask_ratio must lie in (0, 1), got {self.mask_ratio}")
-        if self.contrastive_pooling not in ("avg", "max"):
+        if self.contrastive_pooling not in POOLINGS:
             raise ValueError(f"task.contrastive_pooling must be 'avg' or 'max', got {self.contrastive_pooling!r}")
 
 
@@ -152,8 +153,7 @@ class CAVMAE(PretextTask):
             noise = torch.rand(b * world_size(), n, generator=generator)[b * rank():b * (rank() + 1)]
             masked[m] = mask_from_noise(tokens, noise.to(tokens.device), self.task_config.mask_ratio)
             encoded[m] = encoder.encode(masked[m].kept)
-            latent = self.joint_norms[m](self.joint(encoded[m]))
-            pooled[m] = latent.mean(dim=1) if self.task_config.contrastive_pooling == "avg" else latent.amax(dim=1)
+            pooled[m] = pool_tokens(self.joint_norms[m](self.joint(encoded[m])), self.task_config.contrastive_pooling)
         joint = self.joint_norms["joint"](self.joint(torch.cat([encoded["audio"], encoded["video"]], dim=1)))
         split = encoded["audio"].shape[1]
         predictions = self.decoder({"audio": joint[:, :split], "video": joint[:, split:]}, masked, grids)
