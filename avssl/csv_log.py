@@ -3,7 +3,9 @@
 Lightning's CSV writer deletes ``metrics.csv`` when it opens a folder that has one, so a
 resumed run would lose every row before the restart. This writer keeps the rows of the
 steps before the checkpoint it resumes from (rows after it belong to the lost part of the
-killed run and would be logged twice), keeps their columns, and appends.
+killed run and would be logged twice), keeps their columns, and appends. A run trained on
+from its final checkpoint (a larger ``trainer.max_epochs``) keeps the test scores of that
+checkpoint too: they are logged at its step, and nothing relogs them.
 """
 from __future__ import annotations
 
@@ -13,6 +15,16 @@ import os
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+
+def _before_the_checkpoint(row: dict[str, str], step: int) -> bool:
+    """Logged before the checkpoint at ``step``, or the test of that checkpoint (the end of a run)."""
+    if row.get("step", "") == "":
+        return False
+    if int(row["step"]) < step:
+        return True
+    metrics = [key for key, value in row.items() if value not in ("", None) and key not in ("epoch", "step")]
+    return int(row["step"]) == step and bool(metrics) and all(key.startswith("test/") for key in metrics)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -26,8 +38,8 @@ class _AppendingWriter(ExperimentWriter):
             return
         with open(self.metrics_file_path, newline="") as file:
             reader = csv.DictReader(file)
-            keys, rows = list(reader.fieldnames or []), list(reader)
-        rows = [row for row in rows if row.get("step", "") != "" and int(row["step"]) < self._keep_before_step]
+            keys, rows = sorted(reader.fieldnames or []), list(reader)  # sorted: the order the parent appends in
+        rows = [row for row in rows if _before_the_checkpoint(row, self._keep_before_step)]
         with open(self.metrics_file_path, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=keys)
             writer.writeheader()

@@ -217,7 +217,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--num-videos", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="pretraining epochs of every method (default: each recipe's own trainer.max_epochs)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", default="avc", help=f"comma-separated from {sorted(METHODS)}, or 'all'")
     parser.add_argument("--downstream", default="finetune,localize,separate",
@@ -233,6 +234,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.seed < 0:
         parser.error(f"--seed must be at least 0, got {args.seed}")
     out: Path = args.out
@@ -312,7 +315,7 @@ def main() -> None:
     print(f"written: {root / 'results.json'}")
 
 
-def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int,
+def demo_steps(out: Path, common: list[str], methods: list[str], downstream: list[str], epochs: int | None,
                seed: int = 0) -> list[Step]:
     """The steps after the shards, writing under ``out``: each method's pretraining and probe,
     the downstream steps of the first method, the random-init probes (the CNN's, and each
@@ -321,7 +324,8 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
     fine-tuning and localization (initialisation, batch order, augmentations); the separation
     keeps its recipe's ``separation.seed``, which also draws its test mixtures, so that every
     seed is scored on the same mixtures (it varies through the encoders it reads). Seed 0
-    adds nothing: the command lines of the recorded demo.
+    adds nothing: the command lines of the recorded demo. ``epochs`` sets every method's
+    pretraining epochs; None keeps each recipe's ``trainer.max_epochs`` (its budget on this set).
 
     The separation comes right after the first method, before the other methods: at one
     intra-op thread it cannot use a core the other slot leaves free, so it should not be the
@@ -332,13 +336,14 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
     evals = RECIPES / "eval"
     first = methods[0]
     seeded = [f"seed={seed}"] if seed else []
+    budget = [f"trainer.max_epochs={epochs}"] if epochs else []  # None: the recipe's own
 
     def pretrain_and_probe(method: str) -> Callable[[int], None]:
         def go(threads: int) -> None:
             recipe, _ = METHODS[method]
             if not (out / method / "export" / "model.json").exists():
                 run("pretrain", str(RECIPES / "synth" / recipe), *common, *seeded, f"run_dir={out / method}",
-                    f"trainer.max_epochs={epochs}")
+                    *budget)
             run("probe", probe_recipe, *common, *seeded, cache, f"probe.encoders={out / method / 'export'}",
                 f"run_dir={out / f'probe_{method}'}")
         return go

@@ -98,12 +98,13 @@ def test_demo_graph_runs_downstream_steps_after_the_checkpoints_they_read(tmp_pa
     assert [s.name for s in steps].index("separate") < [s.name for s in steps].index("avts")
 
 
-def test_jobs_below_one_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-                                   tmp_path: Path) -> None:
-    monkeypatch.setattr("sys.argv", ["demo.py", "--out", str(tmp_path), "--jobs", "0"])
+@pytest.mark.parametrize("flag", ["--jobs", "--epochs"])
+def test_jobs_or_epochs_below_one_is_refused(flag: str, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    monkeypatch.setattr("sys.argv", ["demo.py", "--out", str(tmp_path), flag, "0"])
     with pytest.raises(SystemExit) as exit_info:
         demo.main()
-    assert exit_info.value.code == 2 and "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"{flag} must be at least 1, got 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before the synthetic set is made
 
 
@@ -117,6 +118,19 @@ def _command_lines(monkeypatch: pytest.MonkeyPatch, out: Path, seed: int) -> dic
         s.run(1)
         lines[s.name] = list(calls)
     return lines
+
+
+def test_each_recipe_keeps_its_own_epochs_unless_epochs_is_given(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo, "run", lambda *argv: calls.append(list(argv)))
+    for epochs in (None, 5):
+        calls.clear()
+        (step_,) = [s for s in demo.demo_steps(tmp_path, [], ["xdc"], [], epochs) if s.name == "xdc"]
+        step_.run(1)
+        pretrain = [argv for argv in calls if argv[0] == "pretrain"]
+        assert [a for a in pretrain[0] if a.startswith("trainer.max_epochs")] == (
+            ["trainer.max_epochs=5"] if epochs else [])
 
 
 def test_seed_zero_keeps_the_recorded_command_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

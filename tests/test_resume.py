@@ -262,3 +262,19 @@ def test_one_last_checkpoint_holds_the_final_step(shards: Path, tmp_path: Path) 
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert json.loads((run_dir / "export" / "model.json").read_text())["global_step"] == 3
+
+
+def test_resumed_log_keeps_the_test_scores_of_the_checkpoint_it_trains_on_from(tmp_path: Path) -> None:
+    """Trained on from the final checkpoint (step 4), the earlier end's test row stays; rows logged
+    after a checkpoint by a killed run go, as they are logged again."""
+    from avssl.csv_log import ResumableCSVLogger
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("epoch,step,train/loss,test/nmi\n0,1,2.5,\n1,3,2.25,\n1,4,,0.75\n"
+                                        "1,4,2.0,\n2,5,1.5,\n")
+    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="csv", resumed_at_step=4)
+    logger.log_metrics({"train/loss": 1.25}, step=5)
+    logger.save()
+    rows = [(r["step"], r["train/loss"], r["test/nmi"]) for r in csv.DictReader(open(folder / "metrics.csv"))]
+    assert rows == [("1", "2.5", ""), ("3", "2.25", ""), ("4", "", "0.75"), ("5", "1.25", "")]
