@@ -21,10 +21,11 @@ def _before_the_checkpoint(row: dict[str, str], step: int) -> bool:
     """Logged before the checkpoint at ``step``, or the test of that checkpoint (the end of a run)."""
     if row.get("step", "") == "":
         return False
-    if int(row["step"]) < step:
-        return True
+    logged_at = int(row["step"])
+    if logged_at != step:
+        return logged_at < step
     metrics = [key for key, value in row.items() if value not in ("", None) and key not in ("epoch", "step")]
-    return int(row["step"]) == step and bool(metrics) and all(key.startswith("test/") for key in metrics)
+    return bool(metrics) and all(key.startswith("test/") for key in metrics)
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -336,7 +336,7 @@ def demo_steps(out: Path, common: list[str], methods: list[str], downstream: lis
     evals = RECIPES / "eval"
     first = methods[0]
     seeded = [f"seed={seed}"] if seed else []
-    budget = [f"trainer.max_epochs={epochs}"] if epochs else []  # None: the recipe's own
+    budget = [] if epochs is None else [f"trainer.max_epochs={epochs}"]  # None: the recipe's own
 
     def pretrain_and_probe(method: str) -> Callable[[int], None]:
         def go(threads: int) -> None:
